@@ -1,0 +1,169 @@
+"""The ``edgeser`` command line. Each sub-command is a thin wrapper over a library
+function; it holds no logic of its own beyond argument parsing and reporting.
+
+Errors the user can fix (bad paths, wrong corpora, invalid splits, unreadable
+audio) print one line, ``edgeser: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgeser import __version__
+from edgeser.core.errors import EdgeserError
+
+log = logging.getLogger("edgeser")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- prepare
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="describe a corpus as a manifest CSV (one row per utterance)",
+        description="Write a manifest for IEMOCAP, CREMA-D, RAVDESS, or your own CSV "
+        "(columns path,label,speaker[,session]).",
+    )
+    p.add_argument("corpus", choices=["iemocap", "cremad", "ravdess", "csv"])
+    p.add_argument("root", type=Path, help="corpus root (IEMOCAP_full_release/, the folder "
+                   "holding AudioWAV/, the folder holding Actor_XX/), or the CSV for 'csv'")
+    p.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    p.add_argument("--all-labels", action="store_true",
+                   help="keep rows outside the four classes (with an empty label)")
+    p.add_argument("--ravdess-calm", choices=["neutral"], default=None,
+                   help="map RAVDESS calm onto this class (default: calm is left out)")
+    p.add_argument("--name", default=None, help="corpus name for 'csv' (default: custom)")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from edgeser.core.manifest import validate_manifest, write_manifest
+    from edgeser.corpora import prepare
+
+    df = prepare(args.corpus, args.root, all_labels=args.all_labels,
+                 ravdess_calm=args.ravdess_calm, name=args.name)
+    if df.empty:
+        raise EdgeserError(f"{args.root}: no usable utterances found")
+    validate_manifest(df, check_paths=False, allow_unlabelled=args.all_labels)
+    write_manifest(df, args.out)
+    skipped = df.attrs.get("skipped", {})
+    n_skipped = sum(len(v) for v in skipped.values())
+    counts = df["label"].replace("", "(other)").value_counts().to_dict()
+    counts_txt = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"{args.out}: {len(df)} utterances, {df['speaker'].nunique()} speakers "
+          f"({counts_txt}); {n_skipped} skipped")
+    return 0
+
+
+# --------------------------------------------------------------------------- validate
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a manifest (and optionally a split file)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--split", type=Path, default=None,
+                   help="split JSON: {part: [utt_id, ...]} or {\"folds\": [{part: [...]}, ...]}")
+    p.add_argument("--all-labels", action="store_true", help="allow rows with an empty label")
+    p.add_argument("--no-paths", action="store_true", help="do not check that audio files exist")
+    p.set_defaults(func=_run_validate)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from edgeser.core.manifest import (
+        read_manifest,
+        read_split_file,
+        validate_manifest,
+        validate_split,
+    )
+
+    df = read_manifest(args.manifest)
+    validate_manifest(df, check_paths=not args.no_paths, allow_unlabelled=args.all_labels)
+    msg = f"{args.manifest}: {len(df)} utterances, {df['speaker'].nunique()} speakers: ok"
+    if args.split is not None:
+        folds = read_split_file(args.split)
+        for parts in folds:
+            validate_split(df, parts)
+        msg += f"; {args.split}: {len(folds)} split(s), no speaker crosses a split: ok"
+    print(msg)
+    return 0
+
+
+# --------------------------------------------------------------------------- synth
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic corpus in a real corpus's layout")
+    p.add_argument("corpus", choices=["iemocap", "cremad", "ravdess"])
+    p.add_argument("out", type=Path, help="corpus root to write")
+    p.add_argument("--scale", choices=["small", "paper"], default="small",
+                   help="small (demo/tests) or paper (the real corpora's sizes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from edgeser.synth import synthesize_corpus
+
+    root = synthesize_corpus(args.corpus, args.out, scale=args.scale, seed=args.seed,
+                             progress=sys.stderr.isatty())
+    print(f"{root}: synthetic {args.corpus} ({args.scale}, seed {args.seed})")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole protocol on synthetic corpora")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from edgeser.demo import run_demo
+
+    report = run_demo(args.out, seed=args.seed)
+    print(f"report: {report}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeser",
+        description="Speech emotion recognition small enough for a phone.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeser {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_prepare, _add_validate, _add_synth, _add_demo):
+        add(sub)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "filelock", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeserError as e:
+        print(f"edgeser: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeser: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

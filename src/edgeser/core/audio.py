@@ -1,0 +1,93 @@
+"""Audio I/O: read any format soundfile reads, downmix to mono, resample with soxr.
+
+Every processing step in edgeser follows one contract,
+``f(signal: np.ndarray, sample_rate: int) -> np.ndarray``, on float32 mono
+signals. This module only imports numpy, soundfile and soxr so that the light
+runtime install (``pip install edgeser[runtime]``) can use it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from edgeser.core.errors import AudioError
+
+#: The sample rate every model in edgeser works at.
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, read without decoding the audio."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate > 0 else 0.0
+
+
+def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
+    """Read frames, sample rate and channel count from the header of ``path``.
+
+    Raises :class:`AudioError` when the file cannot be opened as audio.
+    """
+    try:
+        info = sf.info(os.fspath(path))
+    except (RuntimeError, sf.LibsndfileError, OSError) as e:
+        raise AudioError(f"{path}: unreadable audio ({_short(e)})") from None
+    return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
+                     channels=int(info.channels))
+
+
+def to_mono(signal: np.ndarray) -> np.ndarray:
+    """Average the channels of a ``[frames, channels]`` array (no-op for 1-D input)."""
+    x = np.asarray(signal, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1, dtype=np.float32)
+    elif x.ndim != 1:
+        raise AudioError(f"expected a 1-D or [frames, channels] signal, got shape {x.shape}")
+    return x
+
+
+def resample(signal: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a mono float signal with soxr (high quality); no-op at the target rate."""
+    x = np.asarray(signal, dtype=np.float32)
+    if sample_rate <= 0:
+        raise AudioError(f"invalid sample rate {sample_rate}")
+    if sample_rate == target_rate or x.size == 0:
+        return x
+    return soxr.resample(x, sample_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio(
+    path: str | os.PathLike[str], target_rate: int = SAMPLE_RATE, *, allow_empty: bool = False
+) -> np.ndarray:
+    """Load ``path`` as float32 mono at ``target_rate`` (downmixed, soxr-resampled).
+
+    Raises :class:`AudioError` for unreadable files and, unless ``allow_empty``, for
+    files that hold no audio.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"{p}: no such audio file")
+    try:
+        data, sr = sf.read(os.fspath(p), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError, OSError) as e:
+        raise AudioError(f"{p}: unreadable audio ({_short(e)})") from None
+    if data.shape[0] == 0 and not allow_empty:
+        raise AudioError(f"{p}: file holds no audio")
+    return resample(to_mono(data), int(sr), target_rate)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__

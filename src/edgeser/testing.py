@@ -1,0 +1,157 @@
+"""Public helpers that build small corpora and signals in the real formats, for tests.
+
+These write tiny trees with exactly the real folder layouts, file names and
+label-file formats, including the traps a parser must survive (the IEMOCAP
+mocap-marker letter, non-summary sub-folders, empty WAVs, stereo 48 kHz files).
+For realistic speech-like corpora use :mod:`edgeser.synth` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def tone(
+    duration: float, sample_rate: int = 16_000, freq: float = 220.0, seed: int = 0,
+    channels: int = 1, silence: float = 0.0,
+) -> np.ndarray:
+    """A harmonic tone with a little noise, optionally padded with ``silence`` seconds."""
+    rng = np.random.default_rng(seed)
+    n = max(round(duration * sample_rate), 0)
+    t = np.arange(n) / sample_rate
+    x = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 5))
+    x = 0.3 * x / 2.1 + 0.01 * rng.standard_normal(n)
+    pad = np.zeros(round(silence * sample_rate))
+    x = np.concatenate([pad, x, pad]).astype(np.float32)
+    if channels > 1:
+        x = np.stack([x * (1.0 - 0.1 * c) for c in range(channels)], axis=1)
+    return x
+
+
+def write_wav(
+    path: str | Path, signal: np.ndarray, sample_rate: int = 16_000, subtype: str = "PCM_16"
+) -> Path:
+    """Write ``signal`` (``[n]`` or ``[n, channels]``) as a WAV file, creating folders."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(p, signal, sample_rate, subtype=subtype)
+    return p
+
+
+def write_empty_wav(path: str | Path, sample_rate: int = 16_000) -> Path:
+    """A valid WAV header with zero frames (like CREMA-D's ``1076_MTI_SAD_XX.wav``)."""
+    return write_wav(path, np.zeros(0, dtype=np.float32), sample_rate)
+
+
+def iemocap_summary_line(start: float, end: float, utt: str, label: str,
+                         vad: Sequence[float] = (2.5, 2.5, 2.5)) -> str:
+    """One EmoEvaluation summary line, tab-separated as in the release."""
+    v = ", ".join(f"{x:.4f}" for x in vad)
+    return f"[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[{v}]"
+
+
+def make_iemocap_tree(
+    root: str | Path,
+    utterances: Iterable[tuple[str, str]],
+    *,
+    duration: float = 0.5,
+    missing_audio: Iterable[str] = (),
+    empty_audio: Iterable[str] = (),
+    extra_lines: Iterable[tuple[str, str]] = (),
+) -> Path:
+    """Write ``IEMOCAP_full_release/`` holding ``(utterance, label)`` pairs.
+
+    Each dialog's label file has the ``%`` header, summary lines followed by
+    per-annotator lines, and the ``Categorical/``, ``Attribute/`` and
+    ``Self-evaluation/`` sub-folders, whose files look like summaries to a naive
+    parser. ``extra_lines`` appends ``(dialog, raw line)`` pairs verbatim.
+    """
+    r = Path(root) / "IEMOCAP_full_release"
+    missing, empty = set(missing_audio), set(empty_audio)
+    dialogs: dict[str, list[tuple[str, str]]] = {}
+    for utt, label in utterances:
+        dialogs.setdefault(utt.rsplit("_", 1)[0], []).append((utt, label))
+    extra: dict[str, list[str]] = {}
+    for dialog, line in extra_lines:
+        extra.setdefault(dialog, []).append(line)
+        dialogs.setdefault(dialog, [])
+    for i, (dialog, items) in enumerate(sorted(dialogs.items())):
+        session = int(dialog[3:5])
+        emo = r / f"Session{session}" / "dialog" / "EmoEvaluation"
+        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+        t = 1.0
+        for j, (utt, label) in enumerate(items):
+            lines += [
+                iemocap_summary_line(t, t + duration, utt, label),
+                "C-E2:\tNeutral;\t()",
+                "C-E3:\tNeutral; Frustration;\t()",
+                "A-E3:\tval 3; act 2; dom  2;\t()",
+                "",
+            ]
+            t += duration + 0.5
+            wav = r / f"Session{session}" / "sentences" / "wav" / dialog / f"{utt}.wav"
+            if utt in missing:
+                continue
+            if utt in empty:
+                write_empty_wav(wav)
+            else:
+                write_wav(wav, tone(duration, freq=150.0 + 10 * (i + j), seed=i * 100 + j))
+        lines += extra.get(dialog, [])
+        emo.mkdir(parents=True, exist_ok=True)
+        (emo / f"{dialog}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # Non-summary sub-folders: a naive glob("**/*.txt") would read these.
+        for sub, suffix in (("Categorical", "_e1_cat"), ("Attribute", "_e1_atr"),
+                            ("Self-evaluation", "")):
+            (emo / sub).mkdir(exist_ok=True)
+            body = "".join(
+                f"{iemocap_summary_line(0.0, 1.0, u, 'ang')}\n" for u, _ in items
+            )
+            (emo / sub / f"{dialog}{suffix}.txt").write_text(body, encoding="utf-8")
+    return r
+
+
+def make_cremad_tree(
+    root: str | Path,
+    names: Iterable[str],
+    *,
+    duration: float = 0.5,
+    empty: Iterable[str] = (),
+    demographics: dict[str, str] | None = None,
+) -> Path:
+    """Write ``AudioWAV/<name>.wav`` for each CREMA-D file stem, plus demographics."""
+    r = Path(root)
+    empty = set(empty)
+    for i, name in enumerate(names):
+        wav = r / "AudioWAV" / f"{name}.wav"
+        if name in empty:
+            write_empty_wav(wav)
+        else:
+            write_wav(wav, tone(duration, freq=180.0 + 5 * i, seed=i))
+    if demographics is not None:
+        rows = ["ActorID,Age,Sex,Race,Ethnicity"]
+        rows += [f"{a},30,{s},Caucasian,Not Hispanic" for a, s in demographics.items()]
+        (r / "VideoDemographics.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return r
+
+
+def make_ravdess_tree(
+    root: str | Path,
+    names: Iterable[str],
+    *,
+    duration: float = 0.5,
+    sample_rate: int = 48_000,
+    stereo: Iterable[str] = (),
+) -> Path:
+    """Write ``Actor_XX/<name>.wav`` (48 kHz) for each RAVDESS file stem."""
+    r = Path(root)
+    stereo = set(stereo)
+    for i, name in enumerate(names):
+        actor = name.rsplit("-", 1)[1]
+        sig = tone(duration, sample_rate, freq=200.0 + 5 * i, seed=i,
+                   channels=2 if name in stereo else 1)
+        write_wav(r / f"Actor_{actor}" / f"{name}.wav", sig, sample_rate)
+    return r

@@ -1,0 +1,37 @@
+"""Shared fixtures: RNG state restored after each test, the real RAVDESS sample."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RAVDESS_MINI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng_state():
+    """Tests may seed global RNGs; put them back so test order never matters."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    try:
+        import torch
+
+        torch_state = torch.random.get_rng_state()
+    except ImportError:  # pragma: no cover - torch is part of the dev install
+        torch_state = None
+    yield
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    if torch_state is not None:
+        torch.random.set_rng_state(torch_state)
+
+
+@pytest.fixture(scope="session")
+def ravdess_mini() -> Path:
+    """Two real RAVDESS actors (original 48 kHz files), when the checkout has them."""
+    if not RAVDESS_MINI.is_dir():
+        pytest.skip(f"real RAVDESS sample not found at {RAVDESS_MINI} (only in the dev workspace)")
+    return RAVDESS_MINI
