@@ -111,6 +111,111 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from edgeser.config import add_config_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train a model on manifests (validation: held-out speakers)",
+        description="Train on every row of the given manifests. Model selection uses "
+        "--val-speakers whole speakers held out of the first manifest (0: keep the last "
+        "epoch). Writes OUT/model.safetensors + model.json.",
+    )
+    p.add_argument("manifests", type=Path, nargs="+", help="manifest CSVs (from prepare)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache (default: OUT/cache)")
+    add_config_arguments(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from edgeser.config import config_from_args
+    from edgeser.runs import train_on_manifests
+
+    cfg = config_from_args(args)
+    rec = train_on_manifests(cfg, args.manifests, args.out, cache_dir=args.cache_dir,
+                             progress=sys.stderr.isatty())
+    m = rec.get("val_metrics")
+    extra = f"; validation UA {100 * m['ua']:.1f} %" if m else ""
+    print(f"{args.out / 'model.safetensors'}: trained on {rec['n_train']} utterances{extra}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from edgeser.config import add_config_arguments
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained model on a manifest, or run speaker-independent "
+        "folds on any corpus",
+        description="With --model: evaluate that model on --corpus (cross-corpus error "
+        "analysis). With --protocol loso: group the corpus's sessions into --folds "
+        "speaker-disjoint folds and train/test each.",
+    )
+    p.add_argument("--corpus", type=Path, required=True, help="manifest CSV to evaluate on")
+    p.add_argument("--model", type=Path, default=None, help="a trained model folder")
+    p.add_argument("--protocol", choices=["loso"], default=None)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    add_config_arguments(p)
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from edgeser.config import config_from_args
+    from edgeser.runs import evaluate_loso, evaluate_model
+
+    if (args.model is None) == (args.protocol is None):
+        raise EdgeserError("give either --model DIR or --protocol loso")
+    progress = sys.stderr.isatty()
+    if args.model is not None:
+        res = evaluate_model(args.model, args.corpus, args.out, cache_dir=args.cache_dir,
+                             progress=progress)
+        m = res["metrics"]
+    else:
+        cfg = config_from_args(args)
+        res = evaluate_loso(cfg, args.corpus, args.out, folds=args.folds,
+                            cache_dir=args.cache_dir, progress=progress)
+        m = next(iter(res["loso"].values()))["mean"]
+    print(f"{args.out / 'results.json'}: WA {100 * m['wa']:.1f} %, UA {100 * m['ua']:.1f} %, "
+          f"macro-F1 {100 * m['macro_f1']:.1f} %")
+    return 0
+
+
+# --------------------------------------------------------------------------- reproduce
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    from edgeser.config import add_config_arguments
+
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's whole protocol: LOSO x2, production model, cross-corpus",
+        description="Corpus arguments take a corpus root or a manifest CSV.",
+    )
+    p.add_argument("--iemocap", type=Path, required=True)
+    p.add_argument("--cremad", type=Path, default=None)
+    p.add_argument("--ravdess", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache, shared across runs (default: OUT/cache)")
+    add_config_arguments(p)
+    p.set_defaults(func=_run_reproduce)
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from edgeser.config import config_from_args
+    from edgeser.reproduce import reproduce
+
+    cfg = config_from_args(args)
+    reproduce(cfg, iemocap=args.iemocap, cremad=args.cremad, ravdess=args.ravdess,
+              out=args.out, cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole protocol on synthetic corpora")
@@ -122,7 +227,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from edgeser.demo import run_demo
 
-    report = run_demo(args.out, seed=args.seed)
+    report = run_demo(args.out, seed=args.seed, progress=sys.stderr.isatty())
     print(f"report: {report}")
     return 0
 
@@ -138,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_prepare, _add_validate, _add_synth, _add_demo):
+    for add in (_add_prepare, _add_validate, _add_synth, _add_train, _add_evaluate,
+                _add_reproduce, _add_demo):
         add(sub)
     return parser
 

@@ -1,0 +1,212 @@
+"""One typed configuration for a training run, with the paper's values as defaults.
+
+Every field can be set from a YAML file (``--config FILE.yaml``, flat keys or
+grouped under ``front_end``/``augment``) and overridden on the command line: each
+field becomes ``--<field-name-with-dashes>`` (e.g. ``--epochs 2 --aug-views 1``).
+The resolved config is saved next to every run's results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgeser.core.augment import AugmentConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.core.preprocess import FrontEnd
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (defaults: the paper's method)."""
+
+    # encoder
+    encoder: str = "distilhubert"
+    """Encoder source: hub id or alias, local HF folder, s3prl .ckpt, or 'random'."""
+    encoder_seed: int = 0
+    """Seed of the random encoder (only with encoder='random')."""
+    precision: str = "bf16"
+    """Encoder arithmetic for feature extraction: 'fp32' or 'bf16' (checked: cosine >= 0.999)."""
+    train: str = "head"
+    """What is trained: 'head' (encoder frozen) or 'encoder' (conv extractor frozen,
+    projection + positional conv + transformer fine-tuned with the head)."""
+    # head
+    pooling: str = "mean"
+    head_hidden: int = 256
+    dropout: float = 0.2
+    # loss
+    loss: str = "focal"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    # optimisation
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    encoder_lr: float = 5e-5
+    """Learning rate of the fine-tuned encoder layers (train='encoder')."""
+    weight_decay: float = 1e-2
+    batch_size: int = 16
+    epochs: int = 25
+    # augmentation
+    aug_views: int = 4
+    """Augmented views cached per training utterance; one is drawn per epoch.
+    0 trains on clean features only."""
+    aug_mode: str = "cached"
+    """'cached' (views encoded once) or 'online' (augment and re-encode every step)."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    front_end: FrontEnd = field(default_factory=FrontEnd)
+    # protocol
+    val_speakers: int = 1
+    """Speakers held out of the training sessions for model selection (LOSO);
+    0 trains for all epochs and keeps the last."""
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "precision": ("fp32", "bf16"),
+            "train": ("head", "encoder"),
+            "pooling": ("mean", "meanstd", "attention"),
+            "loss": ("focal", "ce"),
+            "optimizer": ("adamw",),
+            "aug_mode": ("cached", "online"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise EdgeserError(
+                    f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        positive = ("batch_size", "epochs")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise EdgeserError(f"{name.replace('_', '-')} must be positive")
+        if self.aug_views < 0 or self.val_speakers < 0:
+            raise EdgeserError("aug-views and val-speakers must be >= 0")
+        if not (0 <= self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
+            raise EdgeserError("val-fraction and test-fraction must be in [0, 0.5)")
+        if self.train == "encoder" and self.pooling == "attention":
+            pass  # frames are available in encoder mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a (possibly nested) dict; unknown keys are an error."""
+        data = dict(data)
+        nested: dict[str, Any] = {}
+        for name, sub in (("augment", AugmentConfig), ("front_end", FrontEnd)):
+            value = data.pop(name, None) or {}
+            if not isinstance(value, dict):
+                raise EdgeserError(f"config key {name!r} must be a mapping")
+            nested[name] = _build(sub, value, prefix=f"{name}.")
+        flat_aug = {k: data.pop(k) for k in list(data) if k in _names(AugmentConfig)}
+        flat_fe = {k: data.pop(k) for k in list(data) if k in _names(FrontEnd)}
+        if flat_aug:
+            nested["augment"] = dataclasses.replace(nested["augment"], **flat_aug)
+        if flat_fe:
+            nested["front_end"] = dataclasses.replace(nested["front_end"], **flat_fe)
+        return _build(cls, {**data, **nested})
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    unknown = sorted(set(data) - _names(cls))
+    if unknown:
+        raise EdgeserError(f"unknown config keys: {', '.join(prefix + k for k in unknown)}")
+    return cls(**data)
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the YAML file (if any), then command-line overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise EdgeserError(f"config file not found: {p}") from None
+        except yaml.YAMLError as e:
+            raise EdgeserError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise EdgeserError(f"{p}: a config file must be a mapping of keys to values")
+        data.update(loaded)
+    base = TrainConfig.from_dict(data)
+    flat = {k: v for k, v in overrides.items() if v is not None}
+    merged = {**_flatten(base.to_dict()), **flat}
+    return TrainConfig.from_dict(merged)
+
+
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _option_type(tp: Any) -> Any:
+    if isinstance(tp, str):
+        tp = eval_type(tp)
+    if tp is bool:
+        return _parse_bool
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _option_type(args[0])
+    return tp
+
+
+def eval_type(name: str) -> Any:
+    """Resolve a postponed annotation of a config field (only simple builtins are used)."""
+    table = {"int": int, "float": float, "str": str, "bool": bool}
+    if name not in table:
+        raise TypeError(f"unsupported config field type {name!r}")
+    return table[name]
+
+
+def _parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one ``--<field>`` option per config field (default: unset)."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML file with config values")
+    group = parser.add_argument_group("training config (defaults: the paper's values)")
+    for cls in (TrainConfig, AugmentConfig, FrontEnd):
+        for f in fields(cls):
+            if f.name in ("augment", "front_end"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f"cfg_{f.name}",
+                type=_option_type(f.type),
+                default=None,
+                metavar=type(default).__name__.upper() if default is not None else "VALUE",
+                help=f"(default: {default})",
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config named by ``--config`` with the ``--<field>`` overrides applied."""
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
+    return load_config(getattr(args, "config", None), overrides)

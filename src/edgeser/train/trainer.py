@@ -1,0 +1,293 @@
+"""Training loop for the emotion head (and, optionally, the upper encoder layers).
+
+Inputs come as a :class:`FeatureSet` of one of four kinds:
+
+* ``pooled``: cached per-layer mean/std vectors ``[L, 2D]`` (the default, fast path);
+* ``frames``: cached hidden states ``[L, T, D]`` (attention pooling);
+* ``conv``: cached conv-extractor outputs ``[T, 512]``; the encoder's projection,
+  positional convolution and transformer layers are fine-tuned with the head;
+* ``wave``: pre-processed waveforms, augmented and re-encoded through the frozen
+  encoder at every step (the exact, slow reference path).
+
+For cached kinds each training utterance has ``K`` augmented views and one is
+drawn per utterance per epoch (``K = 0``: clean features). Model selection keeps
+the epoch with the best validation UA (ties: lower validation loss); without a
+validation set the last epoch is kept. Training state is saved after each epoch
+and an interrupted run resumes where it stopped. Seeded and deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from edgeser.config import TrainConfig
+from edgeser.core.audio import SAMPLE_RATE
+from edgeser.core.augment import Augmenter
+from edgeser.core.errors import EdgeserError
+from edgeser.core.io import atomic_path, sha256_text
+from edgeser.core.labels import LABELS
+from edgeser.eval.metrics import compute_metrics
+from edgeser.models.head import EmotionHead, HeadConfig
+from edgeser.progress import progress_bar
+from edgeser.train.checkpoint import load_state, read_state_info, save_state
+from edgeser.train.losses import make_loss
+
+log = logging.getLogger(__name__)
+
+FEATURE_KINDS = ("pooled", "frames", "conv", "wave")
+
+
+@dataclass
+class FeatureSet:
+    """Features and labels of one split part, aligned by position."""
+
+    kind: str
+    ids: list[str]
+    labels: np.ndarray
+    clean: list[np.ndarray]
+    views: list[list[np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown feature kind {self.kind!r}")
+        if not (len(self.ids) == len(self.labels) == len(self.clean)):
+            raise ValueError("ids, labels and features must have the same length")
+        if self.views and len(self.views) != len(self.ids):
+            raise ValueError("views must be given for every utterance or none")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class SERModel(nn.Module):
+    """The head, with the encoder attached for the ``conv`` and ``wave`` kinds."""
+
+    def __init__(self, head: EmotionHead, encoder: Any | None = None, kind: str = "pooled"):
+        super().__init__()
+        self.head = head
+        self.kind = kind
+        # Registered as a sub-module only when it is trained (conv kind), so the
+        # frozen encoder's weights are not duplicated into head checkpoints.
+        if kind == "conv":
+            self.encoder = encoder
+        else:
+            self._frozen_encoder = encoder
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        kind = self.kind
+        if kind == "pooled":
+            return self.head.forward_pooled(batch["pooled"])
+        if kind == "frames":
+            return self.head(batch["frames"], batch["mask"])
+        if kind == "conv":
+            hidden = self.encoder.forward_from_conv(batch["conv"], batch["mask"])
+            return self.head(hidden, _conv_to_frame_mask(batch["mask"], hidden.shape[2]))
+        enc = self._frozen_encoder
+        with torch.no_grad():
+            outs = enc.encode(batch["waves"])
+        pooled = [self.head.pool_layers(o.unsqueeze(1)) for o in outs]  # [L,1,P] each
+        return self.head.forward_pooled(torch.cat(pooled, dim=1))
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items()}
+
+
+def _conv_to_frame_mask(mask: torch.Tensor, frames: int) -> torch.Tensor:
+    return mask[:, :frames]
+
+
+def head_config(cfg: TrainConfig, num_layers: int, hidden_size: int) -> HeadConfig:
+    return HeadConfig(num_layers=num_layers, hidden_size=hidden_size, num_classes=len(LABELS),
+                      pooling=cfg.pooling, hidden=cfg.head_hidden, dropout=cfg.dropout)
+
+
+def collate(kind: str, arrays: Sequence[np.ndarray], pooling: str) -> dict[str, Any]:
+    """Batch per-utterance arrays into model inputs."""
+    if kind == "pooled":
+        x = torch.from_numpy(np.stack(arrays)).float()  # [B, L, 2D]
+        if pooling == "mean":
+            x = x[..., : x.shape[-1] // 2]
+        return {"pooled": x.transpose(0, 1).contiguous()}
+    if kind == "wave":
+        return {"waves": list(arrays)}
+    time_axis = 1 if kind == "frames" else 0
+    lengths = [a.shape[time_axis] for a in arrays]
+    t = max(lengths)
+    if kind == "frames":
+        out = np.zeros((arrays[0].shape[0], len(arrays), t, arrays[0].shape[2]), np.float32)
+        for i, a in enumerate(arrays):
+            out[:, i, : a.shape[1]] = a
+        key = "frames"
+    else:
+        out = np.zeros((len(arrays), t, arrays[0].shape[1]), np.float32)
+        for i, a in enumerate(arrays):
+            out[i, : a.shape[0]] = a
+        key = "conv"
+    mask = torch.zeros(len(arrays), t, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    return {key: torch.from_numpy(out), "mask": mask}
+
+
+def _batches(n: int, size: int, order: np.ndarray) -> Iterator[np.ndarray]:
+    for i in range(0, n, size):
+        yield order[i : i + size]
+
+
+@dataclass
+class FitResult:
+    model: SERModel
+    history: list[dict[str, float]]
+    best_epoch: int
+    resumed_from: int
+
+
+def fit(
+    cfg: TrainConfig,
+    model: SERModel,
+    train: FeatureSet,
+    val: FeatureSet | None,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    augmenter: Augmenter | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train`` and select on ``val``; resumable from ``out_dir``."""
+    if len(train) == 0:
+        raise EdgeserError("the training set is empty")
+    counts = np.bincount(train.labels, minlength=len(LABELS)).tolist()
+    missing = [LABELS[i] for i, c in enumerate(counts) if c == 0]
+    if missing:
+        raise EdgeserError(f"class {', '.join(missing)} has no training examples")
+    torch.manual_seed(cfg.seed)
+    loss_fn = make_loss(cfg.loss, counts, gamma=cfg.focal_gamma,
+                        label_smoothing=cfg.label_smoothing, labels=list(LABELS))
+    head_params = list(model.head.parameters())
+    groups = [{"params": head_params, "lr": cfg.lr}]
+    if model.kind == "conv":
+        enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
+        groups.append({"params": enc_params, "lr": cfg.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Everything that shapes the run except the epoch count, so a longer run resumes a
+    # shorter one.
+    shape = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+    fingerprint = sha256_text(repr((shape, train.ids, val.ids if val else None,
+                                    model.kind)))[:16]
+    history: list[dict[str, float]] = []
+    best: tuple[float, float] = (-math.inf, -math.inf)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch = -1
+    start = 0
+    saved = read_state_info(out_dir)
+    if saved is not None and saved.get("fingerprint") != fingerprint:
+        log.info("%s: saved state is for another config or split; starting over", out_dir)
+    elif saved is not None and (info := load_state(out_dir, model, optimizer)) is not None:
+        history = info["history"]
+        start = len(history)
+        best_epoch = info["best_epoch"]
+        best = (float(info["best"][0]), float(info["best"][1]))
+        if best_epoch >= 0 and (out_dir / "best.safetensors").is_file():
+            best_state = load_file(str(out_dir / "best.safetensors"))
+        log.info("resuming %s after epoch %d", out_dir, start)
+    resumed_from = start
+    n = len(train)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    with progress_bar(total=(cfg.epochs - start) * steps_per_epoch, desc=out_dir.name,
+                      enabled=progress) as bar:
+        for epoch in range(start, cfg.epochs):
+            model.train()
+            rng = np.random.default_rng([cfg.seed, epoch])
+            order = rng.permutation(n)
+            view_pick = rng.integers(0, max(len(train.views[0]) if train.views else 1, 1), n)
+            total, seen = 0.0, 0
+            for idx in _batches(n, cfg.batch_size, order):
+                arrays = _train_arrays(train, idx, view_pick, epoch, cfg, augmenter)
+                batch = collate(train.kind, arrays, cfg.pooling)
+                target = torch.from_numpy(train.labels[idx]).long()
+                logits = model(batch)
+                loss = loss_fn(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+                bar.update(1)
+            record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
+            if val is not None and len(val):
+                probs, vloss = predict(model, val, cfg, loss_fn=loss_fn)
+                m = compute_metrics(val.labels, probs.argmax(1))
+                record.update(val_loss=vloss, val_ua=m["ua"], val_wa=m["wa"])
+                score = (m["ua"], -vloss)
+                if score > best:
+                    best, best_epoch = score, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+                    _save_best(out_dir, best_state)
+            history.append(record)
+            bar.set_postfix_str(" ".join(f"{k}={v:.3f}" for k, v in record.items()
+                                         if k != "epoch"))
+            save_state(out_dir, model, optimizer,
+                       {"fingerprint": fingerprint, "history": history,
+                        "best_epoch": best_epoch, "best": list(best)})
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = cfg.epochs - 1
+    return FitResult(model=model, history=history, best_epoch=best_epoch,
+                     resumed_from=resumed_from)
+
+
+def _save_best(out_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    with atomic_path(out_dir / "best.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+
+
+def _train_arrays(
+    data: FeatureSet,
+    idx: np.ndarray,
+    view_pick: np.ndarray,
+    epoch: int,
+    cfg: TrainConfig,
+    augmenter: Augmenter | None,
+) -> list[np.ndarray]:
+    if data.kind == "wave":
+        if augmenter is None or cfg.aug_views == 0:
+            return [data.clean[i] for i in idx]
+        return [augmenter(data.clean[i], SAMPLE_RATE,
+                          seed=(cfg.seed * 7919 + epoch * 104_729 + int(i)) % (2**31))
+                for i in idx]
+    if data.views:
+        return [data.views[i][view_pick[i]] for i in idx]
+    return [data.clean[i] for i in idx]
+
+
+@torch.no_grad()
+def predict(
+    model: SERModel, data: FeatureSet, cfg: TrainConfig, *, loss_fn: nn.Module | None = None,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, float]:
+    """Class probabilities ``[N, C]`` on clean features (and the mean loss, if asked)."""
+    model.eval()
+    probs = []
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(data)))
+        batch = collate(data.kind, [data.clean[i] for i in idx], cfg.pooling)
+        logits = model(batch)
+        if loss_fn is not None:
+            total += float(loss_fn(logits, torch.from_numpy(data.labels[idx]).long())) * len(idx)
+        probs.append(torch.softmax(logits, dim=-1).numpy())
+    model.train()
+    out = np.concatenate(probs) if probs else np.zeros((0, len(LABELS)), np.float32)
+    return out, total / max(len(data), 1)

@@ -1,0 +1,617 @@
+"""Tests for the speech encoder: architecture, loaders (hub, HF folder, s3prl .ckpt), batching.
+
+Most tests use a tiny DistilHuBERT-shaped config; the full-size architecture is built once
+(module fixture, seeded) for the parameter count, an s3prl round trip in the real layout,
+frame arithmetic and the bf16-vs-fp32 check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeser.core.errors import EdgeserError
+from edgeser.models.encoder import (
+    DISTILHUBERT_NUM_PARAMETERS,
+    Encoder,
+    distilhubert_config,
+    load_encoder,
+    parse_conv_spec,
+    random_encoder,
+    tiny_config,
+)
+
+SR = 16_000
+
+# --------------------------------------------------------------------------- helpers
+
+_LAYER_PARTS_HF_TO_S3PRL = {
+    "attention.q_proj": "self_attn.q_proj",
+    "attention.k_proj": "self_attn.k_proj",
+    "attention.v_proj": "self_attn.v_proj",
+    "attention.out_proj": "self_attn.out_proj",
+    "layer_norm": "self_attn_layer_norm",
+    "feed_forward.intermediate_dense": "fc1",
+    "feed_forward.output_dense": "fc2",
+    "final_layer_norm": "final_layer_norm",
+}
+_HF_LAYER = re.compile(
+    r"^encoder\.layers\.(\d+)\.("
+    + "|".join(re.escape(p) for p in _LAYER_PARTS_HF_TO_S3PRL)
+    + r")\.(weight|bias)$"
+)
+_HF_CONV = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
+
+
+def hf_to_s3prl(state: dict[str, torch.Tensor], *, legacy_weight_norm: bool) -> dict:
+    """Inverse of the loader's mapping: a HubertModel state dict in s3prl distiller layout.
+
+    Leaves out the mask embedding (s3prl's distiller has none) and writes the weight-norm
+    parameters as ``weight_g``/``weight_v`` (older torch) or ``parametrizations.*``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        value = value.clone()
+        if key == "masked_spec_embed":
+            continue
+        if key.startswith("feature_projection.projection."):
+            new = "post_extract_proj." + key.removeprefix("feature_projection.projection.")
+        elif key.startswith("encoder.pos_conv_embed.conv."):
+            rest = key.removeprefix("encoder.pos_conv_embed.conv.")
+            if legacy_weight_norm:
+                rest = rest.replace("parametrizations.weight.original0", "weight_g")
+                rest = rest.replace("parametrizations.weight.original1", "weight_v")
+            new = "encoder.pos_conv.0." + rest
+        elif key.startswith("encoder.layer_norm."):
+            new = key
+        elif m := _HF_LAYER.match(key):
+            new = f"encoder.layers.{m[1]}.{_LAYER_PARTS_HF_TO_S3PRL[m[2]]}.{m[3]}"
+        elif m := _HF_CONV.match(key):
+            new = f"feature_extractor.conv_layers.{m[1]}.{'0' if m[2] == 'conv' else '2'}.{m[3]}"
+        else:  # pragma: no cover - the test mapping must cover every key
+            raise AssertionError(f"unmapped key {key}")
+        out[new] = value
+    return out
+
+
+def distiller_config(config, **overrides) -> dict:
+    """The ``Config["distiller"]`` dict s3prl stores, for a HubertConfig."""
+    spec = " + ".join(f"[({c},{k},{s})]" for c, k, s in zip(*_conv(config), strict=True))
+    cfg = {
+        "extractor_mode": "default",
+        "extractor_conv_feature_layers": spec,
+        "extractor_dropout": 0.0,
+        "feature_grad_mult": 0.1,
+        "conv_pos": config.num_conv_pos_embeddings,
+        "conv_pos_groups": config.num_conv_pos_embedding_groups,
+        "encoder_layers": config.num_hidden_layers,
+        "encoder_embed_dim": config.hidden_size,
+        "encoder_ffn_embed_dim": config.intermediate_size,
+        "encoder_attention_heads": config.num_attention_heads,
+        "activation_fn": "gelu",
+        "layer_norm_first": False,
+        "attention_type": "original",
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.1,
+        "encoder_layerdrop": 0.0,
+        "final_dim": 16,
+        "out_layer_type": "expand-last",
+        "n_tasks": 3,
+        "task_emb_type": "expand-last",
+        "loss_type": "l1",
+        "pred_layer_id": [4, 8, 12],
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _conv(config):
+    return config.conv_dim, config.conv_kernel, config.conv_stride
+
+
+def write_s3prl_ckpt(path, model, *, legacy_weight_norm=False, state=None, **cfg_overrides):
+    """Write ``model`` as an original s3prl DistilHuBERT checkpoint (with prediction heads)."""
+    config = model.config
+    distiller = hf_to_s3prl(model.state_dict(), legacy_weight_norm=legacy_weight_norm)
+    if state is not None:
+        distiller = state
+    hidden, n_tasks, final_dim = config.hidden_size, 3, 16
+    gen = torch.Generator().manual_seed(1)
+    # expand-last prediction heads: Linear(D, D * n_tasks), GELU, SplitLinear.
+    distiller["output_layer.0.weight"] = torch.randn(hidden * n_tasks, hidden, generator=gen)
+    distiller["output_layer.0.bias"] = torch.randn(hidden * n_tasks, generator=gen)
+    distiller["output_layer.2.weight"] = torch.randn(1, n_tasks, hidden, final_dim, generator=gen)
+    distiller["output_layer.2.bias"] = torch.randn(1, 1, n_tasks, final_dim, generator=gen)
+    ckpt = {
+        "Distiller": distiller,
+        "Config": {"distiller": distiller_config(config, **cfg_overrides), "runner": {}},
+        "Args": argparse.Namespace(mode="train", seed=1337),
+        "Step": 200_000,
+        "Optimizer": {"state": {}, "param_groups": []},
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """A voiced, formant-shaped, syllable-modulated signal (speech-like spectrum)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 140.0 + 30.0 * np.sin(2 * np.pi * 1.5 * t) + 10.0 * np.sin(2 * np.pi * 5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    formants = (500.0, 1500.0, 2500.0)
+    voiced = np.zeros_like(t)
+    for k in range(1, 40):
+        freq = k * f0
+        gain = sum(np.exp(-(((freq - f) / 150.0) ** 2)) for f in formants) + 0.05
+        voiced += gain * np.sin(k * phase) * (freq < 7500)
+    envelope = 0.5 * (1 - np.cos(2 * np.pi * 3.7 * t)) ** 2
+    signal = voiced * envelope + 0.005 * rng.standard_normal(t.size)
+    return (0.6 * signal / np.abs(signal).max()).astype(np.float32)
+
+
+def hf_hidden_states(encoder: Encoder, wave: np.ndarray) -> torch.Tensor:
+    """Reference: the wrapped HF model's own ``hidden_states`` for one unpadded input."""
+    with torch.no_grad():
+        out = encoder.model(torch.from_numpy(wave)[None], output_hidden_states=True)
+    return torch.stack(out.hidden_states)[:, 0].float()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a - b).abs().max())
+
+
+@pytest.fixture(scope="module")
+def full_encoder() -> Encoder:
+    """The full DistilHuBERT architecture, random init (seed 0), built once."""
+    return load_encoder("random", seed=0)
+
+
+@pytest.fixture
+def tiny_encoder() -> Encoder:
+    return random_encoder(tiny_config(), seed=3)
+
+
+def tiny_waves(lengths, seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+
+
+# ------------------------------------------------------------------ architecture
+
+
+def test_full_architecture_parameter_count(full_encoder: Encoder) -> None:
+    model = full_encoder.model
+    assert type(model).__name__ == "HubertModel"
+    assert sum(p.numel() for p in model.parameters()) == DISTILHUBERT_NUM_PARAMETERS == 23_491_968
+    cfg = model.config
+    assert list(cfg.conv_kernel) == [10, 3, 3, 3, 3, 2, 2]
+    assert list(cfg.conv_stride) == [5, 2, 2, 2, 2, 2, 2]
+    assert list(cfg.conv_dim) == [512] * 7
+    assert not cfg.conv_bias and not cfg.feat_proj_layer_norm
+    assert cfg.feat_extract_norm == "group"
+    assert (cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups) == (128, 16)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (2, 768, 12)
+    assert (cfg.intermediate_size, cfg.hidden_act) == (3072, "gelu")
+    assert not cfg.do_stable_layer_norm
+    assert full_encoder.num_layers == 2
+    assert full_encoder.num_hidden_states == 3
+    assert full_encoder.hidden_size == 768
+    assert full_encoder.is_random and full_encoder.source == "random"
+    assert not full_encoder.do_normalize
+    assert (full_encoder.min_samples, full_encoder.hop_length) == (400, 320)
+    assert re.fullmatch(r"[0-9a-f]{16}", full_encoder.identity)
+
+
+def test_full_frames_49_per_second(full_encoder: Encoder) -> None:
+    assert full_encoder.num_frames(SR) == 49
+    assert full_encoder.num_frames(0) == full_encoder.num_frames(1) == 1
+    rng = np.random.default_rng(0)
+    for n in (0, 399, 400, 719, 720, 16_000, 16_319, 16_320, 48_000):
+        wave = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        assert full_encoder.conv_features(wave).shape == (full_encoder.num_frames(n), 512), n
+
+
+def test_full_batch_equals_single(full_encoder: Encoder) -> None:
+    waves = [speech_like(1.0, 1), speech_like(0.37, 2), speech_like(0.8, 3)]
+    batched = full_encoder.encode(waves)
+    for wave, out in zip(waves, batched, strict=True):
+        assert out.shape == (3, full_encoder.num_frames(wave.size), 768)
+        assert out.dtype == torch.float32
+        assert max_diff(out, full_encoder.encode([wave])[0]) <= 1e-4
+        assert max_diff(out, hf_hidden_states(full_encoder, wave)) <= 1e-4
+
+
+def test_bf16_close_to_fp32(full_encoder: Encoder) -> None:
+    bf16 = Encoder(full_encoder.model, source="random", is_random=True, precision="bf16")
+    assert bf16.identity != full_encoder.identity
+    waves = [speech_like(1.5, 4), speech_like(3.0, 5)]
+    for ref, low in zip(full_encoder.encode(waves), bf16.encode(waves), strict=True):
+        assert low.dtype == torch.float32 and torch.isfinite(low).all()
+        cos = torch.nn.functional.cosine_similarity(ref[-1].mean(0), low[-1].mean(0), dim=0)
+        assert float(cos) >= 0.999
+
+
+def test_full_size_s3prl_checkpoint(full_encoder: Encoder, tmp_path, caplog) -> None:
+    path = write_s3prl_ckpt(tmp_path / "disilhubert_ls960_4-8-12.ckpt", full_encoder.model)
+    with caplog.at_level(logging.WARNING, logger="edgeser"):
+        loaded = load_encoder(str(path))
+    assert not any("weights_only=False" in r.getMessage() for r in caplog.records)
+    assert not loaded.is_random
+    assert sum(p.numel() for p in loaded.model.parameters()) == DISTILHUBERT_NUM_PARAMETERS
+    assert loaded.identity == full_encoder.identity
+    wave = speech_like(0.6, 6)
+    assert max_diff(loaded.encode([wave])[0], full_encoder.encode([wave])[0]) <= 1e-5
+
+
+def test_distilhubert_config_overrides() -> None:
+    cfg = distilhubert_config(num_hidden_layers=4)
+    assert cfg.num_hidden_layers == 4 and cfg.hidden_size == 768
+
+
+def test_random_is_seeded_and_warns(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="edgeser"):
+        a = random_encoder(tiny_config(), seed=1)
+    assert any("RANDOM ENCODER WEIGHTS" in r.getMessage() for r in caplog.records)
+    assert a.is_random
+    before = torch.random.get_rng_state()
+    b = random_encoder(tiny_config(), seed=1)
+    assert torch.equal(before, torch.random.get_rng_state())  # global RNG untouched
+    c = random_encoder(tiny_config(), seed=2)
+    assert a.identity == b.identity != c.identity
+
+
+# ------------------------------------------------------------------ loaders
+
+
+@pytest.mark.parametrize("legacy_weight_norm", [True, False], ids=["weight_g_v", "parametrized"])
+def test_s3prl_checkpoint_and_hf_folder_agree(tmp_path, legacy_weight_norm: bool) -> None:
+    reference = random_encoder(tiny_config(), seed=5)
+    folder = tmp_path / "hf"
+    reference.model.save_pretrained(folder)
+    assert (folder / "model.safetensors").is_file()
+    ckpt = write_s3prl_ckpt(
+        tmp_path / "tiny.ckpt", reference.model, legacy_weight_norm=legacy_weight_norm
+    )
+    keys = torch.load(ckpt, weights_only=False)["Distiller"].keys()
+    assert any(k.startswith("output_layer.") for k in keys)
+    assert ("encoder.pos_conv.0.weight_g" in keys) == legacy_weight_norm
+
+    from_folder = load_encoder(str(folder))
+    from_ckpt = load_encoder(str(ckpt))
+    assert not from_folder.is_random and not from_ckpt.is_random
+    assert from_ckpt.identity == from_folder.identity == reference.identity
+    waves = tiny_waves([0, 7, 300, 1234, 1234, 4000])
+    for a, b, c in zip(
+        from_folder.encode(waves), from_ckpt.encode(waves), reference.encode(waves), strict=True
+    ):
+        assert max_diff(a, b) <= 1e-5
+        assert max_diff(a, c) <= 1e-5
+
+
+def test_hf_folder_with_legacy_bin_weights(tmp_path) -> None:
+    """Hub repos saved in 2021 hold pytorch_model.bin with weight_g/weight_v names."""
+    reference = random_encoder(tiny_config(), seed=8)
+    reference.model.config.to_json_file(tmp_path / "config.json")
+    legacy = {
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v.clone()
+        for k, v in reference.model.state_dict().items()
+    }
+    assert "encoder.pos_conv_embed.conv.weight_g" in legacy
+    torch.save(legacy, tmp_path / "pytorch_model.bin")
+    loaded = load_encoder(str(tmp_path))
+    assert loaded.identity == reference.identity
+    waves = tiny_waves([700, 1900], seed=3)
+    for a, b in zip(loaded.encode(waves), reference.encode(waves), strict=True):
+        assert max_diff(a, b) <= 1e-6
+
+
+def _tiny_ckpt_model(seed: int = 5, **overrides):
+    return random_encoder(tiny_config(**overrides), seed=seed).model
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("fewer_layers_in_weights", "missing: encoder.layers.1."),
+        ("more_layers_in_weights", "unexpected: encoder.layers.1."),
+        ("wrong_width", "shape mismatch"),
+        ("renamed_key", "unexpected: encoder.layers.0.fc_one.weight"),
+    ],
+)
+def test_s3prl_wrong_architecture_refused(tmp_path, case: str, expected: str) -> None:
+    path = tmp_path / f"{case}.ckpt"
+    if case == "fewer_layers_in_weights":
+        write_s3prl_ckpt(path, _tiny_ckpt_model(), encoder_layers=2)
+    elif case == "more_layers_in_weights":
+        write_s3prl_ckpt(path, _tiny_ckpt_model(num_hidden_layers=2), encoder_layers=1)
+    elif case == "wrong_width":
+        write_s3prl_ckpt(path, _tiny_ckpt_model(), encoder_embed_dim=64, encoder_ffn_embed_dim=64)
+    else:
+        model = _tiny_ckpt_model()
+        state = hf_to_s3prl(model.state_dict(), legacy_weight_norm=True)
+        state["encoder.layers.0.fc_one.weight"] = state.pop("encoder.layers.0.fc1.weight")
+        write_s3prl_ckpt(path, model, state=state)
+    with pytest.raises(EdgeserError, match=re.escape(expected)):
+        load_encoder(str(path))
+
+
+def test_hf_folder_wrong_architecture_refused(tmp_path) -> None:
+    model = _tiny_ckpt_model()
+    model.save_pretrained(tmp_path)
+    import json
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EdgeserError, match=r"missing: encoder\.layers\.1\."):
+        load_encoder(str(tmp_path))
+
+
+def test_existing_folder_wins_over_alias(tmp_path, monkeypatch) -> None:
+    model = _tiny_ckpt_model(seed=11)
+    model.save_pretrained(tmp_path / "distilhubert")
+    monkeypatch.chdir(tmp_path)
+    encoder = load_encoder("distilhubert")
+    assert encoder.hidden_size == 32 and encoder.source == "distilhubert"
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for source in ("distilhubert", "ntu-spml/distilhubert", "someone/no-such-model"):
+        with pytest.raises(EdgeserError, match="could not fetch") as info:
+            load_encoder(source, cache_dir=tmp_path / "hf-cache")
+        message = str(info.value)
+        assert ".ckpt" in message and "folder" in message
+        assert "ntu-spml/distilhubert" in message or source in message
+
+
+def test_bad_sources(tmp_path) -> None:
+    with pytest.raises(EdgeserError, match="no such file"):
+        load_encoder(str(tmp_path / "missing.ckpt"))
+    with pytest.raises(EdgeserError, match="no such file"):
+        load_encoder("not a model")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(EdgeserError, match="not a readable torch checkpoint"):
+        load_encoder(str(garbage))
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": {}}, plain)
+    with pytest.raises(EdgeserError, match="'Config' and 'Distiller'"):
+        load_encoder(str(plain))
+    with pytest.raises(EdgeserError, match=r"no config\.json"):
+        load_encoder(str(tmp_path))
+    with pytest.raises(EdgeserError, match="precision"):
+        load_encoder("random", precision="fp16")
+
+
+def test_pickle_fallback_only_for_unsupported_globals(tmp_path, caplog) -> None:
+    model = _tiny_ckpt_model()
+    path = write_s3prl_ckpt(tmp_path / "with_object.ckpt", model)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["Runner"] = {"created": datetime.date(2021, 10, 5)}  # not weights-only loadable
+    torch.save(ckpt, path)
+    with caplog.at_level(logging.WARNING, logger="edgeser"):
+        loaded = load_encoder(str(path))
+    warnings = [r.getMessage() for r in caplog.records if "weights_only=False" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0]
+    assert loaded.identity == Encoder(model, source="x").identity
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
+@pytest.mark.parametrize("family", ["wav2vec2", "wavlm"])
+def test_other_ssl_families_load_from_folder(tmp_path, family: str) -> None:
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2Model,
+        WavLMConfig,
+        WavLMModel,
+    )
+
+    shape = {
+        "conv_dim": (16, 16),
+        "conv_kernel": (10, 3),
+        "conv_stride": (5, 2),
+        "conv_bias": True,
+        "hidden_size": 24,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 48,
+        "num_conv_pos_embeddings": 8,
+        "num_conv_pos_embedding_groups": 4,
+        "layerdrop": 0.1,
+    }
+    torch.manual_seed(7)
+    if family == "wav2vec2":
+        model = Wav2Vec2Model(Wav2Vec2Config(**shape))
+    else:
+        model = WavLMModel(WavLMConfig(**shape, num_buckets=16, max_bucket_distance=40))
+    model.save_pretrained(tmp_path)
+    normalize = family == "wav2vec2"  # wav2vec 2.0 Base standardises its input
+    Wav2Vec2FeatureExtractor(do_normalize=normalize).save_pretrained(tmp_path)
+
+    encoder = load_encoder(str(tmp_path))
+    assert type(encoder.model).__name__ == type(model).__name__
+    assert encoder.num_hidden_states == 3 and encoder.hidden_size == 24
+    assert encoder.do_normalize is normalize
+    waves = tiny_waves([50, 333, 1000, 2000], seed=2)
+    waves[2] = waves[2] * 0.05 + 0.01  # standardisation changes this one visibly
+    outputs = encoder.encode(waves)
+    for wave, out in zip(waves, outputs, strict=True):
+        assert out.shape == (3, encoder.num_frames(wave.size), 24)
+        assert max_diff(out, encoder.encode([wave])[0]) <= 1e-4
+        ref_input = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7) if normalize else wave
+        reference = hf_hidden_states(encoder, ref_input.astype(np.float32))
+        assert max_diff(out[:-1], reference[:-1]) <= 1e-4
+        assert max_diff(out[-1], reference[-1]) <= 1e-4
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def test_tiny_padded_batch_equals_single_and_hf(tiny_encoder: Encoder) -> None:
+    lengths = [5000, 20, 321, 5000, 2222, 64, 4096, 999]
+    waves = tiny_waves(lengths, seed=1)
+    outputs = tiny_encoder.encode(waves, batch_size=3)
+    assert len(outputs) == len(waves)
+    for wave, out in zip(waves, outputs, strict=True):
+        assert out.shape == (2, tiny_encoder.num_frames(wave.size), 32)
+        assert max_diff(out, tiny_encoder.encode([wave])[0]) <= 1e-4
+        assert max_diff(out, hf_hidden_states(tiny_encoder, wave)) <= 1e-4
+
+
+def test_num_frames_matches_outputs(tiny_encoder: Encoder) -> None:
+    lengths = [*range(60), 99, 100, 101, 1000, 1001]
+    outputs = tiny_encoder.encode([np.zeros(n, np.float32) for n in lengths])
+    for n, out in zip(lengths, outputs, strict=True):
+        assert out.shape[1] == tiny_encoder.num_frames(n) >= 1
+
+
+@pytest.mark.parametrize("length", [0, 1])
+def test_empty_and_one_sample_inputs(tiny_encoder: Encoder, full_encoder: Encoder, length) -> None:
+    for encoder in (tiny_encoder, full_encoder):
+        for wave in (np.full(length, 0.5, np.float32), torch.full((length,), 0.5)):
+            (out,) = encoder.encode([wave])
+            assert out.shape == (encoder.num_hidden_states, 1, encoder.hidden_size)
+            assert torch.isfinite(out).all()
+
+
+def test_input_validation(tiny_encoder: Encoder) -> None:
+    with pytest.raises(EdgeserError, match="mono 1-D"):
+        tiny_encoder.encode([np.zeros((2, 100), np.float32)])
+    with pytest.raises(EdgeserError, match="float"):
+        tiny_encoder.encode([np.zeros(100, np.int16)])
+    with pytest.raises(EdgeserError, match="NaN"):
+        tiny_encoder.encode([np.full(100, np.nan, np.float32)])
+    assert tiny_encoder.encode([]) == []
+    (out,) = tiny_encoder.encode([np.zeros(300, np.float64)])
+    assert out.dtype == torch.float32
+
+
+def test_frozen_by_default_and_outputs_feed_autograd(tiny_encoder: Encoder) -> None:
+    assert not any(p.requires_grad for p in tiny_encoder.parameters())
+    tiny_encoder.train()
+    assert not tiny_encoder.model.training  # frozen: dropout stays off
+    (out,) = tiny_encoder.encode(tiny_waves([800]))
+    assert not out.requires_grad and not out.is_inference()
+    head = nn.Linear(tiny_encoder.hidden_size, 4)
+    head(out.mean(dim=(0, 1))).sum().backward()
+    assert head.weight.grad is not None
+
+
+def test_split_api_matches_encode_and_trains_upper_only(tiny_encoder: Encoder) -> None:
+    waves = tiny_waves([1500, 400, 2600], seed=4)
+    reference = tiny_encoder.encode(waves)
+    feats = [tiny_encoder.conv_features(w) for w in waves]
+    assert [f.shape for f in feats] == [(tiny_encoder.num_frames(w.size), 32) for w in waves]
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    mask = torch.arange(padded.shape[1])[None] < torch.tensor([f.shape[0] for f in feats])[:, None]
+    frozen = tiny_encoder.forward_from_conv(padded, mask)
+    assert frozen.shape == (2, 3, padded.shape[1], 32) and not frozen.requires_grad
+    for j, ref in enumerate(reference):
+        assert max_diff(frozen[:, j, : ref.shape[1]], ref) <= 1e-5
+
+    tiny_encoder.unfreeze_upper().train()
+    assert tiny_encoder.model.training and not tiny_encoder.model.feature_extractor.training
+    named = dict(tiny_encoder.model.named_parameters())
+    assert not any(p.requires_grad for n, p in named.items() if n.startswith("feature_extractor."))
+    assert named["encoder.layers.0.attention.q_proj.weight"].requires_grad
+    assert named["feature_projection.projection.weight"].requires_grad
+    out = tiny_encoder(padded, mask)
+    assert out.requires_grad
+    out[-1][mask].pow(2).mean().backward()
+    assert named["encoder.layers.0.attention.q_proj.weight"].grad is not None
+    assert named["encoder.pos_conv_embed.conv.bias"].grad is not None
+    assert all(p.grad is None for n, p in named.items() if n.startswith("feature_extractor."))
+
+    # encode() runs in eval mode even now: deterministic features, mode restored after.
+    again_encoded = tiny_encoder.encode(waves)
+    assert tiny_encoder.model.training
+    for a, b in zip(again_encoded, reference, strict=True):
+        assert max_diff(a, b) <= 1e-5
+
+    tiny_encoder.eval()
+    with torch.no_grad():
+        again = tiny_encoder.forward_from_conv(padded, mask)
+    for j, ref in enumerate(reference):
+        assert max_diff(again[:, j, : ref.shape[1]], ref) <= 1e-5
+    tiny_encoder.freeze()
+    assert not any(p.requires_grad for p in tiny_encoder.parameters())
+
+
+def test_forward_from_conv_validates_shapes(tiny_encoder: Encoder) -> None:
+    with pytest.raises(EdgeserError, match="conv features"):
+        tiny_encoder.forward_from_conv(torch.zeros(2, 5, 7))
+    with pytest.raises(EdgeserError, match="frame_mask"):
+        tiny_encoder.forward_from_conv(torch.zeros(2, 5, 32), torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_identity_is_stable_and_sensitive(tmp_path) -> None:
+    model = _tiny_ckpt_model(seed=9)
+    model.save_pretrained(tmp_path)
+    first, second = load_encoder(str(tmp_path)), load_encoder(str(tmp_path))
+    assert first.identity == second.identity
+    assert load_encoder(str(tmp_path), precision="bf16").identity != first.identity
+    with torch.no_grad():
+        second.model.encoder.layer_norm.bias[0] += 1e-3
+    assert Encoder(second.model, source="x").identity != first.identity
+
+
+# ------------------------------------------------------------------ conv spec
+
+
+def test_conv_spec_parser_accepts_s3prl_specs() -> None:
+    expected = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    assert parse_conv_spec("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == expected
+    assert parse_conv_spec("[(512, 10, 5)] + 4 * [(512, 3, 2)] + [(512,2,2)]*2") == expected
+    assert parse_conv_spec("[[32,10,5],[32,3,2]]") == [(32, 10, 5), (32, 3, 2)]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "__import__('os')",
+        "__import__('os').system('echo pwned')",
+        "print(1)",
+        "list(range(3))",
+        "os.system",
+        "[(512,10,5)] * 10**9",
+        "[(512,10,5)] * 100000",
+        "[(512,10,5)] + x",
+        "lambda: [(1,2,3)]",
+        "[(512,10,5.0)]",
+        "[(512,10)]",
+        "[(512,10,5)] - [(1,1,1)]",
+        "[(True,10,5)]",
+        "[]",
+        "[(512,10,5)",
+        "{'a': 1}",
+        "[(512,10,5)] if 1 else []",
+    ],
+)
+def test_conv_spec_parser_rejects(spec: str) -> None:
+    with pytest.raises(EdgeserError):
+        parse_conv_spec(spec)
+
+
+def test_conv_spec_from_checkpoint_is_never_evaluated(tmp_path) -> None:
+    path = write_s3prl_ckpt(
+        tmp_path / "evil.ckpt",
+        _tiny_ckpt_model(),
+        extractor_conv_feature_layers="__import__('os').system('touch pwned')",
+    )
+    with pytest.raises(EdgeserError, match="unsupported syntax"):
+        load_encoder(str(path))
+    assert not (tmp_path / "pwned").exists()
