@@ -82,9 +82,21 @@ ALIASES: dict[str, str] = {
 # ``Encoder.identity``.
 _OPTIONAL_KEYS = frozenset({"masked_spec_embed"})
 
-# Config entries that describe the file or the library, not the computation.
+# Config entries that do not change what the encoder computes at inference (file and
+# library metadata, training-only settings); left out of ``Encoder.identity`` so that the
+# same weights reached through different sources (hub folder, s3prl .ckpt) share caches.
 _VOLATILE_CONFIG_KEYS = frozenset(
     {
+        "apply_spec_augment",
+        "chunk_size_feed_forward",
+        "classifier_proj_size",
+        "id2label",
+        "initializer_range",
+        "is_encoder_decoder",
+        "label2id",
+        "problem_type",
+        "use_weighted_layer_sum",
+        "vocab_size",
         "transformers_version",
         "_name_or_path",
         "name_or_path",
@@ -575,9 +587,14 @@ def _check_family(model: Any) -> None:
 
 
 def _fingerprint(model: nn.Module, precision: str) -> str:
-    """Short sha256 over the config JSON, the precision and the state dict tensors."""
+    """Short sha256 over the config JSON (inference-relevant keys), precision and weights."""
     digest = hashlib.sha256()
-    config = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    config = {
+        k: v
+        for k, v in model.config.to_dict().items()
+        if k not in _VOLATILE_CONFIG_KEYS
+        and not any(part in k for part in ("dropout", "mask_", "ctc_", "token_id"))
+    }
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(f"precision={precision}".encode())
     for key, tensor in sorted(model.state_dict().items()):
@@ -617,6 +634,8 @@ def load_encoder(
     if not path.exists() and text.lower() in ALIASES:  # an existing path wins over an alias
         resolved = ALIASES[text.lower()]
         path = Path(resolved)
+    if path.exists():  # local sources are recorded as absolute paths (runs reload them)
+        path = path.resolve()
     if path.is_dir():
         model, do_normalize = _load_pretrained(str(path), local=True, cache_dir=None)
         return Encoder(model, source=str(path), precision=precision, do_normalize=do_normalize)

@@ -523,11 +523,17 @@ def _cremad_clips(scale: str) -> list[tuple[int, str, str, str]]:
         females = [a for a in _CREMAD_ACTORS if demo[a]["Sex"] == "Female"]
         same, other = (males, females) if demo[1076]["Sex"] == "Male" else (females, males)
         actors = sorted([*[a for a in same if a != 1076][:4], 1076, *other[:5]])
+        # half the actors: IEO (with levels) + 2 sentences; the others: 3 sentences
         others = [s for s in CREMAD_SENTENCES if s != "IEO"]
         clips = []
+        pos = 0
         for i, a in enumerate(actors):
-            extra = "MTI" if a == 1076 else others[i % len(others)]
-            clips += actor_clips(a, ["IEO", extra])
+            n = 2 if i % 2 == 0 else 3
+            chosen = [others[(pos + j) % len(others)] for j in range(n)]
+            pos += n
+            if a == 1076 and "MTI" not in chosen:
+                chosen[-1] = "MTI"
+            clips += actor_clips(a, (["IEO"] if n == 2 else []) + chosen)
         return clips
     clips = [c for a in _CREMAD_ACTORS for c in actor_clips(a, CREMAD_SENTENCES)]
     # The release lacks 20 clips (3 per non-neutral emotion, 5 neutral): 7442 in all.
