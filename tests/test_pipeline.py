@@ -230,3 +230,30 @@ def test_evaluate_model_and_loso_on_any_corpus(corpora, encoder, tmp_path):
     with pytest.raises(EdgeserError, match="not the one the model was trained with"):
         evaluate_model(tmp_path / "m", rv, tmp_path / "ev2", progress=False,
                        encoder=random_encoder(tiny_config(), seed=1))
+
+
+@pytest.mark.parametrize("overrides", [{"train": "encoder"}, {"aug_mode": "online"},
+                                       {"pooling": "attention"}],
+                         ids=["fine-tune-encoder", "online-augmentation", "attention-frames"])
+def test_other_training_modes(corpora, encoder, tmp_path, overrides):
+    import torch
+
+    from edgeser.core.manifest import write_manifest
+    from edgeser.runs import evaluate_model, train_on_manifests
+
+    ie, rv = tmp_path / "ie.csv", tmp_path / "rv.csv"
+    write_manifest(prepare_iemocap(corpora["iemocap"]), ie)
+    write_manifest(prepare_ravdess(corpora["ravdess"]), rv)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    rec = train_on_manifests(_tiny_cfg(epochs=2, **overrides), [ie], tmp_path / "m",
+                             progress=False, encoder=encoder)
+    assert len(rec["history"]) == 2 and np.isfinite(rec["history"][-1]["train_loss"])
+    # the shared encoder is untouched (fine-tuning works on a copy)
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    has_encoder = any(k.startswith("encoder.") for k in weights)
+    assert has_encoder == (overrides.get("train") == "encoder")
+    res = evaluate_model(tmp_path / "m", rv, tmp_path / "ev", progress=False, encoder=encoder)
+    assert sum(map(sum, res["metrics"]["confusion"])) == 8

@@ -4,6 +4,7 @@ evaluation → results, used by ``edgeser train``, ``evaluate``, ``reproduce`` a
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -102,7 +103,8 @@ def build_model(cfg: TrainConfig, encoder: Any, kind: str) -> SERModel:
         torch.manual_seed(cfg.seed)  # the head's initial weights depend on the seed only
         head = EmotionHead(head_config(cfg, encoder.num_hidden_states, encoder.hidden_size))
     if kind == "conv":
-        encoder.unfreeze_upper()
+        # Each model fine-tunes its own copy: folds must not inherit each other's updates.
+        encoder = copy.deepcopy(encoder).unfreeze_upper()
     return SERModel(head, encoder if kind in ("conv", "wave") else None, kind=kind)
 
 

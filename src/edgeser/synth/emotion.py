@@ -73,8 +73,8 @@ class EmotionProfile:
             val = getattr(self, f.name)
             if f.name in ("name", "vad"):
                 out[f.name] = val
-            elif f.name.endswith("_mult"):
-                out[f.name] = float(val) ** k
+            elif f.name.endswith("_mult"):  # tempo and range saturate sooner
+                out[f.name] = float(val) ** min(k, 1.6)
             else:
                 out[f.name] = float(val) * k
         return EmotionProfile(**out)
@@ -114,7 +114,7 @@ EMOTIONS: dict[str, EmotionProfile] = {
             vad=(4.0, 3.2, 3.0),
         ),
         EmotionProfile(
-            "sad", f0_st=-2.0, range_mult=0.55, rate_mult=0.78, level_db=-6.0, tension=-0.6,
+            "sad", f0_st=-1.5, range_mult=0.55, rate_mult=0.78, level_db=-6.0, tension=-0.6,
             breathiness=0.22, jitter_mult=1.25, shimmer_mult=1.2, articulation=-0.6,
             f1_mult=0.95, pause_mult=1.7, declination_mult=1.3, vad=(1.9, 2.1, 2.2),
         ),
@@ -214,7 +214,7 @@ def make_speaker(speaker_id: str, gender: str, rng: np.random.Generator) -> Spea
         f0_hz=f0,
         formant_scale=fs,
         rate_sps=float(4.5 * rng.lognormal(0.0, 0.08)),
-        f0_range_st=float(rng.uniform(2.2, 4.0)),
+        f0_range_st=float(rng.uniform(3.0, 5.0)),
         tension=float(rng.normal(0.0, 0.2)),
         breathiness=float(np.clip(rng.normal(0.08 if female else 0.05, 0.025), 0.0, 0.2)),
         jitter=float(rng.uniform(0.004, 0.009)),
@@ -250,6 +250,7 @@ class CorpusStyle:
     reverb_rt60_s: tuple[float, float]
     lowpass_hz: tuple[float, float] | None
     hum_db: tuple[float, float] | None
+    gain_db: float  #: recording level of the corpus (relative to -24 dBFS speech RMS)
     gain_sd_db: float  #: per-utterance recording gain spread
     lead_s: tuple[float, float]  #: leading silence range
     trail_s: tuple[float, float]  #: trailing silence range
@@ -260,17 +261,17 @@ class CorpusStyle:
 STYLES: dict[str, CorpusStyle] = {
     "iemocap": CorpusStyle(
         "iemocap", emotion_scale=0.8, variability=1.2, rate_mult=1.0, snr_db=(36.0, 46.0),
-        reverb_rt60_s=(0.15, 0.35), lowpass_hz=None, hum_db=None, gain_sd_db=2.0,
+        reverb_rt60_s=(0.15, 0.35), lowpass_hz=None, hum_db=None, gain_db=0.0, gain_sd_db=2.0,
         lead_s=(0.12, 0.4), trail_s=(0.12, 0.4),
     ),
     "cremad": CorpusStyle(
         "cremad", emotion_scale=1.0, variability=1.0, rate_mult=1.12, snr_db=(28.0, 36.0),
         reverb_rt60_s=(0.1, 0.25), lowpass_hz=(5500.0, 7500.0), hum_db=(-40.0, -32.0),
-        gain_sd_db=2.5, lead_s=(0.25, 0.55), trail_s=(0.2, 0.45),
+        gain_db=0.0, gain_sd_db=2.5, lead_s=(0.25, 0.55), trail_s=(0.2, 0.45),
     ),
     "ravdess": CorpusStyle(
         "ravdess", emotion_scale=1.3, variability=0.8, rate_mult=0.95, snr_db=(48.0, 58.0),
-        reverb_rt60_s=(0.0, 0.0), lowpass_hz=None, hum_db=None, gain_sd_db=1.0,
+        reverb_rt60_s=(0.0, 0.0), lowpass_hz=None, hum_db=None, gain_db=-12.0, gain_sd_db=1.0,
         lead_s=(0.6, 1.0), trail_s=(0.6, 1.0),
     ),
 }  # fmt: skip
@@ -283,61 +284,39 @@ def utterance_settings(
     rng: np.random.Generator,
     *,
     intensity: float = 1.0,
+    effort: float = 0.0,
 ) -> VoiceSettings:
     """Resolve speaker x emotion x corpus style x utterance randomness to voice settings.
 
-    ``intensity`` scales the emotion (CREMA-D levels, RAVDESS strong vs normal).
+    ``intensity`` scales the emotion (CREMA-D levels, RAVDESS strong vs normal);
+    ``effort`` adds emotion-independent vocal effort (louder, higher, tenser; negative:
+    softer), which is how actors render a "strong" or "low" version of any emotion.
     """
     var = style.variability
     # how strongly this utterance is acted: speaker, corpus, intensity and chance
     k = speaker.expressiveness * style.emotion_scale * intensity
-    k *= float(rng.lognormal(0.0, 0.3 * var))
+    k = float(np.clip(k * rng.lognormal(0.0, 0.3 * var), 0.0, 2.5))
     e = emotion.scaled(k)
-    b = _speaker_bias(speaker, emotion.name) if emotion.name != "neutral" else None
-
-    def bias(key: str, default: float) -> float:
-        return b[key] if b is not None else default
-
-    f0 = speaker.f0_hz * 2 ** ((e.f0_st + bias("f0_st", 0.0) + rng.normal(0, 1.2 * var)) / 12)
-    rate = (
-        speaker.rate_sps * style.rate_mult * e.rate_mult * bias("rate_mult", 1.0)
-        * rng.lognormal(0.0, 0.08 * var)
-    )  # fmt: skip
+    b = _speaker_bias(speaker, emotion.name) if emotion.name != "neutral" else {}
+    f0_st = e.f0_st + b.get("f0_st", 0.0) + 2.5 * effort + rng.normal(0, 1.2 * var)
+    rate = speaker.rate_sps * style.rate_mult * e.rate_mult * b.get("rate_mult", 1.0)
+    level = speaker.level_db + e.level_db + b.get("level_db", 0.0) + 5.0 * effort
+    tension = speaker.tension + e.tension + b.get("tension", 0.0) + 0.2 * effort
+    breath = speaker.breathiness + e.breathiness + b.get("breathiness", 0.0)
+    range_st = speaker.f0_range_st * e.range_mult * b.get("range_mult", 1.0) * 1.1**effort
     return VoiceSettings(
-        f0_hz=float(f0),
-        f0_range_st=float(
-            speaker.f0_range_st
-            * e.range_mult
-            * bias("range_mult", 1.0)
-            * rng.lognormal(0, 0.2 * var)
-        ),
-        declination_st=float(2.5 * e.declination_mult * rng.lognormal(0, 0.25)),
+        f0_hz=float(speaker.f0_hz * 2 ** (f0_st / 12)),
+        f0_range_st=float(range_st * rng.lognormal(0, 0.2 * var)),
+        declination_st=float(3.0 * e.declination_mult * rng.lognormal(0, 0.25)),
         final_st=float(-2.0 + e.final_st + rng.normal(0, 1.0 * var)),
         f0_wander_st=float(0.4 * rng.lognormal(0, 0.2)),
         tremor_st=float(max(0.0, e.tremor_st)),
-        rate_sps=float(rate),
-        pause_prob=float(np.clip(0.15 * e.pause_mult, 0.0, 0.6)),
+        rate_sps=float(rate * rng.lognormal(0.0, 0.08 * var)),
+        pause_prob=float(np.clip(0.15 * e.pause_mult, 0.0, 0.5)),
         pause_scale=float(e.pause_mult),
-        level_db=float(
-            speaker.level_db + e.level_db + bias("level_db", 0.0) + rng.normal(0, style.gain_sd_db)
-        ),
-        tension=float(
-            np.clip(
-                speaker.tension + e.tension + bias("tension", 0.0) + rng.normal(0, 0.2 * var),
-                -1.0,
-                1.0,
-            )
-        ),
-        breathiness=float(
-            np.clip(
-                speaker.breathiness
-                + e.breathiness
-                + bias("breathiness", 0.0)
-                + rng.normal(0, 0.03 * var),
-                0.0,
-                0.6,
-            )
-        ),
+        level_db=float(level + style.gain_db + rng.normal(0, style.gain_sd_db)),
+        tension=float(np.clip(tension + rng.normal(0, 0.2 * var), -1.0, 1.0)),
+        breathiness=float(np.clip(breath + rng.normal(0, 0.03 * var), 0.0, 0.6)),
         jitter=float(speaker.jitter * e.jitter_mult),
         shimmer=float(speaker.shimmer * e.shimmer_mult),
         formant_scale=speaker.formant_scale,
