@@ -616,3 +616,19 @@ def test_conv_spec_from_checkpoint_is_never_evaluated(tmp_path) -> None:
     with pytest.raises(EdgeserError, match="unsupported syntax"):
         load_encoder(str(path))
     assert not (tmp_path / "pwned").exists()
+
+
+def test_first_conv_as_strided_matmul_matches_conv1d():
+    from edgeser.models.encoder import StridedMatmulConv1d
+
+    torch.manual_seed(0)
+    conv = nn.Conv1d(1, 16, 10, 5, bias=True)
+    fast = StridedMatmulConv1d(conv)
+    x = torch.randn(3, 1, 1234)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert fast.weight is conv.weight and set(dict(fast.named_parameters())) == {"weight", "bias"}
+    enc = random_encoder(tiny_config(), seed=0)
+    first = enc.model.feature_extractor.conv_layers[0].conv
+    assert isinstance(first, StridedMatmulConv1d)
+    assert "model.feature_extractor.conv_layers.0.conv.weight" in enc.state_dict()

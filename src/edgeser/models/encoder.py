@@ -330,6 +330,7 @@ class Encoder(nn.Module):
             param.requires_grad_(False)
         self.train(False)
         self.identity = _fingerprint(self.model, precision)
+        _use_strided_matmul_first_conv(self.model)
 
     # ------------------------------------------------------------------ state
 
@@ -550,6 +551,48 @@ class Encoder(nn.Module):
         # post-LN models, and after the final LayerNorm for pre-LN ("stable") ones.
         states[-1] = output[0]
         return torch.stack([s.float() for s in states])
+
+
+class StridedMatmulConv1d(nn.Module):
+    """A single-input-channel ``Conv1d`` computed as one matmul over strided frames.
+
+    The first layer of the wav2vec 2.0 / HuBERT feature extractor (kernel 10, stride 5,
+    one input channel) runs at a few GFLOP/s as a convolution on CPU, but the same
+    product written as ``frames [B, T', k] @ weight [k, C]`` runs near matmul peak
+    (about 7x faster in float32 here). The parameters are the original conv's, under
+    the same names, so state dicts and fingerprints are unchanged.
+    """
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        if conv.in_channels != 1 or conv.groups != 1 or conv.padding not in (0, (0,)):
+            raise ValueError("only a single-channel, unpadded Conv1d can be rewritten")
+        self.kernel_size = int(conv.kernel_size[0])
+        self.stride = int(conv.stride[0])
+        self.dilation = int(conv.dilation[0])
+        if self.dilation != 1:
+            raise ValueError("dilated convolutions are not rewritten")
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.unfold(-1, self.kernel_size, self.stride)[:, 0]  # [B, T', k]
+        out = torch.matmul(frames, self.weight[:, 0].t())  # [B, T', C]
+        if self.bias is not None:
+            out = out + self.bias
+        return out.transpose(1, 2)
+
+
+def _use_strided_matmul_first_conv(model: nn.Module) -> None:
+    """Swap the feature extractor's first conv for :class:`StridedMatmulConv1d` in place."""
+    layers = getattr(getattr(model, "feature_extractor", None), "conv_layers", None)
+    if not layers:
+        return
+    first = layers[0]
+    conv = getattr(first, "conv", None)
+    if isinstance(conv, nn.Conv1d) and conv.in_channels == 1 and conv.groups == 1 \
+            and conv.padding in (0, (0,)) and conv.dilation in (1, (1,)):
+        first.conv = StridedMatmulConv1d(conv)
 
 
 def _pad_frames(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
