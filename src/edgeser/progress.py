@@ -17,14 +17,16 @@ class _Null:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Any]:
+def progress_bar(
+    total: int, desc: str, enabled: bool = True, unit: str = "utt"
+) -> Iterator[Any]:
     """A tqdm bar (when ``enabled`` and there is work), else an object that ignores updates."""
     if not enabled or total <= 0:
         yield _Null()
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="utt", file=sys.stderr, dynamic_ncols=True,
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                mininterval=1.0, leave=False)
     try:
         yield bar

@@ -205,7 +205,7 @@ def fit(
     n = len(train)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     with progress_bar(total=(cfg.epochs - start) * steps_per_epoch, desc=out_dir.name,
-                      enabled=progress) as bar:
+                      enabled=progress, unit="step") as bar:
         for epoch in range(start, cfg.epochs):
             model.train()
             rng = np.random.default_rng([cfg.seed, epoch])
