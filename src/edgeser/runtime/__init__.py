@@ -1,0 +1,41 @@
+"""The light runtime: run an exported model (``model.onnx`` / ``model.int8.onnx`` +
+``model.json``) on files or on a stream split by voice activity detection.
+
+Imports only numpy, soundfile, soxr and onnxruntime (webrtcvad for the WebRTC VAD), so it
+works on the ``edgeser[runtime]`` install without torch.
+"""
+
+from __future__ import annotations
+
+from edgeser.runtime.model import OnnxEmotionModel, read_model_card
+from edgeser.runtime.stream import (
+    Segment,
+    file_blocks,
+    pcm_blocks,
+    speech_segments,
+    stream_predictions,
+)
+from edgeser.runtime.vad import (
+    SegmenterConfig,
+    SileroVAD,
+    SpeechSegmenter,
+    WebRtcVAD,
+    find_silero_onnx,
+    make_vad,
+)
+
+__all__ = [
+    "OnnxEmotionModel",
+    "Segment",
+    "SegmenterConfig",
+    "SileroVAD",
+    "SpeechSegmenter",
+    "WebRtcVAD",
+    "file_blocks",
+    "find_silero_onnx",
+    "make_vad",
+    "pcm_blocks",
+    "read_model_card",
+    "speech_segments",
+    "stream_predictions",
+]

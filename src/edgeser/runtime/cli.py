@@ -1,0 +1,152 @@
+"""The ``predict`` and ``stream`` sub-commands (registered by :mod:`edgeser.cli`).
+
+``add_predict_parser(sub)`` and ``add_stream_parser(sub)`` add them to an argparse
+sub-parsers object; each sets ``func(args) -> int``. User errors raise
+:class:`EdgeserError` (the main CLI prints ``edgeser: error: <msg>`` and exits 2).
+
+``predict`` with several files reports a bad file on stderr (``edgeser: error: ...``),
+goes on with the others, and exits 2 if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+from edgeser.core.errors import EdgeserError
+
+
+def _stdout_closed() -> int:
+    """The reader went away (``edgeser stream ... | head``): stop quietly, exit 0."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+    finally:
+        os.close(devnull)
+    return 0
+
+
+def _threads(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+# --------------------------------------------------------------------------- predict
+def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``edgeser predict MODEL.onnx FILES... [--json]``."""
+    p = sub.add_parser(
+        "predict",
+        help="classify audio files with an exported model (model.onnx or model.int8.onnx)",
+        description="One line per file: PATH<TAB>LABEL<TAB>label=p label=p ... (probabilities "
+        "in model.json's label order), or with --json one object per line "
+        '{"path", "label", "probabilities"}. Any format soundfile reads, any sample rate, '
+        "stereo is downmixed. A bad file is reported on stderr and skipped; the exit status "
+        "is 2 if any file failed.",
+    )
+    p.add_argument("model", type=Path, help="model.onnx or model.int8.onnx (model.json beside)")
+    p.add_argument("files", type=Path, nargs="+", help="audio files")
+    p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.add_argument("--threads", type=_threads, default=2, help="onnxruntime threads (default 2)")
+    p.set_defaults(func=run_predict)
+    return p
+
+
+def format_prediction(path: str, label: str, probs: dict[str, float], as_json: bool) -> str:
+    """One output line of ``edgeser predict``."""
+    if as_json:
+        return json.dumps({"path": path, "label": label,
+                           "probabilities": {k: round(v, 6) for k, v in probs.items()}})
+    scores = " ".join(f"{k}={v:.4f}" for k, v in probs.items())
+    return f"{path}\t{label}\t{scores}"
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from edgeser.runtime.model import OnnxEmotionModel
+
+    model = OnnxEmotionModel(args.model, threads=args.threads)
+    failed = 0
+    for path in args.files:
+        try:
+            label, probs = model.predict_file(path)
+        except EdgeserError as e:
+            failed += 1
+            print(f"edgeser: error: {e}", file=sys.stderr, flush=True)
+            continue
+        try:
+            print(format_prediction(str(path), label, probs, args.json), flush=True)
+        except BrokenPipeError:
+            return _stdout_closed()
+    if failed:
+        if failed == len(args.files) and len(args.files) > 1:
+            print(f"edgeser: error: all {failed} files failed", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --------------------------------------------------------------------------- stream
+def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``edgeser stream MODEL.onnx INPUT [--json] [--vad ...] ...``."""
+    p = sub.add_parser(
+        "stream",
+        help="voice activity detection + one emotion per speech segment, as a timeline",
+        description="Split INPUT into speech segments with a VAD and classify each as soon "
+        "as it closes: 'start end label confidence' lines (seconds from the start), or JSON "
+        "lines with --json. INPUT is an audio file of any length (read in blocks) or '-' for "
+        "raw 16 kHz 16-bit little-endian mono PCM on stdin.",
+    )
+    p.add_argument("model", type=Path, help="model.onnx or model.int8.onnx (model.json beside)")
+    p.add_argument("input", help="audio file, or - for raw 16 kHz s16le mono PCM on stdin")
+    p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.add_argument("--vad", choices=["silero", "webrtc"], default="silero",
+                   help="silero (default; WebRTC if the silero-vad package is missing) "
+                   "or webrtc")
+    p.add_argument("--aggressiveness", type=int, choices=[0, 1, 2, 3], default=2,
+                   help="WebRTC VAD aggressiveness (default 2)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="speech probability threshold (default 0.5; ends below threshold-0.15)")
+    p.add_argument("--min-speech", type=float, default=0.25, metavar="SECONDS",
+                   help="drop segments shorter than this (default 0.25)")
+    p.add_argument("--min-silence", type=float, default=0.1, metavar="SECONDS",
+                   help="silence that closes a segment (default 0.1)")
+    p.add_argument("--speech-pad", type=float, default=0.03, metavar="SECONDS",
+                   help="padding added on each side of a segment (default 0.03)")
+    p.add_argument("--max-segment", type=float, default=10.0, metavar="SECONDS",
+                   help="a segment this long is closed and classified (default 10)")
+    p.add_argument("--block", type=float, default=0.5, metavar="SECONDS",
+                   help="input read size (default 0.5)")
+    p.add_argument("--threads", type=_threads, default=2, help="onnxruntime threads (default 2)")
+    p.set_defaults(func=run_stream)
+    return p
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.stream import file_blocks, pcm_blocks, stream_predictions
+    from edgeser.runtime.vad import SegmenterConfig, make_vad
+
+    config = SegmenterConfig(threshold=args.threshold, min_speech=args.min_speech,
+                             min_silence=args.min_silence, speech_pad=args.speech_pad,
+                             max_segment=args.max_segment).validate()
+    if not 0.0 < args.block <= 60.0:
+        raise EdgeserError(f"--block must be in (0, 60] seconds, got {args.block}")
+    model = OnnxEmotionModel(args.model, threads=args.threads)
+    vad = make_vad(args.vad, aggressiveness=args.aggressiveness)
+    if args.input == "-":
+        blocks = pcm_blocks(sys.stdin.buffer, args.block)
+    else:
+        blocks = file_blocks(args.input, args.block)
+    try:
+        for seg in stream_predictions(model, blocks, vad, config):
+            print(seg.to_json() if args.json else seg.to_line(), flush=True)
+    except BrokenPipeError:
+        return _stdout_closed()
+    return 0

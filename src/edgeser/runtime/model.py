@@ -1,0 +1,272 @@
+"""An exported edgeser model (``model.onnx`` or ``model.int8.onnx`` + ``model.json``) run with
+onnxruntime.
+
+The graph contract (``model.json`` ``"format": "edgeser-onnx"``, ``"format_version": 1``):
+inputs ``waveform`` float32 ``[batch, samples]`` (16 kHz mono, already resampled and
+silence-trimmed, rows zero-padded to the longest) and ``lengths`` int64 ``[batch]``; output
+``probabilities`` float32 ``[batch, classes]`` in ``model.json``'s label order. Pre-emphasis
+and peak normalisation happen inside the graph; resampling, downmixing and trimming happen
+here, as ``model.json`` ``preprocessing.outside_graph`` says.
+
+Imports only numpy, soundfile, soxr and onnxruntime (the ``edgeser[runtime]`` install).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeser.core.audio import SAMPLE_RATE, load_audio, resample, to_mono
+from edgeser.core.errors import AudioError, EdgeserError
+from edgeser.core.preprocess import trim_bounds
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "edgeser-onnx"
+FORMAT_VERSION = 1
+CARD_NAME = "model.json"
+#: Sample rates an input may have; outside this range resampling is refused as absurd.
+MIN_INPUT_RATE = 1_000
+MAX_INPUT_RATE = 768_000
+
+Prediction = tuple[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrimSettings:
+    """The silence trim applied outside the graph (``librosa.effects.trim`` semantics)."""
+
+    top_db: float = 20.0
+    frame_length: int = 2048
+    hop_length: int = 512
+
+
+def check_sample_rate(sample_rate: int, what: str = "input") -> int:
+    """Return ``sample_rate`` as an int, or raise :class:`AudioError` if it cannot be resampled."""
+    try:
+        sr = int(sample_rate)
+    except (TypeError, ValueError):
+        raise AudioError(f"{what}: invalid sample rate {sample_rate!r}") from None
+    if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
+        raise AudioError(f"{what}: cannot resample from {sample_rate} Hz (supported: "
+                         f"{MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz)")
+    return sr
+
+
+def read_model_card(model_path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Find and validate the ``model.json`` that describes ``model_path``.
+
+    ``model_path`` is an ``.onnx`` file (``model.json`` beside it) or a model folder (its
+    float32 file is used). Returns ``(onnx_path, card)``; raises :class:`EdgeserError`
+    ``"... is not an edgeser model: ..."`` when anything is missing or malformed.
+    """
+    p = Path(model_path)
+    if p.is_dir():
+        card_path = p / CARD_NAME
+        card = _load_card(p, card_path)
+        onnx_path = p / str(card.get("files", {}).get("float32", "model.onnx"))
+    else:
+        if not p.exists():
+            raise EdgeserError(f"{p}: no such model file")
+        card_path = p.parent / CARD_NAME
+        card = _load_card(p, card_path)
+        onnx_path = p
+    if not onnx_path.is_file():
+        raise EdgeserError(f"{onnx_path}: no such model file")
+    return onnx_path, card
+
+
+def _load_card(p: Path, card_path: Path) -> dict[str, Any]:
+    def bad(why: str) -> EdgeserError:
+        return EdgeserError(f"{p} is not an edgeser model: {why}")
+
+    if not card_path.is_file():
+        raise bad(f"no {CARD_NAME} beside it")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"{card_path} is not valid JSON ({e})") from None
+    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
+        raise bad(f"{card_path} does not declare \"format\": \"{MODEL_FORMAT}\"")
+    version = card.get("format_version")
+    if version != FORMAT_VERSION:
+        raise bad(f"{card_path} has format_version {version!r}; this edgeser reads "
+                  f"{FORMAT_VERSION}")
+    labels = card.get("labels")
+    if (not isinstance(labels, list) or not labels
+            or not all(isinstance(x, str) and x for x in labels)
+            or len(set(labels)) != len(labels)):
+        raise bad(f"{card_path}: \"labels\" must be a non-empty list of distinct names")
+    if card.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
+        raise bad(f"{card_path}: sample_rate {card.get('sample_rate')!r} (expected "
+                  f"{SAMPLE_RATE})")
+    return card
+
+
+def _trim_settings(card: dict[str, Any]) -> TrimSettings | None:
+    outside = (card.get("preprocessing") or {}).get("outside_graph") or {}
+    if "trim" not in outside:
+        return TrimSettings()
+    trim = outside["trim"]
+    if trim is None or trim is False:
+        return None
+    if trim is True:
+        return TrimSettings()
+    return TrimSettings(top_db=float(trim.get("top_db", 20.0)),
+                        frame_length=int(trim.get("frame_length", 2048)),
+                        hop_length=int(trim.get("hop_length", 512)))
+
+
+class OnnxEmotionModel:
+    """An exported emotion model: ``predict_waveform``, ``predict_batch``, ``predict_file``.
+
+    ``path`` is ``model.onnx`` or ``model.int8.onnx`` (with ``model.json`` beside it), or
+    the model folder. ``threads`` sets onnxruntime's intra-op threads (CPU only).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        self.path, self.card = read_model_card(path)
+        self.labels: list[str] = list(self.card["labels"])
+        self.sample_rate: int = SAMPLE_RATE
+        self.min_samples: int = max(1, int(self.card.get("min_samples", 400)))
+        self.trim: TrimSettings | None = _trim_settings(self.card)
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, int(threads))
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgeserError(f"{self.path} is not an edgeser model: not a loadable ONNX "
+                               f"file ({msg[:200]})") from None
+        self._check_signature()
+        log.debug("loaded %s (%d labels, %d threads)", self.path, len(self.labels), threads)
+
+    def _check_signature(self) -> None:
+        def bad(why: str) -> EdgeserError:
+            return EdgeserError(f"{self.path} is not an edgeser model: {why}")
+
+        ins = {i.name: i for i in self.session.get_inputs()}
+        outs = {o.name: o for o in self.session.get_outputs()}
+        want_in = {"waveform": ("tensor(float)", 2), "lengths": ("tensor(int64)", 1)}
+        if set(ins) != set(want_in):
+            raise bad(f"graph inputs {sorted(ins)}, expected ['lengths', 'waveform']")
+        for name, (dtype, rank) in want_in.items():
+            if ins[name].type != dtype or len(ins[name].shape) != rank:
+                raise bad(f"input {name!r} is {ins[name].type} {ins[name].shape}, expected "
+                          f"{dtype} of rank {rank}")
+        out = outs.get("probabilities")
+        if out is None:
+            raise bad(f"graph outputs {sorted(outs)}, expected 'probabilities'")
+        if out.type != "tensor(float)" or len(out.shape) != 2:
+            raise bad(f"output 'probabilities' is {out.type} {out.shape}, expected float "
+                      f"[batch, classes]")
+        n = out.shape[1]
+        if isinstance(n, int) and n != len(self.labels):
+            raise bad(f"the graph has {n} classes but model.json lists {len(self.labels)} "
+                      f"labels")
+
+    # ------------------------------------------------------------------ preprocessing
+    def prepare(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Downmix, resample to 16 kHz and trim as ``model.json`` says (float32, 1-D).
+
+        ``wave`` is 1-D or ``[frames, channels]``. Raises :class:`AudioError` for empty
+        or non-finite audio and sample rates that cannot be resampled.
+        """
+        x = to_mono(np.asarray(wave, dtype=np.float32))
+        if x.size == 0:
+            raise AudioError("audio holds no samples")
+        if not np.all(np.isfinite(x)):
+            raise AudioError("audio contains NaN or infinite samples")
+        sr = check_sample_rate(sample_rate)
+        x = resample(x, sr, self.sample_rate)
+        if x.size == 0:
+            raise AudioError("audio is shorter than one sample at 16 kHz")
+        if self.trim is not None:
+            start, end = trim_bounds(x, top_db=self.trim.top_db,
+                                     frame_length=self.trim.frame_length,
+                                     hop_length=self.trim.hop_length)
+            if end > start:
+                x = x[start:end]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    # ------------------------------------------------------------------ inference
+    def run(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Run the graph on prepared 16 kHz waveforms; returns ``[len(waves), classes]``.
+
+        Rows are zero-padded to the longest (and to ``min_samples``); ``lengths`` holds
+        each row's valid samples (at least ``min_samples``: a shorter clip counts its
+        zero padding as signal, which is what the graph's first convolution needs).
+        """
+        if not waves:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        lengths = np.array([max(len(w), self.min_samples) for w in waves], dtype=np.int64)
+        batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = w
+        (probs,) = self.session.run(["probabilities"], {"waveform": batch, "lengths": lengths})
+        return np.asarray(probs, dtype=np.float32)
+
+    def _named(self, row: np.ndarray) -> Prediction:
+        probs = {lab: float(p) for lab, p in zip(self.labels, row, strict=True)}
+        return self.labels[int(np.argmax(row))], probs
+
+    def predict_waveform(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Prediction:
+        """Classify one waveform: ``(label, {label: probability})``."""
+        return self._named(self.run([self.prepare(wave, sample_rate)])[0])
+
+    def predict_batch(
+        self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE, *,
+        batch_size: int = 16,
+    ) -> list[Prediction]:
+        """Classify several waveforms (all at ``sample_rate``), ``batch_size`` per graph run.
+
+        Items are grouped by length to limit padding; results come back in input order.
+        """
+        prepared = [self.prepare(w, sample_rate) for w in waves]
+        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i]))
+        out: list[Prediction | None] = [None] * len(prepared)
+        step = max(1, int(batch_size))
+        for k in range(0, len(order), step):
+            idx = order[k: k + step]
+            for i, row in zip(idx, self.run([prepared[i] for i in idx]), strict=True):
+                out[i] = self._named(row)
+        return [p for p in out if p is not None]
+
+    def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
+        """Read any soundfile format (any rate, any channel count) and classify it."""
+        import soundfile as sf
+
+        p = Path(path)
+        if not p.is_file():
+            raise AudioError(f"{p}: no such audio file")
+        try:
+            info = sf.info(os.fspath(p))
+        except (RuntimeError, sf.LibsndfileError, OSError) as e:
+            raise AudioError(f"{p}: unreadable audio ({_short(e)})") from None
+        check_sample_rate(info.samplerate, what=str(p))
+        wave = load_audio(p, self.sample_rate)  # raises AudioError for unreadable/empty
+        try:
+            return self.predict_waveform(wave, self.sample_rate)
+        except AudioError as e:
+            raise AudioError(f"{p}: {e}") from None
+
+    def __repr__(self) -> str:
+        return f"OnnxEmotionModel({str(self.path)!r}, labels={self.labels})"
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
