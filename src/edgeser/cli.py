@@ -243,10 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from edgeser.deploy.export import add_export_parser
     from edgeser.runtime.cli import add_predict_parser, add_stream_parser
 
     for add in (_add_prepare, _add_validate, _add_synth, _add_train, _add_evaluate,
-                _add_reproduce, _add_demo, add_predict_parser, add_stream_parser):
+                _add_reproduce, _add_demo, add_export_parser, add_predict_parser,
+                add_stream_parser):
         add(sub)
     return parser
 

@@ -1,0 +1,262 @@
+"""ONNX export: graph contract, parity with PyTorch, padded batches, the 8-bit model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.deploy.export import (
+    add_export_parser,
+    export_model,
+    onnx_session,
+    pad_batch,
+    reference_probabilities,
+)
+from edgeser.models.encoder import Encoder, random_encoder, tiny_config
+from edgeser.pipeline import build_model, save_model
+from edgeser.testing import tone, write_wav
+
+RAVDESS_MINI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"
+SR = 16_000
+TOL = 1e-4
+
+
+def _save(out: Path, encoder: Encoder, *, pooling: str = "mean", sharpen: float = 8.0) -> Path:
+    """A trained-model folder with a deterministic head whose outputs are far from uniform."""
+    cfg = TrainConfig(encoder="random", precision="fp32", pooling=pooling)
+    model = build_model(cfg, encoder, "frames" if pooling == "attention" else "pooled")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.head.layer_logits.copy_(torch.randn(model.head.layer_logits.shape, generator=gen))
+        last = model.head.classifier[-1]
+        last.weight.mul_(sharpen)
+    save_model(out, model, cfg, encoder, model.kind,
+               {"name": "production", "metrics": {"accuracy": 0.5}})
+    return out
+
+
+def _waves() -> list[np.ndarray]:
+    return [tone(0.3, seed=1), tone(1.0, freq=180.0, seed=2), tone(2.7, freq=260.0, seed=3)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("export_tiny")
+    encoder = random_encoder(tiny_config(), seed=0)
+    model_dir = _save(root / "production", encoder)
+    paths = export_model(model_dir, root / "onnx", encoder=encoder)
+    from edgeser.runs import load_trained
+
+    model, _, _, _ = load_trained(model_dir, encoder)
+    return {"encoder": encoder, "head": model.head, "paths": paths, "model_dir": model_dir,
+            "root": root}
+
+
+def test_export_writes_the_files_and_model_json(tiny):
+    paths = tiny["paths"]
+    assert set(paths) == {"float32", "int8", "json"}
+    doc = json.loads(paths["json"].read_text())
+    assert doc["format"] == "edgeser-onnx" and doc["format_version"] == 1
+    assert doc["labels"] == ["angry", "happy", "neutral", "sad"]
+    assert doc["sample_rate"] == 16000 and doc["min_samples"] == 20
+    assert doc["inputs"] == {"waveform": "float32 [batch, samples]", "lengths": "int64 [batch]"}
+    assert doc["outputs"] == {"probabilities": "float32 [batch, classes]"}
+    pre = doc["preprocessing"]
+    assert pre["outside_graph"]["trim"] == {"top_db": 20.0, "frame_length": 2048,
+                                            "hop_length": 512}
+    assert pre["inside_graph"] == {"preemphasis": 0.97, "peak_normalize": True}
+    assert doc["files"] == {"float32": "model.onnx", "int8": "model.int8.onnx"}
+    assert doc["sizes_bytes"]["int8"] < doc["sizes_bytes"]["float32"]
+    assert doc["encoder"]["source"] == "random" and doc["metrics"] == {"accuracy": 0.5}
+    assert doc["training"]["config"]["pooling"] == "mean"
+    session = onnx_session(paths["float32"])
+    assert [i.name for i in session.get_inputs()] == ["waveform", "lengths"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+
+
+def test_float32_onnx_matches_pytorch_on_several_lengths(tiny):
+    waves = _waves()
+    ref = reference_probabilities(tiny["encoder"], tiny["head"], waves)
+    assert ref.max() > 0.5  # a head far from uniform, so the comparison means something
+    session = onnx_session(tiny["paths"]["float32"])
+    for w, r in zip(waves, ref, strict=True):
+        got = session.run(None, pad_batch([w]))[0][0]
+        assert np.abs(got - r).max() <= TOL
+        assert got.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_padded_batch_rows_equal_items_alone(tiny):
+    waves = [*_waves(), np.zeros(0, np.float32), tone(0.004, seed=5)]  # 0.004 s = 64 samples
+    session = onnx_session(tiny["paths"]["float32"])
+    batch = session.run(None, pad_batch(waves))[0]
+    alone = np.concatenate([session.run(None, pad_batch([w]))[0] for w in waves])
+    assert np.abs(batch - alone).max() <= TOL
+    # junk in the padding must not leak in either
+    feed = pad_batch(waves)
+    for i, w in enumerate(waves):
+        feed["waveform"][i, len(w):] = 0.5
+    assert np.abs(session.run(None, feed)[0] - alone).max() <= TOL
+
+
+def test_short_and_silent_inputs(tiny):
+    session = onnx_session(tiny["paths"]["float32"])
+    short = tone(0.001, seed=7)[:12]  # below the receptive field (20 samples for tiny)
+    silent = np.zeros(SR, np.float32)
+    ref = reference_probabilities(tiny["encoder"], tiny["head"], [short, silent])
+    for w, r in zip([short, silent], ref, strict=True):
+        got = session.run(None, pad_batch([w]))[0][0]
+        assert np.isfinite(got).all()
+        assert np.abs(got - r).max() <= TOL
+
+
+def test_int8_tiny_model_runs_and_is_close(tiny):
+    f32 = onnx_session(tiny["paths"]["float32"])
+    q = onnx_session(tiny["paths"]["int8"])
+    feed = pad_batch(_waves())
+    a, b = f32.run(None, feed)[0], q.run(None, feed)[0]
+    assert np.isfinite(b).all() and np.abs(a - b).max() < 0.1
+
+
+def test_attention_pooling_exports(tmp_path):
+    encoder = random_encoder(tiny_config(), seed=0)
+    model_dir = _save(tmp_path / "m", encoder, pooling="attention")
+    paths = export_model(model_dir, tmp_path / "onnx", int8=False, encoder=encoder)
+    assert "int8" not in paths
+    from edgeser.runs import load_trained
+
+    head = load_trained(model_dir, encoder)[0].head
+    waves = _waves()
+    ref = reference_probabilities(encoder, head, waves)
+    got = onnx_session(paths["float32"]).run(None, pad_batch(waves))[0]
+    assert np.abs(got - ref).max() <= TOL
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    with pytest.raises(EdgeserError, match="not an edgeser model folder"):
+        export_model(tmp_path, tmp_path / "out")
+    with pytest.raises(EdgeserError, match="not a folder"):
+        export_model(tmp_path / "missing", tmp_path / "out")
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    w2v = Wav2Vec2Model(Wav2Vec2Config(**tiny_config().to_dict()))
+    encoder = Encoder(w2v, source="random", is_random=True)
+    model_dir = _save(tmp_path / "w2v", encoder)
+    with pytest.raises(EdgeserError, match="HuBERT/DistilHuBERT"):
+        export_model(model_dir, tmp_path / "out", encoder=encoder)
+
+
+def test_cli_parser_and_handler(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="edgeser")
+    add_export_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export", str(tmp_path), "--out", str(tmp_path / "o"), "--no-int8",
+                              "--calibration", "a.wav", "b.wav"])
+    assert args.int8 is False and args.calibration == [Path("a.wav"), Path("b.wav")]
+    with pytest.raises(EdgeserError):
+        args.func(args)
+
+
+# --------------------------------------------------------------- full-size DistilHuBERT
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("export_full")
+    encoder = random_encoder(seed=0)
+    model_dir = _save(root / "production", encoder, sharpen=30.0)
+    paths = export_model(model_dir, root / "onnx", encoder=encoder)
+    from edgeser.runs import load_trained
+
+    head = load_trained(model_dir, encoder)[0].head
+    return {"encoder": encoder, "head": head, "paths": paths, "model_dir": model_dir}
+
+
+@pytest.mark.slow
+def test_full_size_parity_and_int8_size(full):
+    waves = [tone(1.0, seed=3), tone(0.3, freq=300.0, seed=4)]
+    ref = reference_probabilities(full["encoder"], full["head"], waves)
+    got = onnx_session(full["paths"]["float32"]).run(None, pad_batch(waves))[0]
+    assert np.abs(got - ref).max() <= TOL
+    assert full["paths"]["int8"].stat().st_size <= 24_000_000
+    assert full["paths"]["float32"].stat().st_size > 90_000_000
+
+
+@pytest.mark.slow
+def test_full_size_int8_is_faithful_on_real_speech(full):
+    if not RAVDESS_MINI.is_dir():
+        pytest.skip(f"real-speech sample {RAVDESS_MINI} is absent")
+    from edgeser.core.audio import load_audio
+    from edgeser.core.preprocess import trim_silence
+
+    files = sorted(RAVDESS_MINI.rglob("*.wav"))
+    assert files
+    waves = [trim_silence(load_audio(f, SR), SR) for f in files]
+    f32 = onnx_session(full["paths"]["float32"], threads=2)
+    q = onnx_session(full["paths"]["int8"], threads=2)
+    order = np.argsort([len(w) for w in waves])  # batch similar lengths together
+    a = np.zeros((len(waves), 4), np.float32)
+    b = np.zeros_like(a)
+    for start in range(0, len(order), 8):
+        idx = order[start : start + 8]
+        feed = pad_batch([waves[i] for i in idx])
+        a[idx], b[idx] = f32.run(None, feed)[0], q.run(None, feed)[0]
+    agree = float(np.mean(a.argmax(1) == b.argmax(1)))
+    mean_delta = float(np.abs(a - b).mean())
+    assert agree >= 0.99, (agree, mean_delta)
+    assert mean_delta <= 0.02, (agree, mean_delta)
+
+
+def test_extra_variant_int8_fast_and_unknown_variant(tmp_path):
+    encoder = random_encoder(tiny_config(), seed=0)
+    model_dir = _save(tmp_path / "m", encoder)
+    cal = write_wav(tmp_path / "cal.wav", tone(0.5, seed=9))  # one short file: fast
+    paths = export_model(model_dir, tmp_path / "onnx", int8=False, encoder=encoder,
+                         extra_variants=("int8-fast",), calibration=[cal])
+    doc = json.loads(paths["json"].read_text())
+    assert doc["files"] == {"float32": "model.onnx", "int8-fast": "model.int8-fast.onnx"}
+    assert doc["export"]["calibration"] == [str(cal)]
+    feed = pad_batch(_waves())
+    fast = onnx_session(paths["int8-fast"]).run(None, feed)[0]
+    assert np.isfinite(fast).all() and fast.shape == (3, 4)
+    with pytest.raises(EdgeserError, match="unknown export variant"):
+        export_model(model_dir, tmp_path / "o2", encoder=encoder, extra_variants=("fp64",))
+
+
+@pytest.mark.slow
+def test_cli_handler_exports_a_run_folder(full, tmp_path, capsys):
+    """The real CLI path: the encoder is rebuilt from model.json (source 'random', seed 0)."""
+    parser = argparse.ArgumentParser(prog="edgeser")
+    add_export_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export", str(full["model_dir"]), "--out", str(tmp_path / "o"),
+                              "--no-int8"])
+    assert args.func(args) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("exported") and "model.onnx" in line and "\n" not in line
+    assert (tmp_path / "o" / "model.json").is_file()
+    assert not (tmp_path / "o" / "model.int8.onnx").exists()
+
+
+def test_fine_tuned_encoder_weights_are_exported(tmp_path):
+    """train=encoder runs carry their own encoder copy: the export must use its weights."""
+    encoder = random_encoder(tiny_config(), seed=0)
+    cfg = TrainConfig(encoder="random", precision="fp32", train="encoder")
+    model = build_model(cfg, encoder, "conv")
+    with torch.no_grad():
+        for p in model.encoder.model.encoder.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+        model.head.classifier[-1].weight.mul_(8.0)
+    save_model(tmp_path / "m", model, cfg, encoder, "conv", {"name": "production"})
+    paths = export_model(tmp_path / "m", tmp_path / "onnx", int8=False, encoder=encoder)
+    waves = _waves()
+    tuned = reference_probabilities(model.encoder, model.head, waves)
+    frozen = reference_probabilities(encoder, model.head, waves)
+    got = onnx_session(paths["float32"]).run(None, pad_batch(waves))[0]
+    assert np.abs(got - tuned).max() <= TOL
+    assert np.abs(got - frozen).max() > 10 * TOL
