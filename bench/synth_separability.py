@@ -1,7 +1,7 @@
 """How learnable are the synthetic corpora? Prints UA figures of a simple baseline.
 
 Hand-crafted features per utterance (20 dB trim; MFCC 1-13 mean/std, log-RMS mean/std,
-F0 median/range from YIN on the loudest frames, spectral centroid) and a logistic
+F0 median/range from YIN on the loudest frames, log spectral centroid) and a logistic
 regression:
 
 1. leave-one-session-out on the synthetic IEMOCAP (four classes, exc merged into happy);
@@ -48,13 +48,9 @@ def features(path: Path) -> np.ndarray:
     voiced = f0[:n][rms[:n] > 0.3 * rms.max()]
     lf0 = np.log2(voiced if len(voiced) else np.array([100.0]))
     centroid = librosa.feature.spectral_centroid(y=y, sr=sr)[0]
-    return np.concatenate(
-        [
-            mfcc.mean(1), mfcc.std(1),
-            [log_rms.mean(), log_rms.std(), np.median(lf0), np.subtract(*np.percentile(lf0, [90, 10])),
-             np.log(centroid.mean()), len(y) / sr],
-        ]
-    )  # fmt: skip
+    f0_range = np.subtract(*np.percentile(lf0, [90, 10]))
+    prosody = [log_rms.mean(), log_rms.std(), np.median(lf0), f0_range]
+    return np.concatenate([mfcc.mean(1), mfcc.std(1), prosody, [np.log(centroid.mean())]])
 
 
 def iemocap_table(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

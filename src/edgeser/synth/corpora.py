@@ -13,11 +13,14 @@ an interrupted generation resumes.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 import os
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,8 @@ import numpy as np
 import soundfile as sf
 
 from edgeser.core.io import atomic_path, write_text
+from edgeser.corpora.cremad import SENTENCES as _CREMAD_SENTENCE_TEXT
+from edgeser.corpora.ravdess import STATEMENTS as _RAVDESS_STATEMENT_TEXT
 
 from .emotion import (
     CREMAD_EMOTIONS,
@@ -63,8 +68,6 @@ SCALES: tuple[str, ...] = ("small", "paper")
 #: Corpus names accepted by :func:`synthesize_corpus`.
 CORPORA: tuple[str, ...] = ("iemocap", "cremad", "ravdess")
 
-_WAV_HEADER_BYTES = 44  # canonical RIFF/WAVE header libsndfile writes for 16-bit PCM
-
 T = TypeVar("T")
 
 
@@ -87,8 +90,17 @@ def _check_args(scale: str, seed: int) -> None:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+@functools.cache
+def _wav_header_bytes() -> int:
+    """Header size of the mono 16-bit WAV files this libsndfile writes (44 bytes)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(1, np.float32), 16000, subtype="PCM_16", format="WAV")
+    return len(buf.getvalue()) - 2
+
+
 def _wav_nbytes(n_frames: int) -> int:
-    return _WAV_HEADER_BYTES + 2 * n_frames
+    """Size of a complete mono 16-bit WAV file of ``n_frames`` frames."""
+    return _wav_header_bytes() + 2 * n_frames
 
 
 @dataclass(frozen=True)
@@ -131,52 +143,51 @@ def _run_job(job: _Job) -> tuple[bool, int]:
     return True, n
 
 
-def _track(items: Iterable[T], total: int, desc: str, enabled: bool) -> Iterator[T]:
+def _track(items: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
     """Progress bar (rich, else tqdm) over ``items`` when ``enabled``."""
     if not enabled:
-        yield from items
-        return
+        return items
     try:
         from rich.console import Console
         from rich.progress import track
 
-        yield from track(items, total=total, description=desc, console=Console(stderr=True))
-        return
+        return track(items, total=total, description=desc, console=Console(stderr=True))
     except ImportError:  # pragma: no cover - rich is a train extra
         pass
     try:
         from tqdm import tqdm
-
-        yield from tqdm(items, total=total, desc=desc)
     except ImportError:  # pragma: no cover
-        yield from items
+        return items
+    return tqdm(items, total=total, desc=desc)
 
 
 def _n_workers(workers: int | None, n_jobs: int) -> int:
+    """Processes to use: ``workers`` (default: the CPUs, at most 8), fewer for few jobs."""
     if workers is None:
         workers = min(os.cpu_count() or 1, 8)
     return max(1, min(int(workers), n_jobs // 16 or 1))
 
 
 def _run_jobs(jobs: Sequence[_Job], *, workers: int | None, progress: bool, desc: str) -> None:
+    """Render ``jobs`` (in a process pool when worthwhile), with progress and a summary log."""
     t0 = time.perf_counter()
     n_workers = _n_workers(workers, len(jobs))
-    written = frames = 0
-    if n_workers <= 1:
-        results: Iterable[tuple[bool, int]] = map(_run_job, jobs)
-        for done, n in _track(results, len(jobs), desc, progress):
+    written = seconds = 0.0
+    with contextlib.ExitStack() as stack:
+        if n_workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=n_workers))
+            chunk = max(1, min(32, len(jobs) // (n_workers * 8)))
+            results: Iterable[tuple[bool, int]] = pool.map(_run_job, jobs, chunksize=chunk)
+        else:
+            results = map(_run_job, jobs)
+        for job, (done, n) in zip(jobs, _track(results, len(jobs), desc, progress), strict=True):
             written += done
-            frames += n
-    else:
-        chunk = max(1, min(32, len(jobs) // (n_workers * 8)))
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            results = pool.map(_run_job, jobs, chunksize=chunk)
-            for done, n in _track(results, len(jobs), desc, progress):
-                written += done
-                frames += n
+            seconds += n / job.sr
     log.info(
-        "%s: %d files (%d written, %d already complete) in %.1f s with %d process(es)",
-        desc, len(jobs), written, len(jobs) - written, time.perf_counter() - t0, n_workers,
+        "%s: %d files, %.1f min of audio (%d written, %d already complete) in %.1f s, "
+        "%d process(es)",
+        desc, len(jobs), seconds / 60, written, len(jobs) - written, time.perf_counter() - t0,
+        n_workers,
     )  # fmt: skip
 
 
@@ -432,10 +443,23 @@ def synth_iemocap(
 
     ``Session{1..5}/sentences/wav/<dialog>/<utterance>.wav`` (16 kHz mono 16-bit) and
     ``Session{N}/dialog/EmoEvaluation/<dialog>.txt`` summary files (plus the
-    ``Categorical/``, ``Attribute/`` and ``Self-evaluation/`` sub-folders).
+    ``Categorical/``, ``Attribute/`` and ``Self-evaluation/`` sub-folders). ``workers``
+    is the number of processes (default: the CPUs, at most 8); the output does not
+    depend on it.
     """
     _check_args(scale, seed)
     root = Path(out)
+    plan, jobs, notes = _iemocap_jobs(root, scale, seed)
+    _run_jobs(jobs, workers=workers, progress=progress, desc=f"IEMOCAP ({scale})")
+    for s, dialogs in plan.items():  # labels last: a complete label file means complete audio
+        for d, turns in dialogs.items():
+            _write_iemocap_labels(root, s, d, turns, notes)
+    return root
+
+
+def _iemocap_jobs(
+    root: Path, scale: str, seed: int
+) -> tuple[dict[int, dict[str, list[_Turn]]], list[_Job], dict[str, dict]]:
     plan = _plan_iemocap(scale, seed)
     speakers = {
         f"{s}{g}": make_speaker(f"Ses{s:02d}{g}", g, _rng(seed, "iemocap", f"speaker:{s}{g}", 0))
@@ -457,32 +481,17 @@ def synth_iemocap(
                                  _key(seed, "iemocap", t.uid, 1), None, t.n_samples, lead,
                                  trail))  # fmt: skip
                 notes[t.uid] = _annotations(t, prof.vad, _rng(seed, "iemocap", t.uid, 2))
-    _run_jobs(jobs, workers=workers, progress=progress, desc=f"IEMOCAP ({scale})")
-    for s, dialogs in plan.items():  # labels last: a complete label file means complete audio
-        for d, turns in dialogs.items():
-            _write_iemocap_labels(root, s, d, turns, notes)
-    return root
+    return plan, jobs, notes
 
 
 # --------------------------------------------------------------------------- CREMA-D
 
 _CREMAD_SR = 16000
 #: Sentence codes and texts, in the release's order.
-CREMAD_SENTENCES: dict[str, str] = {
-    "IEO": "It's eleven o'clock",
-    "TIE": "That is exactly what happened",
-    "IOM": "I'm on my way to the meeting",
-    "IWW": "I wonder what this is about",
-    "TAI": "The airplane is almost full",
-    "MTI": "Maybe tomorrow it will be cold",
-    "IWL": "I would like a new alarm clock",
-    "ITH": "I think I have a doctor's appointment",
-    "DFA": "Don't forget a jacket",
-    "ITS": "I think I've seen this before",
-    "TSI": "The surface is slick",
-    "WSI": "We'll stop in a couple of minutes",
-}
-_CREMAD_LEVELS = {"LO": 0.55, "MD": 1.0, "HI": 1.5, "XX": 1.0}
+#: The twelve CREMA-D sentences (shared with the corpus recipe).
+CREMAD_SENTENCES: dict[str, str] = dict(_CREMAD_SENTENCE_TEXT)
+#: level -> (emotion intensity, vocal effort)
+_CREMAD_LEVELS = {"LO": (0.55, -0.4), "MD": (1.0, 0.0), "HI": (1.5, 0.6), "XX": (1.0, 0.0)}
 _CREMAD_EMPTY = "1076_MTI_SAD_XX"  # no audio in the real release
 _CREMAD_ACTORS = tuple(range(1001, 1092))
 
@@ -560,9 +569,20 @@ def synth_cremad(
     ``AudioWAV/<actor>_<sentence>_<emotion>_<level>.wav`` (16 kHz mono 16-bit);
     ``1076_MTI_SAD_XX.wav`` holds no audio, as in the release (in the small scale actor
     1076 and sentence MTI are always included, so that file is always there).
+    Arguments as for :func:`synth_iemocap`.
     """
     _check_args(scale, seed)
     root = Path(out)
+    demo = cremad_demographics()
+    jobs = _cremad_jobs(root, scale, seed)
+    _run_jobs(jobs, workers=workers, progress=progress, desc=f"CREMA-D ({scale})")
+    rows = ["ActorID,Age,Sex,Race,Ethnicity"]
+    rows += [f"{a},{d['Age']},{d['Sex']},{d['Race']},{d['Ethnicity']}" for a, d in demo.items()]
+    write_text(root / "VideoDemographics.csv", "\n".join(rows) + "\n")
+    return root
+
+
+def _cremad_jobs(root: Path, scale: str, seed: int) -> list[_Job]:
     demo = cremad_demographics()
     style = STYLES["cremad"]
     clips = _cremad_clips(scale)
@@ -575,29 +595,25 @@ def synth_cremad(
         uid = f"{a}_{sen}_{emo}_{lvl}"
         path = root / "AudioWAV" / f"{uid}.wav"
         r = _rng(seed, "cremad", uid, 0)
+        intensity, effort = _CREMAD_LEVELS[lvl]
+        prof = EMOTIONS[CREMAD_EMOTIONS[emo]]
         settings = utterance_settings(
-            speakers[a], EMOTIONS[CREMAD_EMOTIONS[emo]], style, r, intensity=_CREMAD_LEVELS[lvl]
+            speakers[a], prof, style, r, intensity=intensity, effort=effort
         )
         lead, trail = _style_lead_trail("cremad", r, None)
         jobs.append(_Job(path, _CREMAD_SR, None if uid == _CREMAD_EMPTY else settings,
                          sample_channel(style, r), _key(seed, "cremad", uid, 1),
                          CREMAD_SENTENCES[sen], None, lead, trail))  # fmt: skip
-    _run_jobs(jobs, workers=workers, progress=progress, desc=f"CREMA-D ({scale})")
-    rows = ["ActorID,Age,Sex,Race,Ethnicity"]
-    rows += [f"{a},{d['Age']},{d['Sex']},{d['Race']},{d['Ethnicity']}" for a, d in demo.items()]
-    write_text(root / "VideoDemographics.csv", "\n".join(rows) + "\n")
-    return root
+    return jobs
 
 
 # --------------------------------------------------------------------------- RAVDESS
 
 _RAVDESS_SR = 48000
 #: The two RAVDESS statements.
-RAVDESS_STATEMENTS: dict[str, str] = {
-    "01": "Kids are talking by the door",
-    "02": "Dogs are sitting by the door",
-}
-_RAVDESS_INTENSITY = {"01": 1.0, "02": 1.6}
+RAVDESS_STATEMENTS: dict[str, str] = dict(_RAVDESS_STATEMENT_TEXT)
+#: intensity code -> (emotion intensity, vocal effort)
+_RAVDESS_INTENSITY = {"01": (1.0, 0.0), "02": (1.5, 1.0)}
 
 
 def _ravdess_files(actor: int) -> list[str]:
@@ -621,10 +637,17 @@ def synth_ravdess(
     """Write a synthetic RAVDESS speech set; ``out`` holds ``Actor_01/`` …
 
     ``Actor_XX/03-01-EE-II-SS-RR-AA.wav`` (48 kHz mono 16-bit), 60 files per actor, odd
-    actors male; 4 actors in the small scale, 24 in the paper scale.
+    actors male; 4 actors in the small scale, 24 in the paper scale. Arguments as for
+    :func:`synth_iemocap`.
     """
     _check_args(scale, seed)
     root = Path(out)
+    jobs = _ravdess_jobs(root, scale, seed)
+    _run_jobs(jobs, workers=workers, progress=progress, desc=f"RAVDESS ({scale})")
+    return root
+
+
+def _ravdess_jobs(root: Path, scale: str, seed: int) -> list[_Job]:
     style = STYLES["ravdess"]
     actors = range(1, 5) if scale == "small" else range(1, 25)
     jobs: list[_Job] = []
@@ -635,14 +658,14 @@ def synth_ravdess(
             _, _, emo, inten, st, _rep, _ = uid.split("-")
             r = _rng(seed, "ravdess", uid, 0)
             prof = EMOTIONS[RAVDESS_EMOTION_NAMES[emo]]
-            settings = utterance_settings(sp, prof, style, r, intensity=_RAVDESS_INTENSITY[inten])
+            intensity, effort = _RAVDESS_INTENSITY[inten]
+            settings = utterance_settings(sp, prof, style, r, intensity=intensity, effort=effort)
             lead, trail = _style_lead_trail("ravdess", r, None)
             path = root / f"Actor_{a:02d}" / f"{uid}.wav"
             jobs.append(_Job(path, _RAVDESS_SR, settings, sample_channel(style, r),
                              _key(seed, "ravdess", uid, 1), RAVDESS_STATEMENTS[st], None,
                              lead, trail))  # fmt: skip
-    _run_jobs(jobs, workers=workers, progress=progress, desc=f"RAVDESS ({scale})")
-    return root
+    return jobs
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -15,13 +15,15 @@ A :class:`SpeakerProfile` holds the speaker's habitual voice (gender F0, vocal-t
 length, personal rate), an *expressiveness* (how strongly this speaker acts) and a
 personal *bias* (how this speaker realises each emotion), so that classes overlap across
 speakers. A :class:`CorpusStyle` scales the emotion effects (RAVDESS exaggerated, IEMOCAP
-subtle) and sets the recording channel.
+subtle), adds the corpus's own way of portraying some emotions and its baseline vocal
+effort (the sources of cross-corpus mismatch), and sets the recording channel.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -74,7 +76,7 @@ class EmotionProfile:
             if f.name in ("name", "vad"):
                 out[f.name] = val
             elif f.name.endswith("_mult"):  # tempo and range saturate sooner
-                out[f.name] = float(val) ** min(k, 1.6)
+                out[f.name] = float(val) ** min(k, 1.3)
             else:
                 out[f.name] = float(val) * k
         return EmotionProfile(**out)
@@ -104,22 +106,22 @@ EMOTIONS: dict[str, EmotionProfile] = {
     for p in [
         EmotionProfile("neutral", vad=(3.0, 2.4, 2.6)),
         EmotionProfile(
-            "angry", f0_st=3.5, range_mult=1.25, rate_mult=1.14, level_db=7.0, tension=0.8,
+            "angry", f0_st=4.5, range_mult=1.25, rate_mult=1.14, level_db=8.0, tension=0.85,
             breathiness=-0.03, jitter_mult=1.3, shimmer_mult=1.2, articulation=0.5,
             f1_mult=1.08, pause_mult=0.7, final_st=-1.0, vad=(1.8, 3.8, 3.9),
         ),
         EmotionProfile(
-            "happy", f0_st=3.5, range_mult=1.6, rate_mult=1.08, level_db=4.0, tension=0.25,
+            "happy", f0_st=3.0, range_mult=1.6, rate_mult=1.08, level_db=3.5, tension=0.15,
             articulation=0.25, f2_mult=1.05, final_st=1.5, pause_mult=0.85,
             vad=(4.0, 3.2, 3.0),
         ),
         EmotionProfile(
-            "sad", f0_st=-1.5, range_mult=0.55, rate_mult=0.78, level_db=-6.0, tension=-0.6,
+            "sad", f0_st=-1.5, range_mult=0.55, rate_mult=0.82, level_db=-5.0, tension=-0.6,
             breathiness=0.22, jitter_mult=1.25, shimmer_mult=1.2, articulation=-0.6,
-            f1_mult=0.95, pause_mult=1.7, declination_mult=1.3, vad=(1.9, 2.1, 2.2),
+            f1_mult=0.95, pause_mult=1.4, declination_mult=1.3, vad=(1.9, 2.1, 2.2),
         ),
         EmotionProfile(
-            "excited", f0_st=5.0, range_mult=1.8, rate_mult=1.15, level_db=6.0, tension=0.4,
+            "excited", f0_st=4.0, range_mult=1.7, rate_mult=1.15, level_db=6.0, tension=0.4,
             articulation=0.3, f2_mult=1.05, final_st=2.0, pause_mult=0.75,
             vad=(4.1, 3.7, 3.3),
         ),
@@ -225,16 +227,16 @@ def make_speaker(speaker_id: str, gender: str, rng: np.random.Generator) -> Spea
     )
 
 
-def _speaker_bias(sp: SpeakerProfile, emotion: str) -> dict[str, float]:
+def _speaker_bias(sp: SpeakerProfile, emotion: str, scale: float = 1.0) -> dict[str, float]:
     """How this speaker's rendering of ``emotion`` departs from the norm (fixed per pair)."""
     r = np.random.default_rng([sp.bias_key, zlib.crc32(emotion.encode())])
     return {
-        "f0_st": float(r.normal(0.0, 1.0)),
-        "range_mult": float(r.lognormal(0.0, 0.15)),
-        "rate_mult": float(r.lognormal(0.0, 0.06)),
-        "level_db": float(r.normal(0.0, 1.8)),
-        "tension": float(r.normal(0.0, 0.2)),
-        "breathiness": float(r.normal(0.0, 0.03)),
+        "f0_st": float(r.normal(0.0, 1.0 * scale)),
+        "range_mult": float(r.lognormal(0.0, 0.15 * scale)),
+        "rate_mult": float(r.lognormal(0.0, 0.06 * scale)),
+        "level_db": float(r.normal(0.0, 1.8 * scale)),
+        "tension": float(r.normal(0.0, 0.2 * scale)),
+        "breathiness": float(r.normal(0.0, 0.03 * scale)),
     }
 
 
@@ -245,34 +247,70 @@ class CorpusStyle:
     name: str
     emotion_scale: float  #: multiplies every emotion effect
     variability: float  #: per-utterance randomness multiplier
+    bias_scale: float  #: how idiosyncratically each actor portrays each emotion
+    effort: float  #: baseline vocal effort of every utterance (projected acted voice)
     rate_mult: float  #: corpus-wide tempo
+    range_mult: float  #: corpus-wide pitch range (conversation livelier than reading)
     snr_db: tuple[float, float]  #: noise floor range
     reverb_rt60_s: tuple[float, float]
     lowpass_hz: tuple[float, float] | None
     hum_db: tuple[float, float] | None
+    highpass_hz: tuple[float, float]  #: microphone low cut
+    bass_db: tuple[float, float]  #: low-shelf gain (proximity effect)
+    presence_db: tuple[float, float]  #: presence peak gain (mic brightness, distance)
     gain_db: float  #: recording level of the corpus (relative to -24 dBFS speech RMS)
     gain_sd_db: float  #: per-utterance recording gain spread
     lead_s: tuple[float, float]  #: leading silence range
     trail_s: tuple[float, float]  #: trailing silence range
+    #: how this corpus's actors portray an emotion differently from the norm:
+    #: emotion name -> {profile field: delta} (added; multiplied for ``*_mult`` fields)
+    portrayal: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def profile(self, emotion: EmotionProfile) -> EmotionProfile:
+        """``emotion`` as this corpus portrays it."""
+        deltas = self.portrayal.get(emotion.name)
+        if not deltas:
+            return emotion
+        changes = {
+            k: getattr(emotion, k) * v if k.endswith("_mult") else getattr(emotion, k) + v
+            for k, v in deltas.items()
+        }
+        return replace(emotion, **changes)
 
 
 #: Corpus styles: IEMOCAP subtle and variable (dyadic sessions), CREMA-D noisier and
 #: band-limited, RAVDESS exaggerated and studio-clean.
 STYLES: dict[str, CorpusStyle] = {
     "iemocap": CorpusStyle(
-        "iemocap", emotion_scale=0.8, variability=1.2, rate_mult=1.0, snr_db=(36.0, 46.0),
-        reverb_rt60_s=(0.15, 0.35), lowpass_hz=None, hum_db=None, gain_db=0.0, gain_sd_db=2.0,
-        lead_s=(0.12, 0.4), trail_s=(0.12, 0.4),
+        "iemocap", emotion_scale=0.9, variability=1.1, bias_scale=1.0, effort=0.0,
+        rate_mult=1.0, range_mult=1.1,
+        snr_db=(36.0, 46.0), reverb_rt60_s=(0.15, 0.35), lowpass_hz=None, hum_db=None,
+        highpass_hz=(60.0, 90.0), bass_db=(-1.0, 1.0), presence_db=(-3.0, -1.0),
+        gain_db=-6.0, gain_sd_db=2.0, lead_s=(0.12, 0.4), trail_s=(0.12, 0.4),
     ),
     "cremad": CorpusStyle(
-        "cremad", emotion_scale=1.0, variability=1.0, rate_mult=1.12, snr_db=(28.0, 36.0),
-        reverb_rt60_s=(0.1, 0.25), lowpass_hz=(5500.0, 7500.0), hum_db=(-40.0, -32.0),
-        gain_db=0.0, gain_sd_db=2.5, lead_s=(0.25, 0.55), trail_s=(0.2, 0.45),
+        "cremad", emotion_scale=1.0, variability=1.0, bias_scale=1.0, effort=0.2,
+        rate_mult=1.0, range_mult=1.0,
+        snr_db=(28.0, 36.0), reverb_rt60_s=(0.1, 0.25), lowpass_hz=(5500.0, 7500.0),
+        hum_db=(-40.0, -32.0), highpass_hz=(120.0, 200.0), bass_db=(-2.0, 0.0),
+        presence_db=(0.0, 3.0), gain_db=0.0, gain_sd_db=2.5, lead_s=(0.25, 0.55),
+        trail_s=(0.2, 0.45),
     ),
     "ravdess": CorpusStyle(
-        "ravdess", emotion_scale=1.3, variability=0.8, rate_mult=0.95, snr_db=(48.0, 58.0),
-        reverb_rt60_s=(0.0, 0.0), lowpass_hz=None, hum_db=None, gain_db=-12.0, gain_sd_db=1.0,
-        lead_s=(0.6, 1.0), trail_s=(0.6, 1.0),
+        "ravdess", emotion_scale=1.2, variability=1.0, bias_scale=1.6, effort=0.7,
+        rate_mult=0.92, range_mult=0.85,
+        snr_db=(48.0, 58.0), reverb_rt60_s=(0.0, 0.0), lowpass_hz=None, hum_db=None,
+        highpass_hz=(40.0, 60.0), bass_db=(3.0, 6.0), presence_db=(2.0, 5.0),
+        gain_db=-6.0, gain_sd_db=1.0, lead_s=(0.7, 1.1), trail_s=(0.7, 1.1),
+        # posed read sentences: anger shouted; happy delivered with vocal effort (heard
+        # as anger by models trained on conversational speech); sad neither quieter nor
+        # lower than neutral (close to crying), so it meets neutral
+        portrayal={
+            "angry": {"level_db": 3.0, "tension": 0.3},
+            "happy": {"tension": 0.7, "level_db": 5.0, "range_mult": 0.7, "f0_st": -1.0},
+            "sad": {"f0_st": 3.0, "level_db": 5.0, "breathiness": 0.08},
+            "neutral": {"range_mult": 0.75, "rate_mult": 0.95},
+        },
     ),
 }  # fmt: skip
 
@@ -293,17 +331,19 @@ def utterance_settings(
     softer), which is how actors render a "strong" or "low" version of any emotion.
     """
     var = style.variability
+    effort = effort + style.effort
     # how strongly this utterance is acted: speaker, corpus, intensity and chance
     k = speaker.expressiveness * style.emotion_scale * intensity
-    k = float(np.clip(k * rng.lognormal(0.0, 0.3 * var), 0.0, 2.5))
-    e = emotion.scaled(k)
-    b = _speaker_bias(speaker, emotion.name) if emotion.name != "neutral" else {}
+    k = float(np.clip(k * rng.lognormal(0.0, 0.3 * var), 0.0, 2.0))
+    e = style.profile(emotion).scaled(k)
+    b = _speaker_bias(speaker, emotion.name, style.bias_scale) if emotion.name != "neutral" else {}
     f0_st = e.f0_st + b.get("f0_st", 0.0) + 2.5 * effort + rng.normal(0, 1.2 * var)
     rate = speaker.rate_sps * style.rate_mult * e.rate_mult * b.get("rate_mult", 1.0)
-    level = speaker.level_db + e.level_db + b.get("level_db", 0.0) + 5.0 * effort
-    tension = speaker.tension + e.tension + b.get("tension", 0.0) + 0.2 * effort
+    level = speaker.level_db + e.level_db + b.get("level_db", 0.0) + 6.0 * effort
+    tension = speaker.tension + e.tension + b.get("tension", 0.0) + 0.35 * effort
     breath = speaker.breathiness + e.breathiness + b.get("breathiness", 0.0)
-    range_st = speaker.f0_range_st * e.range_mult * b.get("range_mult", 1.0) * 1.1**effort
+    range_st = speaker.f0_range_st * style.range_mult * e.range_mult * b.get("range_mult", 1.0)
+    range_st *= 1.1**effort
     return VoiceSettings(
         f0_hz=float(speaker.f0_hz * 2 ** (f0_st / 12)),
         f0_range_st=float(range_st * rng.lognormal(0, 0.2 * var)),
@@ -315,7 +355,7 @@ def utterance_settings(
         pause_prob=float(np.clip(0.15 * e.pause_mult, 0.0, 0.5)),
         pause_scale=float(e.pause_mult),
         level_db=float(level + style.gain_db + rng.normal(0, style.gain_sd_db)),
-        tension=float(np.clip(tension + rng.normal(0, 0.2 * var), -1.0, 1.0)),
+        tension=float(np.clip(tension + rng.normal(0, 0.2 * var), -1.0, 1.5)),
         breathiness=float(np.clip(breath + rng.normal(0, 0.03 * var), 0.0, 0.6)),
         jitter=float(speaker.jitter * e.jitter_mult),
         shimmer=float(speaker.shimmer * e.shimmer_mult),
@@ -333,4 +373,7 @@ def sample_channel(style: CorpusStyle, rng: np.random.Generator) -> Channel:
         reverb_rt60_s=float(rng.uniform(*style.reverb_rt60_s)),
         lowpass_hz=None if style.lowpass_hz is None else float(rng.uniform(*style.lowpass_hz)),
         hum_db=None if style.hum_db is None else float(rng.uniform(*style.hum_db)),
+        highpass_hz=float(rng.uniform(*style.highpass_hz)),
+        bass_db=float(rng.uniform(*style.bass_db)),
+        presence_db=float(rng.uniform(*style.presence_db)),
     )

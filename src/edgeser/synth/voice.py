@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import soxr
 from scipy import signal
 
 try:  # scipy's compiled kernel behind sosfilt: same numerics, without per-call overhead
@@ -132,7 +133,7 @@ class VoiceSettings:
     pause_prob: float = 0.15  #: probability of a pause at a word boundary
     pause_scale: float = 1.0  #: pause length multiplier
     level_db: float = 0.0  #: speech level relative to -24 dBFS RMS
-    tension: float = 0.0  #: -1 lax/breathy … +1 pressed (open quotient, spectral tilt)
+    tension: float = 0.0  #: -1 lax/breathy … +1 pressed, up to 1.5 (open quotient, tilt)
     breathiness: float = 0.05  #: aspiration-noise ratio
     jitter: float = 0.006  #: per-period F0 perturbation (fraction)
     shimmer: float = 0.04  #: per-period amplitude perturbation (fraction)
@@ -151,8 +152,11 @@ class Channel:
     reverb_mix: float = 0.15  #: reverberant energy share
     hum_db: float | None = None  #: mains hum relative to speech RMS, dB (None: no hum)
     lowpass_hz: float | None = None  #: band limitation of a poor microphone
+    highpass_hz: float = 60.0  #: low cut of microphone and preamp
+    bass_db: float = 0.0  #: low-shelf gain below ~250 Hz (close-mic proximity effect)
+    presence_db: float = 0.0  #: peak gain around 4.5 kHz (microphone presence / distance)
     gain_db: float = 0.0  #: recording gain applied to speech and room alike
-    limit: float = 0.8  #: soft limiter knee (linear); peaks stay below 1
+    limit: float = 0.8  #: soft limiter knee (linear); peaks stay below 0.98
 
 
 @dataclass(frozen=True)
@@ -271,14 +275,20 @@ def text_to_words(text: str) -> list[list[Syllable]]:
 
 _ONSETS = ["t", "d", "k", "g", "p", "b", "s", "sh", "f", "v", "th", "dh", "h", "m", "n", "l", "r",
            "w", "y", "z"]  # fmt: skip
-_ONSET_P = np.array([9, 7, 7, 3, 5, 5, 8, 3, 4, 3, 2, 6, 4, 6, 6, 6, 5, 5, 2, 1], float)
+_ONSET_CDF = np.cumsum([9, 7, 7, 3, 5, 5, 8, 3, 4, 3, 2, 6, 4, 6, 6, 6, 5, 5, 2, 1])
 _CLUSTERS = [("s", "t"), ("s", "p"), ("s", "k"), ("t", "r"), ("p", "l"), ("k", "l"), ("b", "r"),
              ("g", "r"), ("f", "r"), ("s", "m")]  # fmt: skip
 _CODAS = ["n", "t", "d", "s", "z", "m", "k", "r", "l", "ng", "v", "th"]
-_CODA_P = np.array([10, 9, 6, 6, 5, 4, 4, 4, 4, 3, 2, 1], float)
+_CODA_CDF = np.cumsum([10, 9, 6, 6, 5, 4, 4, 4, 4, 3, 2, 1])
 _NUCLEI = ["iy", "ih", "eh", "ae", "aa", "ao", "uh", "uw", "ah", "er", "ax", "ay", "ey", "ow", "aw",
            "oy"]  # fmt: skip
-_NUCLEUS_P = np.array([5, 8, 7, 6, 5, 4, 2, 4, 6, 3, 9, 4, 4, 3, 1, 1], float)
+_NUCLEUS_CDF = np.cumsum([5, 8, 7, 6, 5, 4, 2, 4, 6, 3, 9, 4, 4, 3, 1, 1])
+_WORD_LEN_CDF = np.cumsum([3, 2, 1])  # 1, 2 or 3 syllables
+
+
+def _pick(rng: np.random.Generator, cdf: np.ndarray) -> int:
+    """Index drawn with weights given as a cumulative sum (faster than ``rng.choice(p=)``)."""
+    return int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
 
 
 def random_words(rng: np.random.Generator, n_syllables: int) -> list[list[Syllable]]:
@@ -286,21 +296,21 @@ def random_words(rng: np.random.Generator, n_syllables: int) -> list[list[Syllab
     words: list[list[Syllable]] = []
     left = max(1, int(n_syllables))
     while left > 0:
-        n = min(left, int(rng.choice([1, 1, 1, 2, 2, 3])))
+        n = min(left, 1 + _pick(rng, _WORD_LEN_CDF))
         stress_at = 0 if n > 1 else (0 if rng.random() < 0.55 else -1)
         word = []
         for j in range(n):
             r = rng.random()
             if r < 0.1:
-                onset: tuple[str, ...] = _CLUSTERS[int(rng.integers(len(_CLUSTERS)))]
+                onset: tuple[str, ...] = _CLUSTERS[int(r * 100) % len(_CLUSTERS)]
             elif r < 0.8:
-                onset = (_ONSETS[int(rng.choice(len(_ONSETS), p=_ONSET_P / _ONSET_P.sum()))],)
+                onset = (_ONSETS[_pick(rng, _ONSET_CDF)],)
             else:
                 onset = ()
-            vowel = _NUCLEI[int(rng.choice(len(_NUCLEI), p=_NUCLEUS_P / _NUCLEUS_P.sum()))]
+            vowel = _NUCLEI[_pick(rng, _NUCLEUS_CDF)]
             coda: tuple[str, ...] = ()
             if rng.random() < 0.45:
-                coda = (_CODAS[int(rng.choice(len(_CODAS), p=_CODA_P / _CODA_P.sum()))],)
+                coda = (_CODAS[_pick(rng, _CODA_CDF)],)
             word.append(Syllable(onset, vowel, coda, stress=j == stress_at))
         words.append(word)
         left -= n
@@ -602,9 +612,13 @@ def render(
     )
     shim = 1.0 + np.clip(rng.normal(0.0, v.shimmer, int(period[-1]) + 1), -0.5, 0.5)
     e = np.diff(g, prepend=0.0) * shim[period]
-    tilt = float(np.clip(0.3 - 0.35 * v.tension + 0.3 * v.breathiness, 0.0, 0.85))
+    # spectral tilt: one-pole low-pass for lax/breathy voices, a mild high-frequency
+    # emphasis for strongly pressed ones
+    tilt = float(np.clip(0.3 - 0.35 * v.tension + 0.3 * v.breathiness, -0.3, 0.85))
     if tilt > 0:
         e = signal.lfilter([1 - tilt], [1, -tilt], e)
+    elif tilt < 0:
+        e = signal.lfilter([1.0, tilt], [1.0], e)
     voiced = av_s > 0.3
     e_rms = float(np.sqrt(np.mean(e[voiced] ** 2))) if voiced.any() else 1.0
     e = e / max(e_rms, 1e-9)
@@ -637,6 +651,24 @@ def render(
     return y
 
 
+def _biquad(kind: str, f0: float, gain_db: float, q: float, sr: int) -> np.ndarray:
+    """One RBJ-cookbook section (``kind`` "peak" or "lowshelf") as a (1, 6) sos array."""
+    a = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * f0 / sr
+    alpha = np.sin(w0) / (2 * q)
+    cw = np.cos(w0)
+    if kind == "peak":
+        b = [1 + alpha * a, -2 * cw, 1 - alpha * a]
+        den = [1 + alpha / a, -2 * cw, 1 - alpha / a]
+    else:  # low shelf
+        sa = 2 * np.sqrt(a) * alpha
+        b = [a * ((a + 1) - (a - 1) * cw + sa), 2 * a * ((a - 1) - (a + 1) * cw),
+             a * ((a + 1) - (a - 1) * cw - sa)]  # fmt: skip
+        den = [(a + 1) + (a - 1) * cw + sa, -2 * ((a - 1) + (a + 1) * cw),
+               (a + 1) + (a - 1) * cw - sa]  # fmt: skip
+    return np.array([[*(np.array(b) / den[0]), 1.0, den[1] / den[0], den[2] / den[0]]])
+
+
 def _apply_channel(
     speech: np.ndarray,
     v: VoiceSettings,
@@ -663,8 +695,15 @@ def _apply_channel(
         ir *= np.sqrt(ch.reverb_mix / np.sum(ir**2))
         wet = signal.fftconvolve(out, ir)[:n_samples]
         out = np.sqrt(1 - ch.reverb_mix) * out + wet
+    # microphone response
+    sections = [signal.butter(2, ch.highpass_hz / (sr / 2), btype="highpass", output="sos")]
+    if ch.bass_db:
+        sections.append(_biquad("lowshelf", 250.0, ch.bass_db, 0.7, sr))
+    if ch.presence_db and 0.45 * sr > 4500.0:
+        sections.append(_biquad("peak", 4500.0, ch.presence_db, 0.9, sr))
     if ch.lowpass_hz is not None and ch.lowpass_hz < 0.45 * sr:
-        out = signal.sosfilt(signal.butter(4, ch.lowpass_hz / (sr / 2), output="sos"), out)
+        sections.append(signal.butter(4, ch.lowpass_hz / (sr / 2), output="sos"))
+    out = signal.sosfilt(np.concatenate(sections), out)
     # noise floor: slightly pink background noise over the whole clip
     speech_level = level
     floor = signal.lfilter([1.0], [1.0, -0.6], rng.standard_normal(n_samples))
@@ -676,11 +715,12 @@ def _apply_channel(
         hum = np.sin(2 * np.pi * f * t) + 0.5 * np.sin(2 * np.pi * 3 * f * t + 1.0)
         out = out + hum * speech_level * 10 ** (ch.hum_db / 20) / np.sqrt(0.625)
     # soft limiter: linear below the knee, tanh above, never reaching 1
-    k = ch.limit
+    k, ceiling = ch.limit, 0.98
     a = np.abs(out)
     over = a > k
     if over.any():
-        out[over] = np.sign(out[over]) * (k + (1 - k) * np.tanh((a[over] - k) / (1 - k)))
+        squash = k + (ceiling - k) * np.tanh((a[over] - k) / (ceiling - k))
+        out[over] = np.sign(out[over]) * squash
     return out
 
 
@@ -761,9 +801,17 @@ def synthesize_planned(
     rng: np.random.Generator,
     channel: Channel,
 ) -> np.ndarray:
-    """Render a prepared plan through a channel into a clip of ``n_samples`` samples."""
+    """Render a prepared plan through a channel into a clip of ``n_samples`` samples.
+
+    At 32 kHz and above the voice is rendered at half the rate and upsampled (the
+    synthesiser puts no energy above ~10 kHz); the channel runs at the full rate.
+    """
     hop = max(1, round(sr * FRAME_S))
-    speech = render(plan, v, sr, rng, hop=hop)
+    if sr >= 32000 and sr % 2 == 0 and hop % 2 == 0:
+        half = render(plan, v, sr // 2, rng, hop=hop // 2)
+        speech = soxr.resample(half, sr // 2, sr, quality="HQ")
+    else:
+        speech = render(plan, v, sr, rng, hop=hop)
     t_frames = (np.arange(plan.n_frames) + 0.5) * hop
     voiced = np.interp(np.arange(len(speech)), t_frames, plan.av) > 0.5
     out = _apply_channel(speech, v, channel, sr, rng, lead=lead, n_samples=n_samples, voiced=voiced)
