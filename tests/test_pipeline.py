@@ -113,6 +113,15 @@ def test_feature_cache_hits_rebuilds_corrupt_and_detects_stale(corpora, encoder,
     rebuilt = extract(rv, encoder, store, views=(0, 1), progress=False)
     np.testing.assert_allclose(rebuilt[(item.utt_id, item.view)],
                                first[(item.utt_id, item.view)], rtol=1e-5, atol=1e-6)
+    # a changed audio file is a cache miss (the key holds its size and mtime)
+    import os
+
+    first_path = rv["path"].iloc[0]
+    old_key = store.key(Item(rv["utt_id"].iloc[0], first_path, 0))
+    st = os.stat(first_path)
+    os.utime(first_path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert store.key(Item(rv["utt_id"].iloc[0], first_path, 0)) != old_key
+    assert store.get(Item(rv["utt_id"].iloc[0], first_path, 0)) is None
     other = FeatureStore(tmp_path, encoder.identity, kind="pooled",
                          augment=store.augment.__class__(gain_p=1.0))
     assert other.key(Item("x", "/nope", 1)) != store.key(Item("x", "/nope", 1))

@@ -91,8 +91,6 @@ class TrainConfig:
             raise EdgeserError("aug-views and val-speakers must be >= 0")
         if not (0 <= self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
             raise EdgeserError("val-fraction and test-fraction must be in [0, 0.5)")
-        if self.train == "encoder" and self.pooling == "attention":
-            pass  # frames are available in encoder mode
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

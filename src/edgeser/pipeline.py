@@ -234,5 +234,3 @@ def run_info(cfg: TrainConfig, encoder: Any) -> dict[str, Any]:
                         "is_random": encoder.is_random}}
 
 
-__all__ = ["Features", "compute_features", "feature_kind", "run_split", "save_model",
-           "summarise_setting", "write_json", "write_predictions"]

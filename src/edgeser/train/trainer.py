@@ -92,19 +92,12 @@ class SERModel(nn.Module):
             return self.head(batch["frames"], batch["mask"])
         if kind == "conv":
             hidden = self.encoder.forward_from_conv(batch["conv"], batch["mask"])
-            return self.head(hidden, _conv_to_frame_mask(batch["mask"], hidden.shape[2]))
+            return self.head(hidden, batch["mask"][:, : hidden.shape[2]])
         enc = self._frozen_encoder
         with torch.no_grad():
             outs = enc.encode(batch["waves"])
         pooled = [self.head.pool_layers(o.unsqueeze(1)) for o in outs]  # [L,1,P] each
         return self.head.forward_pooled(torch.cat(pooled, dim=1))
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items()}
-
-
-def _conv_to_frame_mask(mask: torch.Tensor, frames: int) -> torch.Tensor:
-    return mask[:, :frames]
 
 
 def head_config(cfg: TrainConfig, num_layers: int, hidden_size: int) -> HeadConfig:
