@@ -26,27 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from encoder_speed import speech_like  # bench/ is on sys.path when run as a script
+
 SR = 16_000
 DURATIONS = (1.0, 3.0, 10.0)
 VARIANTS = ("pytorch-fp32", "onnx-fp32", "onnx-int8", "onnx-int8-fast")
 FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx",
          "onnx-int8-fast": "model.int8-fast.onnx"}
-
-
-def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    """A voiced, formant-shaped, syllable-modulated signal (as bench/encoder_speed.py)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 140.0 + 30.0 * np.sin(2 * np.pi * 1.5 * t) + 10.0 * np.sin(2 * np.pi * 5 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    voiced = np.zeros_like(t)
-    for k in range(1, 40):
-        freq = k * f0
-        gain = sum(np.exp(-(((freq - f) / 150.0) ** 2)) for f in (500.0, 1500.0, 2500.0)) + 0.05
-        voiced += gain * np.sin(k * phase) * (freq < 7500)
-    envelope = 0.5 * (1 - np.cos(2 * np.pi * 3.7 * t)) ** 2
-    signal = voiced * envelope + 0.005 * rng.standard_normal(t.size)
-    return (0.6 * signal / np.abs(signal).max()).astype(np.float32)
 
 
 def _peak_rss_mb() -> float:
