@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from safetensors.numpy import save_file
+from safetensors.numpy import load, save_file
 
 from edgeser.core.audio import SAMPLE_RATE, load_audio
 from edgeser.core.augment import AugmentConfig, Augmenter
@@ -126,8 +126,6 @@ class FeatureStore:
         try:
             with open(p, "rb") as fh:
                 data = fh.read()
-            from safetensors.numpy import load
-
             arrays = load(data)
             meta = _read_metadata(data)
             arr = arrays["x"]

@@ -22,7 +22,7 @@ from edgeser.config import TrainConfig
 from edgeser.core.audio import SAMPLE_RATE, load_audio
 from edgeser.core.augment import Augmenter
 from edgeser.core.errors import EdgeserError
-from edgeser.core.io import sha256_text, write_json
+from edgeser.core.io import atomic_path, sha256_text, write_json
 from edgeser.core.labels import LABELS, label_index
 from edgeser.eval.metrics import compute_metrics, pool_folds, summarize_folds
 from edgeser.eval.protocols import Split
@@ -222,8 +222,6 @@ def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
             rows.append({"fold": r["name"], "utt_id": uid, "label": LABELS[t],
                          "predicted": LABELS[y], **{f"p_{c}": round(v, 6)
                                                     for c, v in zip(LABELS, pr, strict=True)}})
-    from edgeser.core.io import atomic_path
-
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 

@@ -43,7 +43,7 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     try:
         info = sf.info(os.fspath(path))
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
-        raise AudioError(f"{path}: unreadable audio ({_short(e)})") from None
+        raise AudioError(f"{path}: unreadable audio ({error_summary(e)})") from None
     return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
                      channels=int(info.channels))
 
@@ -82,12 +82,13 @@ def load_audio(
     try:
         data, sr = sf.read(os.fspath(p), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
-        raise AudioError(f"{p}: unreadable audio ({_short(e)})") from None
+        raise AudioError(f"{p}: unreadable audio ({error_summary(e)})") from None
     if data.shape[0] == 0 and not allow_empty:
         raise AudioError(f"{p}: file holds no audio")
     return resample(to_mono(data), int(sr), target_rate)
 
 
-def _short(e: BaseException) -> str:
+def error_summary(e: BaseException) -> str:
+    """The last line of an I/O library's error message (the informative one)."""
     text = str(e).strip().splitlines()
     return text[-1] if text else type(e).__name__

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeser.core.audio import SAMPLE_RATE, load_audio, resample, to_mono
+from edgeser.core.audio import SAMPLE_RATE, audio_info, load_audio, resample, to_mono
 from edgeser.core.errors import AudioError, EdgeserError
 from edgeser.core.preprocess import trim_bounds
 
@@ -247,16 +247,10 @@ class OnnxEmotionModel:
 
     def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
         """Read any soundfile format (any rate, any channel count) and classify it."""
-        import soundfile as sf
-
         p = Path(path)
         if not p.is_file():
             raise AudioError(f"{p}: no such audio file")
-        try:
-            info = sf.info(os.fspath(p))
-        except (RuntimeError, sf.LibsndfileError, OSError) as e:
-            raise AudioError(f"{p}: unreadable audio ({_short(e)})") from None
-        check_sample_rate(info.samplerate, what=str(p))
+        check_sample_rate(audio_info(p).sample_rate, what=str(p))
         wave = load_audio(p, self.sample_rate)  # raises AudioError for unreadable/empty
         try:
             return self.predict_waveform(wave, self.sample_rate)
@@ -266,7 +260,3 @@ class OnnxEmotionModel:
     def __repr__(self) -> str:
         return f"OnnxEmotionModel({str(self.path)!r}, labels={self.labels})"
 
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__

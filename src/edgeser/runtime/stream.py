@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from edgeser.core.audio import SAMPLE_RATE
+from edgeser.core.audio import SAMPLE_RATE, error_summary
 from edgeser.core.errors import AudioError
 from edgeser.runtime.model import OnnxEmotionModel, check_sample_rate
 from edgeser.runtime.vad import FrameVAD, SegmenterConfig, SpeechSegmenter
@@ -75,7 +75,7 @@ def file_blocks(
     try:
         f = sf.SoundFile(os.fspath(p))
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
-        raise AudioError(f"{p}: unreadable audio ({_short(e)})") from None
+        raise AudioError(f"{p}: unreadable audio ({error_summary(e)})") from None
     with f:
         sr = check_sample_rate(f.samplerate, what=str(p))
         block = max(1, round(block_seconds * sr))
@@ -87,7 +87,7 @@ def file_blocks(
                 data = (reader(f, block) if reader is not None
                         else f.read(block, dtype="float32", always_2d=True))
             except (RuntimeError, sf.LibsndfileError, OSError) as e:
-                raise AudioError(f"{p}: unreadable audio ({_short(e)})") from None
+                raise AudioError(f"{p}: unreadable audio ({error_summary(e)})") from None
             n = len(data)
             total += n
             last = n < block
@@ -188,7 +188,3 @@ def stream_predictions(
         yield Segment(start=a / SAMPLE_RATE, end=b / SAMPLE_RATE, label=label,
                       confidence=probs[label], probabilities=probs)
 
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__
