@@ -124,6 +124,7 @@ def test_config_and_errors() -> None:
         "pooling": "mean",
         "hidden": 256,
         "dropout": 0.2,
+        "normalize": False,
     }
     hidden, mask = _batch()
     head = _head("mean")

@@ -151,17 +151,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a trained model on a manifest, or run speaker-independent "
         "folds on any corpus",
-        description="With --model: evaluate that model on --corpus (cross-corpus error "
-        "analysis). With --protocol loso: group the corpus's sessions into --folds "
-        "speaker-disjoint folds and train/test each.",
+        description="With --model DIR (a trained model folder): evaluate it on --corpus "
+        "(cross-corpus error analysis). With --protocol loso: group the corpus's sessions "
+        "(actors for RAVDESS and CREMA-D) into --folds speaker-disjoint folds and train and "
+        "test --model NAME (default distilhubert; also light-sernet, pepino, hubert-base, "
+        "wav2vec2-base, wavlm-base-plus) on each.",
     )
     p.add_argument("--corpus", type=Path, required=True, help="manifest CSV to evaluate on")
-    p.add_argument("--model", type=Path, default=None, help="a trained model folder")
     p.add_argument("--protocol", choices=["loso"], default=None)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None)
-    add_config_arguments(p)
+    add_config_arguments(p)  # includes --model NAME (or a trained model folder, see above)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -169,11 +170,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from edgeser.config import config_from_args
     from edgeser.runs import evaluate_loso, evaluate_model
 
-    if (args.model is None) == (args.protocol is None):
-        raise EdgeserError("give either --model DIR or --protocol loso")
+    trained = args.cfg_model is not None and Path(args.cfg_model).is_dir()
+    if trained == (args.protocol is not None):
+        raise EdgeserError("give either --model DIR (a trained model folder) or "
+                           "--protocol loso [--model NAME]")
     progress = sys.stderr.isatty()
-    if args.model is not None:
-        res = evaluate_model(args.model, args.corpus, args.out, cache_dir=args.cache_dir,
+    if trained:
+        res = evaluate_model(args.cfg_model, args.corpus, args.out, cache_dir=args.cache_dir,
                              progress=progress)
         m = res["metrics"]
     else:

@@ -26,9 +26,13 @@ from edgeser.core.preprocess import FrontEnd
 class TrainConfig:
     """Settings of one training run (defaults: the paper's method)."""
 
-    # encoder
-    encoder: str = "distilhubert"
-    """Encoder source: hub id or alias, local HF folder, s3prl .ckpt, or 'random'."""
+    # model
+    model: str = "distilhubert"
+    """What is trained (see edgeser.models.registry): distilhubert, hubert-base,
+    wav2vec2-base, wavlm-base-plus, pepino (SSL encoder + head) or light-sernet (MFCC CNN)."""
+    encoder: str = "auto"
+    """Encoder source: 'auto' (the model's encoder), hub id or alias, local HF folder,
+    s3prl .ckpt, 'random' (random weights of the model's architecture) or 'random:ALIAS'."""
     encoder_seed: int = 0
     """Seed of the random encoder (only with encoder='random')."""
     precision: str = "bf16"
@@ -36,6 +40,11 @@ class TrainConfig:
     train: str = "head"
     """What is trained: 'head' (encoder frozen) or 'encoder' (conv extractor frozen,
     projection + positional conv + transformer fine-tuned with the head)."""
+    feature_norm: str = "auto"
+    """Feature normalisation of SSL models: 'auto' (pepino: speaker, others: none),
+    'none', 'global' (training-set statistics, stored in the model) or 'speaker'."""
+    mfcc_seconds: float = 3.0
+    """light-sernet: fixed input window in seconds (longer input cropped, shorter padded)."""
     # head
     pooling: str = "mean"
     head_hidden: int = 256
@@ -69,7 +78,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from edgeser.models.registry import MODELS, NORMALIZATIONS
+
         choices = {
+            "model": tuple(MODELS),
+            "feature_norm": NORMALIZATIONS,
             "precision": ("fp32", "bf16"),
             "train": ("head", "encoder"),
             "pooling": ("mean", "meanstd", "attention"),
@@ -89,6 +102,8 @@ class TrainConfig:
                 raise EdgeserError(f"{name.replace('_', '-')} must be positive")
         if self.aug_views < 0 or self.val_speakers < 0:
             raise EdgeserError("aug-views and val-speakers must be >= 0")
+        if not 0.5 <= self.mfcc_seconds <= 60:
+            raise EdgeserError("mfcc-seconds must be in [0.5, 60]")
         if not (0 <= self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
             raise EdgeserError("val-fraction and test-fraction must be in [0, 0.5)")
 

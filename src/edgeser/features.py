@@ -19,7 +19,9 @@ Feature kinds:
   float32 (serves ``mean`` and ``meanstd`` pooling heads);
 * ``frames``: all hidden states ``[L, T, D]`` float16 (attention pooling);
 * ``conv``: the convolutional feature extractor's output ``[T, 512]`` float16
-  (fine-tuning the transformer layers with the extractor frozen).
+  (fine-tuning the transformer layers with the extractor frozen);
+* ``mfcc``: LIGHT-SERNET's fixed-window MFCCs ``[T, 40]`` float32 (the "encoder" is
+  :class:`edgeser.models.lightsernet.MFCCFrontEnd`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from edgeser.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-KINDS = ("pooled", "frames", "conv")
+KINDS = ("pooled", "frames", "conv", "mfcc")
 _STD_EPS = 1e-6
 
 
@@ -170,6 +172,8 @@ def summarise(kind: str, hidden: torch.Tensor) -> np.ndarray:
         mean = h.mean(dim=1)
         std = torch.sqrt(h.var(dim=1, unbiased=False) + _STD_EPS)
         return torch.cat([mean, std], dim=-1).numpy().astype(np.float32)
+    if kind == "mfcc":
+        return hidden.float().numpy()
     return hidden.to(torch.float16).numpy()
 
 

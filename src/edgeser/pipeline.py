@@ -5,6 +5,7 @@ evaluation → results, used by ``edgeser train``, ``evaluate``, ``reproduce`` a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from edgeser.core.labels import LABELS, label_index
 from edgeser.eval.metrics import compute_metrics, pool_folds, summarize_folds
 from edgeser.eval.protocols import Split
 from edgeser.features import FeatureStore, extract
+from edgeser.models.registry import model_spec, normalization
 from edgeser.train.checkpoint import save_weights
 from edgeser.train.trainer import FeatureSet, SERModel, fit, head_config, predict
 
@@ -35,6 +37,16 @@ log = logging.getLogger(__name__)
 
 def feature_kind(cfg: TrainConfig) -> str:
     """Which features a config trains on (see :mod:`edgeser.train.trainer`)."""
+    norm = normalization(cfg)
+    if model_spec(cfg.model).family == "cnn":
+        if cfg.aug_mode == "online" or cfg.train == "encoder":
+            raise EdgeserError(f"{cfg.model} trains from scratch on cached MFCC views: "
+                               "use --train head --aug-mode cached")
+        return "mfcc"
+    if norm != "none" and (cfg.aug_mode == "online" or cfg.train == "encoder"
+                           or cfg.pooling == "attention"):
+        raise EdgeserError(f"--feature-norm {norm} needs cached pooled features (train head, "
+                           "aug-mode cached, pooling mean or meanstd)")
     if cfg.aug_mode == "online":
         if cfg.train == "encoder":
             raise EdgeserError("aug-mode online is only available with train=head")
@@ -59,6 +71,20 @@ class Features:
         views = [self.views[u] for u in ids] if with_views and self.views else []
         return FeatureSet(self.kind, list(ids), y, [self.clean[u] for u in ids], views)
 
+    def speaker_normalized(self, frame: pd.DataFrame) -> Features:
+        """Every utterance standardised with its speaker's statistics (clean features of
+        all the speaker's utterances in ``frame``; labels are not used)."""
+        from edgeser.train.normalize import group_stats, normalize_pooled
+
+        out = Features(self.kind, seconds=self.seconds)
+        for _, ids in frame.groupby("speaker", sort=True)["utt_id"]:
+            mean, std = group_stats([self.clean[u] for u in ids])
+            for u in ids:
+                out.clean[u] = normalize_pooled(self.clean[u], mean, std)
+                if u in self.views:
+                    out.views[u] = [normalize_pooled(v, mean, std) for v in self.views[u]]
+        return out
+
 
 def compute_features(
     cfg: TrainConfig,
@@ -78,7 +104,8 @@ def compute_features(
             feats.clean[uid] = cfg.front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
         feats.seconds = time.perf_counter() - t0
         return feats
-    store = FeatureStore(cache_dir, encoder.identity, kind=kind, precision=cfg.precision,
+    precision = "fp32" if kind == "mfcc" else cfg.precision
+    store = FeatureStore(cache_dir, encoder.identity, kind=kind, precision=precision,
                          front_end=cfg.front_end, augment=cfg.augment, aug_seed=cfg.seed)
     k = cfg.aug_views
     views = {uid: (0, *range(1, k + 1)) if uid in train_ids else (0,)
@@ -93,15 +120,33 @@ def compute_features(
         for uid in train_ids:
             feats.views[uid] = [arrays[(uid, v)] for v in range(1, k + 1)]
     feats.seconds = time.perf_counter() - t0
+    if normalization(cfg) == "speaker":
+        feats = feats.speaker_normalized(frame)
     return feats
 
 
-def build_model(cfg: TrainConfig, encoder: Any, kind: str) -> SERModel:
+def build_model(
+    cfg: TrainConfig, encoder: Any, kind: str, train: FeatureSet | None = None
+) -> SERModel:
+    """A fresh model for ``cfg``; ``train`` gives the statistics of ``--feature-norm global``
+    (without it, they are left for ``load_state_dict`` to fill)."""
     from edgeser.models.head import EmotionHead
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)  # the head's initial weights depend on the seed only
-        head = EmotionHead(head_config(cfg, encoder.num_hidden_states, encoder.hidden_size))
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+        if kind == "mfcc":
+            from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
+
+            net = LightSERNet(LightSERNetConfig(num_classes=len(LABELS), mfcc=encoder.cfg))
+            return SERModel(net, None, kind=kind)
+        hcfg = head_config(cfg, encoder.num_hidden_states, encoder.hidden_size)
+        if normalization(cfg) == "global":
+            hcfg = dataclasses.replace(hcfg, normalize=True)
+        head = EmotionHead(hcfg)
+    if hcfg.normalize and train is not None:
+        from edgeser.train.normalize import group_stats
+
+        head.set_normalization(*map(torch.from_numpy, group_stats(train.clean)))
     if kind == "conv":
         # Each model fine-tunes its own copy: folds must not inherit each other's updates.
         encoder = copy.deepcopy(encoder).unfreeze_upper()
@@ -124,8 +169,8 @@ def run_split(
     of ``results.json`` plus predictions.
     """
     kind = feats.kind
-    model = build_model(cfg, encoder, kind)
     train = feats.feature_set(frame, split.train, with_views=True)
+    model = build_model(cfg, encoder, kind, train)
     val = feats.feature_set(frame, split.val, with_views=False) if split.val else None
     test = feats.feature_set(frame, split.test, with_views=False)
     augmenter = Augmenter(cfg.augment) if kind == "wave" else None
@@ -186,13 +231,14 @@ def save_model(
     """``model.safetensors`` + ``model.json``: everything needed to rebuild and export."""
     meta = {
         "edgeser_version": __version__,
+        "model": cfg.model,
         "labels": list(LABELS),
         "sample_rate": SAMPLE_RATE,
         "feature_kind": kind,
         "encoder": {"source": encoder.source, "identity": encoder.identity,
                     "is_random": encoder.is_random, "seed": cfg.encoder_seed,
-                    "num_hidden_states": encoder.num_hidden_states,
-                    "hidden_size": encoder.hidden_size},
+                    "num_hidden_states": getattr(encoder, "num_hidden_states", None),
+                    "hidden_size": getattr(encoder, "hidden_size", None)},
         "front_end": {"trim": cfg.front_end.trim, "top_db": cfg.front_end.top_db,
                       "preemphasis": cfg.front_end.preemphasis,
                       "normalize": cfg.front_end.normalize},
@@ -227,7 +273,8 @@ def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def run_info(cfg: TrainConfig, encoder: Any) -> dict[str, Any]:
-    return {"edgeser_version": __version__, "seed": cfg.seed, "config": cfg.to_dict(),
+    return {"edgeser_version": __version__, "model": cfg.model, "seed": cfg.seed,
+            "config": cfg.to_dict(),
             "encoder": {"source": encoder.source, "identity": encoder.identity,
                         "is_random": encoder.is_random}}
 

@@ -72,7 +72,7 @@ def reproduce(
     folds: int | None = None,
 ) -> dict[str, Any]:
     """Run the paper's protocol; returns the ``results.json`` content."""
-    from edgeser.models.encoder import load_encoder
+    from edgeser.models.registry import make_encoder
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def reproduce(
     cr = load_corpus("cremad", cremad, out) if cremad else None
     rv = load_corpus("ravdess", ravdess, out) if ravdess else None
     if encoder is None:
-        encoder = load_encoder(cfg.encoder, seed=cfg.encoder_seed, precision=cfg.precision)
+        encoder = make_encoder(cfg)
     frame = pd.concat([d for d in (ie, cr, rv) if d is not None], ignore_index=True)
     train_ids = set(ie["utt_id"]) | (set(cr["utt_id"]) if cr is not None else set())
     feats = compute_features(cfg, encoder, frame, train_ids,

@@ -42,9 +42,9 @@ def read_four_class(path: str | Path) -> pd.DataFrame:
 
 
 def _encoder(cfg: TrainConfig) -> Any:
-    from edgeser.models.encoder import load_encoder
+    from edgeser.models.registry import make_encoder
 
-    return load_encoder(cfg.encoder, seed=cfg.encoder_seed, precision=cfg.precision)
+    return make_encoder(cfg)
 
 
 def train_on_manifests(
@@ -71,8 +71,8 @@ def train_on_manifests(
     encoder = encoder or _encoder(cfg)
     feats = compute_features(cfg, encoder, frame, set(train),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
-    model = build_model(cfg, encoder, feats.kind)
     train_set = feats.feature_set(frame, train, with_views=True)
+    model = build_model(cfg, encoder, feats.kind, train_set)
     val_set = feats.feature_set(frame, val, with_views=False) if val else None
     result = fit(cfg, model, train_set, val_set, out, progress=progress)
     record: dict[str, Any] = {"name": "train", "n_train": len(train), "n_val": len(val),
@@ -99,10 +99,15 @@ def load_trained(model_dir: str | Path, encoder: Any | None = None) -> tuple[Any
     except (KeyError, TypeError) as e:
         raise EdgeserError(f"{model_dir}: model.json is not an edgeser model ({e})") from None
     if encoder is None:
-        from edgeser.models.encoder import load_encoder
+        from edgeser.models.registry import model_spec
 
-        encoder = load_encoder(enc_meta["source"], seed=enc_meta.get("seed", 0),
-                               precision=cfg.precision)
+        if model_spec(cfg.model).family == "cnn":
+            encoder = _encoder(cfg)
+        else:
+            from edgeser.models.encoder import load_encoder
+
+            encoder = load_encoder(enc_meta["source"], seed=enc_meta.get("seed", 0),
+                                   precision=cfg.precision)
     if encoder.identity != enc_meta["identity"]:
         raise EdgeserError(
             f"{model_dir}: the encoder loaded from {enc_meta['source']!r} is not the one the "

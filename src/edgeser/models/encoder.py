@@ -4,6 +4,9 @@
 
 - ``"random"``: the exact DistilHuBERT architecture (:func:`distilhubert_config`) with a
   seeded random initialisation, for tests and dry runs only (a loud warning says so);
+  ``"random:<alias>"`` does the same for another architecture of :data:`ALIASES`
+  (``random:wav2vec2-base``: wav2vec 2.0 Base as ``Wav2Vec2Config()`` defines it, ~95 M
+  parameters), so size and speed comparisons run offline;
 - a short alias (:data:`ALIASES`) or a Hugging Face hub id such as
   ``ntu-spml/distilhubert``, fetched with ``AutoModel.from_pretrained`` (needs the network
   or the local hub cache; ``HF_HUB_OFFLINE=1`` makes the miss fail fast);
@@ -57,6 +60,7 @@ __all__ = [
     "distilhubert_config",
     "load_encoder",
     "parse_conv_spec",
+    "random_architecture",
     "random_encoder",
     "s3prl_to_hf_state_dict",
     "tiny_config",
@@ -672,6 +676,11 @@ def load_encoder(
         raise EdgeserError("encoder source is empty")
     if text.lower() == "random":
         return random_encoder(seed=seed, precision=precision)
+    if text.lower().startswith("random:"):
+        arch = text.split(":", 1)[1].strip().lower()
+        config, do_normalize = random_architecture(arch)
+        return random_encoder(config, seed=seed, precision=precision, source=f"random:{arch}",
+                              do_normalize=do_normalize)
     resolved = text
     path = Path(text).expanduser()
     if not path.exists() and text.lower() in ALIASES:  # an existing path wins over an alias
@@ -699,26 +708,55 @@ def load_encoder(
     )
 
 
+#: ``random:<alias>`` architectures: the transformers config defaults of each family are
+#: the Base models; ``do_normalize`` is the released checkpoint's preprocessor setting.
+_RANDOM_ARCHS: dict[str, tuple[str, bool]] = {
+    "distilhubert": ("distilhubert", False),
+    "hubert-base": ("HubertConfig", False),
+    "wav2vec2-base": ("Wav2Vec2Config", True),
+    "wavlm-base-plus": ("WavLMConfig", False),
+}
+
+
+def random_architecture(arch: str) -> tuple[Any, bool]:
+    """``(config, do_normalize)`` of a named architecture for ``random:<arch>``."""
+    if arch not in _RANDOM_ARCHS:
+        raise EdgeserError(
+            f"unknown architecture {arch!r} in 'random:{arch}'; use one of "
+            f"{', '.join(sorted(_RANDOM_ARCHS))}"
+        )
+    name, do_normalize = _RANDOM_ARCHS[arch]
+    if name == "distilhubert":
+        return distilhubert_config(), do_normalize
+    import transformers
+
+    config = getattr(transformers, name)()
+    config.apply_spec_augment = False
+    return config, do_normalize
+
+
 def random_encoder(
-    config: HubertConfig | None = None, *, seed: int = 0, precision: str = "fp32"
+    config: Any | None = None, *, seed: int = 0, precision: str = "fp32",
+    source: str = "random", do_normalize: bool = False,
 ) -> Encoder:
     """A randomly initialised encoder (default: exact DistilHuBERT architecture).
 
     Seeded and reproducible; the global torch RNG is left untouched. For tests and dry
     runs: its features carry no information about emotion.
     """
-    from transformers import HubertModel
+    from transformers import AutoModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = HubertModel(config if config is not None else distilhubert_config())
+        model = AutoModel.from_config(config if config is not None else distilhubert_config())
     logger.warning(
         "RANDOM ENCODER WEIGHTS (seed %d): this encoder was NOT pretrained; its features are "
         "meaningless for emotion recognition. Use it only for tests and dry runs; pass a hub "
         "id, a model folder or an s3prl .ckpt for real results.",
         seed,
     )
-    return Encoder(model, source="random", is_random=True, precision=precision)
+    return Encoder(model, source=source, is_random=True, precision=precision,
+                   do_normalize=do_normalize)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")

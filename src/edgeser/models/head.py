@@ -53,6 +53,9 @@ class HeadConfig:
         pooling: ``"mean"`` (default), ``"meanstd"`` or ``"attention"``.
         hidden: MLP hidden width; 0 for a linear classifier.
         dropout: dropout after the MLP's hidden layer.
+        normalize: standardise every layer's frames with stored per-layer statistics
+            (buffers ``norm_mean``/``norm_std`` ``[L, D]``, set by
+            :meth:`EmotionHead.set_normalization`) before pooling.
     """
 
     num_layers: int
@@ -61,6 +64,7 @@ class HeadConfig:
     pooling: str = "mean"
     hidden: int = 256
     dropout: float = 0.2
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         if self.num_layers < 1 or self.hidden_size < 1 or self.num_classes < 2:
@@ -149,6 +153,10 @@ class EmotionHead(nn.Module):
         self.attention: nn.Linear | None = (
             nn.Linear(config.hidden_size, 1) if config.pooling == "attention" else None
         )
+        if config.normalize:
+            shape = (config.num_layers, config.hidden_size)
+            self.register_buffer("norm_mean", torch.zeros(shape))
+            self.register_buffer("norm_std", torch.ones(shape))
         in_size = config.pooled_size
         if config.hidden > 0:
             self.classifier: nn.Module = nn.Sequential(
@@ -160,6 +168,31 @@ class EmotionHead(nn.Module):
         else:
             self.classifier = nn.Linear(in_size, config.num_classes)
         logger.debug("EmotionHead %s: %d parameters", config, self.num_parameters())
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store per-layer feature statistics ``[L, D]`` (needs ``normalize=True``)."""
+        if not self.config.normalize:
+            raise ValueError("this head was built without normalize=True")
+        self.norm_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.norm_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def _normalize_frames(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.config.normalize:
+            return h
+        mean = self.norm_mean.to(h.dtype)[:, None, None, :]
+        return (h - mean) / self.norm_std.to(h.dtype)[:, None, None, :]
+
+    def _normalize_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Per-layer mean (and std) vectors of normalised frames, from raw ones."""
+        if not self.config.normalize:
+            return pooled
+        d = self.config.hidden_size
+        mean = self.norm_mean.to(pooled.dtype)[:, None, :]
+        std = self.norm_std.to(pooled.dtype)[:, None, :]
+        parts = [(pooled[..., :d] - mean) / std]
+        if pooled.shape[-1] > d:
+            parts.append(pooled[..., d:] / std)
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def layer_weights(self) -> torch.Tensor:
         """Softmax-normalised layer weights ``[L]`` (sum to 1)."""
@@ -183,7 +216,7 @@ class EmotionHead(nn.Module):
         """Per-layer pooled vectors ``[L, B, P]`` for this head's pooling (mean/meanstd)."""
         h = _as_layers(hidden)
         self._check_layers(h)
-        return pool_layers(h, mask, self.config.pooling)
+        return pool_layers(h, mask, self.config.pooling)  # raw: forward_pooled normalises
 
     def _weighted(self, x: torch.Tensor) -> torch.Tensor:
         """Weighted sum over the leading layer axis."""
@@ -196,8 +229,9 @@ class EmotionHead(nn.Module):
         """Logits ``[B, C]`` from hidden states ``[L, B, T, D]`` and a ``[B, T]`` frame mask."""
         h = _as_layers(hidden)
         self._check_layers(h)
-        if self.attention is None:
+        if self.attention is None:  # forward_pooled normalises the pooled statistics
             return self.forward_pooled(pool_layers(h, mask, self.config.pooling))
+        h = self._normalize_frames(h)
         _, batch, frames, _ = h.shape
         m = _frame_mask(mask, batch, frames, h.device)
         # zero padded frames before anything touches them (NaN junk would poison gradients)
@@ -223,4 +257,4 @@ class EmotionHead(nn.Module):
             raise ValueError(
                 f"pooled width {pooled.shape[-1]} != {cfg.pooled_size} for {cfg.pooling!r} pooling"
             )
-        return self.classifier(self._weighted(pooled))
+        return self.classifier(self._weighted(self._normalize_pooled(pooled)))

@@ -7,7 +7,9 @@ Inputs come as a :class:`FeatureSet` of one of four kinds:
 * ``conv``: cached conv-extractor outputs ``[T, 512]``; the encoder's projection,
   positional convolution and transformer layers are fine-tuned with the head;
 * ``wave``: pre-processed waveforms, augmented and re-encoded through the frozen
-  encoder at every step (the exact, slow reference path).
+  encoder at every step (the exact, slow reference path);
+* ``mfcc``: cached fixed-window MFCCs ``[T, 40]`` for LIGHT-SERNET, whose whole network
+  is the "head" here (trained from scratch).
 
 For cached kinds each training utterance has ``K`` augmented views and one is
 drawn per utterance per epoch (``K = 0``: clean features). Model selection keeps
@@ -38,14 +40,14 @@ from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text
 from edgeser.core.labels import LABELS
 from edgeser.eval.metrics import compute_metrics
-from edgeser.models.head import EmotionHead, HeadConfig
+from edgeser.models.head import HeadConfig
 from edgeser.progress import progress_bar
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
 from edgeser.train.losses import make_loss
 
 log = logging.getLogger(__name__)
 
-FEATURE_KINDS = ("pooled", "frames", "conv", "wave")
+FEATURE_KINDS = ("pooled", "frames", "conv", "wave", "mfcc")
 
 
 @dataclass
@@ -71,9 +73,10 @@ class FeatureSet:
 
 
 class SERModel(nn.Module):
-    """The head, with the encoder attached for the ``conv`` and ``wave`` kinds."""
+    """The head, with the encoder attached for the ``conv`` and ``wave`` kinds (for
+    ``mfcc``, the head is the whole LIGHT-SERNET network)."""
 
-    def __init__(self, head: EmotionHead, encoder: Any | None = None, kind: str = "pooled"):
+    def __init__(self, head: nn.Module, encoder: Any | None = None, kind: str = "pooled"):
         super().__init__()
         self.head = head
         self.kind = kind
@@ -88,6 +91,8 @@ class SERModel(nn.Module):
         kind = self.kind
         if kind == "pooled":
             return self.head.forward_pooled(batch["pooled"])
+        if kind == "mfcc":
+            return self.head(batch["mfcc"])
         if kind == "frames":
             return self.head(batch["frames"], batch["mask"])
         if kind == "conv":
@@ -114,6 +119,8 @@ def collate(kind: str, arrays: Sequence[np.ndarray], pooling: str) -> dict[str, 
         return {"pooled": x.transpose(0, 1).contiguous()}
     if kind == "wave":
         return {"waves": list(arrays)}
+    if kind == "mfcc":  # fixed-length windows
+        return {"mfcc": torch.from_numpy(np.stack(arrays)).float()}
     time_axis = 1 if kind == "frames" else 0
     lengths = [a.shape[time_axis] for a in arrays]
     t = max(lengths)

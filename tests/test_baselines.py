@@ -1,0 +1,173 @@
+"""Model selection (--model), Pepino feature normalisation and encoder-zoo architectures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.corpora import prepare_iemocap, prepare_ravdess
+from edgeser.models.encoder import random_encoder, tiny_config
+from edgeser.models.head import EmotionHead, HeadConfig, pool_layers
+from edgeser.models.registry import encoder_source, normalization
+from edgeser.testing import make_iemocap_tree, make_ravdess_tree
+from edgeser.train.normalize import group_stats, normalize_pooled
+
+IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]
+
+
+def _pooled(frames: np.ndarray) -> np.ndarray:
+    """[L, T, D] frames -> [L, 2D] mean‖std, as the feature cache stores them."""
+    return np.concatenate([frames.mean(1), frames.std(1)], axis=-1)
+
+
+def test_group_stats_are_frame_level_statistics():
+    rng = np.random.default_rng(0)
+    utts = [rng.normal(3.0, 2.0, size=(2, 50, 4)) + rng.normal(0, 1, size=(2, 1, 4))
+            for _ in range(5)]  # equal lengths: equal weighting == frame weighting
+    mean, std = group_stats([_pooled(u) for u in utts])
+    frames = np.concatenate(utts, axis=1)
+    np.testing.assert_allclose(mean, frames.mean(1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std, np.sqrt(frames.var(1) + 1e-6), rtol=1e-5)
+    # normalising the pooled statistics == pooling the normalised frames
+    for u in utts:
+        expect = _pooled((u - mean[:, None, :]) / std[:, None, :])
+        np.testing.assert_allclose(normalize_pooled(_pooled(u), mean, std), expect,
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        group_stats([])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "meanstd"])
+def test_head_normalisation_on_frames_equals_pooled_path(pooling):
+    torch.manual_seed(0)
+    head = EmotionHead(HeadConfig(num_layers=3, hidden_size=8, pooling=pooling,
+                                  normalize=True)).eval()
+    head.set_normalization(torch.randn(3, 8), torch.rand(3, 8) + 0.5)
+    hidden = torch.randn(3, 2, 11, 8) * 3 + 1
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 7:] = False
+    from_frames = head(hidden, mask)
+    from_pooled = head.forward_pooled(pool_layers(hidden, mask, pooling))
+    torch.testing.assert_close(from_frames, from_pooled, rtol=1e-4, atol=1e-5)
+    # the statistics matter and travel in the state dict
+    plain = EmotionHead(HeadConfig(num_layers=3, hidden_size=8, pooling=pooling)).eval()
+    plain.load_state_dict({k: v for k, v in head.state_dict().items()
+                           if not k.startswith("norm_")})
+    assert not torch.allclose(plain(hidden, mask), from_frames)
+    assert {"norm_mean", "norm_std"} <= set(head.state_dict())
+    with pytest.raises(ValueError, match="normalize=True"):
+        plain.set_normalization(torch.zeros(3, 8), torch.ones(3, 8))
+
+
+def test_model_names_resolve_encoders_and_normalisation():
+    cfg = TrainConfig()
+    assert (encoder_source(cfg), normalization(cfg)) == ("distilhubert", "none")
+    assert encoder_source(TrainConfig(encoder="random")) == "random"
+    pep = TrainConfig(model="pepino")
+    assert (encoder_source(pep), normalization(pep)) == ("wav2vec2-base", "speaker")
+    assert encoder_source(TrainConfig(model="pepino", encoder="random")) == \
+        "random:wav2vec2-base"
+    assert normalization(TrainConfig(model="pepino", feature_norm="global")) == "global"
+    assert encoder_source(TrainConfig(model="pepino", encoder="/m/hubert")) == "/m/hubert"
+    assert encoder_source(TrainConfig(model="light-sernet")) == "mfcc"
+    with pytest.raises(EdgeserError, match="model must be one of"):
+        TrainConfig(model="resnet")
+    with pytest.raises(EdgeserError, match="applies to SSL-encoder models"):
+        normalization(TrainConfig(model="light-sernet", feature_norm="speaker"))
+
+
+def test_random_architectures_of_the_encoder_zoo():
+    from edgeser.models.encoder import load_encoder
+
+    enc = load_encoder("random:wav2vec2-base", seed=0)
+    n = sum(p.numel() for p in enc.model.parameters())
+    assert type(enc.model).__name__ == "Wav2Vec2Model" and 94_000_000 < n < 96_000_000
+    assert (enc.num_hidden_states, enc.hidden_size, enc.do_normalize) == (13, 768, True)
+    assert enc.source == "random:wav2vec2-base" and enc.is_random
+    with pytest.raises(EdgeserError, match="unknown architecture"):
+        load_encoder("random:resnet50")
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> dict[str, Path]:
+    from edgeser.core.manifest import write_manifest
+
+    root = tmp_path_factory.mktemp("corpora")
+    utts = [(f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", IEMO_LABELS[i % 5])
+            for s in range(1, 4) for spk in "FM" for i in range(6)]
+    ravdess = [f"03-01-0{e}-01-01-01-0{a}" for a in (1, 2) for e in (1, 3, 4, 5)]
+    ie = prepare_iemocap(make_iemocap_tree(root / "ie", utts, duration=0.3))
+    rv = prepare_ravdess(make_ravdess_tree(root / "rv", ravdess, duration=0.3))
+    write_manifest(ie, root / "ie.csv")
+    write_manifest(rv, root / "rv.csv")
+    return {"iemocap": root / "ie.csv", "ravdess": root / "rv.csv"}
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"epochs": 2, "aug_views": 1, "batch_size": 4, "precision": "fp32", "seed": 0}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_pepino_speaker_normalisation_in_loso_and_evaluation(manifests, tmp_path):
+    from edgeser.runs import evaluate_loso, evaluate_model, train_on_manifests
+
+    encoder = random_encoder(tiny_config(), seed=0)
+    out = evaluate_loso(_cfg(model="pepino"), manifests["iemocap"], tmp_path / "lo", folds=3,
+                        progress=False, encoder=encoder)
+    folds = out["loso"]["iemocap"]["folds"]
+    assert len(folds) == 3 and out["model"] == "pepino"
+    assert out["config"]["feature_norm"] == "auto"
+    # a speaker-normalised model evaluates on a new corpus with that corpus's speakers
+    train_on_manifests(_cfg(model="pepino"), [manifests["iemocap"]], tmp_path / "m",
+                       progress=False, encoder=encoder)
+    res = evaluate_model(tmp_path / "m", manifests["ravdess"], tmp_path / "ev",
+                         progress=False, encoder=encoder)
+    assert sum(map(sum, res["metrics"]["confusion"])) == 8
+
+
+def test_speaker_normalised_features_have_zero_mean_per_speaker(manifests, tmp_path):
+    from edgeser.pipeline import compute_features
+
+    encoder = random_encoder(tiny_config(), seed=0)
+    df = pd.read_csv(manifests["iemocap"])
+    cfg = _cfg(model="pepino", aug_views=0)
+    feats = compute_features(cfg, encoder, df, set(), tmp_path / "cache", progress=False)
+    d = encoder.hidden_size
+    for _, ids in df.groupby("speaker")["utt_id"]:
+        means = np.stack([feats.clean[u][:, :d] for u in ids])
+        np.testing.assert_allclose(means.mean(0), 0.0, atol=1e-4)
+    raw = compute_features(_cfg(aug_views=0), encoder, df, set(), tmp_path / "cache",
+                           progress=False)
+    assert not np.allclose(raw.clean[df["utt_id"][0]], feats.clean[df["utt_id"][0]])
+
+
+def test_global_normalisation_is_stored_in_the_model(manifests, tmp_path):
+    from safetensors.torch import load_file
+
+    from edgeser.runs import evaluate_model, train_on_manifests
+
+    encoder = random_encoder(tiny_config(), seed=0)
+    train_on_manifests(_cfg(model="pepino", feature_norm="global"), [manifests["iemocap"]],
+                       tmp_path / "m", progress=False, encoder=encoder)
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert weights["head.norm_std"].shape == (encoder.num_hidden_states, encoder.hidden_size)
+    assert not torch.all(weights["head.norm_mean"] == 0)
+    res = evaluate_model(tmp_path / "m", manifests["ravdess"], tmp_path / "ev",
+                         progress=False, encoder=encoder)
+    assert sum(map(sum, res["metrics"]["confusion"])) == 8
+
+
+def test_normalisation_needs_pooled_features():
+    from edgeser.pipeline import feature_kind
+
+    for bad in ({"pooling": "attention"}, {"train": "encoder"}, {"aug_mode": "online"}):
+        with pytest.raises(EdgeserError, match="needs cached pooled features"):
+            feature_kind(TrainConfig(model="pepino", **bad))
+    assert feature_kind(TrainConfig(model="pepino", feature_norm="none",
+                                    pooling="attention")) == "frames"
