@@ -171,3 +171,53 @@ def test_normalisation_needs_pooled_features():
             feature_kind(TrainConfig(model="pepino", **bad))
     assert feature_kind(TrainConfig(model="pepino", feature_norm="none",
                                     pooling="attention")) == "frames"
+
+
+def test_pareto_front():
+    from edgeser.compare import pareto_front
+
+    pts = [(23.5, 0.61), (95.0, 0.67), (0.5, 0.55), (95.0, 0.60), (30.0, 0.61)]
+    assert pareto_front(pts) == [True, True, True, False, False]
+
+
+def _tiny_w2v():
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from edgeser.models.encoder import Encoder
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, conv_dim=(32, 32), conv_kernel=(10, 3),
+                         conv_stride=(5, 2), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=4, apply_spec_augment=False)
+    return Encoder(Wav2Vec2Model(cfg), source="random", is_random=True, do_normalize=True)
+
+
+def test_compare_writes_table_plot_and_json(manifests, tmp_path):
+    import json
+
+    from edgeser.compare import compare
+
+    w2v = _tiny_w2v()
+    encoders = {"distilhubert": random_encoder(tiny_config(), seed=0), "wav2vec2-base": w2v,
+                "pepino": w2v}
+    doc = compare(["distilhubert", "wav2vec2-base", "pepino"], manifests["iemocap"],
+                  tmp_path / "cmp", base=_cfg(val_speakers=0), folds=2, latency_runs=1,
+                  latency_seconds=0.5, progress=False, encoders=encoders)
+    rows = {r["model"]: r for r in doc["models"]}
+    assert list(rows) == ["distilhubert", "wav2vec2-base", "pepino"]
+    for name in ("distilhubert", "wav2vec2-base"):
+        r = rows[name]
+        assert r["folds"] == 2 and 0 <= r["mean"]["ua"] <= 1
+        assert r["size_int8_bytes"] < r["size_fp32_bytes"]
+        assert r["onnx_int8_ms"] > 0 and r["pytorch_ms"] > 0
+    assert "per-speaker" in rows["pepino"]["export_error"]
+    assert rows["pepino"]["reference"] == {"ua": 0.672}
+    assert any(r["pareto"] for r in doc["models"])
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["model"] for r in saved["models"]] == list(rows)
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| model | params |" in table and "RANDOM ENCODER" in table
+    assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 1000
+    with pytest.raises(EdgeserError, match="unknown model"):
+        compare(["distilhubert", "nope"], manifests["iemocap"], tmp_path / "x")

@@ -219,6 +219,57 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- compare
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from edgeser.config import add_config_arguments
+
+    p = sub.add_parser(
+        "compare",
+        help="several models through the same speaker-independent folds: one table, one plot",
+        description="Train and test each model of --models on the same leak-free folds "
+        "(--iemocap: one fold per session; --corpus: --folds speaker-disjoint folds), "
+        "export it, time it, and write OUT/compare.md, compare.json and pareto.png.",
+    )
+    p.add_argument("--models", required=True,
+                   help="comma-separated model names, e.g. distilhubert,pepino,light-sernet")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--iemocap", type=Path, help="IEMOCAP root or manifest CSV")
+    src.add_argument("--corpus", type=Path, help="any manifest CSV")
+    p.add_argument("--cremad", type=Path, default=None,
+                   help="CREMA-D root or manifest, added to training only")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--no-export", action="store_true", help="skip ONNX export and timing")
+    p.add_argument("--latency-seconds", type=float, default=3.0)
+    add_config_arguments(p)
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from edgeser.compare import compare
+    from edgeser.config import config_from_args
+    from edgeser.reproduce import load_corpus
+
+    if args.cfg_model is not None:
+        raise EdgeserError("compare takes --models NAME,NAME,...; not --model")
+    cfg = config_from_args(args)
+    if args.iemocap is not None:
+        load_corpus("iemocap", args.iemocap, args.out)
+        corpus = args.out / "manifests" / "iemocap.csv"
+    else:
+        corpus = args.corpus
+    extra = None
+    if args.cremad is not None:
+        load_corpus("cremad", args.cremad, args.out)
+        extra = args.out / "manifests" / "cremad.csv"
+    compare(args.models.split(","), corpus, args.out, base=cfg, folds=args.folds,
+            extra_train=extra, cache_dir=args.cache_dir, export=not args.no_export,
+            latency_seconds=args.latency_seconds, progress=sys.stderr.isatty())
+    print(f"table: {args.out / 'compare.md'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole protocol on synthetic corpora")
@@ -250,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeser.runtime.cli import add_predict_parser, add_stream_parser
 
     for add in (_add_prepare, _add_validate, _add_synth, _add_train, _add_evaluate,
-                _add_reproduce, _add_demo, add_export_parser, add_predict_parser,
+                _add_reproduce, _add_compare, _add_demo, add_export_parser, add_predict_parser,
                 add_stream_parser):
         add(sub)
     return parser

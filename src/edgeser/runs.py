@@ -143,7 +143,7 @@ def evaluate_model(
     y_pred = probs.argmax(1).tolist()
     analysis = error_analysis(df.reset_index(drop=True), y_true, y_pred)
     name = str(df["corpus"].iloc[0])
-    results = {**run_info(cfg, encoder), "model": str(model_dir),
+    results = {**run_info(cfg, encoder), "model_dir": str(model_dir),
                "cross_corpus": {name: {**analysis, "n": len(ids)}}}
     write_json(out / "results.json", results)
     write_predictions(out / "predictions.csv", [{"name": name, "_pred": {
@@ -160,20 +160,32 @@ def evaluate_loso(
     out: str | Path,
     *,
     folds: int = 5,
+    extra_train: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     encoder: Any | None = None,
 ) -> dict[str, Any]:
-    """Speaker-independent folds on any corpus: sessions grouped into ``folds`` folds."""
+    """Speaker-independent folds on any corpus: sessions grouped into ``folds`` folds.
+
+    ``extra_train``: a manifest added to the training side of every fold only (e.g.
+    CREMA-D); the results key then reads ``"<corpus>+<extra corpus>"``.
+    """
     out = Path(out)
     df = read_four_class(corpus)
     name = "+".join(sorted(df["corpus"].astype(str).unique()))
-    splits: list[Split] = loso_splits(df, None, val_speakers=cfg.val_speakers,
+    extra = read_four_class(extra_train) if extra_train is not None else None
+    frame = df
+    if extra is not None:
+        name += "+" + "+".join(sorted(extra["corpus"].astype(str).unique()))
+        frame = pd.concat([df, extra], ignore_index=True)
+        if frame["utt_id"].duplicated().any():
+            raise EdgeserError("the manifests share utterance ids")
+    splits: list[Split] = loso_splits(df, extra, val_speakers=cfg.val_speakers,
                                       sessions=group_sessions(df, folds))
     encoder = encoder or _encoder(cfg)
-    feats = compute_features(cfg, encoder, df, set(df["utt_id"]),
+    feats = compute_features(cfg, encoder, frame, set(frame["utt_id"]),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
-    records = [run_split_cached(cfg, encoder, df, feats, s, out / "loso" / s.name, progress)
+    records = [run_split_cached(cfg, encoder, frame, feats, s, out / "loso" / s.name, progress)
                for s in splits]
     results = {**run_info(cfg, encoder), "loso": {name: summarise_setting(records)}}
     write_predictions(out / "loso" / "predictions.csv", records)

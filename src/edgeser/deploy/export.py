@@ -75,7 +75,15 @@ def build_export_graph(model_dir: str | Path, encoder: Any | None = None) -> tup
 
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
-    model, _cfg, frozen, meta = load_trained(model_dir, encoder)
+    model, cfg, frozen, meta = load_trained(model_dir, encoder)
+    from edgeser.models.registry import normalization
+
+    if normalization(cfg) == "speaker":
+        raise EdgeserError(
+            f"{model_dir}: trained with per-speaker feature normalisation, which needs each "
+            "speaker's statistics before predicting; a single-utterance graph cannot carry "
+            "them. Train with --feature-norm global (stored in the model) to export"
+        )
     ref = model.encoder if meta.get("feature_kind") == "conv" else frozen
     front = meta.get("front_end") or {}
     graph = ExportGraph(

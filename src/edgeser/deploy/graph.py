@@ -38,17 +38,23 @@ _PEAK_EPS = 1e-8  # as edgeser.core.preprocess.peak_normalize
 
 
 def check_exportable(hf_model: Any) -> None:
-    """Raise :class:`EdgeserError` unless ``hf_model`` is a HuBERT/DistilHuBERT we can mirror."""
-    from transformers import HubertModel
+    """Raise :class:`EdgeserError` unless ``hf_model`` is a HuBERT/DistilHuBERT or
+    wav2vec 2.0 (Base-style, post-LN) encoder we can mirror. WavLM (gated relative
+    position bias) is not mirrored."""
+    from transformers import HubertModel, Wav2Vec2Model
 
     name = type(hf_model).__name__
     config = getattr(hf_model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if not isinstance(hf_model, HubertModel) or model_type != "hubert":
+    if not (
+        (isinstance(hf_model, HubertModel) and model_type == "hubert")
+        or (isinstance(hf_model, Wav2Vec2Model) and model_type == "wav2vec2")
+    ):
         raise EdgeserError(
-            f"export supports HuBERT/DistilHuBERT encoders only, got {name} "
+            f"export supports HuBERT/DistilHuBERT and wav2vec 2.0 encoders only, got {name} "
             f"(model_type {model_type!r})"
         )
+
     problems = []
     if getattr(config, "feat_extract_norm", "group") != "group":
         problems.append(f"feat_extract_norm={config.feat_extract_norm!r} (need 'group')")
@@ -147,7 +153,9 @@ class ExportGraph(nn.Module):
         self.gn_eps = float(norm.eps)
         self.convs = nn.ModuleList([copy.deepcopy(layer.conv) for layer in layers[1:]])
         proj = hf_model.feature_projection
-        self.proj_norm = copy.deepcopy(proj.layer_norm) if proj.feat_proj_layer_norm else None
+        # wav2vec 2.0's projection always normalises; HuBERT's only with feat_proj_layer_norm
+        has_norm = getattr(proj, "feat_proj_layer_norm", True)
+        self.proj_norm = copy.deepcopy(proj.layer_norm) if has_norm else None
         self.projection = copy.deepcopy(proj.projection)
         pos = hf_model.encoder.pos_conv_embed
         src = pos.conv

@@ -22,7 +22,7 @@ from edgeser.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plot_confusion", "plot_fold_bars", "plot_per_class_recall"]
+__all__ = ["plot_confusion", "plot_fold_bars", "plot_pareto", "plot_per_class_recall"]
 
 _METRIC_TITLES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
 _DPI = 120
@@ -173,4 +173,31 @@ def plot_per_class_recall(
     ax.set_title(title or "per-class recall")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """UA (mean ± sd over folds) against parameter count, Pareto-front models joined.
+
+    ``rows``: dicts with ``model``, ``parameters``, ``mean``/``std`` (``ua``) and ``pareto``.
+    """
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for r in rows:
+        x, y, e = r["parameters"] / 1e6, 100 * r["mean"]["ua"], 100 * r["std"]["ua"]
+        colour = "tab:red" if r.get("pareto") else "tab:grey"
+        ax.errorbar([x], [y], yerr=[e], fmt="o", color=colour, capsize=3)
+        ax.annotate(str(r["model"]), (x, y), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    front = sorted((r["parameters"] / 1e6, 100 * r["mean"]["ua"]) for r in rows
+                   if r.get("pareto"))
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red",
+                alpha=0.6, label="Pareto front")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (millions, log scale)")
+    ax.set_ylabel("UA (%)")
+    ax.set_title("Accuracy vs size")
+    ax.grid(True, alpha=0.3)
     return _save(fig, path)
