@@ -221,3 +221,56 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
     assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 1000
     with pytest.raises(EdgeserError, match="unknown model"):
         compare(["distilhubert", "nope"], manifests["iemocap"], tmp_path / "x")
+
+
+def test_light_sernet_trains_through_the_protocol_exports_and_predicts(manifests, tmp_path):
+    from edgeser.deploy.export import export_model, onnx_session, pad_batch
+    from edgeser.deploy.lightsernet import LightSERNetGraph
+    from edgeser.models.lightsernet import LIGHT_SERNET_NUM_PARAMETERS, MFCCFrontEnd
+    from edgeser.runs import evaluate_loso, load_trained
+    from edgeser.runtime.model import OnnxEmotionModel
+
+    cfg = _cfg(model="light-sernet", mfcc_seconds=1.0)
+    out = evaluate_loso(cfg, manifests["iemocap"], tmp_path / "lo", folds=3, progress=False)
+    assert out["model"] == "light-sernet" and out["encoder"]["source"] == "mfcc"
+    assert len(out["loso"]["iemocap"]["folds"]) == 3
+    fold = tmp_path / "lo" / "loso" / "fold1"
+    model, _, front, meta = load_trained(fold)
+    assert isinstance(front, MFCCFrontEnd) and meta["feature_kind"] == "mfcc"
+    assert sum(p.numel() for p in model.head.parameters()) == LIGHT_SERNET_NUM_PARAMETERS
+    paths = export_model(fold, tmp_path / "exp")
+    card = json_load(paths["json"])
+    assert card["model"] == "light-sernet"
+    assert card["preprocessing"]["inside_graph"]["window_seconds"] == 1.0
+    assert paths["int8"].stat().st_size < 0.5 * paths["float32"].stat().st_size
+    # the exported graph equals the trained network on the cached-feature path
+    df = pd.read_csv(manifests["ravdess"])
+    from edgeser.core.audio import load_audio
+    from edgeser.core.preprocess import trim_silence
+
+    waves = [trim_silence(load_audio(p, 16000), 16000) for p in df["path"][:3]]
+    graph = LightSERNetGraph(model.head, front.cfg)
+    session = onnx_session(paths["float32"])
+    for w in waves:
+        got = session.run(None, pad_batch([w]))[0]
+        ref = graph(torch.from_numpy(pad_batch([w])["waveform"]),
+                    torch.tensor([len(w)])).numpy()
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    runtime = OnnxEmotionModel(paths["int8"])
+    label, probs = runtime.predict_file(df["path"][0])
+    assert label in probs and abs(sum(probs.values()) - 1) < 1e-4
+
+
+def json_load(path):
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def test_light_sernet_refuses_encoder_modes():
+    from edgeser.pipeline import feature_kind
+
+    with pytest.raises(EdgeserError, match="trains from scratch"):
+        feature_kind(TrainConfig(model="light-sernet", train="encoder"))
+    with pytest.raises(EdgeserError, match="trains from scratch"):
+        feature_kind(TrainConfig(model="light-sernet", aug_mode="online"))

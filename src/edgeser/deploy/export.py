@@ -84,8 +84,15 @@ def build_export_graph(model_dir: str | Path, encoder: Any | None = None) -> tup
             "speaker's statistics before predicting; a single-utterance graph cannot carry "
             "them. Train with --feature-norm global (stored in the model) to export"
         )
-    ref = model.encoder if meta.get("feature_kind") == "conv" else frozen
     front = meta.get("front_end") or {}
+    if meta.get("feature_kind") == "mfcc":
+        from edgeser.deploy.lightsernet import LightSERNetGraph
+
+        graph = LightSERNetGraph(model.head, frozen.cfg,
+                                 preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
+                                 peak_normalize=bool(front.get("normalize", True)))
+        return graph, frozen, meta
+    ref = model.encoder if meta.get("feature_kind") == "conv" else frozen
     graph = ExportGraph(
         ref.model,
         model.head,
@@ -292,6 +299,10 @@ def export_model(
         raise EdgeserError(f"unknown export variant(s) {', '.join(unknown)}; "
                            f"available: {', '.join(VARIANTS)}")
     graph, _ref, meta = build_export_graph(model_dir, encoder)
+    cnn = meta.get("feature_kind") == "mfcc"
+    if cnn and extra_variants:
+        raise EdgeserError(f"export variants {', '.join(extra_variants)} apply to SSL-encoder "
+                           "models, not LIGHT-SERNET")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"float32": out_dir / "model.onnx"}
     logger.info("exporting %s to %s", model_dir, paths["float32"])
@@ -303,11 +314,16 @@ def export_model(
     parity = _check_parity(graph, paths["float32"], [*waves[:2], np.zeros(100, np.float32)])
     logger.info("float32 ONNX vs PyTorch: max |diff| %.2e", parity)
     if int8:
-        from edgeser.deploy.quantize import quantize_int8
-
         paths["int8"] = out_dir / "model.int8.onnx"
         with atomic_path(paths["int8"]) as tmp:
-            quantize_int8(paths["float32"], tmp, waves)
+            if cnn:
+                from edgeser.deploy.lightsernet import quantize_lightsernet_int8
+
+                quantize_lightsernet_int8(paths["float32"], tmp, waves)
+            else:
+                from edgeser.deploy.quantize import quantize_int8
+
+                quantize_int8(paths["float32"], tmp, waves)
     for variant in dict.fromkeys(extra_variants):
         from edgeser.deploy.quantize import quantize_int8
 
@@ -324,7 +340,8 @@ def export_model(
         "sample_rate": SAMPLE_RATE,
         "inputs": {"waveform": "float32 [batch, samples]", "lengths": "int64 [batch]"},
         "outputs": {"probabilities": "float32 [batch, classes]"},
-        "min_samples": int(graph.min_samples),
+        "model": meta.get("model", "distilhubert"),
+        "min_samples": int(getattr(graph, "min_samples", 1)),
         "preprocessing": {
             "outside_graph": {
                 "resample": SAMPLE_RATE,
@@ -335,7 +352,9 @@ def export_model(
             "inside_graph": {
                 "preemphasis": graph.preemphasis,
                 "peak_normalize": graph.peak_normalize,
-                **({"standardize": True} if graph.do_normalize else {}),
+                **({"standardize": True} if getattr(graph, "do_normalize", False) else {}),
+                **({"window_seconds": graph.mfcc_cfg.seconds, "window": "first seconds, "
+                    "zero-padded", "features": "MFCC (LIGHT-SERNET)"} if cnn else {}),
             },
         },
         "files": {k: p.name for k, p in paths.items()},
@@ -346,9 +365,11 @@ def export_model(
         "export": {"opset": int(opset), "float32_parity_max_abs_diff": parity,
                    "calibration": [str(c) for c in calibration] if calibration
                    else "speech-like signals (edgeser.deploy.export.speech_like, seed 1234)",
-                   "int8_scheme": "static QDQ (uint8 act, per-channel int8 weights) for the "
-                   "positional conv and transformer linears; weight-only int8 elsewhere"
-                   if int8 else None},
+                   "int8_scheme": None if not int8 else (
+                       "static QDQ (uint8 act, per-channel int8 weights) for the body "
+                       "convolutions; MFCC front end, input paths and classifier in float"
+                       if cnn else "static QDQ (uint8 act, per-channel int8 weights) for the "
+                       "positional conv and transformer linears; weight-only int8 elsewhere")},
     }
     paths["json"] = out_dir / "model.json"
     write_json(paths["json"], doc)

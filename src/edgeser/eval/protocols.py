@@ -87,7 +87,8 @@ def loso_splits(
     Validation speakers rotate over the training sessions: fold ``k`` takes
     ``val_speakers`` speakers from the sessions that follow its test session,
     alternating which speaker of a session is taken, so every speaker serves as
-    validation about equally often.
+    validation about equally often. At least one training speaker is always kept: with
+    too few speakers, fewer (or no) validation speakers are taken.
     """
     if main.empty:
         raise SplitError("the evaluation manifest is empty")
@@ -111,7 +112,10 @@ def loso_splits(
                 spks = spk_by_session[s]
                 rot = k % max(len(spks), 1)
                 candidates.extend(spks[rot:] + spks[:rot])
-        val_spk = set(candidates[:val_speakers])
+        # never take the last training speaker for validation (2-speaker corpora train
+        # without a validation set and keep the last epoch)
+        n_val = max(0, min(val_speakers, len(set(candidates)) - 1))
+        val_spk = set(candidates[:n_val])
         train_rows = main[~in_test & ~main["speaker"].isin(val_spk)]
         val_rows = main[~in_test & main["speaker"].isin(val_spk)]
         split = Split(
