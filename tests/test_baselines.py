@@ -203,8 +203,12 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
                 "pepino": w2v}
     doc = compare(["distilhubert", "wav2vec2-base", "pepino"], manifests["iemocap"],
                   tmp_path / "cmp", base=_cfg(val_speakers=0), folds=2, latency_runs=1,
-                  latency_seconds=0.5, progress=False, encoders=encoders)
+                  latency_seconds=0.5, progress=False, encoders=encoders,
+                  overrides={"wav2vec2-base": {"epochs": 1}})
     rows = {r["model"]: r for r in doc["models"]}
+    assert rows["wav2vec2-base"]["config_overrides"] == {"epochs": 1}
+    assert len(json_load(tmp_path / "cmp" / "wav2vec2-base" / "results.json")["loso"]["iemocap"]
+               ["folds"][0]["history"]) == 1
     assert list(rows) == ["distilhubert", "wav2vec2-base", "pepino"]
     for name in ("distilhubert", "wav2vec2-base"):
         r = rows[name]
@@ -218,6 +222,7 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
     assert [r["model"] for r in saved["models"]] == list(rows)
     table = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| model | params |" in table and "RANDOM ENCODER" in table
+    assert "wav2vec2-base: epochs=1" in table
     assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 1000
     with pytest.raises(EdgeserError, match="unknown model"):
         compare(["distilhubert", "nope"], manifests["iemocap"], tmp_path / "x")
@@ -274,3 +279,18 @@ def test_light_sernet_refuses_encoder_modes():
         feature_kind(TrainConfig(model="light-sernet", train="encoder"))
     with pytest.raises(EdgeserError, match="trains from scratch"):
         feature_kind(TrainConfig(model="light-sernet", aug_mode="online"))
+
+
+def test_compare_cli_per_model_settings(tmp_path):
+    from edgeser.cli import _per_model_settings, main
+
+    assert _per_model_settings(["light-sernet:epochs=100", "light-sernet:batch-size=8",
+                                "pepino:feature_norm=global"]) == {
+        "light-sernet": {"epochs": 100, "batch_size": 8}, "pepino": {"feature_norm": "global"}}
+    for bad in ("epochs=3", "light-sernet:nope=1", "light-sernet:epochs=many"):
+        with pytest.raises(EdgeserError):
+            _per_model_settings([bad])
+    csv = tmp_path / "m.csv"
+    csv.write_text("x\n")
+    assert main(["compare", "--models", "distilhubert", "--corpus", str(csv), "--model",
+                 "pepino", "--out", str(tmp_path / "o")]) == 2

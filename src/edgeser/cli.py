@@ -242,8 +242,35 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--no-export", action="store_true", help="skip ONNX export and timing")
     p.add_argument("--latency-seconds", type=float, default=3.0)
+    p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                   help="a config value for one model only, e.g. light-sernet:epochs=100 "
+                   "(repeatable)")
     add_config_arguments(p)
     p.set_defaults(func=_run_compare)
+
+
+def _per_model_settings(items: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``["light-sernet:epochs=100", ...]`` -> ``{"light-sernet": {"epochs": 100}}``."""
+    from edgeser.config import TrainConfig, eval_type
+
+    types = {f: type(v) for f, v in TrainConfig().to_dict().items() if not isinstance(v, dict)}
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        model, sep, assignment = item.partition(":")
+        key, eq, value = assignment.partition("=")
+        key = key.strip().replace("-", "_")
+        if not (sep and eq and model.strip()):
+            raise EdgeserError(f"--set {item!r}: expected MODEL:KEY=VALUE")
+        if key not in types:
+            raise EdgeserError(f"--set {item!r}: unknown config key {key!r}")
+        tp = types[key]
+        try:
+            parsed: object = (value.strip().lower() in ("1", "true", "yes", "on")
+                              if tp is bool else eval_type(tp.__name__)(value))
+        except (TypeError, ValueError):
+            raise EdgeserError(f"--set {item!r}: {value!r} is not a {tp.__name__}") from None
+        out.setdefault(model.strip(), {})[key] = parsed
+    return out
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -265,7 +292,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         extra = args.out / "manifests" / "cremad.csv"
     compare(args.models.split(","), corpus, args.out, base=cfg, folds=args.folds,
             extra_train=extra, cache_dir=args.cache_dir, export=not args.no_export,
-            latency_seconds=args.latency_seconds, progress=sys.stderr.isatty())
+            latency_seconds=args.latency_seconds, progress=sys.stderr.isatty(),
+            overrides=_per_model_settings(args.set))
     print(f"table: {args.out / 'compare.md'}")
     return 0
 
