@@ -128,6 +128,34 @@ def test_feature_cache_hits_rebuilds_corrupt_and_detects_stale(corpora, encoder,
     assert other.key(Item("x", "/nope", 0)) == store.key(Item("x", "/nope", 0))
 
 
+def test_views_that_draw_no_transform_reuse_the_clean_features(corpora, encoder, tmp_path):
+    from edgeser.core.augment import AugmentConfig
+
+    rv = prepare_ravdess(corpora["ravdess"])
+    calls: list[int] = []
+
+    class Counting:
+        identity = encoder.identity
+
+        def encode(self, waves):
+            calls.append(len(waves))
+            return encoder.encode(waves)
+
+    none = AugmentConfig(gain_p=0.0, noise_p=0.0, pitch_p=0.0, polarity_p=0.0)
+    store = FeatureStore(tmp_path / "a", encoder.identity, kind="pooled", augment=none)
+    out = extract(rv, Counting(), store, views=(0, 1, 2), progress=False)
+    assert sum(calls) == len(rv)  # only the clean versions were encoded
+    for u in rv["utt_id"]:
+        assert np.array_equal(out[(u, 1)], out[(u, 0)]) and np.array_equal(out[(u, 2)],
+                                                                            out[(u, 0)])
+    assert len(list((tmp_path / "a").rglob("*.safetensors"))) == 3 * len(rv)  # all cached
+    calls.clear()
+    polarity = AugmentConfig(gain_p=0.0, noise_p=0.0, pitch_p=0.0, polarity_p=1.0)
+    store = FeatureStore(tmp_path / "b", encoder.identity, kind="pooled", augment=polarity)
+    extract(rv, Counting(), store, views=(0, 1), progress=False)
+    assert sum(calls) == 2 * len(rv)  # a view that changed the audio is encoded
+
+
 def test_config_overrides_and_validation(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 3\naugment:\n  gain_p: 0.2\nlr: 0.01\n", encoding="utf-8")

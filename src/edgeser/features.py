@@ -157,12 +157,21 @@ def load_waveform(
     item: Item, front_end: FrontEnd, augmenter: Augmenter | None, aug_seed: int
 ) -> np.ndarray:
     """Load, pre-process and (for views) augment one item at 16 kHz."""
+    return _load_item(item, front_end, augmenter, aug_seed)[0]
+
+
+def _load_item(
+    item: Item, front_end: FrontEnd, augmenter: Augmenter | None, aug_seed: int
+) -> tuple[np.ndarray, bool]:
+    """``(waveform, is_clean)``: ``is_clean`` when a view's draw left the audio unchanged
+    (every transform skipped), so its features are the clean ones."""
     wave = front_end(load_audio(item.path, SAMPLE_RATE), SAMPLE_RATE)
-    if item.view > 0:
-        if augmenter is None:
-            raise ValueError("a view needs an augmenter")
-        wave = augmenter(wave, SAMPLE_RATE, seed=view_seed(aug_seed, item.utt_id, item.view))
-    return wave
+    if item.view == 0:
+        return wave, False
+    if augmenter is None:
+        raise ValueError("a view needs an augmenter")
+    out = augmenter(wave, SAMPLE_RATE, seed=view_seed(aug_seed, item.utt_id, item.view))
+    return out, bool(np.array_equal(out, wave))
 
 
 def summarise(kind: str, hidden: torch.Tensor) -> np.ndarray:
@@ -217,23 +226,39 @@ def extract(
     todo.sort(key=lambda it: duration.get(it.utt_id, 0.0))
     batches = list(_batches(todo, duration, batch_seconds))
 
-    def load_batch(batch: list[Item]) -> list[np.ndarray]:
-        return [load_waveform(it, store.front_end, augmenter, store.aug_seed) for it in batch]
+    requested = {(it.utt_id, it.view) for it in items}
+
+    def load_batch(batch: list[Item]) -> list[tuple[np.ndarray, bool]]:
+        return [_load_item(it, store.front_end, augmenter, store.aug_seed) for it in batch]
+
+    as_clean: list[Item] = []  # views equal to the clean audio, filled in at the end
 
     with progress_bar(total=len(todo), desc=desc, enabled=progress) as bar, \
             ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load_batch, batches[0]) if batches else None
         for i, batch in enumerate(batches):
             assert pending is not None
-            waves = pending.result()
+            loaded = pending.result()
             pending = pool.submit(load_batch, batches[i + 1]) if i + 1 < len(batches) else None
-            feats = _encode(encoder, store.kind, waves)
+            skip = [same and (it.utt_id, 0) in requested for it, (_, same) in zip(batch, loaded,
+                                                                                 strict=True)]
+            as_clean += [it for it, s in zip(batch, skip, strict=True) if s]
+            batch = [it for it, s in zip(batch, skip, strict=True) if not s]
+            waves = [w for (w, _), s in zip(loaded, skip, strict=True) if not s]
+            feats = _encode(encoder, store.kind, waves) if waves else []
             for it, f in zip(batch, feats, strict=True):
                 arr = summarise(store.kind, f) if store.kind != "conv" else \
                     f.to(torch.float16).numpy()
                 store.put(it, arr)
                 out[(it.utt_id, it.view)] = arr
-            bar.update(len(batch))
+            bar.update(len(batch) + sum(skip))
+    for it in as_clean:
+        arr = out[(it.utt_id, 0)]
+        store.put(it, arr)
+        out[(it.utt_id, it.view)] = arr
+    if as_clean:
+        log.info("%s: %d views drew no transform and reuse the clean features", desc,
+                 len(as_clean))
     return out
 
 
