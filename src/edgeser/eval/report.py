@@ -33,6 +33,11 @@ def _ms(mean: dict[str, Any], std: dict[str, Any], key: str) -> str:
     return f"{100 * mean[key]:.1f} ± {100 * std[key]:.1f}"
 
 
+def _arch(source: str) -> str:
+    """The architecture a random encoder source names (``random``: DistilHuBERT)."""
+    return source.split(":", 1)[1] if source.startswith("random:") else "DistilHuBERT"
+
+
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     """Write ``report.md`` and the plots; returns the report's path."""
     from edgeser.eval.plots import plot_confusion, plot_fold_bars, plot_per_class_recall
@@ -42,13 +47,15 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     enc = results["encoder"]
     if enc.get("is_random"):
         lines += [
-            "> **WARNING: RANDOM ENCODER.** The encoder has the exact DistilHuBERT architecture "
-            "but *randomly initialised weights* (no pretrained checkpoint was given). The "
+            f"> **WARNING: RANDOM ENCODER.** The encoder has the exact {_arch(enc['source'])} "
+            "architecture but *randomly initialised weights* (no pretrained checkpoint was "
+            "given). The "
             "numbers below test the pipeline; they are NOT comparable to the paper's.",
             "",
         ]
-    lines += [f"Encoder: `{enc['source']}` (identity `{enc['identity']}`); edgeser "
-              f"{results['edgeser_version']}; seed {results['seed']}.", ""]
+    model = results.get("model", "distilhubert")
+    lines += [f"Model: `{model}`; encoder: `{enc['source']}` (identity `{enc['identity']}`); "
+              f"edgeser {results['edgeser_version']}; seed {results['seed']}.", ""]
     if "data" in results:
         lines += ["## Data", "", "| corpus | utterances | speakers | hours | "
                   + " | ".join(LABELS) + " |", "|---|---|---|---|" + "---|" * len(LABELS)]
