@@ -310,3 +310,20 @@ def test_light_sernet_learns_on_real_speech_speaker_independently(ravdess_mini, 
         assert len(fold["train_speakers"]) == 1 and fold["val_speakers"] == []
         assert set(fold["train_speakers"]).isdisjoint(fold["test_speakers"])
     assert s["pooled"]["ua"] > 0.30 and s["mean"]["ua"] > 0.30
+
+
+def test_evaluate_cli_selects_the_model_by_name(manifests, tmp_path):
+    from edgeser.cli import main
+
+    out = tmp_path / "ev"
+    assert main(["-q", "evaluate", "--protocol", "loso", "--corpus", str(manifests["iemocap"]),
+                 "--folds", "3", "--model", "light-sernet", "--epochs", "1", "--aug-views", "0",
+                 "--mfcc-seconds", "1", "--out", str(out)]) == 0
+    res = json_load(out / "results.json")
+    assert res["model"] == "light-sernet" and len(res["loso"]["iemocap"]["folds"]) == 3
+    assert "Model: `light-sernet`" in (out / "report.md").read_text()
+    # a trained model folder given as --model is evaluated, not trained
+    assert main(["-q", "evaluate", "--model", str(out / "loso" / "fold1"), "--corpus",
+                 str(manifests["ravdess"]), "--out", str(tmp_path / "x")]) == 0
+    assert main(["-q", "evaluate", "--model", "light-sernet", "--corpus",
+                 str(manifests["ravdess"]), "--out", str(tmp_path / "y")]) == 2
