@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from edgeser.core.preprocess import peak_normalize, preemphasis
-from edgeser.deploy.export import pad_batch, speech_like
+from edgeser.deploy.export import export_onnx, pad_batch, speech_like
 from edgeser.deploy.lightsernet import (
     LightSERNetGraph,
-    export_lightsernet_onnx,
     lightsernet_quantized_nodes,
     quantize_lightsernet_int8,
 )
@@ -265,7 +264,7 @@ def onnx_files(graph: LightSERNetGraph, tmp_path_factory: pytest.TempPathFactory
 
     folder = tmp_path_factory.mktemp("lightsernet")
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
-    export_lightsernet_onnx(graph, fp32)
+    export_onnx(graph, fp32)
     quantize_lightsernet_int8(fp32, int8, calibration_waves(count=4))
     return fp32, int8
 

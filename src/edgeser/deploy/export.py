@@ -36,6 +36,7 @@ __all__ = [
     "build_export_graph",
     "calibration_waves",
     "export_model",
+    "export_onnx",
     "onnx_session",
     "pad_batch",
     "reference_probabilities",
@@ -210,7 +211,10 @@ def calibration_waves(
     return waves
 
 
-def _export_onnx(graph: Any, path: Path, opset: int) -> None:
+def export_onnx(graph: Any, path: str | Path, opset: int = 17) -> None:
+    """Write a graph with the edgeser contract to ``path`` atomically: inputs ``waveform``
+    float32 ``[batch, samples]`` and ``lengths`` int64 ``[batch]``, output
+    ``probabilities`` ``[batch, classes]``, dynamic batch and sample axes."""
     import torch
 
     example = (torch.zeros(2, 8000), torch.tensor([8000, 5000], dtype=torch.int64))
@@ -306,7 +310,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"float32": out_dir / "model.onnx"}
     logger.info("exporting %s to %s", model_dir, paths["float32"])
-    _export_onnx(graph, paths["float32"], opset)
+    export_onnx(graph, paths["float32"], opset)
     front = meta.get("front_end") or {}
     trim = bool(front.get("trim", True))
     top_db = float(front.get("top_db", 20.0))

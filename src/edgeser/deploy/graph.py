@@ -31,7 +31,7 @@ from edgeser.core.errors import EdgeserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportGraph", "check_exportable"]
+__all__ = ["ExportGraph", "check_exportable", "masked_front"]
 
 _MASK_BIAS = -1.0e4  # additive attention bias on padded keys (fp16-safe, exp() underflows)
 _PEAK_EPS = 1e-8  # as edgeser.core.preprocess.peak_normalize
@@ -67,6 +67,40 @@ def check_exportable(hf_model: Any) -> None:
             problems.append(f"{key}={getattr(config, key)!r} (need 'gelu')")
     if problems:
         raise EdgeserError(f"cannot export this {name}: " + "; ".join(problems))
+
+
+def masked_front(
+    x: torch.Tensor, lengths: torch.Tensor, *, tail: int, preemphasis: float,
+    peak_normalize: bool, standardize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-graph pre-processing of a zero-padded batch ``[B, S]``, row by row.
+
+    Appends ``tail`` zeros (so short and empty inputs are legal), zeroes samples past each
+    row's ``lengths``, then over the valid samples only: standardisation (HF
+    ``do_normalize``, optional), pre-emphasis (as :func:`edgeser.core.preprocess.preemphasis`)
+    and peak normalisation (as :func:`~edgeser.core.preprocess.peak_normalize`). Returns
+    ``([B, S + tail], lengths clamped at 0)``.
+    """
+    pad = torch.zeros_like(lengths, dtype=x.dtype)[:, None].expand(-1, tail)
+    x = torch.cat([x, pad], dim=1)
+    idx = torch.arange(x.shape[1], dtype=torch.int64)[None, :]  # [1, N]
+    lengths = torch.clamp(lengths.to(torch.int64), min=0)
+    valid = idx < lengths[:, None]
+    zero = torch.zeros((), dtype=x.dtype)
+    x = torch.where(valid, x, zero)
+    if standardize:
+        count = torch.clamp(lengths, min=1).to(x.dtype)[:, None]
+        mean = x.sum(dim=1, keepdim=True) / count
+        centred = torch.where(valid, x - mean, zero)
+        var = (centred * centred).sum(dim=1, keepdim=True) / count
+        x = centred / torch.sqrt(var + 1e-7)
+    if preemphasis:
+        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        x = torch.where(valid, x - preemphasis * prev, zero)
+    if peak_normalize:
+        peak = torch.amax(torch.abs(x), dim=1, keepdim=True)
+        x = x / torch.where(peak < _PEAK_EPS, torch.ones_like(peak), peak)
+    return x, lengths
 
 
 class _Layer(nn.Module):
@@ -187,25 +221,10 @@ class ExportGraph(nn.Module):
 
     def _front(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask, (standardise), pre-emphasise and peak-normalise; append the zero tail."""
-        tail = torch.zeros_like(lengths, dtype=x.dtype)[:, None].expand(-1, self.min_samples)
-        x = torch.cat([x, tail], dim=1)  # also makes an empty input legal
-        idx = torch.arange(x.shape[1], dtype=torch.int64)[None, :]  # [1, N]
-        lengths = torch.clamp(lengths.to(torch.int64), min=0)
-        valid = idx < lengths[:, None]
-        zero = torch.zeros((), dtype=x.dtype)
-        x = torch.where(valid, x, zero)
-        if self.do_normalize:
-            count = torch.clamp(lengths, min=1).to(x.dtype)[:, None]
-            mean = x.sum(dim=1, keepdim=True) / count
-            centred = torch.where(valid, x - mean, zero)
-            var = (centred * centred).sum(dim=1, keepdim=True) / count
-            x = centred / torch.sqrt(var + 1e-7)
-        if self.preemphasis:
-            prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
-            x = torch.where(valid, x - self.preemphasis * prev, zero)
-        if self.peak_normalize:
-            peak = torch.amax(torch.abs(x), dim=1, keepdim=True)
-            x = x / torch.where(peak < _PEAK_EPS, torch.ones_like(peak), peak)
+        x, lengths = masked_front(x, lengths, tail=self.min_samples,
+                                  preemphasis=self.preemphasis,
+                                  peak_normalize=self.peak_normalize,
+                                  standardize=self.do_normalize)
         return x, torch.clamp(lengths, min=self.min_samples)
 
     def _first_conv(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,19 +29,17 @@ from torch import nn
 
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path
+from edgeser.deploy.graph import masked_front
 from edgeser.models.lightsernet import MFCC, LightSERNet, MFCCConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LightSERNetGraph",
-    "export_lightsernet_onnx",
     "lightsernet_quantized_nodes",
     "quantize_lightsernet_int8",
 ]
 
-_PEAK_EPS = 1e-8  # as edgeser.core.preprocess.peak_normalize
-_EXAMPLE_SAMPLES = 8000  # tracing example length (any value: the graph has no fixed S)
 
 
 class LightSERNetGraph(nn.Module):
@@ -83,52 +80,13 @@ class LightSERNetGraph(nn.Module):
 
     def front(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Mask, pre-emphasise, peak-normalise, then crop/zero-pad: ``[B, num_samples]``."""
-        x = waveform.to(torch.float32)
-        tail = torch.zeros_like(lengths, dtype=x.dtype)[:, None].expand(-1, self.num_samples)
-        x = torch.cat([x, tail], dim=1)  # S + num_samples >= num_samples, also for S == 0
-        idx = torch.arange(x.shape[1], dtype=torch.int64)[None, :]
-        lengths = torch.clamp(lengths.to(torch.int64), min=0)
-        valid = idx < lengths[:, None]
-        zero = torch.zeros((), dtype=x.dtype)
-        x = torch.where(valid, x, zero)
-        if self.preemphasis:
-            prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
-            x = torch.where(valid, x - self.preemphasis * prev, zero)
-        if self.peak_normalize:
-            peak = torch.amax(torch.abs(x), dim=1, keepdim=True)
-            x = x / torch.where(peak < _PEAK_EPS, torch.ones_like(peak), peak)
-        return x[:, : self.num_samples]
+        x, _ = masked_front(waveform.to(torch.float32), lengths, tail=self.num_samples,
+                            preemphasis=self.preemphasis, peak_normalize=self.peak_normalize)
+        return x[:, : self.num_samples]  # S + num_samples >= num_samples, also for S == 0
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         feats = self.mfcc(self.front(waveform, lengths))
         return torch.softmax(self.net(feats), dim=-1)
-
-
-def export_lightsernet_onnx(graph: LightSERNetGraph, path: str | Path, opset: int = 17) -> None:
-    """Write ``graph`` to ``path`` (atomically): inputs ``waveform`` ``[batch, samples]``
-    float32 and ``lengths`` ``[batch]`` int64, output ``probabilities`` ``[batch, C]``."""
-    example = (
-        torch.zeros(2, _EXAMPLE_SAMPLES),
-        torch.tensor([_EXAMPLE_SAMPLES, _EXAMPLE_SAMPLES // 2], dtype=torch.int64),
-    )
-    graph.eval()
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about shape-derived constants
-        torch.onnx.export(
-            graph,
-            example,
-            str(tmp),
-            dynamo=False,
-            input_names=["waveform", "lengths"],
-            output_names=["probabilities"],
-            dynamic_axes={
-                "waveform": {0: "batch", 1: "samples"},
-                "lengths": {0: "batch"},
-                "probabilities": {0: "batch"},
-            },
-            opset_version=int(opset),
-            do_constant_folding=True,
-        )
 
 
 # ------------------------------------------------------------------------- int8
