@@ -19,6 +19,8 @@ from torch import nn
 
 from edgeser.core.errors import EdgeserError
 from edgeser.models.encoder import (
+    BF16_IMPL,
+    BF16_IMPLS,
     DISTILHUBERT_NUM_PARAMETERS,
     Encoder,
     distilhubert_config,
@@ -231,14 +233,32 @@ def test_full_batch_equals_single(full_encoder: Encoder) -> None:
         assert max_diff(out, hf_hidden_states(full_encoder, wave)) <= 1e-4
 
 
-def test_bf16_close_to_fp32(full_encoder: Encoder) -> None:
-    bf16 = Encoder(full_encoder.model, source="random", is_random=True, precision="bf16")
+def pooled_cosines(ref: torch.Tensor, low: torch.Tensor) -> tuple[float, float]:
+    """Lowest per-layer cosine of mean-pooled and of std-pooled hidden states (the std as
+    ``edgeser.features.summarise`` computes it)."""
+    cos = torch.nn.functional.cosine_similarity
+
+    def pooled_std(h: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(h.var(1, unbiased=False) + 1e-6)
+
+    mean = cos(ref.mean(1), low.mean(1), dim=-1)
+    std = cos(pooled_std(ref), pooled_std(low), dim=-1)
+    return float(mean.min()), float(std.min())
+
+
+@pytest.mark.parametrize("impl", BF16_IMPLS)
+def test_bf16_close_to_fp32(full_encoder: Encoder, impl: str) -> None:
+    bf16 = Encoder(
+        full_encoder.model, source="random", is_random=True, precision="bf16", bf16_impl=impl
+    )
     assert bf16.identity != full_encoder.identity
-    waves = [speech_like(1.5, 4), speech_like(3.0, 5)]
+    assert (bf16._fast_conv, bf16._fast_upper) == ((True, True) if impl != "autocast" else
+                                                   (False, False))
+    waves = [speech_like(1.5, 4), speech_like(3.0, 5), speech_like(0.3, 6)]
     for ref, low in zip(full_encoder.encode(waves), bf16.encode(waves), strict=True):
         assert low.dtype == torch.float32 and torch.isfinite(low).all()
-        cos = torch.nn.functional.cosine_similarity(ref[-1].mean(0), low[-1].mean(0), dim=0)
-        assert float(cos) >= 0.999
+        assert low.shape == ref.shape
+        assert min(pooled_cosines(ref, low)) >= 0.999
 
 
 def test_full_size_s3prl_checkpoint(full_encoder: Encoder, tmp_path, caplog) -> None:
@@ -632,3 +652,240 @@ def test_first_conv_as_strided_matmul_matches_conv1d():
     first = enc.model.feature_extractor.conv_layers[0].conv
     assert isinstance(first, StridedMatmulConv1d)
     assert "model.feature_extractor.conv_layers.0.conv.weight" in enc.state_dict()
+
+
+# ------------------------------------------------------------------ direct bf16 path
+
+
+def _bf16_model(kind: str) -> nn.Module:
+    """Tiny models of the architectures the direct bf16 path covers (and one it does not)."""
+    from transformers import HubertModel, Wav2Vec2Config, Wav2Vec2Model
+
+    shape = {
+        "conv_dim": (32, 32, 32),
+        "conv_kernel": (10, 3, 2),
+        "conv_stride": (5, 2, 2),
+        "hidden_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if kind == "hubert":
+            return HubertModel(tiny_config(**shape))
+        if kind == "hubert-stable":
+            return HubertModel(tiny_config(**shape, do_stable_layer_norm=True))
+        if kind == "wav2vec2":  # conv biases, LayerNorm before the projection
+            return Wav2Vec2Model(Wav2Vec2Config(**shape, conv_bias=True))
+        if kind == "wav2vec2-layer-conv":  # LayerNorm conv extractor: conv stays on autocast
+            return Wav2Vec2Model(
+                Wav2Vec2Config(
+                    **shape, conv_bias=True, do_stable_layer_norm=True, feat_extract_norm="layer"
+                )
+            )
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("impl", ["direct", "direct+int8"])
+@pytest.mark.parametrize("kind", ["hubert", "hubert-stable", "wav2vec2", "wav2vec2-layer-conv"])
+def test_bf16_direct_matches_fp32_tiny(kind: str, impl: str) -> None:
+    model = _bf16_model(kind)
+    ref_encoder = Encoder(model, source=kind)
+    low_encoder = Encoder(model, source=kind, precision="bf16", bf16_impl=impl)
+    assert low_encoder._fast_conv == (kind != "wav2vec2-layer-conv")
+    assert low_encoder._fast_upper and low_encoder._int8 == (impl == "direct+int8")
+    waves = tiny_waves([5000, 20, 2222, 4096, 999, 3000], seed=2)
+    reference = ref_encoder.encode(waves)
+    outputs = low_encoder.encode(waves, batch_size=4)
+    for wave, ref, low in zip(waves, reference, outputs, strict=True):
+        assert low.shape == ref.shape == (3, low_encoder.num_frames(wave.size), 48)
+        assert low.dtype == torch.float32 and torch.isfinite(low).all()
+        assert min(pooled_cosines(ref, low)) >= 0.999
+        # Each output is that input encoded alone, up to bfloat16 (and int8) rounding.
+        (alone,) = low_encoder.encode([wave])
+        assert min(pooled_cosines(alone, low)) >= 0.9999
+        assert max_diff(alone, low) <= 0.05 * float(alone.abs().max())
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_bf16_first_conv_folds_group_norm_exactly(conv_bias: bool) -> None:
+    """First conv + GroupNorm (folded into the weights) + GELU: the float32 modules' output,
+    rounded to bfloat16, for waves laid end to end (gap rows zeroed)."""
+    encoder = random_encoder(tiny_config(conv_bias=conv_bias), seed=6, precision="bf16")
+    first = encoder.model.feature_extractor.conv_layers[0]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a non-trivial affine GroupNorm (the initial one is 1, 0)
+        first.layer_norm.weight.uniform_(0.5, 2.0, generator=gen)
+        first.layer_norm.bias.uniform_(-1.0, 1.0, generator=gen)
+    waves = [torch.from_numpy(speech_like(s, i)) for i, s in enumerate((0.07, 0.0025, 0.13))]
+    waves[1] = waves[1] + 0.3  # a DC offset
+    hop = encoder.hop_length
+    bounds, total = [], 0
+    for wave in waves:
+        span = -(-max(wave.numel(), encoder.min_samples) // hop) * hop
+        bounds.append((total, total + span))
+        total += span
+    waves = [encoder._prepare(w, index=0) for w in waves]
+    with torch.inference_mode():
+        hidden = encoder._first_conv_bf16(waves, bounds)
+        for wave, (start, stop) in zip(waves, bounds, strict=True):
+            ref = first(wave[None, None])[0].t()  # [T, C] float32 modules
+            got = hidden[start // 5 : start // 5 + ref.shape[0]].float()
+            # bfloat16 rounding before and after the GELU: within 2 ulps of the largest value
+            assert max_diff(got, ref) <= 2**-7 * float(ref.abs().max())
+            assert not hidden[start // 5 + ref.shape[0] : stop // 5].any()
+
+
+def test_bf16_conv_groups_equal_single_items(tiny_encoder: Encoder, monkeypatch) -> None:
+    """Waves laid end to end through the extractor give each wave's own features."""
+    import edgeser.models.encoder as encoder_module
+
+    bf16 = Encoder(tiny_encoder.model, source="tiny", precision="bf16")
+    waves = [tiny_encoder._prepare(w, index=0) for w in tiny_waves(
+        [20, 64, 321, 999, 999, 2222, 4096, 5000, 7], seed=5)]
+    with torch.inference_mode():
+        alone = [bf16._conv_batch([w])[0] for w in waves]
+        for group_samples in (10**9, 3000, 1):  # one group, a few, one wave per group
+            monkeypatch.setattr(encoder_module, "_CONV_GROUP_SAMPLES", group_samples)
+            grouped = bf16._conv_batch(waves)
+            for wave, a, g in zip(waves, alone, grouped, strict=True):
+                assert a.dtype == g.dtype == torch.bfloat16
+                assert g.shape == (bf16.num_frames(wave.numel()), 32)
+                assert max_diff(a.float(), g.float()) <= 2**-7 * float(a.abs().max())
+    feats = bf16.conv_features(waves[6])
+    reference = tiny_encoder.conv_features(waves[6])
+    assert feats.dtype == torch.float32 and not feats.is_inference()
+    assert max_diff(feats, reference) <= 2**-6 * float(reference.abs().max())
+
+
+def test_bf16_positional_conv_matches_module(monkeypatch) -> None:
+    """The positional conv as per-group products of gathered windows, in any chunking."""
+    import edgeser.models.encoder as encoder_module
+
+    encoder = random_encoder(tiny_config(), seed=7, precision="bf16")
+    pos = encoder.model.encoder.pos_conv_embed
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 45, 32, generator=gen).to(torch.bfloat16)
+    with torch.inference_mode():
+        reference = pos(hidden.float())
+        for rows in (4096, 40, 1):  # all utterances at once, one, a few frames at a time
+            monkeypatch.setattr(encoder_module, "_POS_CONV_ROWS", rows)
+            got = encoder._pos_conv_bf16(hidden)
+            assert got.shape == reference.shape and got.dtype == torch.bfloat16
+            assert max_diff(got.float(), reference) <= 2**-6 * float(reference.abs().max())
+
+
+def test_int8_linear_rows_are_independent() -> None:
+    """Each row is quantised on its own scale: results do not depend on the other rows,
+    and stay close to the float32 product."""
+    from edgeser.models.encoder import _int8_available, _int8_linear, _pack_int8
+
+    _int8_available.cache_clear()
+    before = torch.random.get_rng_state()
+    available = _int8_available()
+    assert torch.equal(before, torch.random.get_rng_state())  # the probe leaves RNG alone
+    if not available:
+        pytest.skip("no quantized CPU kernels in this torch build")
+    gen = torch.Generator().manual_seed(2)
+    linears = [nn.Linear(64, 48), nn.Linear(64, 16)]
+    packed, bias = _pack_int8(linears)
+    x = torch.randn(2, 37, 64, generator=gen)
+    x[1, 5:] *= 40.0  # rows of very different magnitudes in one call
+    x[0, 3] = 0.0  # an all-zero row
+    out = _int8_linear(x, packed, bias)
+    with torch.no_grad():
+        reference = torch.cat([m(x) for m in linears], dim=-1)
+    assert out.shape == (2, 37, 64) and out.dtype == torch.float32
+    for b, t in ((0, 0), (0, 3), (1, 4), (1, 30)):
+        alone = _int8_linear(x[b, t : t + 1], packed, bias)[0]
+        assert torch.equal(alone, out[b, t])
+        err = (out[b, t] - reference[b, t]).norm() / reference[b, t].norm()
+        assert float(err) <= 0.05
+
+
+def test_bf16_identity_tags(tiny_encoder: Encoder) -> None:
+    from edgeser.models.encoder import _fingerprint, _int8_available
+
+    model = tiny_encoder.model
+    fp32 = {impl: Encoder(model, source="x", bf16_impl=impl).identity for impl in BF16_IMPLS}
+    assert set(fp32.values()) == {tiny_encoder.identity, _fingerprint(model, "fp32")}
+    bf16 = {impl: Encoder(model, source="x", precision="bf16", bf16_impl=impl).identity
+            for impl in BF16_IMPLS}
+    assert bf16["autocast"] == _fingerprint(model, "bf16")  # identity of the earlier code
+    assert bf16["direct"] == _fingerprint(model, "bf16", impl=BF16_IMPL)
+    int8_tag = BF16_IMPL + ("+int8" if _int8_available() else "")
+    assert bf16["direct+int8"] == _fingerprint(model, "bf16", impl=int8_tag)
+    assert len(set(bf16.values()) | {tiny_encoder.identity}) == 3 + _int8_available()
+    with pytest.raises(EdgeserError, match="bf16_impl"):
+        Encoder(model, source="x", bf16_impl="fast")
+
+
+@pytest.mark.parametrize("impl", ["direct", "direct+int8"])
+def test_bf16_weight_casts_follow_weight_updates(impl: str) -> None:
+    """Pre-cast weights are rebuilt when the float32 masters change (in-place edits,
+    load_state_dict, fine-tuning steps), and copies start from the current weights."""
+    import copy
+
+    encoder = random_encoder(tiny_config(), seed=3, precision="bf16")
+    encoder = Encoder(encoder.model, source="x", precision="bf16", bf16_impl=impl)
+    waves = tiny_waves([1500, 400, 2600], seed=4)
+    before = encoder.encode(waves)
+    assert len(encoder._casts) > 0
+
+    def fresh(enc: Encoder) -> list[torch.Tensor]:
+        return Encoder(copy.deepcopy(enc.model), source="y", precision="bf16",
+                       bf16_impl=impl).encode(waves)
+
+    with torch.no_grad():  # an in-place edit of a conv and of a transformer weight
+        encoder.model.feature_extractor.conv_layers[1].conv.weight.mul_(1.5)
+        encoder.model.encoder.layers[0].feed_forward.output_dense.weight.mul_(-1.0)
+    after = encoder.encode(waves)
+    for a, b, c in zip(before, after, fresh(encoder), strict=True):
+        assert max_diff(a, b) > 1e-2
+        assert max_diff(b, c) <= 1e-6
+
+    state = {k: v.clone() for k, v in random_encoder(tiny_config(), seed=4).model.state_dict()
+             .items()}
+    encoder.model.load_state_dict(state)
+    for b, c in zip(encoder.encode(waves), fresh(encoder), strict=True):
+        assert max_diff(b, c) <= 1e-6
+
+    # Fine-tuning the upper part (autocast, with gradients), then encoding again.
+    encoder.unfreeze_upper().train()
+    feats = [encoder.conv_features(w) for w in waves]
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    mask = torch.arange(padded.shape[1])[None] < torch.tensor([f.shape[0] for f in feats])[:, None]
+    optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=0.5)
+    out = encoder(padded, mask)
+    assert out.requires_grad and out.dtype == torch.float32
+    out[-1][mask].pow(2).mean().backward()
+    optimizer.step()
+    tuned = encoder.encode(waves)
+    copied = copy.deepcopy(encoder)
+    assert len(copied._casts) == 0
+    for b, c, d in zip(tuned, fresh(encoder), copied.encode(waves), strict=True):
+        assert max_diff(b, c) <= 1e-6
+        assert max_diff(b, d) <= 1e-6
+    encoder.freeze().eval()
+    with torch.no_grad():
+        frozen = encoder.forward_from_conv(padded, mask)
+    for j, ref in enumerate(tuned):
+        assert min(pooled_cosines(ref, frozen[:, j, : ref.shape[1]])) >= 0.9999
+
+
+def test_bf16_faithful_on_real_speech(ravdess_mini, full_encoder: Encoder) -> None:
+    """Per-layer mean- and std-pooled features within cosine 0.999 of float32 on real
+    RAVDESS speech (a few files; bench/extract_speed.py checks all of them)."""
+    from edgeser.core.audio import load_audio
+    from edgeser.core.preprocess import FrontEnd
+
+    files = sorted(ravdess_mini.glob("Actor_*/*.wav"))[::20]
+    front_end = FrontEnd()
+    waves = [front_end(load_audio(f, SR), SR) for f in files]
+    for impl in ("direct", "direct+int8"):
+        bf16 = Encoder(full_encoder.model, source="random", precision="bf16", bf16_impl=impl)
+        for ref, low in zip(full_encoder.encode(waves), bf16.encode(waves), strict=True):
+            assert min(pooled_cosines(ref, low)) >= 0.999

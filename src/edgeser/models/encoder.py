@@ -20,6 +20,16 @@ The :class:`Encoder` maps 16 kHz mono float waveforms to all hidden states
 :meth:`Encoder.unfreeze_upper` makes the projection, positional convolution and
 transformer trainable over the frozen convolutional feature extractor, using the split
 API :meth:`Encoder.conv_features` + :meth:`Encoder.forward_from_conv`.
+
+``precision="bf16"`` runs a direct bfloat16 implementation (:data:`BF16_IMPL`) rather than
+CPU autocast wherever the architecture allows it: frozen weights are cast to bfloat16 once
+(and re-cast only when the float32 master weights change); the first convolution and its
+GroupNorm run at float32 accuracy (the normalisation folded into the convolution's
+weights); the other convolutions run time-major as matrix products over several
+utterances laid end to end; the transformer keeps a float32 residual stream and LayerNorms
+with bfloat16 matrix products, and by default dynamic int8 products for its layers' linear
+maps. Fine-tuning (:meth:`Encoder.unfreeze_upper`) still runs the upper part under
+autocast.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -34,13 +45,15 @@ import math
 import os
 import pickle
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edgeser.core.errors import EdgeserError
 
@@ -51,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIASES",
+    "BF16_IMPL",
+    "BF16_IMPLS",
     "DISTILHUBERT_CONV_SPEC",
     "DISTILHUBERT_HUB_ID",
     "DISTILHUBERT_NUM_PARAMETERS",
@@ -72,6 +87,12 @@ DISTILHUBERT_HUB_ID = "ntu-spml/distilhubert"
 DISTILHUBERT_NUM_PARAMETERS = 23_491_968
 DISTILHUBERT_CONV_SPEC = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: Tag of the direct bfloat16 implementation (see the module docstring). It is part of
+#: the :attr:`Encoder.identity` of bf16 encoders that use it, so feature caches written by
+#: the earlier autocast implementation are not reused; float32 identities do not change.
+BF16_IMPL = "bf16-v2"
+#: Choices of :class:`Encoder` ``bf16_impl``.
+BF16_IMPLS: tuple[str, ...] = ("direct+int8", "direct", "autocast")
 
 #: Short names accepted by :func:`load_encoder`.
 ALIASES: dict[str, str] = {
@@ -292,6 +313,14 @@ class Encoder(nn.Module):
 
     Inputs shorter than ``min_samples`` are zero-padded to it, so empty or very short
     input yields one frame instead of an error.
+
+    ``bf16_impl`` selects how ``precision="bf16"`` runs (see the module docstring):
+    ``"direct+int8"`` (default) is the direct bfloat16 implementation with dynamic int8
+    products for the transformer layers' linear maps, ``"direct"`` the same in bfloat16
+    only, ``"autocast"`` the earlier CPU-autocast implementation (for comparisons). Parts
+    an architecture does not support fall back to autocast, and int8 to bfloat16 when
+    this torch build has no quantized CPU kernels. The identity of a bf16 encoder says
+    which implementation computed its features.
     """
 
     def __init__(
@@ -303,12 +332,17 @@ class Encoder(nn.Module):
         precision: str = "fp32",
         do_normalize: bool = False,
         batch_size: int = 8,
+        bf16_impl: str = "direct+int8",
     ) -> None:
         super().__init__()
         _check_family(model)
         _check_precision(precision)
         if batch_size < 1:
             raise EdgeserError(f"batch_size must be >= 1, got {batch_size}")
+        if bf16_impl not in BF16_IMPLS:
+            raise EdgeserError(
+                f"bf16_impl must be one of {', '.join(BF16_IMPLS)}; got {bf16_impl!r}"
+            )
         model.config.layerdrop = 0.0  # every layer must run: hidden states are features
         self.model = model.float()
         self.source = str(source)
@@ -333,8 +367,16 @@ class Encoder(nn.Module):
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.train(False)
-        self.identity = _fingerprint(self.model, precision)
         _use_strided_matmul_first_conv(self.model)
+        direct = bf16_impl != "autocast"
+        self._fast_conv = direct and _fast_conv_supported(self.model)
+        self._fast_upper = direct and _fast_upper_supported(self.model)
+        self._int8 = self._fast_upper and bf16_impl == "direct+int8" and _int8_available()
+        self._casts = _CastCache()
+        impl = None
+        if self._fast_conv or self._fast_upper:
+            impl = BF16_IMPL + ("+int8" if self._int8 else "")
+        self.identity = _fingerprint(self.model, precision, impl=impl)
 
     # ------------------------------------------------------------------ state
 
@@ -403,9 +445,11 @@ class Encoder(nn.Module):
         Returns one float32 tensor ``[num_hidden_states, frames_i, hidden]`` per input, in
         input order, with ``frames_i == num_frames(len(wave_i))``. Inputs are sorted by
         length and batched; the conv extractor (GroupNorm over time) runs per group of
-        equal lengths and the upper part on the padded batch with an attention mask, so
-        every output equals encoding that input alone. Never tracks gradients and always
-        runs in eval mode (no dropout), even while the upper part is being fine-tuned.
+        equal lengths (bf16: per group of utterances laid end to end, each normalised on
+        its own) and the upper part on the padded batch with an attention mask, so every
+        output equals encoding that input alone (in bf16, up to bfloat16 rounding). Never
+        tracks gradients and always runs in eval mode (no dropout), even while the upper
+        part is being fine-tuned.
         """
         prepared = [self._prepare(wave, index=i) for i, wave in enumerate(waves)]
         size = int(batch_size or self.batch_size)
@@ -419,7 +463,7 @@ class Encoder(nn.Module):
                 with torch.inference_mode():
                     feats = self._conv_batch([prepared[i] for i in chunk])
                     padded, mask = _pad_frames(feats)
-                    states = self._upper(padded, mask)
+                    states = self._upper_frozen(padded, mask)
                 # Cloning outside inference mode gives ordinary tensors autograd accepts.
                 for j, i in enumerate(chunk):
                     results[i] = states[:, j, : feats[j].shape[0]].clone()
@@ -430,7 +474,8 @@ class Encoder(nn.Module):
         prepared = self._prepare(wave, index=0)
         with torch.inference_mode():
             feats = self._conv_batch([prepared])[0]
-        return feats.clone()
+        # Outside inference mode, so that the result is an ordinary tensor.
+        return feats.float() if feats.dtype != torch.float32 else feats.clone()
 
     def forward_from_conv(
         self, feats: torch.Tensor, frame_mask: torch.Tensor | None = None
@@ -458,7 +503,7 @@ class Encoder(nn.Module):
         if self._upper_trainable:
             return self._upper(feats.float(), frame_mask)
         with torch.inference_mode():
-            states = self._upper(feats.float(), frame_mask)
+            states = self._upper_frozen(feats, frame_mask)
         return states.clone()
 
     def forward(self, feats: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -508,8 +553,14 @@ class Encoder(nn.Module):
             tensor = torch.nn.functional.pad(tensor, (0, self.min_samples - tensor.numel()))
         return tensor
 
+    def _direct_bf16(self) -> bool:
+        return self.precision == "bf16"
+
     def _conv_batch(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Conv features ``[frames, conv_dim]`` float32 per wave, grouped by equal length."""
+        """Conv features ``[frames, conv_dim]`` per wave (float32; bfloat16 on the direct
+        bf16 path), grouped by equal length or laid end to end (direct bf16)."""
+        if self._fast_conv and self._direct_bf16():
+            return self._conv_bf16(waves)
         out: list[torch.Tensor | None] = [None] * len(waves)
         groups: dict[int, list[int]] = {}
         for i, wave in enumerate(waves):
@@ -522,6 +573,12 @@ class Encoder(nn.Module):
             for j, i in enumerate(indices):
                 out[i] = feats[j]
         return [f for f in out if f is not None]
+
+    def _upper_frozen(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The upper part without gradients: direct bf16 when possible, else :meth:`_upper`."""
+        if self._fast_upper and self._direct_bf16():
+            return self._upper_bf16(feats, frame_mask)
+        return self._upper(feats.float(), frame_mask)
 
     def _upper(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Projection + encoder with hidden states collected by hooks on the layers."""
@@ -555,6 +612,262 @@ class Encoder(nn.Module):
         # post-LN models, and after the final LayerNorm for pre-LN ("stable") ones.
         states[-1] = output[0]
         return torch.stack([s.float() for s in states])
+
+    # ------------------------------------------------------ direct bfloat16 implementation
+
+    def _conv_bf16(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Conv features ``[frames, conv_dim]`` in bfloat16 per wave (direct bf16 path).
+
+        Consecutive waves are laid end to end, up to :data:`_CONV_GROUP_SAMPLES` samples
+        per group (a longer wave forms a group of its own), and each group runs through
+        the extractor at once (:meth:`_conv_group_bf16`).
+        """
+        out: list[torch.Tensor] = []
+        start = 0
+        while start < len(waves):
+            stop, total = start + 1, waves[start].numel()
+            while stop < len(waves) and total + waves[stop].numel() <= _CONV_GROUP_SAMPLES:
+                total += waves[stop].numel()
+                stop += 1
+            out += self._conv_group_bf16(waves[start:stop])
+            start = stop
+        return out
+
+    def _conv_group_bf16(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run the conv extractor on waves laid end to end in one time-major sequence.
+
+        Every wave starts at a multiple of the hop, so at every layer its frames start
+        at an integer row and each of its output frames depends on its own input frames
+        only (the rows between two waves hold values no valid frame reads). The first
+        layer and its GroupNorm run per wave, so each wave is normalised over its own
+        frames exactly as when it is encoded alone.
+        """
+        layers = self.model.feature_extractor.conv_layers
+        hop = self.hop_length
+        bounds: list[tuple[int, int]] = []
+        total = 0
+        for wave in waves:
+            span = -(-wave.numel() // hop) * hop
+            bounds.append((total, total + span))
+            total += span
+        hidden = self._first_conv_bf16(waves, bounds)
+        for index in range(1, len(layers)):
+            hidden = self._conv_layer_bf16(index, hidden)
+        out = []
+        for wave, (start, _) in zip(waves, bounds, strict=True):
+            first = start // hop
+            out.append(hidden[first : first + self.num_frames(wave.numel())])
+        return out
+
+    def _first_conv_bf16(
+        self, waves: Sequence[torch.Tensor], bounds: Sequence[tuple[int, int]]
+    ) -> torch.Tensor:
+        """First conv + GroupNorm + GELU per wave, at float32 accuracy; ``[rows, C]`` bf16.
+
+        The GroupNorm (one group per channel, statistics over the wave's frames) is
+        folded into the convolution: its per-channel mean and variance follow exactly
+        from the mean and covariance of the wave's input frames (float64), so one product
+        with the folded weights and shift gives the normalised output. That product runs
+        as a split bfloat16 product (each float32 operand as the sum of a high and a low
+        bfloat16 part; the tiny low x low term is dropped), accumulated in float32 and
+        rounded once to bfloat16, before the GELU.
+        """
+        layer = self.model.feature_extractor.conv_layers[0]
+        conv, norm = layer.conv, layer.layer_norm
+        kernel, stride = conv.kernel_size, conv.stride
+        weight = conv.weight[:, 0].double()  # [C, kernel]
+        hidden = torch.empty(bounds[-1][1] // stride, weight.shape[0], dtype=torch.bfloat16)
+        for wave, (start, stop) in zip(waves, bounds, strict=True):
+            frames = wave.unfold(0, kernel, stride)  # [T, kernel], overlapping views
+            count = frames.shape[0]
+            folded, shift = _fold_group_norm(frames, weight, norm)
+            folded = torch.cat([folded, shift[None]])  # [kernel + 1, C]
+            w_high = folded.to(torch.bfloat16)
+            w_low = (folded - w_high.float()).to(torch.bfloat16)
+            high = wave.to(torch.bfloat16)
+            low = (wave - high.float()).to(torch.bfloat16)
+            ones = torch.ones(count, 1, dtype=torch.bfloat16)
+            x_high = high.unfold(0, kernel, stride)[:count]
+            x_low = low.unfold(0, kernel, stride)[:count]
+            first = start // stride
+            torch.mm(  # x_hi w_hi + s_hi + x_lo w_hi + x_hi w_lo + s_lo
+                torch.cat([x_high, ones, x_low, torch.zeros_like(ones), x_high, ones], dim=1),
+                torch.cat([w_high, w_high, w_low]),
+                out=hidden[first : first + count],
+            )
+            hidden[first + count : stop // stride].zero_()
+        torch.ops.aten.gelu_(hidden)
+        return hidden
+
+    def _conv_layer_bf16(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """One strided conv + GELU on a time-major ``[rows, C]`` bfloat16 sequence.
+
+        ``out[t] = sum_j hidden[stride * t + j] @ W_j``: the taps are split into blocks of
+        at most ``stride`` taps, and each block is a product of a strided view of
+        ``hidden`` (row ``t`` = the block's input rows, contiguous in memory) with the
+        block's stacked weights, so no input is copied.
+        """
+        conv = self.model.feature_extractor.conv_layers[index].conv
+        kernel, stride = int(conv.kernel_size[0]), int(conv.stride[0])
+        blocks, bias = self._casts.get(
+            f"conv{index}", (conv.weight, conv.bias), lambda: _tap_blocks(conv, stride)
+        )
+        hidden = hidden.contiguous()
+        rows_in, channels = hidden.shape
+        rows = (rows_in - kernel) // stride + 1
+        out: torch.Tensor | None = None
+        for first_tap, block in blocks:
+            view = hidden.as_strided(
+                (rows, block.shape[0]),
+                (stride * channels, 1),
+                hidden.storage_offset() + first_tap * channels,
+            )
+            if out is None:
+                out = torch.mm(view, block) if bias is None else torch.addmm(bias, view, block)
+            else:
+                out.addmm_(view, block)
+        assert out is not None
+        torch.ops.aten.gelu_(out)
+        return out
+
+    def _upper_bf16(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """What :meth:`_upper` computes, in direct bf16: float32 residual stream and
+        LayerNorms, bfloat16 (transformer layers: optionally int8) matrix products with
+        weights cast once."""
+        model = self.model
+        projection = model.feature_projection
+        norm = _projection_norm(projection)
+        x = feats
+        if norm is not None:
+            x = _layer_norm(x, norm)
+        hidden = self._linear_bf16("projection", projection.projection, x)
+        mask = None if bool(frame_mask.all()) else frame_mask
+        if mask is not None:  # padded frames enter the positional conv as zeros
+            hidden = hidden.masked_fill(~mask[..., None], 0.0)
+        encoder = model.encoder
+        stable = type(encoder).__name__ in _STABLE_ENCODERS
+        hidden = hidden.float() + self._pos_conv_bf16(hidden)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        if not stable:
+            hidden = _layer_norm(hidden, encoder.layer_norm)
+        states = []
+        for index, layer in enumerate(encoder.layers):
+            states.append(hidden)
+            if stable:
+                attended = self._attention_bf16(
+                    index, layer.attention, _layer_norm(hidden, layer.layer_norm), attn_mask
+                )
+                hidden = hidden + attended
+                hidden = hidden + self._feed_forward_bf16(
+                    index, layer.feed_forward, _layer_norm(hidden, layer.final_layer_norm)
+                )
+            else:
+                attended = self._attention_bf16(index, layer.attention, hidden, attn_mask)
+                hidden = _layer_norm(hidden + attended, layer.layer_norm)
+                hidden = _layer_norm(
+                    hidden + self._feed_forward_bf16(index, layer.feed_forward, hidden),
+                    layer.final_layer_norm,
+                )
+        states.append(_layer_norm(hidden, encoder.layer_norm) if stable else hidden)
+        return torch.stack(states)
+
+    def _linear_bf16(self, key: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._casts.get(
+            key, (linear.weight, linear.bias), lambda: (_bf16(linear.weight), _bf16(linear.bias))
+        )
+        return F.linear(x.to(torch.bfloat16), weight, bias)
+
+    def _attention_bf16(
+        self,
+        index: int,
+        attention: nn.Module,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Self-attention with one fused q/k/v product; ``[B, T, D]``."""
+        parts = (attention.q_proj, attention.k_proj, attention.v_proj)
+        batch, frames, width = x.shape
+        heads = int(attention.num_heads)
+        qkv = self._layer_linear(f"layer{index}.qkv", parts, x).to(torch.bfloat16)
+        query, key, value = qkv.view(batch, frames, 3, heads, width // heads).permute(
+            2, 0, 3, 1, 4
+        )
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, scale=float(attention.scaling)
+        )
+        out = out.transpose(1, 2).reshape(batch, frames, width)
+        return self._layer_linear(f"layer{index}.out", (attention.out_proj,), out)
+
+    def _feed_forward_bf16(self, index: int, ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        hidden = self._layer_linear(f"layer{index}.ffn_in", (ff.intermediate_dense,), x)
+        torch.ops.aten.gelu_(hidden)
+        return self._layer_linear(f"layer{index}.ffn_out", (ff.output_dense,), hidden)
+
+    def _layer_linear(
+        self, key: str, linears: Sequence[nn.Linear], x: torch.Tensor
+    ) -> torch.Tensor:
+        """The linear maps ``linears`` (outputs concatenated) of a transformer layer.
+
+        Dynamic int8 when enabled (:func:`_int8_linear`: per-channel int8 weights, each
+        frame's activations quantised on their own scale, float32 out), else bfloat16 with
+        pre-cast weights (bfloat16 out).
+        """
+        sources = tuple(m.weight for m in linears) + tuple(m.bias for m in linears)
+        if self._int8:
+            packed, bias = self._casts.get(key + ".int8", sources, lambda: _pack_int8(linears))
+            return _int8_linear(x, packed, bias)
+        weight, bias = self._casts.get(
+            key,
+            sources,
+            lambda: (
+                _bf16(torch.cat([m.weight for m in linears])),
+                _bf16(torch.cat([m.bias for m in linears])),
+            ),
+        )
+        return F.linear(x.to(torch.bfloat16), weight, bias)
+
+    def _pos_conv_bf16(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Positional grouped conv + GELU on bfloat16 ``[B, T, D]`` (returns the same shape).
+
+        Each group runs as one product of its input windows with its weights: in a
+        group-major, time-major, zero-padded copy of the input, the window of output
+        frame ``t`` (``K`` frames of ``C_g`` channels) is one contiguous run of memory, so
+        gathering the windows is a block copy. This is faster here than the grouped
+        convolution, in a few large operations.
+        """
+        conv = self.model.encoder.pos_conv_embed.conv
+        kernel, groups, pad = int(conv.kernel_size[0]), int(conv.groups), int(conv.padding[0])
+        blocks, bias = self._casts.get(
+            "pos_conv", _conv_weight_sources(conv), lambda: _group_blocks(conv)
+        )
+        batch, frames, width = hidden.shape
+        size = width // groups
+        padded = F.pad(hidden, (0, 0, pad, pad))  # [B, T + 2 pad, D]
+        # [G, B, T + 2 pad, C_g]
+        grouped = padded.view(batch, -1, groups, size).permute(2, 0, 1, 3).contiguous()
+        out = torch.empty(groups, batch, frames, size, dtype=torch.bfloat16)
+        span = max(1, _POS_CONV_ROWS // frames)  # whole utterances per product, or ...
+        steps = min(frames, _POS_CONV_ROWS)  # ... frames of one (very long) utterance
+        for g in range(groups):
+            for b0 in range(0, batch, span):
+                b1 = min(batch, b0 + span)
+                for t0 in range(0, frames, steps):
+                    t1 = min(frames, t0 + steps)
+                    windows = grouped[g].as_strided(
+                        (b1 - b0, t1 - t0, kernel * size),
+                        (grouped.stride(1), size, 1),
+                        grouped[g].storage_offset() + b0 * grouped.stride(1) + t0 * size,
+                    )
+                    torch.mm(
+                        windows.reshape(-1, kernel * size),
+                        blocks[g],
+                        out=out[g, b0:b1, t0:t1].view(-1, size),
+                    )
+        result = out.permute(1, 2, 0, 3).reshape(batch, frames, width)
+        if bias is not None:
+            result += bias
+        torch.ops.aten.gelu_(result)
+        return result
 
 
 class StridedMatmulConv1d(nn.Module):
@@ -599,6 +912,279 @@ def _use_strided_matmul_first_conv(model: nn.Module) -> None:
         first.conv = StridedMatmulConv1d(conv)
 
 
+# ------------------------------------------------------ direct bfloat16 helpers
+
+#: Samples of audio laid end to end per conv-extractor group on the direct bf16 path.
+_CONV_GROUP_SAMPLES = 8 * SAMPLE_RATE
+#: Frames of gathered windows per product in the positional conv (at least one utterance).
+_POS_CONV_ROWS = 2048
+_POST_LN_ENCODERS = frozenset({"HubertEncoder", "Wav2Vec2Encoder"})
+_STABLE_ENCODERS = frozenset({"HubertEncoderStableLayerNorm", "Wav2Vec2EncoderStableLayerNorm"})
+
+
+class _CastCache:
+    """Derived copies of weights (bfloat16 casts, re-laid-out blocks), made once.
+
+    Each entry records weak references to its source tensors and their version counters,
+    which every in-place update bumps (optimiser steps, ``load_state_dict``, edits under
+    ``no_grad``): an entry whose sources changed or were replaced is rebuilt, so
+    fine-tuned or reloaded weights are never served stale. Copies of an encoder
+    (``copy.deepcopy``, pickling) start with an empty cache.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[tuple[Any, Any], ...], Any]] = {}
+
+    def get(
+        self, key: str, sources: Sequence[torch.Tensor | None], make: Callable[[], Any]
+    ) -> Any:
+        tensors = [t for t in sources if t is not None]
+        entry = self._entries.get(key)
+        if (
+            entry is not None
+            and len(entry[0]) == len(tensors)
+            and all(
+                ref() is t and version == _version(t)
+                for (ref, version), t in zip(entry[0], tensors, strict=True)
+            )
+        ):
+            return entry[1]
+        with torch.no_grad():
+            value = make()
+        self._entries[key] = (tuple((weakref.ref(t), _version(t)) for t in tensors), value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _CastCache:
+        return _CastCache()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._entries = {}
+
+
+def _version(tensor: torch.Tensor) -> Any:
+    try:
+        return tensor._version
+    except RuntimeError:  # inference tensors have no version counter: never reuse
+        return object()
+
+
+def _bf16(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().to(torch.bfloat16).contiguous()
+
+
+@functools.cache
+def _int8_available() -> bool:
+    """True if this torch build runs dynamic int8 linear maps on the CPU."""
+    try:
+        with torch.random.fork_rng(devices=[]):  # leave the global RNG untouched
+            probe = nn.Linear(8, 4)
+        packed, bias = _pack_int8([probe])
+        out = _int8_linear(torch.ones(2, 8), packed, bias)
+    except Exception:  # no quantized engine, or the quantized API was removed
+        return False
+    return tuple(out.shape) == (2, 4) and bool(torch.isfinite(out).all())
+
+
+def _pack_int8(linears: Sequence[nn.Linear]) -> tuple[Any, torch.Tensor]:
+    """The concatenated weights of ``linears`` packed as per-channel symmetric int8
+    (without bias), and the concatenated float32 bias."""
+    import warnings
+
+    weight = torch.cat([m.weight.detach() for m in linears]).float()
+    bias = torch.cat([m.bias.detach() for m in linears]).float()
+    scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated in recent torch
+        warnings.simplefilter("ignore")
+        qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(qweight, None), bias
+
+
+def _int8_linear(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T + bias`` with int8 weights and per-frame int8 activations (float32 out).
+
+    The dynamic int8 kernel quantises its whole input on one range, taken from the
+    input's minimum and maximum. Each row is scaled to a largest magnitude of 1 first, and
+    one extra row holding -1 and +1 pins the range to [-1, 1] for every call: every row
+    is then quantised on its own scale, more finely than on a shared one, and (integer
+    products being exact) its result does not depend on the other rows of the batch.
+    """
+    rows = x.reshape(-1, x.shape[-1]).float()
+    count = rows.shape[0]
+    # largest magnitude per row (two plain reductions: much faster than an inf-norm here)
+    scale = torch.maximum(rows.amax(dim=1, keepdim=True), rows.amin(dim=1, keepdim=True).neg_())
+    scale.clamp_min_(1e-30)
+    scaled = torch.empty(count + 1, rows.shape[1])
+    torch.div(rows, scale, out=scaled[:count])
+    scaled[count].zero_()
+    scaled[count, 0] = 1.0
+    scaled[count, -1] = -1.0
+    out = torch.ops.quantized.linear_dynamic(scaled, packed, True)[:count]
+    return torch.addcmul(bias, out, scale).view(*x.shape[:-1], -1)
+
+
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm`` applied in float32 (float32 output), as autocast runs it."""
+    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _fold_group_norm(
+    frames: torch.Tensor, weight: torch.Tensor, norm: nn.GroupNorm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a per-channel GroupNorm over time into a bias-free conv's weights.
+
+    ``frames`` ``[T, k]`` are the conv's input windows, ``weight`` ``[C, k]`` (float64).
+    The conv output ``y_t = W x_t`` has channel means ``W mu`` and variances
+    ``diag(W S W^T)`` (``mu``, ``S``: mean and covariance of the frames), so the
+    normalised output is ``x_t @ folded + shift``. Returns float32 ``folded`` ``[k, C]``
+    and ``shift`` ``[C]``. (A conv bias cancels in the normalisation.)
+    """
+    x = frames.double()
+    mean = x.mean(dim=0)
+    centred = x - mean
+    cov = centred.t() @ centred / max(x.shape[0], 1)
+    var = ((weight @ cov) * weight).sum(dim=1).clamp_min(0.0)
+    scale = norm.weight.double() / torch.sqrt(var + norm.eps)
+    folded = (weight * scale[:, None]).t()
+    shift = norm.bias.double() - scale * (weight @ mean)
+    return folded.float().contiguous(), shift.float()
+
+
+def _tap_blocks(
+    conv: nn.Conv1d, stride: int
+) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor | None]:
+    """``([(first_tap, block [taps * C_in, C_out] bf16), ...], bias)`` of a strided conv:
+    its kernel split into blocks of at most ``stride`` consecutive taps."""
+    weight = conv.weight.detach()  # [C_out, C_in, K]
+    kernel = weight.shape[-1]
+    blocks = []
+    for first in range(0, kernel, stride):
+        part = weight[:, :, first : min(kernel, first + stride)]
+        blocks.append((first, _bf16(part.permute(2, 1, 0).reshape(-1, weight.shape[0]))))
+    return blocks, _bf16(conv.bias)
+
+
+def _conv_weight_sources(conv: nn.Conv1d) -> tuple[torch.Tensor | None, ...]:
+    """The parameters a (possibly weight-normed) conv's weight is computed from."""
+    parametrizations = getattr(conv, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        return (*parametrizations.weight.parameters(recurse=False), conv.bias)
+    return (conv.weight, conv.bias)
+
+
+def _group_blocks(conv: nn.Conv1d) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Per-group weights ``[K * C_g, C_g]`` (bf16) of a grouped conv, rows ordered as a
+    time-major window (tap, channel), and its bias."""
+    weight = conv.weight.detach()  # [D, C_g, K] (weight norm applied)
+    groups = int(conv.groups)
+    size = weight.shape[0] // groups
+    blocks = [
+        _bf16(weight[g * size : (g + 1) * size].permute(2, 1, 0).reshape(-1, size))
+        for g in range(groups)
+    ]
+    return blocks, _bf16(conv.bias)
+
+
+def _projection_norm(projection: nn.Module) -> nn.LayerNorm | None:
+    """The LayerNorm a feature projection applies before its linear map, if any."""
+    if not getattr(projection, "feat_proj_layer_norm", True):  # HuBERT's switch
+        return None
+    norm = getattr(projection, "layer_norm", None)
+    return norm if isinstance(norm, nn.LayerNorm) else None
+
+
+def _fast_conv_supported(model: nn.Module) -> bool:
+    """True if the conv extractor can run on the direct bf16 path: GroupNorm first layer
+    (one group per channel, rewritten as :class:`StridedMatmulConv1d`), then plain
+    unpadded convolutions, all with exact GELU."""
+    config = model.config
+    layers = getattr(getattr(model, "feature_extractor", None), "conv_layers", None)
+    if (
+        not layers
+        or getattr(config, "feat_extract_norm", None) != "group"
+        or getattr(config, "feat_extract_activation", None) != "gelu"
+    ):
+        return False
+    first = layers[0]
+    norm = getattr(first, "layer_norm", None)
+    if not (
+        type(first).__name__.endswith("GroupNormConvLayer")
+        and isinstance(getattr(first, "conv", None), StridedMatmulConv1d)
+        and isinstance(norm, nn.GroupNorm)
+        and norm.affine
+        and norm.num_groups == norm.num_channels == first.conv.weight.shape[0]
+    ):
+        return False
+    for layer in layers[1:]:
+        conv = getattr(layer, "conv", None)
+        if not (
+            type(layer).__name__.endswith("NoLayerNormConvLayer")
+            and type(conv) is nn.Conv1d
+            and conv.groups == 1
+            and conv.padding in (0, (0,))
+            and conv.dilation == (1,)
+        ):
+            return False
+    return True
+
+
+def _fast_upper_supported(model: nn.Module) -> bool:
+    """True if the upper part can run on the direct bf16 path: a HuBERT or wav2vec 2.0
+    encoder (post- or pre-LN) with a weight-normed positional conv, standard attention
+    and exact GELU (WavLM, adapters and other variants keep autocast)."""
+    config = model.config
+    encoder = getattr(model, "encoder", None)
+    name = type(encoder).__name__
+    if name not in _POST_LN_ENCODERS | _STABLE_ENCODERS:
+        return False
+    if getattr(config, "hidden_act", None) != "gelu" or getattr(
+        config, "feat_extract_activation", None
+    ) != "gelu":
+        return False
+    projection = getattr(model, "feature_projection", None)
+    if not isinstance(getattr(projection, "projection", None), nn.Linear):
+        return False
+    pos = getattr(encoder, "pos_conv_embed", None)
+    conv = getattr(pos, "conv", None)
+    trim = getattr(getattr(pos, "padding", None), "num_pad_remove", None)
+    if (
+        not isinstance(conv, nn.Conv1d)
+        or getattr(pos, "batch_norm", None) is not None
+        or hasattr(conv, "weight_g")  # legacy weight_norm hook: weight set in forward
+        or trim is None
+        or conv.stride != (1,)
+        or conv.dilation != (1,)
+        or conv.in_channels != conv.out_channels
+        or 2 * int(conv.padding[0]) - int(conv.kernel_size[0]) + 1 != int(trim)
+    ):
+        return False
+    layer_name = name.replace("Encoder", "EncoderLayer")
+    for layer in encoder.layers:
+        attention = getattr(layer, "attention", None)
+        ff = getattr(layer, "feed_forward", None)
+        linears = [getattr(attention, n, None) for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        linears += [getattr(ff, n, None) for n in ("intermediate_dense", "output_dense")]
+        if (
+            type(layer).__name__ != layer_name
+            or getattr(layer, "adapter_layer", None) is not None
+            or getattr(attention, "is_causal", False)
+            or not all(isinstance(m, nn.Linear) and m.bias is not None for m in linears)
+            or not hasattr(attention, "scaling")
+            or not hasattr(attention, "num_heads")
+        ):
+            return False
+    return True
+
+
 def _pad_frames(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``[frames_i, C]`` tensors to ``[B, T, C]`` with a ``[B, T]`` valid mask."""
     lengths = torch.tensor([f.shape[0] for f in feats])
@@ -633,8 +1219,12 @@ def _check_family(model: Any) -> None:
         raise EdgeserError(f"unsupported encoder {type(model).__name__}: adapter layers")
 
 
-def _fingerprint(model: nn.Module, precision: str) -> str:
-    """Short sha256 over the config JSON (inference-relevant keys), precision and weights."""
+def _fingerprint(model: nn.Module, precision: str, *, impl: str | None = None) -> str:
+    """Short sha256 over the config JSON (inference-relevant keys), precision and weights.
+
+    ``impl`` names the bf16 implementation (:data:`BF16_IMPL`); it is mixed in for
+    ``precision="bf16"`` only, so float32 identities never depend on it.
+    """
     digest = hashlib.sha256()
     config = {
         k: v
@@ -644,6 +1234,8 @@ def _fingerprint(model: nn.Module, precision: str) -> str:
     }
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(f"precision={precision}".encode())
+    if precision == "bf16" and impl:
+        digest.update(f"|impl={impl}".encode())
     for key, tensor in sorted(model.state_dict().items()):
         if key in _OPTIONAL_KEYS:
             continue
