@@ -251,25 +251,19 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _per_model_settings(items: Sequence[str]) -> dict[str, dict[str, object]]:
     """``["light-sernet:epochs=100", ...]`` -> ``{"light-sernet": {"epochs": 100}}``."""
-    from edgeser.config import TrainConfig, eval_type
+    from edgeser.config import parse_config_value
 
-    types = {f: type(v) for f, v in TrainConfig().to_dict().items() if not isinstance(v, dict)}
     out: dict[str, dict[str, object]] = {}
     for item in items:
         model, sep, assignment = item.partition(":")
         key, eq, value = assignment.partition("=")
-        key = key.strip().replace("-", "_")
         if not (sep and eq and model.strip()):
             raise EdgeserError(f"--set {item!r}: expected MODEL:KEY=VALUE")
-        if key not in types:
-            raise EdgeserError(f"--set {item!r}: unknown config key {key!r}")
-        tp = types[key]
         try:
-            parsed: object = (value.strip().lower() in ("1", "true", "yes", "on")
-                              if tp is bool else eval_type(tp.__name__)(value))
-        except (TypeError, ValueError):
-            raise EdgeserError(f"--set {item!r}: {value!r} is not a {tp.__name__}") from None
-        out.setdefault(model.strip(), {})[key] = parsed
+            parsed = parse_config_value(key, value)
+        except EdgeserError as e:
+            raise EdgeserError(f"--set {item!r}: {e}") from None
+        out.setdefault(model.strip(), {})[key.strip().replace("-", "_")] = parsed
     return out
 
 

@@ -219,6 +219,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def parse_config_value(key: str, text: str) -> Any:
+    """``text`` parsed as config field ``key`` (any ``--<field>``), as the command line
+    parses it; unknown keys and malformed values raise :class:`EdgeserError`."""
+    name = key.strip().replace("-", "_")
+    for cls in (TrainConfig, AugmentConfig, FrontEnd):
+        for f in fields(cls):
+            if f.name == name and f.name not in ("augment", "front_end"):
+                try:
+                    return _option_type(f.type)(text.strip())
+                except (TypeError, ValueError, argparse.ArgumentTypeError):
+                    raise EdgeserError(f"config key {name}: bad value {text!r}") from None
+    raise EdgeserError(f"unknown config key {name!r}")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config named by ``--config`` with the ``--<field>`` overrides applied."""
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
