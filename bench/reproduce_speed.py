@@ -7,7 +7,7 @@ Usage::
 
 1. synthesises IEMOCAP, CREMA-D and RAVDESS at the real corpora's sizes (kept under
    ``--out``/data, reused by later runs);
-2. runs ``reproduce`` with the full-size random DistilHuBERT (bfloat16 autocast),
+2. runs ``reproduce`` with the full-size random DistilHuBERT (the bfloat16 encoder path),
    ``--views`` augmented views, 25 epochs, and reports the time for feature
    extraction, all LOSO trainings and the rest (a warm feature cache is cleared
    first, so extraction is measured);
