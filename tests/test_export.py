@@ -213,18 +213,27 @@ def test_full_size_int8_is_faithful_on_real_speech(full):
     assert mean_delta <= 0.02, (agree, mean_delta)
 
 
-def test_extra_variant_int8_fast_and_unknown_variant(tmp_path):
+def test_extra_variants_and_unknown_variant(tmp_path):
     encoder = random_encoder(tiny_config(), seed=0)
     model_dir = _save(tmp_path / "m", encoder)
     cal = write_wav(tmp_path / "cal.wav", tone(0.5, seed=9))  # one short file: fast
     paths = export_model(model_dir, tmp_path / "onnx", int8=False, encoder=encoder,
-                         extra_variants=("int8-fast",), calibration=[cal])
+                         extra_variants=("int8-fast", "float16", "float16-compute"),
+                         calibration=[cal])
     doc = json.loads(paths["json"].read_text())
-    assert doc["files"] == {"float32": "model.onnx", "int8-fast": "model.int8-fast.onnx"}
+    assert doc["files"] == {"float32": "model.onnx", "int8-fast": "model.int8-fast.onnx",
+                            "float16": "model.float16.onnx",
+                            "float16-compute": "model.float16-compute.onnx"}
     assert doc["export"]["calibration"] == [str(cal)]
     feed = pad_batch(_waves())
+    ref = onnx_session(paths["float32"]).run(None, feed)[0]
     fast = onnx_session(paths["int8-fast"]).run(None, feed)[0]
     assert np.isfinite(fast).all() and fast.shape == (3, 4)
+    for half in ("float16", "float16-compute"):  # same interface, float32 in and out
+        got = onnx_session(paths[half]).run(None, feed)[0]
+        assert got.dtype == np.float32 and np.abs(got - ref).max() < 5e-3
+    assert doc["sizes_bytes"]["float16"] < 0.7 * doc["sizes_bytes"]["float32"]  # tiny: small
+    # weights (< 1024 elements) stay float32
     with pytest.raises(EdgeserError, match="unknown export variant"):
         export_model(model_dir, tmp_path / "o2", encoder=encoder, extra_variants=("fp64",))
 

@@ -1,7 +1,8 @@
 """Deployment: ONNX export of a trained model (float32 and 8-bit) with ``model.json``.
 
 ``export_model(model_dir, out_dir)`` writes ``model.onnx``, ``model.int8.onnx`` and
-``model.json``; ``add_export_parser(sub)`` registers the ``edgeser export`` sub-command.
+``model.json`` (and optional variants: ``int8-fast``, ``float16``, ``float16-compute``);
+``add_export_parser(sub)`` registers the ``edgeser export`` sub-command.
 Names are resolved lazily (torch and onnx are imported only when used).
 """
 
@@ -23,6 +24,7 @@ _EXPORTS = {
     "VARIANTS": "edgeser.deploy.export",
     "ExportGraph": "edgeser.deploy.graph",
     "quantize_int8": "edgeser.deploy.quantize",
+    "convert_float16": "edgeser.deploy.halfprec",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -46,8 +46,16 @@ __all__ = [
 FORMAT = "edgeser-onnx"
 FORMAT_VERSION = 1
 SAMPLE_RATE = 16_000
-#: Optional extra files: variant name -> (file name, int8 scheme).
-VARIANTS: dict[str, tuple[str, str]] = {"int8-fast": ("model.int8-fast.onnx", "fast")}
+#: Optional extra files: variant name -> (file name, what it is).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "int8-fast": ("model.int8-fast.onnx", "int8, more feature-extractor convolutions on uint8 "
+                  "activations: faster, less faithful"),
+    "float16": ("model.float16.onnx", "float16 weights widened to float32 when the session "
+                "is created: half the size of model.onnx, float32 speed and outputs"),
+    "float16-compute": ("model.float16-compute.onnx", "float16 weights and arithmetic, "
+                        "float32 inputs/outputs: for runtimes with float16 kernels (GPU, "
+                        "NNAPI, Core ML); slow on onnxruntime's x86 CPU provider"),
+}
 _PARITY_TOLERANCE = 1e-4
 
 
@@ -288,8 +296,8 @@ def export_model(
 
     Writes ``model.onnx`` (float32), ``model.int8.onnx`` (unless ``int8=False``; calibrated
     on ``calibration`` audio files or on deterministic synthetic speech) and ``model.json``;
-    ``extra_variants`` adds optional files (``"int8-fast"``: ``model.int8-fast.onnx``,
-    feature-extractor activations in uint8 too: faster, less faithful).
+    ``extra_variants`` adds optional files, see :data:`VARIANTS` (``"int8-fast"``,
+    ``"float16"``, ``"float16-compute"``).
     ``encoder`` overrides the encoder that ``model.json`` names (tests, offline use).
     Raises :class:`EdgeserError` for a folder that is not an edgeser model or an encoder
     that is not in the HuBERT/DistilHuBERT family.
@@ -329,12 +337,17 @@ def export_model(
 
                 quantize_int8(paths["float32"], tmp, waves)
     for variant in dict.fromkeys(extra_variants):
-        from edgeser.deploy.quantize import quantize_int8
-
-        name, scheme = VARIANTS[variant]
-        paths[variant] = out_dir / name
+        paths[variant] = out_dir / VARIANTS[variant][0]
         with atomic_path(paths[variant]) as tmp:
-            quantize_int8(paths["float32"], tmp, waves, scheme=scheme)
+            if variant == "int8-fast":
+                from edgeser.deploy.quantize import quantize_int8
+
+                quantize_int8(paths["float32"], tmp, waves, scheme="fast")
+            else:
+                from edgeser.deploy.halfprec import convert_float16
+
+                convert_float16(paths["float32"], tmp,
+                                mode="compute" if variant == "float16-compute" else "storage")
     labels = list(meta.get("labels") or [])
     doc: dict[str, Any] = {
         "format": FORMAT,
@@ -372,8 +385,11 @@ def export_model(
                    "int8_scheme": None if not int8 else (
                        "static QDQ (uint8 act, per-channel int8 weights) for the body "
                        "convolutions; MFCC front end, input paths and classifier in float"
-                       if cnn else "static QDQ (uint8 act, per-channel int8 weights) for the "
-                       "positional conv and transformer linears; weight-only int8 elsewhere")},
+                       if cnn else "static QDQ (uint8 act, per-channel int8 weights, GPTQ "
+                       "rounding) for the transformer linears and the second feature-extractor "
+                       "convolution; weight-only int8 (folded to float32 at load) elsewhere"),
+                   **({"variants": {k: VARIANTS[k][1] for k in dict.fromkeys(extra_variants)}}
+                      if extra_variants else {})},
     }
     paths["json"] = out_dir / "model.json"
     write_json(paths["json"], doc)
@@ -401,7 +417,8 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--variant", dest="variants", action="append", default=[],
                         choices=sorted(VARIANTS),
-                        help="also write an optional variant (int8-fast: faster, less faithful)")
+                        help="also write an optional variant (repeatable): "
+                        + "; ".join(f"{k}: {v[1]}" for k, v in VARIANTS.items()))
     parser.set_defaults(func=_run_export)
     return parser
 
