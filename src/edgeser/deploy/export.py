@@ -54,7 +54,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
                 "is created: half the size of model.onnx, float32 speed and outputs"),
     "float16-compute": ("model.float16-compute.onnx", "float16 weights and arithmetic, "
                         "float32 inputs/outputs: for runtimes with float16 kernels (GPU, "
-                        "NNAPI, Core ML); slow on onnxruntime's x86 CPU provider"),
+                        "NNAPI, Core ML); no faster than float32 on an x86 CPU"),
 }
 _PARITY_TOLERANCE = 1e-4
 
