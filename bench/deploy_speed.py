@@ -33,11 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeser.deploy.export import VARIANTS as EXPORT_VARIANTS
+
 SR = 16_000
 DURATIONS = (1.0, 3.0, 10.0)
-EXTRA = ("int8-fast", "float16", "float16-compute")  # export variants besides fp32/int8
+EXTRA = tuple(EXPORT_VARIANTS)  # every optional export variant besides fp32/int8
 FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx",
-         **{f"onnx-{v}": f"model.{v}.onnx" for v in EXTRA}}
+         **{f"onnx-{v}": name for v, (name, _) in EXPORT_VARIANTS.items()}}
 VARIANTS = ("pytorch-fp32", *FILES)
 
 

@@ -139,49 +139,17 @@ def quantize_lightsernet_int8(
     time. Deterministic for the same input.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
-    from edgeser.deploy.export import pad_batch
+    from edgeser.deploy.quantize import static_qdq
 
     waves = [np.asarray(w, np.float32).reshape(-1) for w in calibration_waves]
     if not waves:
         raise EdgeserError("int8 export needs at least one calibration waveform")
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._items = [pad_batch([w]) for w in waves]
-            self._it = iter(self._items)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-        def rewind(self) -> None:
-            self._it = iter(self._items)
-
     quantised, kept = lightsernet_quantized_nodes(onnx.load(str(fp32_path)))
     if not quantised:
         raise EdgeserError(f"{fp32_path}: no LIGHT-SERNET body convolutions "
                            f"({_QUANTISED_PREFIX}...) found")
     with atomic_path(int8_path) as tmp:
-        quantize_static(
-            str(fp32_path),
-            str(tmp),
-            _Reader(),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_quantize=quantised,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        static_qdq(fp32_path, tmp, waves, quantised, ["Conv"])
     logger.info("LIGHT-SERNET int8: %d nodes static QDQ, kept float: %s",
                 len(quantised), ", ".join(kept) or "none")

@@ -56,12 +56,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "SCHEMES",
+    "CalibrationReader",
     "clip_gelu_inputs",
     "fuse_gelu",
     "gptq_int8",
     "gptq_round",
     "quantize_int8",
     "split_nodes",
+    "static_qdq",
     "weight_only_int8",
 ]
 
@@ -215,10 +217,7 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
     graph = model.graph
     wanted = set(node_names)
     inits = {i.name: i for i in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
+    users = _consumers(graph)
     new_nodes = []
     converted = 0
     for node in graph.node:
@@ -227,7 +226,7 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
         position = 1 if node.input[1] in inits else 0
         wname = node.input[position]
         init = inits.get(wname)
-        if init is None or users.get(wname, 0) != 1:
+        if init is None or len(users.get(wname, [])) != 1:
             continue
         w = numpy_helper.to_array(init).astype(np.float32)
         if w.size < min_elements:
@@ -446,15 +445,13 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
 # ------------------------------------------------------------------------- driver
 
 
-class _Reader(CalibrationDataReader):
-    """A ``CalibrationDataReader`` over single-utterance batches."""
+class CalibrationReader(CalibrationDataReader):
+    """A ``CalibrationDataReader`` feeding the exported graph one waveform at a time."""
 
     def __init__(self, waves: Sequence[np.ndarray]) -> None:
-        self._items = [
-            {"waveform": np.asarray(w, np.float32)[None, :],
-             "lengths": np.array([len(w)], np.int64)}
-            for w in waves
-        ]
+        from edgeser.deploy.export import pad_batch
+
+        self._items = [pad_batch([np.asarray(w, np.float32).reshape(-1)]) for w in waves]
         self._it = iter(self._items)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -462,6 +459,41 @@ class _Reader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self._it = iter(self._items)
+
+
+def static_qdq(
+    float_path: str | Path,
+    out_path: str | Path,
+    calibration: Sequence[np.ndarray],
+    nodes: Sequence[str],
+    op_types: Sequence[str],
+    extra_options: dict[str, object] | None = None,
+) -> None:
+    """Static QDQ quantisation of the named ``nodes`` only, in this project's convention:
+    uint8 asymmetric activations calibrated with MinMax on ``calibration`` (S8S8 is a slow
+    path on x86), per-channel symmetric int8 weights, full int8 range."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    quantize_static(
+        str(float_path),
+        str(out_path),
+        CalibrationReader(calibration),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(op_types),
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=list(nodes),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                       **(extra_options or {})},
+    )
 
 
 def quantize_int8(
@@ -480,12 +512,6 @@ def quantize_int8(
     GPTQ rounding of the int8 weights (otherwise round-to-nearest).
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
     if not calibration:
         raise EdgeserError("int8 export needs at least one calibration waveform")
@@ -501,22 +527,9 @@ def quantize_int8(
         fused = Path(tmp) / "fused.onnx"
         onnx.save(model, str(fused))
         qdq = Path(tmp) / "qdq.onnx"
-        quantize_static(
-            str(fused),
-            str(qdq),
-            _Reader(calibration),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul", "Conv"],
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_quantize=static,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                           # float outputs: MatMulIntegerToFloat, no requantisation
-                           "OpTypesToExcludeOutputQuantization": ["MatMul"]},
-        )
+        # float outputs for the linears: MatMulIntegerToFloat, no requantisation
+        static_qdq(fused, qdq, calibration, static, ["MatMul", "Conv"],
+                   {"OpTypesToExcludeOutputQuantization": ["MatMul"]})
         model = onnx.load(str(qdq))
         n_wo = weight_only_int8(model, weight_only)
         n_clip = clip_gelu_inputs(model, static)
