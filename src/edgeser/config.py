@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeser.core.augment import AugmentConfig
+from edgeser.core.cpu import PRECISION_CHOICES, resolve_precision
 from edgeser.core.errors import EdgeserError
 from edgeser.core.preprocess import FrontEnd
 
@@ -35,8 +36,10 @@ class TrainConfig:
     s3prl .ckpt, 'random' (random weights of the model's architecture) or 'random:ALIAS'."""
     encoder_seed: int = 0
     """Seed of the random encoder (only with encoder='random')."""
-    precision: str = "bf16"
-    """Encoder arithmetic for feature extraction: 'fp32' or 'bf16' (checked: cosine >= 0.999)."""
+    precision: str = "auto"
+    """Encoder arithmetic for feature extraction: 'auto' (bf16 where this CPU has native
+    bfloat16 products, else fp32; resolved when the config is built, and the resolved value
+    is what is saved), 'fp32' or 'bf16' (checked: cosine >= 0.999 to float32)."""
     train: str = "head"
     """What is trained: 'head' (encoder frozen) or 'encoder' (conv extractor frozen,
     projection + positional conv + transformer fine-tuned with the head)."""
@@ -83,7 +86,7 @@ class TrainConfig:
         choices = {
             "model": tuple(MODELS),
             "feature_norm": NORMALIZATIONS,
-            "precision": ("fp32", "bf16"),
+            "precision": PRECISION_CHOICES,
             "train": ("head", "encoder"),
             "pooling": ("mean", "meanstd", "attention"),
             "loss": ("focal", "ce"),
@@ -96,6 +99,7 @@ class TrainConfig:
                     f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                     f"got {getattr(self, name)!r}"
                 )
+        self.precision = resolve_precision(self.precision)
         positive = ("batch_size", "epochs")
         for name in positive:
             if getattr(self, name) <= 0:

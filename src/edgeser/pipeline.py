@@ -104,7 +104,7 @@ def compute_features(
             feats.clean[uid] = cfg.front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
         feats.seconds = time.perf_counter() - t0
         return feats
-    precision = "fp32" if kind == "mfcc" else cfg.precision
+    precision = getattr(encoder, "precision", "fp32")  # what computed them (mfcc: fp32)
     store = FeatureStore(cache_dir, encoder.identity, kind=kind, precision=precision,
                          front_end=cfg.front_end, augment=cfg.augment, aug_seed=cfg.seed)
     k = cfg.aug_views
@@ -276,6 +276,7 @@ def run_info(cfg: TrainConfig, encoder: Any) -> dict[str, Any]:
     return {"edgeser_version": __version__, "model": cfg.model, "seed": cfg.seed,
             "config": cfg.to_dict(),
             "encoder": {"source": encoder.source, "identity": encoder.identity,
-                        "is_random": encoder.is_random}}
+                        "is_random": encoder.is_random,
+                        "precision": getattr(encoder, "precision", "fp32")}}
 
 

@@ -54,8 +54,10 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
             "",
         ]
     model = results.get("model", "distilhubert")
-    lines += [f"Model: `{model}`; encoder: `{enc['source']}` (identity `{enc['identity']}`); "
-              f"edgeser {results['edgeser_version']}; seed {results['seed']}.", ""]
+    precision = enc.get("precision", results.get("config", {}).get("precision", "fp32"))
+    lines += [f"Model: `{model}`; encoder: `{enc['source']}` (identity `{enc['identity']}`, "
+              f"{precision} arithmetic); edgeser {results['edgeser_version']}; "
+              f"seed {results['seed']}.", ""]
     if "data" in results:
         lines += ["## Data", "", "| corpus | utterances | speakers | hours | "
                   + " | ".join(LABELS) + " |", "|---|---|---|---|" + "---|" * len(LABELS)]

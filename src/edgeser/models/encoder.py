@@ -21,15 +21,21 @@ The :class:`Encoder` maps 16 kHz mono float waveforms to all hidden states
 transformer trainable over the frozen convolutional feature extractor, using the split
 API :meth:`Encoder.conv_features` + :meth:`Encoder.forward_from_conv`.
 
-``precision="bf16"`` runs a direct bfloat16 implementation (:data:`BF16_IMPL`) rather than
-CPU autocast wherever the architecture allows it: frozen weights are cast to bfloat16 once
-(and re-cast only when the float32 master weights change); the first convolution and its
-GroupNorm run at float32 accuracy (the normalisation folded into the convolution's
-weights); the other convolutions run time-major as matrix products over several
-utterances laid end to end; the transformer keeps a float32 residual stream and LayerNorms
-with bfloat16 matrix products, and by default dynamic int8 products for its layers' linear
-maps. Fine-tuning (:meth:`Encoder.unfreeze_upper`) still runs the upper part under
-autocast.
+``precision`` is ``"fp32"``, ``"bf16"`` or ``"auto"`` (the pipeline's default, resolved
+once per process by :func:`edgeser.core.cpu.resolve_precision`: ``"bf16"`` only where this
+CPU has native bfloat16 products, else ``"fp32"``). Both run a *direct* implementation wherever
+the architecture allows it, rather than the ``transformers`` modules: the first
+convolution and its GroupNorm are folded into one product (the normalisation's statistics
+follow exactly from the wave's input frames); the other convolutions run time-major as
+matrix products over several utterances laid end to end; the positional convolution runs
+as one product per group; the transformer keeps a float32 residual stream and LayerNorms
+with fused q/k/v products. In ``"bf16"`` the frozen weights are cast to bfloat16 once (and
+re-cast only when the float32 master weights change), the first product runs at float32
+accuracy as a split bfloat16 product, and by default the transformer layers' linear maps
+run as dynamic int8 products (:data:`BF16_IMPL`). In ``"fp32"`` every product is float32
+(the same arithmetic as the modules, in another summation order). Fine-tuning
+(:meth:`Encoder.unfreeze_upper`) still runs the upper part through the modules (under
+autocast in ``"bf16"``).
 """
 
 from __future__ import annotations
@@ -65,10 +71,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ALIASES",
     "BF16_IMPL",
-    "BF16_IMPLS",
     "DISTILHUBERT_CONV_SPEC",
     "DISTILHUBERT_HUB_ID",
     "DISTILHUBERT_NUM_PARAMETERS",
+    "IMPLS",
     "PRECISIONS",
     "SAMPLE_RATE",
     "Encoder",
@@ -86,13 +92,15 @@ DISTILHUBERT_HUB_ID = "ntu-spml/distilhubert"
 #: Parameters of ``HubertModel(distilhubert_config())`` (incl. the 768-d mask embedding).
 DISTILHUBERT_NUM_PARAMETERS = 23_491_968
 DISTILHUBERT_CONV_SPEC = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
+#: Arithmetic an :class:`Encoder` runs in (``"auto"`` resolves to one of them).
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: Tag of the direct bfloat16 implementation (see the module docstring). It is part of
 #: the :attr:`Encoder.identity` of bf16 encoders that use it, so feature caches written by
 #: the earlier autocast implementation are not reused; float32 identities do not change.
 BF16_IMPL = "bf16-v2"
-#: Choices of :class:`Encoder` ``bf16_impl``.
-BF16_IMPLS: tuple[str, ...] = ("direct+int8", "direct", "autocast")
+#: Choices of :class:`Encoder` ``impl``: the direct implementation with int8 transformer
+#: linears (bf16 only), the direct implementation, or the ``transformers`` modules.
+IMPLS: tuple[str, ...] = ("direct+int8", "direct", "modules")
 
 #: Short names accepted by :func:`load_encoder`.
 ALIASES: dict[str, str] = {
@@ -306,7 +314,8 @@ class Encoder(nn.Module):
     (``num_layers + 1``: the transformer input after the positional convolution and
     LayerNorm, then each layer's output, as HF ``output_hidden_states``), ``identity``
     (a short sha256 over weights, config and precision, computed once at construction, for
-    feature caches), ``source``, ``is_random``, ``precision`` (``"fp32"`` or ``"bf16"``),
+    feature caches), ``source``, ``is_random``, ``precision`` (``"fp32"`` or ``"bf16"``;
+    ``"auto"`` is resolved at construction, see :mod:`edgeser.core.cpu`),
     ``do_normalize`` (per-utterance standardisation from the checkpoint's preprocessor
     config; False for DistilHuBERT), ``hop_length`` (320) and ``min_samples`` (the
     receptive field, 400).
@@ -314,13 +323,15 @@ class Encoder(nn.Module):
     Inputs shorter than ``min_samples`` are zero-padded to it, so empty or very short
     input yields one frame instead of an error.
 
-    ``bf16_impl`` selects how ``precision="bf16"`` runs (see the module docstring):
-    ``"direct+int8"`` (default) is the direct bfloat16 implementation with dynamic int8
-    products for the transformer layers' linear maps, ``"direct"`` the same in bfloat16
-    only, ``"autocast"`` the earlier CPU-autocast implementation (for comparisons). Parts
-    an architecture does not support fall back to autocast, and int8 to bfloat16 when
-    this torch build has no quantized CPU kernels. The identity of a bf16 encoder says
-    which implementation computed its features.
+    ``impl`` selects how it runs (see the module docstring): ``"direct+int8"`` (the
+    default for bf16) is the direct implementation with dynamic int8 products for the
+    transformer layers' linear maps, ``"direct"`` (the default for fp32) the direct
+    implementation alone, ``"modules"`` the ``transformers`` modules (bf16: under CPU
+    autocast; for comparisons). Parts an architecture does not support fall back to the
+    modules, and int8 to the plain products when this torch build has no quantized CPU
+    kernels. The identity says which implementation computed the features where that
+    changes the arithmetic (float32 identities are the same for ``"direct"`` and
+    ``"modules"``).
     """
 
     def __init__(
@@ -332,17 +343,17 @@ class Encoder(nn.Module):
         precision: str = "fp32",
         do_normalize: bool = False,
         batch_size: int = 8,
-        bf16_impl: str = "direct+int8",
+        impl: str | None = None,
     ) -> None:
         super().__init__()
         _check_family(model)
-        _check_precision(precision)
+        precision = _check_precision(precision)
         if batch_size < 1:
             raise EdgeserError(f"batch_size must be >= 1, got {batch_size}")
-        if bf16_impl not in BF16_IMPLS:
-            raise EdgeserError(
-                f"bf16_impl must be one of {', '.join(BF16_IMPLS)}; got {bf16_impl!r}"
-            )
+        if impl is None:
+            impl = "direct+int8" if precision == "bf16" else "direct"
+        if impl not in IMPLS:
+            raise EdgeserError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
         model.config.layerdrop = 0.0  # every layer must run: hidden states are features
         self.model = model.float()
         self.source = str(source)
@@ -368,17 +379,28 @@ class Encoder(nn.Module):
             param.requires_grad_(False)
         self.train(False)
         _use_strided_matmul_first_conv(self.model)
-        direct = bf16_impl != "autocast"
+        direct = impl != "modules"
+        self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self._fast_conv = direct and _fast_conv_supported(self.model)
         self._fast_upper = direct and _fast_upper_supported(self.model)
-        self._int8 = self._fast_upper and bf16_impl == "direct+int8" and _int8_available()
+        self._int8 = self._fast_upper and impl == "direct+int8" and _int8_available()
         self._casts = _CastCache()
-        impl = None
-        if self._fast_conv or self._fast_upper:
-            impl = BF16_IMPL + ("+int8" if self._int8 else "")
-        self.identity = _fingerprint(self.model, precision, impl=impl)
+        tag = None
+        if precision == "bf16" and (self._fast_conv or self._fast_upper):
+            tag = BF16_IMPL + ("+int8" if self._int8 else "")
+        elif self._int8:
+            tag = "direct+int8"
+        self.identity = _fingerprint(self.model, precision, impl=tag)
 
     # ------------------------------------------------------------------ state
+
+    def variant(self, *, precision: str | None = None, impl: str | None = None) -> Encoder:
+        """An encoder over the same (shared, not copied) weights with another precision
+        or implementation (``None``: this encoder's precision, that precision's default
+        implementation)."""
+        return Encoder(self.model, source=self.source, is_random=self.is_random,
+                       precision=precision or self.precision, do_normalize=self.do_normalize,
+                       batch_size=self.batch_size, impl=impl)
 
     def extra_repr(self) -> str:
         return (
@@ -553,14 +575,11 @@ class Encoder(nn.Module):
             tensor = torch.nn.functional.pad(tensor, (0, self.min_samples - tensor.numel()))
         return tensor
 
-    def _direct_bf16(self) -> bool:
-        return self.precision == "bf16"
-
     def _conv_batch(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Conv features ``[frames, conv_dim]`` per wave (float32; bfloat16 on the direct
-        bf16 path), grouped by equal length or laid end to end (direct bf16)."""
-        if self._fast_conv and self._direct_bf16():
-            return self._conv_bf16(waves)
+        bf16 path), laid end to end (direct) or grouped by equal length (modules)."""
+        if self._fast_conv:
+            return self._conv_direct(waves)
         out: list[torch.Tensor | None] = [None] * len(waves)
         groups: dict[int, list[int]] = {}
         for i, wave in enumerate(waves):
@@ -575,9 +594,9 @@ class Encoder(nn.Module):
         return [f for f in out if f is not None]
 
     def _upper_frozen(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """The upper part without gradients: direct bf16 when possible, else :meth:`_upper`."""
-        if self._fast_upper and self._direct_bf16():
-            return self._upper_bf16(feats, frame_mask)
+        """The upper part without gradients: direct when possible, else :meth:`_upper`."""
+        if self._fast_upper:
+            return self._upper_direct(feats, frame_mask)
         return self._upper(feats.float(), frame_mask)
 
     def _upper(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
@@ -613,14 +632,14 @@ class Encoder(nn.Module):
         states[-1] = output[0]
         return torch.stack([s.float() for s in states])
 
-    # ------------------------------------------------------ direct bfloat16 implementation
+    # ------------------------------------------------------ direct implementation
 
-    def _conv_bf16(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Conv features ``[frames, conv_dim]`` in bfloat16 per wave (direct bf16 path).
+    def _conv_direct(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Conv features ``[frames, conv_dim]`` per wave in the compute dtype (direct path).
 
         Consecutive waves are laid end to end, up to :data:`_CONV_GROUP_SAMPLES` samples
         per group (a longer wave forms a group of its own), and each group runs through
-        the extractor at once (:meth:`_conv_group_bf16`).
+        the extractor at once (:meth:`_conv_group_direct`).
         """
         out: list[torch.Tensor] = []
         start = 0
@@ -629,11 +648,11 @@ class Encoder(nn.Module):
             while stop < len(waves) and total + waves[stop].numel() <= _CONV_GROUP_SAMPLES:
                 total += waves[stop].numel()
                 stop += 1
-            out += self._conv_group_bf16(waves[start:stop])
+            out += self._conv_group_direct(waves[start:stop])
             start = stop
         return out
 
-    def _conv_group_bf16(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _conv_group_direct(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Run the conv extractor on waves laid end to end in one time-major sequence.
 
         Every wave starts at a multiple of the hop, so at every layer its frames start
@@ -650,57 +669,63 @@ class Encoder(nn.Module):
             span = -(-wave.numel() // hop) * hop
             bounds.append((total, total + span))
             total += span
-        hidden = self._first_conv_bf16(waves, bounds)
+        hidden = self._first_conv_direct(waves, bounds)
         for index in range(1, len(layers)):
-            hidden = self._conv_layer_bf16(index, hidden)
+            hidden = self._conv_layer_direct(index, hidden)
         out = []
         for wave, (start, _) in zip(waves, bounds, strict=True):
             first = start // hop
             out.append(hidden[first : first + self.num_frames(wave.numel())])
         return out
 
-    def _first_conv_bf16(
+    def _first_conv_direct(
         self, waves: Sequence[torch.Tensor], bounds: Sequence[tuple[int, int]]
     ) -> torch.Tensor:
-        """First conv + GroupNorm + GELU per wave, at float32 accuracy; ``[rows, C]`` bf16.
+        """First conv + GroupNorm + GELU per wave, at float32 accuracy; ``[rows, C]`` in the
+        compute dtype.
 
         The GroupNorm (one group per channel, statistics over the wave's frames) is
         folded into the convolution: its per-channel mean and variance follow exactly
         from the mean and covariance of the wave's input frames (float64), so one product
-        with the folded weights and shift gives the normalised output. That product runs
-        as a split bfloat16 product (each float32 operand as the sum of a high and a low
-        bfloat16 part; the tiny low x low term is dropped), accumulated in float32 and
-        rounded once to bfloat16, before the GELU.
+        with the folded weights and shift gives the normalised output. In float32 that
+        is one product; in bfloat16 it runs as a split bfloat16 product (each float32
+        operand as the sum of a high and a low bfloat16 part; the tiny low x low term is
+        dropped), accumulated in float32 and rounded once to bfloat16, before the GELU.
         """
         layer = self.model.feature_extractor.conv_layers[0]
         conv, norm = layer.conv, layer.layer_norm
         kernel, stride = conv.kernel_size, conv.stride
         weight = conv.weight[:, 0].double()  # [C, kernel]
-        hidden = torch.empty(bounds[-1][1] // stride, weight.shape[0], dtype=torch.bfloat16)
+        dtype = self._dtype
+        hidden = torch.empty(bounds[-1][1] // stride, weight.shape[0], dtype=dtype)
         for wave, (start, stop) in zip(waves, bounds, strict=True):
             frames = wave.unfold(0, kernel, stride)  # [T, kernel], overlapping views
             count = frames.shape[0]
             folded, shift = _fold_group_norm(frames, weight, norm)
-            folded = torch.cat([folded, shift[None]])  # [kernel + 1, C]
-            w_high = folded.to(torch.bfloat16)
-            w_low = (folded - w_high.float()).to(torch.bfloat16)
-            high = wave.to(torch.bfloat16)
-            low = (wave - high.float()).to(torch.bfloat16)
-            ones = torch.ones(count, 1, dtype=torch.bfloat16)
-            x_high = high.unfold(0, kernel, stride)[:count]
-            x_low = low.unfold(0, kernel, stride)[:count]
             first = start // stride
-            torch.mm(  # x_hi w_hi + s_hi + x_lo w_hi + x_hi w_lo + s_lo
-                torch.cat([x_high, ones, x_low, torch.zeros_like(ones), x_high, ones], dim=1),
-                torch.cat([w_high, w_high, w_low]),
-                out=hidden[first : first + count],
-            )
+            target = hidden[first : first + count]
+            if dtype == torch.float32:
+                torch.addmm(shift, frames, folded, out=target)
+            else:
+                folded = torch.cat([folded, shift[None]])  # [kernel + 1, C]
+                w_high = folded.to(dtype)
+                w_low = (folded - w_high.float()).to(dtype)
+                high = wave.to(dtype)
+                low = (wave - high.float()).to(dtype)
+                ones = torch.ones(count, 1, dtype=dtype)
+                x_high = high.unfold(0, kernel, stride)[:count]
+                x_low = low.unfold(0, kernel, stride)[:count]
+                torch.mm(  # x_hi w_hi + s_hi + x_lo w_hi + x_hi w_lo + s_lo
+                    torch.cat([x_high, ones, x_low, torch.zeros_like(ones), x_high, ones], dim=1),
+                    torch.cat([w_high, w_high, w_low]),
+                    out=target,
+                )
             hidden[first + count : stop // stride].zero_()
         torch.ops.aten.gelu_(hidden)
         return hidden
 
-    def _conv_layer_bf16(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """One strided conv + GELU on a time-major ``[rows, C]`` bfloat16 sequence.
+    def _conv_layer_direct(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """One strided conv + GELU on a time-major ``[rows, C]`` sequence (compute dtype).
 
         ``out[t] = sum_j hidden[stride * t + j] @ W_j``: the taps are split into blocks of
         at most ``stride`` taps, and each block is a product of a strided view of
@@ -710,7 +735,7 @@ class Encoder(nn.Module):
         conv = self.model.feature_extractor.conv_layers[index].conv
         kernel, stride = int(conv.kernel_size[0]), int(conv.stride[0])
         blocks, bias = self._casts.get(
-            f"conv{index}", (conv.weight, conv.bias), lambda: _tap_blocks(conv, stride)
+            f"conv{index}", (conv.weight, conv.bias), lambda: _tap_blocks(conv, stride, self._dtype)
         )
         hidden = hidden.contiguous()
         rows_in, channels = hidden.shape
@@ -730,9 +755,9 @@ class Encoder(nn.Module):
         torch.ops.aten.gelu_(out)
         return out
 
-    def _upper_bf16(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """What :meth:`_upper` computes, in direct bf16: float32 residual stream and
-        LayerNorms, bfloat16 (transformer layers: optionally int8) matrix products with
+    def _upper_direct(self, feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """What :meth:`_upper` computes, directly: float32 residual stream and LayerNorms,
+        matrix products in the compute dtype (transformer layers: optionally int8) with
         weights cast once."""
         model = self.model
         projection = model.feature_projection
@@ -740,13 +765,13 @@ class Encoder(nn.Module):
         x = feats
         if norm is not None:
             x = _layer_norm(x, norm)
-        hidden = self._linear_bf16("projection", projection.projection, x)
+        hidden = self._linear_direct("projection", projection.projection, x)
         mask = None if bool(frame_mask.all()) else frame_mask
         if mask is not None:  # padded frames enter the positional conv as zeros
             hidden = hidden.masked_fill(~mask[..., None], 0.0)
         encoder = model.encoder
         stable = type(encoder).__name__ in _STABLE_ENCODERS
-        hidden = hidden.float() + self._pos_conv_bf16(hidden)
+        hidden = hidden.float() + self._pos_conv_direct(hidden)
         attn_mask = None if mask is None else mask[:, None, None, :]
         if not stable:
             hidden = _layer_norm(hidden, encoder.layer_norm)
@@ -754,30 +779,32 @@ class Encoder(nn.Module):
         for index, layer in enumerate(encoder.layers):
             states.append(hidden)
             if stable:
-                attended = self._attention_bf16(
+                attended = self._attention_direct(
                     index, layer.attention, _layer_norm(hidden, layer.layer_norm), attn_mask
                 )
                 hidden = hidden + attended
-                hidden = hidden + self._feed_forward_bf16(
+                hidden = hidden + self._feed_forward_direct(
                     index, layer.feed_forward, _layer_norm(hidden, layer.final_layer_norm)
                 )
             else:
-                attended = self._attention_bf16(index, layer.attention, hidden, attn_mask)
+                attended = self._attention_direct(index, layer.attention, hidden, attn_mask)
                 hidden = _layer_norm(hidden + attended, layer.layer_norm)
                 hidden = _layer_norm(
-                    hidden + self._feed_forward_bf16(index, layer.feed_forward, hidden),
+                    hidden + self._feed_forward_direct(index, layer.feed_forward, hidden),
                     layer.final_layer_norm,
                 )
         states.append(_layer_norm(hidden, encoder.layer_norm) if stable else hidden)
         return torch.stack(states)
 
-    def _linear_bf16(self, key: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    def _linear_direct(self, key: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        dtype = self._dtype
         weight, bias = self._casts.get(
-            key, (linear.weight, linear.bias), lambda: (_bf16(linear.weight), _bf16(linear.bias))
+            key, (linear.weight, linear.bias),
+            lambda: (_cast(linear.weight, dtype), _cast(linear.bias, dtype)),
         )
-        return F.linear(x.to(torch.bfloat16), weight, bias)
+        return F.linear(x.to(dtype), weight, bias)
 
-    def _attention_bf16(
+    def _attention_direct(
         self,
         index: int,
         attention: nn.Module,
@@ -788,7 +815,7 @@ class Encoder(nn.Module):
         parts = (attention.q_proj, attention.k_proj, attention.v_proj)
         batch, frames, width = x.shape
         heads = int(attention.num_heads)
-        qkv = self._layer_linear(f"layer{index}.qkv", parts, x).to(torch.bfloat16)
+        qkv = self._layer_linear(f"layer{index}.qkv", parts, x).to(self._dtype)
         query, key, value = qkv.view(batch, frames, 3, heads, width // heads).permute(
             2, 0, 3, 1, 4
         )
@@ -798,7 +825,7 @@ class Encoder(nn.Module):
         out = out.transpose(1, 2).reshape(batch, frames, width)
         return self._layer_linear(f"layer{index}.out", (attention.out_proj,), out)
 
-    def _feed_forward_bf16(self, index: int, ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _feed_forward_direct(self, index: int, ff: nn.Module, x: torch.Tensor) -> torch.Tensor:
         hidden = self._layer_linear(f"layer{index}.ffn_in", (ff.intermediate_dense,), x)
         torch.ops.aten.gelu_(hidden)
         return self._layer_linear(f"layer{index}.ffn_out", (ff.output_dense,), hidden)
@@ -809,25 +836,26 @@ class Encoder(nn.Module):
         """The linear maps ``linears`` (outputs concatenated) of a transformer layer.
 
         Dynamic int8 when enabled (:func:`_int8_linear`: per-channel int8 weights, each
-        frame's activations quantised on their own scale, float32 out), else bfloat16 with
-        pre-cast weights (bfloat16 out).
+        frame's activations quantised on their own scale, float32 out), else in the compute
+        dtype with pre-cast weights (compute dtype out).
         """
         sources = tuple(m.weight for m in linears) + tuple(m.bias for m in linears)
         if self._int8:
             packed, bias = self._casts.get(key + ".int8", sources, lambda: _pack_int8(linears))
             return _int8_linear(x, packed, bias)
+        dtype = self._dtype
         weight, bias = self._casts.get(
             key,
             sources,
             lambda: (
-                _bf16(torch.cat([m.weight for m in linears])),
-                _bf16(torch.cat([m.bias for m in linears])),
+                _cast(torch.cat([m.weight for m in linears]), dtype),
+                _cast(torch.cat([m.bias for m in linears]), dtype),
             ),
         )
-        return F.linear(x.to(torch.bfloat16), weight, bias)
+        return F.linear(x.to(dtype), weight, bias)
 
-    def _pos_conv_bf16(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Positional grouped conv + GELU on bfloat16 ``[B, T, D]`` (returns the same shape).
+    def _pos_conv_direct(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Positional grouped conv + GELU on ``[B, T, D]`` in the compute dtype (same shape out).
 
         Each group runs as one product of its input windows with its weights: in a
         group-major, time-major, zero-padded copy of the input, the window of output
@@ -838,14 +866,14 @@ class Encoder(nn.Module):
         conv = self.model.encoder.pos_conv_embed.conv
         kernel, groups, pad = int(conv.kernel_size[0]), int(conv.groups), int(conv.padding[0])
         blocks, bias = self._casts.get(
-            "pos_conv", _conv_weight_sources(conv), lambda: _group_blocks(conv)
+            "pos_conv", _conv_weight_sources(conv), lambda: _group_blocks(conv, self._dtype)
         )
         batch, frames, width = hidden.shape
         size = width // groups
         padded = F.pad(hidden, (0, 0, pad, pad))  # [B, T + 2 pad, D]
         # [G, B, T + 2 pad, C_g]
         grouped = padded.view(batch, -1, groups, size).permute(2, 0, 1, 3).contiguous()
-        out = torch.empty(groups, batch, frames, size, dtype=torch.bfloat16)
+        out = torch.empty(groups, batch, frames, size, dtype=self._dtype)
         span = max(1, _POS_CONV_ROWS // frames)  # whole utterances per product, or ...
         steps = min(frames, _POS_CONV_ROWS)  # ... frames of one (very long) utterance
         for g in range(groups):
@@ -912,9 +940,9 @@ def _use_strided_matmul_first_conv(model: nn.Module) -> None:
         first.conv = StridedMatmulConv1d(conv)
 
 
-# ------------------------------------------------------ direct bfloat16 helpers
+# ------------------------------------------------------ direct implementation helpers
 
-#: Samples of audio laid end to end per conv-extractor group on the direct bf16 path.
+#: Samples of audio laid end to end per conv-extractor group on the direct path.
 _CONV_GROUP_SAMPLES = 8 * SAMPLE_RATE
 #: Frames of gathered windows per product in the positional conv (at least one utterance).
 _POS_CONV_ROWS = 2048
@@ -923,7 +951,7 @@ _STABLE_ENCODERS = frozenset({"HubertEncoderStableLayerNorm", "Wav2Vec2EncoderSt
 
 
 class _CastCache:
-    """Derived copies of weights (bfloat16 casts, re-laid-out blocks), made once.
+    """Derived copies of weights (casts, re-laid-out blocks, int8 packs), made once.
 
     Each entry records weak references to its source tensors and their version counters,
     which every in-place update bumps (optimiser steps, ``load_state_dict``, edits under
@@ -977,8 +1005,10 @@ def _version(tensor: torch.Tensor) -> Any:
         return object()
 
 
-def _bf16(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.detach().to(torch.bfloat16).contiguous()
+def _cast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A detached contiguous copy of ``tensor`` in ``dtype`` (a new tensor even when the
+    dtype is unchanged, so that re-laid-out weights never alias the masters)."""
+    return None if tensor is None else tensor.detach().to(dtype, copy=True).contiguous()
 
 
 @functools.cache
@@ -1060,17 +1090,17 @@ def _fold_group_norm(
 
 
 def _tap_blocks(
-    conv: nn.Conv1d, stride: int
+    conv: nn.Conv1d, stride: int, dtype: torch.dtype
 ) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor | None]:
-    """``([(first_tap, block [taps * C_in, C_out] bf16), ...], bias)`` of a strided conv:
-    its kernel split into blocks of at most ``stride`` consecutive taps."""
+    """``([(first_tap, block [taps * C_in, C_out]), ...], bias)`` of a strided conv in
+    ``dtype``: its kernel split into blocks of at most ``stride`` consecutive taps."""
     weight = conv.weight.detach()  # [C_out, C_in, K]
     kernel = weight.shape[-1]
     blocks = []
     for first in range(0, kernel, stride):
         part = weight[:, :, first : min(kernel, first + stride)]
-        blocks.append((first, _bf16(part.permute(2, 1, 0).reshape(-1, weight.shape[0]))))
-    return blocks, _bf16(conv.bias)
+        blocks.append((first, _cast(part.permute(2, 1, 0).reshape(-1, weight.shape[0]), dtype)))
+    return blocks, _cast(conv.bias, dtype)
 
 
 def _conv_weight_sources(conv: nn.Conv1d) -> tuple[torch.Tensor | None, ...]:
@@ -1081,17 +1111,19 @@ def _conv_weight_sources(conv: nn.Conv1d) -> tuple[torch.Tensor | None, ...]:
     return (conv.weight, conv.bias)
 
 
-def _group_blocks(conv: nn.Conv1d) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Per-group weights ``[K * C_g, C_g]`` (bf16) of a grouped conv, rows ordered as a
-    time-major window (tap, channel), and its bias."""
+def _group_blocks(
+    conv: nn.Conv1d, dtype: torch.dtype
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Per-group weights ``[K * C_g, C_g]`` (in ``dtype``) of a grouped conv, rows ordered
+    as a time-major window (tap, channel), and its bias."""
     weight = conv.weight.detach()  # [D, C_g, K] (weight norm applied)
     groups = int(conv.groups)
     size = weight.shape[0] // groups
     blocks = [
-        _bf16(weight[g * size : (g + 1) * size].permute(2, 1, 0).reshape(-1, size))
+        _cast(weight[g * size : (g + 1) * size].permute(2, 1, 0).reshape(-1, size), dtype)
         for g in range(groups)
     ]
-    return blocks, _bf16(conv.bias)
+    return blocks, _cast(conv.bias, dtype)
 
 
 def _projection_norm(projection: nn.Module) -> nn.LayerNorm | None:
@@ -1103,7 +1135,7 @@ def _projection_norm(projection: nn.Module) -> nn.LayerNorm | None:
 
 
 def _fast_conv_supported(model: nn.Module) -> bool:
-    """True if the conv extractor can run on the direct bf16 path: GroupNorm first layer
+    """True if the conv extractor can run on the direct path: GroupNorm first layer
     (one group per channel, rewritten as :class:`StridedMatmulConv1d`), then plain
     unpadded convolutions, all with exact GELU."""
     config = model.config
@@ -1138,7 +1170,7 @@ def _fast_conv_supported(model: nn.Module) -> bool:
 
 
 def _fast_upper_supported(model: nn.Module) -> bool:
-    """True if the upper part can run on the direct bf16 path: a HuBERT or wav2vec 2.0
+    """True if the upper part can run on the direct path: a HuBERT or wav2vec 2.0
     encoder (post- or pre-LN) with a weight-normed positional conv, standard attention
     and exact GELU (WavLM, adapters and other variants keep autocast)."""
     config = model.config
@@ -1193,9 +1225,11 @@ def _pad_frames(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return padded, mask
 
 
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise EdgeserError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+def _check_precision(precision: str) -> str:
+    """``precision`` resolved (``"auto"``) and checked; see :mod:`edgeser.core.cpu`."""
+    from edgeser.core.cpu import resolve_precision
+
+    return resolve_precision(precision)
 
 
 def _check_family(model: Any) -> None:
@@ -1222,8 +1256,9 @@ def _check_family(model: Any) -> None:
 def _fingerprint(model: nn.Module, precision: str, *, impl: str | None = None) -> str:
     """Short sha256 over the config JSON (inference-relevant keys), precision and weights.
 
-    ``impl`` names the bf16 implementation (:data:`BF16_IMPL`); it is mixed in for
-    ``precision="bf16"`` only, so float32 identities never depend on it.
+    ``impl`` names an implementation whose arithmetic differs from the modules' (the
+    direct bf16 one, :data:`BF16_IMPL`; int8 transformer linears); plain float32
+    identities never depend on the implementation.
     """
     digest = hashlib.sha256()
     config = {
@@ -1234,7 +1269,7 @@ def _fingerprint(model: nn.Module, precision: str, *, impl: str | None = None) -
     }
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     digest.update(f"precision={precision}".encode())
-    if precision == "bf16" and impl:
+    if impl:
         digest.update(f"|impl={impl}".encode())
     for key, tensor in sorted(model.state_dict().items()):
         if key in _OPTIONAL_KEYS:
@@ -1257,12 +1292,12 @@ def load_encoder(
 ) -> Encoder:
     """Load a frozen encoder from ``source`` (see the module docstring for the forms).
 
-    ``seed`` only matters for ``"random"``; ``precision`` is ``"fp32"`` or ``"bf16"``
-    (CPU autocast, float32 outputs); ``cache_dir`` is the Hugging Face cache for hub ids.
-    Raises :class:`EdgeserError` for anything a user can fix (wrong path, unreachable hub
-    id, a checkpoint of another architecture).
+    ``seed`` only matters for ``"random"``; ``precision`` is ``"fp32"``, ``"bf16"`` or
+    ``"auto"`` (float32 outputs in every case; see the module docstring); ``cache_dir``
+    is the Hugging Face cache for hub ids. Raises :class:`EdgeserError` for anything a
+    user can fix (wrong path, unreachable hub id, a checkpoint of another architecture).
     """
-    _check_precision(precision)
+    precision = _check_precision(precision)
     text = str(source).strip()
     if not text:
         raise EdgeserError("encoder source is empty")
