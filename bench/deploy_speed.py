@@ -1,6 +1,8 @@
 """Deployment speed of every model variant, full DistilHuBERT, measured in one run.
 
-Variants: PyTorch float32, ONNX float32 (``model.onnx``), ONNX int8 default
+Variants: PyTorch float32 (``pytorch-fp32``: the ``transformers`` modules, what a user of
+plain PyTorch runs; ``pytorch-direct``: edgeser's direct float32 encoder path), ONNX float32
+(``model.onnx``), ONNX int8 default
 (``model.int8.onnx``, scheme "mixed") and the optional export variants: int8 "fast"
 (``model.int8-fast.onnx``), float16 storage (``model.float16.onnx``: float16 weights,
 float32 arithmetic) and float16 compute (``model.float16-compute.onnx``). Builds a model
@@ -12,7 +14,8 @@ latency, the real-time factor (latency / audio duration) and the speed ratios to
 float32 (×PT) and to ONNX float32 (×ONNX); then model size on disk and peak RSS (each
 variant loaded alone in a subprocess). With ``--speech DIR`` it also reports each ONNX
 variant's fidelity to ONNX float32 on the audio files of DIR (argmax agreement, mean and
-max |Δp|). Prints markdown tables. Not a test: figures depend on the machine and its load.
+max |Δp|). Prints the hardware (CPU model, flags, torch's kernel level, onnxruntime's
+version) and markdown tables. Not a test: figures depend on the machine and its load.
 
     .venv/bin/python bench/deploy_speed.py [--runs 9] [--threads 2] [--out DIR]
         [--speech ../shared/corpora/ravdess-mini]
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeser.core.cpu import format_hardware
 from edgeser.deploy.export import VARIANTS as EXPORT_VARIANTS
 
 SR = 16_000
@@ -40,7 +44,8 @@ DURATIONS = (1.0, 3.0, 10.0)
 EXTRA = tuple(EXPORT_VARIANTS)  # every optional export variant besides fp32/int8
 FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx",
          **{f"onnx-{v}": name for v, (name, _) in EXPORT_VARIANTS.items()}}
-VARIANTS = ("pytorch-fp32", *FILES)
+TORCH_IMPLS = {"pytorch-fp32": "modules", "pytorch-direct": "direct"}
+VARIANTS = (*TORCH_IMPLS, *FILES)
 
 
 def _speech(seconds: float, seed: int) -> np.ndarray:
@@ -63,7 +68,7 @@ def _peak_rss_mb() -> float:
 
 def runner(variant: str, model_dir: Path, onnx_dir: Path, threads: int):
     """A function ``wave -> probabilities`` for one variant."""
-    if variant == "pytorch-fp32":
+    if variant in TORCH_IMPLS:
         import torch
 
         from edgeser.core.preprocess import peak_normalize, preemphasis
@@ -71,6 +76,7 @@ def runner(variant: str, model_dir: Path, onnx_dir: Path, threads: int):
 
         torch.set_num_threads(threads)
         model, _, encoder, _ = load_trained(model_dir)
+        encoder = encoder.variant(precision="fp32", impl=TORCH_IMPLS[variant])
         head = model.head.eval()
 
         def run(w: np.ndarray) -> np.ndarray:
@@ -217,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeser-bench-") as tmp:
         out = args.out or Path(tmp)
         model_dir, onnx_dir = build(out)
-        sizes = {"pytorch-fp32": (model_dir / "model.safetensors").stat().st_size,
+        torch_size = (model_dir / "model.safetensors").stat().st_size
+        sizes = {**{v: torch_size for v in TORCH_IMPLS},
                  **{v: (onnx_dir / f).stat().st_size for v, f in FILES.items()}}
         load_before = os.getloadavg()
         runners = {v: runner(v, model_dir, onnx_dir, args.threads) for v in VARIANTS}
@@ -234,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             results[variant]["latency_ms"] = latency[variant]
         fid = fidelity(onnx_dir, args.speech, args.threads) if args.speech else None
     # the PyTorch size is the encoder's fp32 state dict plus the head checkpoint
-    sizes["pytorch-fp32"] += 23_491_968 * 4
+    for v in TORCH_IMPLS:
+        sizes[v] += 23_491_968 * 4
+    print(format_hardware())
     print(f"threads={args.threads}, runs={args.runs} (median, variants interleaved), "
           f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after timing")
     print()

@@ -1,29 +1,39 @@
-"""Feature-extraction speed and fidelity of the encoder's precisions and bf16 implementations.
+"""Feature-extraction speed and fidelity of the encoder's precisions and implementations.
 
 Reproduces the workload of ``edgeser.features.extract``: ``Encoder.encode`` on a batch of
 about 60 s of audio (15 speech-like utterances of 3-5 s, ``edgeser.deploy.export
 .speech_like``), sorted by length, ``batch_size`` 8, with the full DistilHuBERT
 architecture (random weights; speed does not depend on them). The variants run
-interleaved (A/B/C/D, round after round) in one process, so that a shared machine's load
-hits them alike; the figures are medians over the rounds, and the ratios are medians of
-per-round ratios to the bf16 autocast implementation (the one before ``bf16-v2``):
+interleaved (round after round) in one process, so that a shared machine's load hits them
+alike; the figures are medians over the rounds, and the ratios medians of per-round ratios
+to ``fp32 modules``:
 
-- ``fp32``: float32;
-- ``bf16 autocast``: CPU autocast throughout (``bf16_impl="autocast"``, the earlier code);
-- ``bf16 direct``: pre-cast bfloat16 weights, float32-accurate first conv + GroupNorm,
-  time-major conv extractor over utterances laid end to end (``bf16_impl="direct"``);
-- ``bf16 direct+int8``: the same with dynamic int8 transformer linear maps (the default).
+- ``fp32 modules``: the ``transformers`` modules in float32 (what plain PyTorch runs);
+- ``fp32 direct``: edgeser's direct float32 path (``precision: auto`` without native
+  bfloat16): folded GroupNorm, strided-matmul convolutions over utterances laid end to end,
+  fused q/k/v;
+- ``fp32 direct+int8``: the same with dynamic int8 transformer linear maps;
+- ``bf16 modules`` / ``bf16 direct`` / ``bf16 direct+int8``: bfloat16 under CPU autocast,
+  the direct bfloat16 path, and the direct path with int8 linears (``precision: auto`` on
+  CPUs with native bfloat16).
 
-Then, if the real RAVDESS sample is present (``--ravdess``, default
-``/work/shared/corpora/ravdess-mini``), the lowest cosine over all its files between each
-bf16 variant and float32 of the per-layer mean- and std-pooled hidden states (the
-``pooled`` features of ``edgeser.features.summarise``).
+By default the bf16 variants run only where bfloat16 is native (elsewhere PyTorch emulates
+it tens of times slower: ``--all`` runs them anyway, on a shorter workload). Each variant's
+GFLOP/s (DistilHuBERT: 6.8 GFLOP per second of audio) is printed beside the float32 peak of
+this CPU as measured by one large matrix product.
 
-    .venv/bin/python bench/extract_speed.py [--runs 5] [--threads N] [--no-fidelity]
+Then, if the real RAVDESS sample is present (``--ravdess``, default ``../shared/corpora/
+ravdess-mini`` beside the checkout, as the tests use), the lowest cosine over all its
+files between each variant and ``fp32 modules`` of the per-layer mean- and std-pooled
+hidden states (the ``pooled`` features of ``edgeser.features.summarise``).
 
-Not a test: figures depend on the machine and on its load (printed). On a machine whose
-cores are busy with other work, OpenMP's default spin-waiting makes 2 torch threads much
-slower than 1; ``OMP_WAIT_POLICY=PASSIVE`` (set before starting Python) avoids most of it.
+    .venv/bin/python bench/extract_speed.py [--runs 5] [--threads N] [--all] [--no-fidelity]
+
+Run it under ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 machine to
+see the other CPU class. Not a test: figures depend on the machine and on its load
+(printed). On a machine whose cores are busy with other work, OpenMP's default
+spin-waiting makes 2 torch threads much slower than 1; ``OMP_WAIT_POLICY=PASSIVE`` (set
+before starting Python) avoids most of it.
 """
 
 from __future__ import annotations
@@ -38,18 +48,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeser.core.cpu import bf16_check, format_hardware
 from edgeser.deploy.export import speech_like
 from edgeser.models.encoder import Encoder, random_encoder
 
 SR = 16_000
-RAVDESS = Path("/work/shared/corpora/ravdess-mini")
-VARIANTS = {  # label -> (precision, bf16_impl)
-    "fp32": ("fp32", "direct+int8"),
-    "bf16 autocast": ("bf16", "autocast"),
+#: GFLOP per second of audio of DistilHuBERT (conv extractor 4.9, transformer side 1.9).
+GFLOP_PER_AUDIO_SECOND = 6.8
+RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"
+VARIANTS = {  # label -> (precision, impl)
+    "fp32 modules": ("fp32", "modules"),
+    "fp32 direct": ("fp32", "direct"),
+    "fp32 direct+int8": ("fp32", "direct+int8"),
+    "bf16 modules": ("bf16", "modules"),
     "bf16 direct": ("bf16", "direct"),
     "bf16 direct+int8": ("bf16", "direct+int8"),
 }
-BASELINE = "bf16 autocast"
+BASELINE = "fp32 modules"
 
 
 def workload(count: int, seed: int) -> list[np.ndarray]:
@@ -58,16 +73,25 @@ def workload(count: int, seed: int) -> list[np.ndarray]:
     return sorted(waves, key=len)
 
 
-def encoders() -> dict[str, Encoder]:
+def encoders(labels: list[str]) -> dict[str, Encoder]:
     base = random_encoder(seed=0)
-    return {
-        label: Encoder(base.model, source="random", is_random=True, precision=precision,
-                       bf16_impl=impl)
-        for label, (precision, impl) in VARIANTS.items()
-    }
+    return {label: base.variant(precision=VARIANTS[label][0], impl=VARIANTS[label][1])
+            for label in labels}
 
 
-def speed(encs: dict[str, Encoder], waves: list[np.ndarray], runs: int) -> None:
+def matmul_peak(threads: int) -> float:
+    """GFLOP/s of one large float32 matrix product (best of 3): this CPU's practical peak."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def speed(encs: dict[str, Encoder], waves: list[np.ndarray], runs: int, peak: float) -> None:
     seconds = sum(w.size for w in waves) / SR
     for enc in encs.values():  # warm-up (weight casts, allocator)
         enc.encode(waves)
@@ -78,13 +102,16 @@ def speed(encs: dict[str, Encoder], waves: list[np.ndarray], runs: int) -> None:
             enc.encode(waves)
             times[label].append(time.perf_counter() - start)
     print(f"workload: {len(waves)} utterances, {seconds:.1f} s of audio, batch_size 8, "
-          f"{runs} interleaved rounds")
-    print(f"{'variant':>18} {'ms/audio s':>11} {'median s':>9} {'vs autocast':>12}  per round")
+          f"{runs} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")
+    print(f"{'variant':>18} {'ms/audio s':>11} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'vs modules':>11}  per round")
     for label, values in times.items():
-        ratios = [b / t for b, t in zip(times[BASELINE], values, strict=True)]
-        print(f"{label:>18} {1e3 * statistics.median(values) / seconds:>11.1f} "
-              f"{statistics.median(values):>9.3f} {statistics.median(ratios):>11.3f}x  "
-              + " ".join(f"{r:.2f}" for r in ratios))
+        ratios = [b / t for b, t in zip(times[BASELINE], values, strict=True)] \
+            if BASELINE in times else [float("nan")] * len(values)
+        ms = 1e3 * statistics.median(values) / seconds
+        gflops = GFLOP_PER_AUDIO_SECOND / (ms / 1e3)
+        print(f"{label:>18} {ms:>11.1f} {gflops:>8.0f} {100 * gflops / peak:>7.0f}% "
+              f"{statistics.median(ratios):>10.2f}x  " + " ".join(f"{r:.2f}" for r in ratios))
 
 
 def pooled(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +119,7 @@ def pooled(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hidden.mean(dim=1), torch.sqrt(hidden.var(dim=1, unbiased=False) + 1e-6)
 
 
-def fidelity(encs: dict[str, Encoder], folder: Path) -> None:
+def fidelity(encs: dict[str, Encoder], folder: Path, every: dict[str, int]) -> None:
     from edgeser.core.audio import load_audio
     from edgeser.core.preprocess import FrontEnd
 
@@ -102,17 +129,21 @@ def fidelity(encs: dict[str, Encoder], folder: Path) -> None:
         return
     front_end = FrontEnd()
     waves = [front_end(load_audio(f, SR), SR) for f in files]
-    reference = [pooled(h) for h in encs["fp32"].encode(waves)]
+    reference_encoder = next(iter(encs.values())).variant(precision="fp32", impl="modules")
+    reference = [pooled(h) for h in reference_encoder.encode(waves)]
     cos = torch.nn.functional.cosine_similarity
-    print(f"fidelity vs fp32 on {len(files)} RAVDESS files ({sum(map(len, waves)) / SR:.0f} s): "
-          "lowest cosine over files, per hidden state (transformer input, layer 1, 2, ...)")
+    print(f"fidelity vs fp32 modules on RAVDESS files ({sum(map(len, waves)) / SR:.0f} s in "
+          "all): lowest cosine over files, per hidden state (transformer input, layer 1, 2)")
     for label, enc in encs.items():
-        if label == "fp32":
+        if label == BASELINE:
             continue
-        got = [pooled(h) for h in enc.encode(waves)]
-        mean = torch.stack([cos(r[0], g[0], dim=-1) for r, g in zip(reference, got, strict=True)])
-        std = torch.stack([cos(r[1], g[1], dim=-1) for r, g in zip(reference, got, strict=True)])
-        print(f"{label:>18}  mean-pooled " + " ".join(f"{x:.6f}" for x in mean.min(0).values)
+        step = every.get(label, 1)
+        got = [pooled(h) for h in enc.encode(waves[::step])]
+        ref = reference[::step]
+        mean = torch.stack([cos(r[0], g[0], dim=-1) for r, g in zip(ref, got, strict=True)])
+        std = torch.stack([cos(r[1], g[1], dim=-1) for r, g in zip(ref, got, strict=True)])
+        print(f"{label:>18}  {len(got):>3} files  mean-pooled "
+              + " ".join(f"{x:.6f}" for x in mean.min(0).values)
               + "   std-pooled " + " ".join(f"{x:.6f}" for x in std.min(0).values))
 
 
@@ -122,23 +153,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--utterances", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all", action="store_true",
+                        help="also the bf16 variants where bfloat16 is not native (slow)")
     parser.add_argument("--ravdess", type=Path, default=RAVDESS)
     parser.add_argument("--no-fidelity", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(format_hardware())
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}, {os.cpu_count()} CPUs, "
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
           f"load average {load}")
-    encs = encoders()
+    native = bf16_check().native
+    labels = [v for v in VARIANTS if native or args.all or not v.startswith("bf16")]
+    utterances = args.utterances if native or not args.all else max(2, args.utterances // 5)
+    encs = encoders(labels)
     for label, enc in encs.items():
         print(f"{label:>18}: identity {enc.identity}")
-    speed(encs, workload(args.utterances, args.seed), max(args.runs, 1))
+    speed(encs, workload(utterances, args.seed), max(args.runs, 1), matmul_peak(args.threads))
     if not args.no_fidelity:
         if args.ravdess.is_dir():
-            fidelity(encs, args.ravdess)
+            slow = {v: 10 for v in labels if v.startswith("bf16") and not native}
+            fidelity(encs, args.ravdess, slow)
         else:
             print(f"fidelity: {args.ravdess} not found; skipped")
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")

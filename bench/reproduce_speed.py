@@ -7,17 +7,18 @@ Usage::
 
 1. synthesises IEMOCAP, CREMA-D and RAVDESS at the real corpora's sizes (kept under
    ``--out``/data, reused by later runs);
-2. runs ``reproduce`` with the full-size random DistilHuBERT (the bfloat16 encoder path),
-   ``--views`` augmented views, 25 epochs, and reports the time for feature
-   extraction, all LOSO trainings and the rest (a warm feature cache is cleared
-   first, so extraction is measured);
+2. runs ``reproduce`` with the full-size random DistilHuBERT (``--precision``, default
+   ``auto``: the encoder path this CPU runs fastest), ``--views`` augmented views, 25
+   epochs, and reports the time for feature extraction, all LOSO trainings and the rest
+   (a warm feature cache is cleared first, so extraction is measured);
 3. measures a straightforward loop on a slice of training utterances (load, pre-process,
    augment and re-encode every batch through the frozen float32 encoder, then the head
    step) and extrapolates it to the same protocol: 10 LOSO trainings + the production
    model, 25 epochs each;
-4. checks feature fidelity: cosine of bfloat16 vs float32 pooled features.
+4. checks feature fidelity: cosine of the run's precision vs the float32 ``transformers``
+   modules on pooled features.
 
-Prints a markdown table; figures are noisy on a shared machine (median of repeats
+Prints the hardware and a markdown table; figures are noisy on a shared machine (median of repeats
 where it is cheap to repeat).
 """
 
@@ -35,6 +36,7 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.augment import Augmenter
+from edgeser.core.cpu import format_hardware
 from edgeser.features import Item, load_waveform
 from edgeser.models.encoder import random_encoder
 from edgeser.models.head import EmotionHead, HeadConfig
@@ -45,7 +47,7 @@ from edgeser.train.losses import make_loss
 
 def straightforward_seconds_per_utt(frame, n: int, cfg: TrainConfig, repeats: int = 3) -> float:
     """Seconds per utterance-epoch of the re-encode-every-batch loop (median of repeats)."""
-    enc = random_encoder(seed=0, precision="fp32")
+    enc = random_encoder(seed=0, precision="fp32").variant(impl="modules")
     head = EmotionHead(HeadConfig(enc.num_hidden_states, enc.hidden_size))
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
     loss_fn = make_loss("focal", [1, 1, 1, 1])
@@ -69,10 +71,11 @@ def straightforward_seconds_per_utt(frame, n: int, cfg: TrainConfig, repeats: in
     return statistics.median(times)
 
 
-def fidelity(frame, n: int = 24) -> float:
-    """Lowest cosine between bf16 and fp32 mean-pooled features over ``n`` utterances."""
-    fp32 = random_encoder(seed=0, precision="fp32")
-    bf16 = random_encoder(seed=0, precision="bf16")
+def fidelity(frame, precision: str, n: int = 24) -> float:
+    """Lowest cosine between ``precision`` and the float32 modules' mean-pooled features
+    over ``n`` utterances."""
+    fp32 = random_encoder(seed=0, precision="fp32").variant(impl="modules")
+    bf16 = fp32.variant(precision=precision, impl=None)
     from edgeser.core.preprocess import FrontEnd
 
     rows = frame.sample(n=n, random_state=1)
@@ -93,9 +96,11 @@ def main() -> None:
     ap.add_argument("--slice", type=int, default=48, help="utterances for the baseline loop")
     ap.add_argument("--scale", default="paper", choices=["small", "paper"])
     ap.add_argument("--keep-cache", action="store_true", help="do not clear the feature cache")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(2)
+    print(format_hardware())
     data = args.out / "data"
     t0 = time.perf_counter()
     roots = {name: synthesize_corpus(name, data / name, scale=args.scale, seed=0)
@@ -104,7 +109,7 @@ def main() -> None:
     run = args.out / "run"
     if not args.keep_cache:
         shutil.rmtree(run, ignore_errors=True)
-    cfg = TrainConfig(encoder="random", precision="bf16", aug_views=args.views,
+    cfg = TrainConfig(encoder="random", precision=args.precision, aug_views=args.views,
                       epochs=args.epochs)
     res = reproduce(cfg, iemocap=roots["iemocap"], cremad=roots["cremad"],
                     ravdess=roots["ravdess"], out=run, progress=True)
@@ -114,14 +119,15 @@ def main() -> None:
     n_train_total += res["production"]["n_train"]
     per_utt = straightforward_seconds_per_utt(ie, args.slice, cfg)
     baseline = per_utt * n_train_total * args.epochs
-    cos = fidelity(ie)
+    cos = fidelity(ie, cfg.precision)
     hours = sum(d["hours"] for d in res["data"].values())
     print()
     sizes = ", ".join(f"{k} {v['n']}" for k, v in res["data"].items())
     print(f"| corpora ({args.scale}) | {sizes} utterances, {hours:.2f} h of audio |")
     print("|---|---|")
     print(f"| synthesis (not part of the protocol) | {synth_s:.0f} s |")
-    print(f"| feature extraction (clean + {args.views} views, bf16) | {t['features']:.0f} s |")
+    print(f"| feature extraction (clean + {args.views} views, {cfg.precision}) | "
+          f"{t['features']:.0f} s |")
     print(f"| all 10 LOSO trainings ({args.epochs} epochs) | {t['loso_training']:.0f} s |")
     print(f"| production model + RAVDESS | {t['production_and_cross_corpus']:.0f} s |")
     print(f"| whole reproduce | {t['total']:.0f} s ({t['total'] / 60:.1f} min) |")
@@ -130,7 +136,8 @@ def main() -> None:
     print(f"| straightforward loop, extrapolated | {baseline / 3600:.1f} h for "
           f"{n_train_total} utterances x {args.epochs} epochs |")
     print(f"| speed-up | {baseline / t['total']:.0f}x |")
-    print(f"| feature fidelity (min cosine bf16 vs fp32, 24 utts) | {cos:.5f} |")
+    print(f"| feature fidelity (min cosine {cfg.precision} vs fp32 modules, 24 utts) | "
+          f"{cos:.5f} |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from edgeser.core.audio import load_audio
+from edgeser.core.cpu import format_hardware, hardware_summary
 from edgeser.runtime import OnnxEmotionModel, file_blocks, make_vad, speech_segments
 from edgeser.runtime.stream import stream_predictions
 from edgeser.testing import tone
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(tmp) / "long.wav"
         source = write_long_file(path, args.minutes)
         duration = sf.info(str(path)).duration
+        print(format_hardware(hardware_summary(with_torch=False)))
         print(f"input: {duration / 60:.1f} min of {source}, 16 kHz; threads {args.threads}; "
               f"median of {args.repeats}")
         print(f"{'stage':<44} {'seconds':>8} {'x real time':>12} {'segments':>9}")

@@ -399,6 +399,32 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path) -> None:
         assert "ntu-spml/distilhubert" in message or source in message
 
 
+def test_unreachable_hub_fails_at_once(monkeypatch, tmp_path) -> None:
+    """Not cached and no network: one clear error from one quick connection check, not the
+    hub client's retries."""
+    from huggingface_hub import constants
+
+    import edgeser.models.encoder as encoder_module
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    probes = []
+    real = encoder_module._hub_reachable
+
+    def probe(timeout: float = 3.0):
+        probes.append(timeout)
+        return real(timeout)
+
+    monkeypatch.setattr(encoder_module, "_hub_reachable", probe)
+    with pytest.raises(EdgeserError, match=r"127\.0\.0\.1 is unreachable") as info:
+        load_encoder("ntu-spml/distilhubert", cache_dir=tmp_path / "hf-cache")
+    assert probes == [3.0]
+    message = str(info.value)
+    assert "--encoder DIR" in message and ".ckpt" in message and "--encoder random" in message
+
+
 def test_bad_sources(tmp_path) -> None:
     with pytest.raises(EdgeserError, match="no such file"):
         load_encoder(str(tmp_path / "missing.ckpt"))

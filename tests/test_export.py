@@ -213,6 +213,66 @@ def test_full_size_int8_is_faithful_on_real_speech(full):
     assert mean_delta <= 0.02, (agree, mean_delta)
 
 
+@pytest.mark.slow
+def test_full_size_int8_cannot_saturate_any_cpu(full):
+    """Every integer operator of the fused default 8-bit graph (the 12 transformer linears
+    and the second extractor convolution) has 7-bit weights: no uint8 x int8 pair sum can
+    leave the int16 range of x86's non-VNNI kernels, whatever the input."""
+    from edgeser.deploy.quantize import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
+
+    ops = saturation_report(full["paths"]["int8"])
+    kinds = sorted({op.op_type for op in ops})
+    assert kinds == ["MatMulIntegerToFloat", "QLinearConv"] and len(ops) == 13
+    for op in ops:
+        assert op.activation == "uint8" and op.weight_dtype == "int8", op
+        assert op.weight_max <= STATIC_WEIGHT_QMAX and op.pair_sum <= INT16_MAX, op
+        assert op.safe
+    assert max(op.pair_sum for op in ops) == 255 * 2 * STATIC_WEIGHT_QMAX == 32640
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("node", ["/layers.0/q_proj/MatMul", "/layers.1/fc1/MatMul",
+                                  "/convs.0/Conv"])
+def test_full_size_int8_ops_are_exact_on_worst_case_input(full, node):
+    """onnxruntime on this CPU against exact integer arithmetic, on the input that drives
+    every pair of products as far as the weights allow (255 where a weight is positive)."""
+    from edgeser.deploy.quantize import worst_case_probe
+
+    got, exact = worst_case_probe(full["paths"]["int8"], node)
+    assert got.shape == exact.shape
+    if node.endswith("Conv"):  # uint8 output codes; requantisation may round one apart
+        assert np.abs(got - exact).max() <= 1
+        assert exact.max() > exact.min()  # not a trivially clipped output
+    else:  # float outputs
+        np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+
+
+def test_saturation_report_flags_full_range_weights(tiny, tmp_path):
+    """The check itself: a graph with 8-bit weights is refused, and the probe's exact
+    arithmetic agrees with onnxruntime on a safe graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeser.deploy.quantize import require_no_saturation, saturation_report
+
+    path = tiny["paths"]["int8"]
+    assert all(op.safe for op in saturation_report(path))
+    model = onnx.load(str(path))
+    widened = 0
+    for init in model.graph.initializer:  # int8 weights behind DequantizeLinear, doubled
+        if init.name.endswith("_quantized"):
+            w = numpy_helper.to_array(init).astype(np.int16)
+            init.CopyFrom(numpy_helper.from_array(np.clip(2 * w, -127, 127).astype(np.int8),
+                                                  init.name))
+            widened += 1
+    assert widened
+    bad = tmp_path / "full-range.onnx"
+    onnx.save(model, str(bad))
+    assert not all(op.safe for op in saturation_report(bad))
+    with pytest.raises(EdgeserError, match="can saturate"):
+        require_no_saturation(bad)
+
+
 def test_extra_variants_and_unknown_variant(tmp_path):
     encoder = random_encoder(tiny_config(), seed=0)
     model_dir = _save(tmp_path / "m", encoder)

@@ -124,6 +124,9 @@ def test_gptq_round_beats_round_to_nearest():
     assert err(q.astype(float)) < 0.7 * err(rtn)
     # a diagonal Hessian has nothing to compensate with: GPTQ is round-to-nearest
     np.testing.assert_array_equal(gptq_round(w, scale, np.diag(np.full(48, 2.0))), rtn)
+    # 7-bit weights (the integer operators' range): error compensation never leaves it
+    q7 = gptq_round(w, 2 * scale, x @ x.T, qmax=64)
+    assert np.abs(q7.astype(int)).max() == 64
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -147,6 +150,13 @@ def test_quantize_int8_schemes_run_and_stay_close(fp32, tmp_path, scheme):
                 assert -float(inits[q.input[2]]) * scale >= -3.0 - scale / 2  # zero point rounded
                 clipped += 1
     assert clipped == n_convs
+    # the integer operators' weights are 7-bit, the weight-only ones keep 8 bits
+    int8 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+            if i.data_type == onnx.TensorProto.INT8}
+    static_w = [v for k, v in int8.items() if k.endswith("_quantized")]
+    other_w = [v for k, v in int8.items() if not k.endswith("_quantized") and v.size >= 1024]
+    assert static_w and max(int(np.abs(v.astype(int)).max()) for v in static_w) <= 64
+    assert other_w and max(int(np.abs(v.astype(int)).max()) for v in other_w) == 127
     waves = _waves()
     a, b = _run(fp32, waves), _run(out, waves)
     assert np.isfinite(b).all() and np.abs(a - b).max() < 0.1

@@ -189,9 +189,10 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def hardware_summary() -> dict[str, object]:
+def hardware_summary(*, with_torch: bool = True) -> dict[str, object]:
     """The hardware facts benchmarks print: CPU model, relevant flags, core count, torch's
-    kernel level and bfloat16 verdict, onnxruntime's version (where installed)."""
+    kernel level and bfloat16 verdict (unless ``with_torch`` is False, for benchmarks of
+    the torch-free runtime), onnxruntime's version (where installed)."""
     info = cpu_info()
     out: dict[str, object] = {
         "cpu": info.model,
@@ -204,6 +205,8 @@ def hardware_summary() -> dict[str, object]:
     if env:
         out["emulation"] = env
     try:
+        if not with_torch:
+            raise ImportError
         import torch
 
         out["torch"] = torch.__version__

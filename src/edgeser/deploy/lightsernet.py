@@ -132,15 +132,16 @@ def quantize_lightsernet_int8(
 ) -> None:
     """Static int8 quantisation (QDQ) of an exported LIGHT-SERNET graph, written atomically.
 
-    Per-channel symmetric int8 weights, uint8 asymmetric activations (MinMax), for the
-    network's body convolutions (see :func:`lightsernet_quantized_nodes`: the MFCC front
+    Per-channel symmetric 7-bit int8 weights (no pair sum can saturate on CPUs without
+    VNNI; checked), uint8 asymmetric activations (MinMax), for the network's body
+    convolutions (see :func:`lightsernet_quantized_nodes`: the MFCC front
     end, the input-path convs and the classifier stay float32). ``calibration_waves``:
     16 kHz waveforms as the runtime feeds them (trimmed, not pre-emphasised), fed one at a
     time. Deterministic for the same input.
     """
     import onnx
 
-    from edgeser.deploy.quantize import static_qdq
+    from edgeser.deploy.quantize import require_no_saturation, static_qdq
 
     waves = [np.asarray(w, np.float32).reshape(-1) for w in calibration_waves]
     if not waves:
@@ -150,6 +151,7 @@ def quantize_lightsernet_int8(
         raise EdgeserError(f"{fp32_path}: no LIGHT-SERNET body convolutions "
                            f"({_QUANTISED_PREFIX}...) found")
     with atomic_path(int8_path) as tmp:
-        static_qdq(fp32_path, tmp, waves, quantised, ["Conv"])
+        static_qdq(fp32_path, tmp, waves, quantised, ["Conv"], weights="uint8")
+        require_no_saturation(tmp)
     logger.info("LIGHT-SERNET int8: %d nodes static QDQ, kept float: %s",
                 len(quantised), ", ".join(kept) or "none")

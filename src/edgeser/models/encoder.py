@@ -1404,13 +1404,52 @@ def _hub_offline() -> bool:
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
+#: Seconds to wait for the hub's TCP handshake before calling the machine offline.
+_HUB_PROBE_SECONDS = 3.0
+
+
+def _hub_reachable(timeout: float = _HUB_PROBE_SECONDS) -> tuple[bool, str]:
+    """Whether the Hugging Face hub's host accepts a TCP connection within ``timeout``
+    (one quick check, instead of the hub client's retries with back-off), and the host."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = str(getattr(constants, "ENDPOINT", "https://huggingface.co"))
+    except ImportError:  # pragma: no cover - a transformers dependency
+        endpoint = "https://huggingface.co"
+    parts = urlsplit(endpoint)
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, host
+    except OSError:
+        return False, host
+
+
+def _fetch_error(source: str, why: str) -> EdgeserError:
+    return EdgeserError(
+        f"could not fetch {source!r} from the Hugging Face hub ({why}). Pass a local model "
+        f"folder instead (download it where there is internet, e.g. `hf download {source} "
+        "--local-dir DIR`, then --encoder DIR), the original s3prl DistilHuBERT .ckpt, or "
+        "--encoder random for a dry run"
+    )
+
+
 def _load_pretrained(
     source: str, *, local: bool, cache_dir: str | os.PathLike[str] | None
 ) -> tuple[PreTrainedModel, bool]:
-    """Load a HF model folder or hub id with AutoConfig/AutoModel; return (model, do_normalize)."""
+    """Load a HF model folder or hub id with AutoConfig/AutoModel; return (model, do_normalize).
+
+    A hub id is looked up in the local cache first; only a miss goes to the network, after
+    one quick check that the hub is reachable (offline, the error comes within seconds).
+    """
     from transformers import AutoConfig, AutoModel
 
-    options: dict[str, Any] = {"local_files_only": local or _hub_offline()}
+    options: dict[str, Any] = {"local_files_only": True}
     if cache_dir is not None and not local:
         options["cache_dir"] = str(cache_dir)
     if local and not (Path(source) / "config.json").is_file():
@@ -1420,12 +1459,19 @@ def _load_pretrained(
     except (OSError, ValueError, KeyError) as exc:
         if local:
             raise EdgeserError(f"{source}: unreadable model config: {_first_line(exc)}") from exc
-        raise EdgeserError(
-            f"could not fetch {source!r} from the Hugging Face hub (offline, not in the local "
-            f"cache, or not a model id): {_first_line(exc)}. Download it where there is "
-            f"internet (e.g. `hf download {source} --local-dir DIR`) and pass the folder, or "
-            "pass the original s3prl DistilHuBERT .ckpt"
-        ) from exc
+        if _hub_offline():
+            raise _fetch_error(source, "HF_HUB_OFFLINE is set and it is not in the local "
+                               "cache") from exc
+        reachable, host = _hub_reachable()
+        if not reachable:
+            raise _fetch_error(source, f"{host} is unreachable: offline? It is not in the "
+                               "local cache either") from exc
+        options["local_files_only"] = False
+        try:
+            config = AutoConfig.from_pretrained(source, **options)
+        except (OSError, ValueError, KeyError) as exc2:
+            raise _fetch_error(source, f"not a model id, or the download failed: "
+                               f"{_first_line(exc2)}") from exc2
     config.layerdrop = 0.0
     try:
         model, info = AutoModel.from_pretrained(
