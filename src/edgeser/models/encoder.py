@@ -857,14 +857,24 @@ class Encoder(nn.Module):
     def _pos_conv_direct(self, hidden: torch.Tensor) -> torch.Tensor:
         """Positional grouped conv + GELU on ``[B, T, D]`` in the compute dtype (same shape out).
 
-        Each group runs as one product of its input windows with its weights: in a
-        group-major, time-major, zero-padded copy of the input, the window of output
-        frame ``t`` (``K`` frames of ``C_g`` channels) is one contiguous run of memory, so
-        gathering the windows is a block copy. This is faster here than the grouped
-        convolution, in a few large operations.
+        In bfloat16, each group runs as one product of its input windows with its
+        weights: in a group-major, time-major, zero-padded copy of the input, the window of
+        output frame ``t`` (``K`` frames of ``C_g`` channels) is one contiguous run of
+        memory, so gathering the windows is a block copy; this is faster than the
+        grouped convolution with bfloat16 weights. In float32, oneDNN's grouped
+        convolution is faster than those products (2.2x on an AVX2 CPU), so it is used,
+        with the weight-normed weight computed once.
         """
         conv = self.model.encoder.pos_conv_embed.conv
         kernel, groups, pad = int(conv.kernel_size[0]), int(conv.groups), int(conv.padding[0])
+        if self._dtype == torch.float32:
+            weight, bias = self._casts.get(
+                "pos_conv_fp32", _conv_weight_sources(conv),
+                lambda: (_cast(conv.weight, torch.float32), _cast(conv.bias, torch.float32)),
+            )
+            out = F.conv1d(hidden.transpose(1, 2), weight, bias, padding=pad, groups=groups)
+            out = out[:, :, : hidden.shape[1]].transpose(1, 2)
+            return F.gelu(out)
         blocks, bias = self._casts.get(
             "pos_conv", _conv_weight_sources(conv), lambda: _group_blocks(conv, self._dtype)
         )
