@@ -22,20 +22,23 @@ transformer trainable over the frozen convolutional feature extractor, using the
 API :meth:`Encoder.conv_features` + :meth:`Encoder.forward_from_conv`.
 
 ``precision`` is ``"fp32"``, ``"bf16"`` or ``"auto"`` (the pipeline's default, resolved
-once per process by :func:`edgeser.core.cpu.resolve_precision`: ``"bf16"`` only where this
-CPU has native bfloat16 products, else ``"fp32"``). Both run a *direct* implementation wherever
-the architecture allows it, rather than the ``transformers`` modules: the first
-convolution and its GroupNorm are folded into one product (the normalisation's statistics
-follow exactly from the wave's input frames); the other convolutions run time-major as
-matrix products over several utterances laid end to end; the positional convolution runs
-as one product per group; the transformer keeps a float32 residual stream and LayerNorms
-with fused q/k/v products. In ``"bf16"`` the frozen weights are cast to bfloat16 once (and
-re-cast only when the float32 master weights change), the first product runs at float32
-accuracy as a split bfloat16 product, and by default the transformer layers' linear maps
-run as dynamic int8 products (:data:`BF16_IMPL`). In ``"fp32"`` every product is float32
-(the same arithmetic as the modules, in another summation order). Fine-tuning
-(:meth:`Encoder.unfreeze_upper`) still runs the upper part through the modules (under
-autocast in ``"bf16"``).
+once per process by :func:`edgeser.core.cpu.resolve_precision`: ``"bf16"`` only where
+this CPU has native bfloat16 products, else ``"fp32"``). Both run a *direct*
+implementation wherever the architecture allows it, rather than the ``transformers``
+modules: the first convolution and its GroupNorm are folded into one product (the
+normalisation's statistics follow exactly from the wave's input frames); the other
+convolutions run time-major as matrix products over several utterances laid end to end;
+the transformer keeps a float32 residual stream and LayerNorms with fused q/k/v
+products.
+
+In ``"bf16"`` the frozen weights are cast to bfloat16 once (and re-cast only when the
+float32 master weights change), the first product runs at float32 accuracy as a split
+bfloat16 product, the positional convolution as one product per group, and by default
+the transformer layers' linear maps as dynamic int8 products (:data:`BF16_IMPL`). In
+``"fp32"`` every product is float32 (the modules' arithmetic in another summation order;
+the positional convolution is oneDNN's grouped convolution, faster in float32 than the
+per-group products). Fine-tuning (:meth:`Encoder.unfreeze_upper`) still runs the upper
+part through the modules (under autocast in ``"bf16"``).
 """
 
 from __future__ import annotations
@@ -99,7 +102,9 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: the earlier autocast implementation are not reused; float32 identities do not change.
 BF16_IMPL = "bf16-v2"
 #: Choices of :class:`Encoder` ``impl``: the direct implementation with int8 transformer
-#: linears (bf16 only), the direct implementation, or the ``transformers`` modules.
+#: linears (bf16's default; in fp32 measured 1.06x faster on an AVX2 CPU, but then no
+#: longer float32 throughout, so not fp32's default), the direct implementation, or the
+#: ``transformers`` modules.
 IMPLS: tuple[str, ...] = ("direct+int8", "direct", "modules")
 
 #: Short names accepted by :func:`load_encoder`.
