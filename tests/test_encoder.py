@@ -11,6 +11,7 @@ import argparse
 import datetime
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -444,17 +445,121 @@ def test_bad_sources(tmp_path) -> None:
         load_encoder("random", precision="fp16")
 
 
-def test_pickle_fallback_only_for_unsupported_globals(tmp_path, caplog) -> None:
-    model = _tiny_ckpt_model()
-    path = write_s3prl_ckpt(tmp_path / "with_object.ckpt", model)
-    ckpt = torch.load(path, weights_only=False)
-    ckpt["Runner"] = {"created": datetime.date(2021, 10, 5)}  # not weights-only loadable
-    torch.save(ckpt, path)
-    with caplog.at_level(logging.WARNING, logger="edgeser"):
+def write_published_s3prl_ckpt(path, model) -> Path:
+    """``model`` as the published ``disilhubert_ls960_4-8-12.ckpt`` is laid out: the six
+    top-level entries, an optimizer state whose param groups carry a schedule object of
+    ``s3prl.optimizers.WarmupLinearSchedule`` (a module not installed here: registered only
+    while writing), s3prl's prediction-head shapes and the four Config sections."""
+    import sys
+    import types
+
+    config = model.config
+    distiller = hf_to_s3prl(model.state_dict(), legacy_weight_norm=True)
+    hidden, gen = config.hidden_size, torch.Generator().manual_seed(1)
+    distiller["output_layer.0.weight"] = torch.randn(3 * hidden, hidden, generator=gen)
+    distiller["output_layer.0.bias"] = torch.randn(3 * hidden, generator=gen)
+    distiller["output_layer.2.weight"] = torch.randn(3, hidden, hidden, generator=gen)
+    distiller["output_layer.2.bias"] = torch.randn(1, 1, 3, hidden, generator=gen)
+    package, module = types.ModuleType("s3prl"), types.ModuleType("s3prl.optimizers")
+
+    class WarmupLinearSchedule:
+        def __init__(self, warmup: float, t_total: int) -> None:
+            self.warmup, self.t_total = warmup, t_total
+            self.warned_for_t_total_at_progress = -1
+
+    WarmupLinearSchedule.__module__ = "s3prl.optimizers"
+    WarmupLinearSchedule.__qualname__ = "WarmupLinearSchedule"
+    module.WarmupLinearSchedule = WarmupLinearSchedule
+    package.optimizers = module
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.AdamW(params, lr=2e-4)
+    optimizer.param_groups[0]["schedule"] = WarmupLinearSchedule(0.07, 200_000)
+    ckpt = {
+        "Optimizer": optimizer.state_dict(),
+        "Step": 200_000,
+        "Args": argparse.Namespace(mode="train", seed=1337, config="pretrain/distiller.yaml"),
+        "Runner": {"n_epochs": -1, "total_steps": 200_000, "gradient_clipping": 10.0},
+        "Distiller": distiller,
+        "Config": {"distiller": distiller_config(config), "teacher": {"model": "hubert_base"},
+                   "task": {"sequence_length": 250_000}, "audio": {"target_level": None}},
+    }
+    sys.modules.update({"s3prl": package, "s3prl.optimizers": module})
+    try:
+        torch.save(ckpt, path)
+    finally:
+        del sys.modules["s3prl"], sys.modules["s3prl.optimizers"]
+    return path
+
+
+def test_published_s3prl_layout_loads_without_s3prl(tmp_path, caplog) -> None:
+    """The real checkpoint's extra entries (an optimizer schedule of an uninstalled module,
+    argparse arguments, runner settings) are read as inert stand-ins and skipped, in one
+    line; the encoder equals the same weights loaded from a Hugging Face folder."""
+    import sys
+
+    from edgeser.models.encoder import InertObject, _load_pickle
+
+    reference = random_encoder(tiny_config(), seed=5)
+    folder = tmp_path / "hf"
+    reference.model.save_pretrained(folder)
+    path = write_published_s3prl_ckpt(tmp_path / "disilhubert_ls960_4-8-12.ckpt",
+                                      reference.model)
+    assert "s3prl" not in sys.modules
+    with pytest.raises(Exception, match="s3prl"):  # what a plain full unpickling meets
+        torch.load(path, weights_only=False)
+    obj, stood_in = _load_pickle(path)
+    assert stood_in == ["s3prl.optimizers.WarmupLinearSchedule"]
+    assert list(obj) == ["Optimizer", "Step", "Args", "Runner", "Distiller", "Config"]
+    schedule = obj["Optimizer"]["param_groups"][0]["schedule"]
+    assert isinstance(schedule, InertObject)
+    assert schedule.qualified_name == "s3prl.optimizers.WarmupLinearSchedule"
+    assert schedule.state == {"warmup": 0.07, "t_total": 200_000,
+                              "warned_for_t_total_at_progress": -1}
+    assert "s3prl" not in sys.modules  # nothing was imported
+    with caplog.at_level(logging.INFO, logger="edgeser"):
         loaded = load_encoder(str(path))
-    warnings = [r.getMessage() for r in caplog.records if "weights_only=False" in r.getMessage()]
-    assert len(warnings) == 1 and str(path) in warnings[0]
+    lines = [r.getMessage() for r in caplog.records if "ignored:" in r.getMessage()]
+    assert lines == [f"{path.name}: ignored: Optimizer (s3prl.optimizers.WarmupLinearSchedule),"
+                     " Step, Args, Runner"]
+    from_folder = load_encoder(str(folder))
+    assert loaded.identity == from_folder.identity == reference.identity
+    waves = tiny_waves([300, 1234, 4000])
+    for a, b in zip(loaded.encode(waves), from_folder.encode(waves), strict=True):
+        assert max_diff(a, b) <= 1e-5
+
+
+def test_checkpoint_globals_are_never_run(tmp_path) -> None:
+    """A pickle that calls a function on load gets an inert stand-in, not the function;
+    globals of modules torch blocks are refused."""
+    import os
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (_touch, (str(marker),))
+
+    model = _tiny_ckpt_model()
+    path = write_s3prl_ckpt(tmp_path / "payload.ckpt", model)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["Runner"] = {"created": datetime.date(2021, 10, 5), "hook": Payload()}
+    torch.save(ckpt, path)
+    loaded = load_encoder(str(path))  # dates and the payload stood in for, never called
+    assert not marker.exists()
     assert loaded.identity == Encoder(model, source="x").identity
+
+    class Shell:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    ckpt["Runner"] = {"hook": Shell()}
+    torch.save(ckpt, path)
+    with pytest.raises(EdgeserError, match="not a readable torch checkpoint"):
+        load_encoder(str(path))
+
+
+def _touch(path: str) -> None:
+    Path(path).write_text("ran")
 
 
 @pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask:UserWarning")
@@ -504,6 +609,29 @@ def test_other_ssl_families_load_from_folder(tmp_path, family: str) -> None:
         reference = hf_hidden_states(encoder, ref_input.astype(np.float32))
         assert max_diff(out[:-1], reference[:-1]) <= 1e-4
         assert max_diff(out[-1], reference[-1]) <= 1e-4
+    if family == "wavlm":  # trains, but has no export graph: the refusal names what does
+        from edgeser.deploy.graph import check_exportable
+
+        with pytest.raises(EdgeserError, match="train --model distilhubert"):
+            check_exportable(encoder.model)
+
+
+def test_gradient_checkpointing_from_a_config_is_switched_off(tmp_path) -> None:
+    """Some wav2vec 2.0 hub configs carry gradient_checkpointing: true; transformers then
+    turns it on at load, which only costs compute for a frozen or fine-tuned encoder."""
+    import json
+
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(3)
+    Wav2Vec2Model(Wav2Vec2Config(**_direct_shape(), conv_bias=True)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["gradient_checkpointing"] = True
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    encoder = load_encoder(str(tmp_path))
+    assert not encoder.model.is_gradient_checkpointing
+    encoder.unfreeze_upper()
+    assert not encoder.model.is_gradient_checkpointing
 
 
 # ------------------------------------------------------------------ encoding
@@ -684,11 +812,8 @@ def test_first_conv_as_strided_matmul_matches_conv1d():
 # ------------------------------------------------------------------ direct path
 
 
-def _direct_model(kind: str) -> nn.Module:
-    """Tiny models of the architectures the direct path covers (and one it does not)."""
-    from transformers import HubertModel, Wav2Vec2Config, Wav2Vec2Model
-
-    shape = {
+def _direct_shape() -> dict:
+    return {
         "conv_dim": (32, 32, 32),
         "conv_kernel": (10, 3, 2),
         "conv_stride": (5, 2, 2),
@@ -699,6 +824,13 @@ def _direct_model(kind: str) -> nn.Module:
         "num_conv_pos_embeddings": 16,
         "num_conv_pos_embedding_groups": 4,
     }
+
+
+def _direct_model(kind: str) -> nn.Module:
+    """Tiny models of the architectures the direct path covers (and one it does not)."""
+    from transformers import HubertModel, Wav2Vec2Config, Wav2Vec2Model
+
+    shape = _direct_shape()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if kind == "hubert":

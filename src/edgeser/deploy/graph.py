@@ -50,9 +50,13 @@ def check_exportable(hf_model: Any) -> None:
         (isinstance(hf_model, HubertModel) and model_type == "hubert")
         or (isinstance(hf_model, Wav2Vec2Model) and model_type == "wav2vec2")
     ):
+        hint = ""
+        if model_type == "wavlm":
+            hint = ("; WavLM's gated relative position bias has no export graph: train "
+                    "--model distilhubert, hubert-base or wav2vec2-base to deploy")
         raise EdgeserError(
             f"export supports HuBERT/DistilHuBERT and wav2vec 2.0 encoders only, got {name} "
-            f"(model_type {model_type!r})"
+            f"(model_type {model_type!r}){hint}"
         )
 
     problems = []

@@ -360,6 +360,12 @@ class Encoder(nn.Module):
         if impl not in IMPLS:
             raise EdgeserError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
         model.config.layerdrop = 0.0  # every layer must run: hidden states are features
+        if getattr(model, "is_gradient_checkpointing", False):
+            # wav2vec 2.0 hub configs may say gradient_checkpointing: true; frozen and
+            # inference use gains nothing from it, and fine-tuning would recompute
+            disable = getattr(model, "activation_checkpointing_disable", None) or \
+                model.gradient_checkpointing_disable
+            disable()
         self.model = model.float()
         self.source = str(source)
         self.is_random = bool(is_random)
@@ -1566,32 +1572,90 @@ def _describe_keys(
 # ------------------------------------------------------------------ s3prl checkpoints
 
 
-def _load_pickle(path: Path) -> Any:
-    """``torch.load`` a file the user named: weights-only first, full unpickling as fallback.
+class InertObject:
+    """Stands in for a class or function of a checkpoint that the loader does not know.
 
-    The fallback runs only when the weights-only loader refuses a Python global it does not
-    know (e.g. a training-script class stored in the checkpoint); it is logged as a warning
-    naming the file, since full unpickling can run code from the file.
+    :func:`_load_pickle` maps every such global (an optimizer schedule of the training
+    toolkit, say) to a subclass of this one, named after it: the unpickler then builds an
+    instance that only records the arguments and state the file holds (``args``,
+    ``state``); nothing the file names is imported or run.
     """
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        match = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if match is None:
-            raise EdgeserError(f"{path}: not a readable torch checkpoint") from exc
-        logger.warning(
-            "%s: holds Python objects beyond tensors and plain containers (%s); loading it "
-            "with full unpickling (weights_only=False). Only do this with files you trust.",
-            path,
-            match.group(1),
-        )
-    except Exception as exc:  # a corrupt or foreign file fails in many ways
-        raise EdgeserError(f"{path}: not a readable torch checkpoint: {_first_line(exc)}") from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # unpickling can fail in arbitrary ways
-        raise EdgeserError(f"{path}: could not unpickle: {_first_line(exc)}") from exc
+
+    qualified_name = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        obj = super().__new__(cls)
+        obj.args = args
+        obj.state = None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert stand-in for {self.qualified_name}>"
+
+
+def _stand_in(name: str) -> type[InertObject]:
+    return type(name.rsplit(".", 1)[-1], (InertObject,), {"qualified_name": name})
+
+
+#: Unknown globals one checkpoint may bring before the loader gives up.
+_MAX_STAND_INS = 64
+
+
+def _load_pickle(path: Path) -> tuple[Any, list[str]]:
+    """``torch.load`` a file the user named, weights-only, never with full unpickling.
+
+    Tensors, plain containers and ``argparse.Namespace`` load as themselves; every other
+    global the file names (a class of the toolkit that wrote it, which need not be
+    installed here) is replaced by an inert stand-in (:class:`InertObject`): recorded,
+    never imported or called. Returns the object and the names of the globals stood in
+    for. Globals of modules torch blocks outright (``os``, ``sys``, ...) are refused.
+    """
+    stand_ins: dict[str, type[InertObject]] = {}
+    while True:
+        allowed: list[Any] = [argparse.Namespace, *((c, n) for n, c in stand_ins.items())]
+        try:
+            with torch.serialization.safe_globals(allowed):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            return obj, sorted(stand_ins)
+        except pickle.UnpicklingError as exc:
+            match = re.search(r"Unsupported global: GLOBAL (\S+) was not", str(exc))
+            if match is None:
+                raise EdgeserError(
+                    f"{path}: not a readable torch checkpoint: {_first_line(exc)}") from exc
+            name = match.group(1)
+            if "." not in name:  # torch prints builtins without their module
+                name = f"builtins.{name}"
+            if name in stand_ins or len(stand_ins) >= _MAX_STAND_INS:
+                raise EdgeserError(f"{path}: could not read it weights-only (at {name}): "
+                                   f"{_first_line(exc)}") from exc
+            stand_ins[name] = _stand_in(name)
+        except Exception as exc:  # a corrupt or foreign file fails in many ways
+            raise EdgeserError(f"{path}: not a readable torch checkpoint: {_first_line(exc)}") \
+                from exc
+
+
+def _stand_ins_in(obj: Any, depth: int = 0) -> set[str]:
+    """Qualified names of the :class:`InertObject` stand-ins anywhere inside ``obj``."""
+    if isinstance(obj, InertObject):
+        return {obj.qualified_name} | _stand_ins_in((obj.args, obj.state), depth + 1)
+    if depth > 32:
+        return set()
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, Mapping):
+        obj = list(obj.values())
+    if isinstance(obj, list | tuple | set):
+        found: set[str] = set()
+        for item in obj:
+            found |= _stand_ins_in(item, depth + 1)
+        return found
+    return set()
 
 
 _ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_accurate": "gelu_new", "tanh": "tanh"}
@@ -1727,7 +1791,7 @@ def _load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
     """Build a ``HubertModel`` from an original s3prl DistilHuBERT checkpoint."""
     from transformers import HubertModel
 
-    obj = _load_pickle(path)
+    obj, _ = _load_pickle(path)
     if not isinstance(obj, Mapping) or "Distiller" not in obj or "Config" not in obj:
         found = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else type(obj).__name__
         raise EdgeserError(
@@ -1747,6 +1811,18 @@ def _load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise EdgeserError(f"{path}: its 'Distiller' entry is not a state dict of tensors")
+    unknown = _stand_ins_in(distiller_cfg)
+    if unknown:
+        raise EdgeserError(f"{path}: its Config['distiller'] holds objects of unknown classes "
+                           f"({', '.join(sorted(unknown))})")
+    ignored = []
+    for key in obj:
+        if key in ("Distiller", "Config"):
+            continue
+        inner = sorted(_stand_ins_in(obj[key]))
+        ignored.append(f"{key} ({', '.join(inner)})" if inner else str(key))
+    if ignored:
+        logger.info("%s: ignored: %s", path.name, ", ".join(ignored))
     config = _config_from_distiller(distiller_cfg, path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
