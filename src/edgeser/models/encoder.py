@@ -360,7 +360,9 @@ class Encoder(nn.Module):
         if impl not in IMPLS:
             raise EdgeserError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
         model.config.layerdrop = 0.0  # every layer must run: hidden states are features
-        if getattr(model, "is_gradient_checkpointing", False):
+        flag = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
+                else "is_gradient_checkpointing")  # the name transformers 5 deprecates
+        if getattr(model, flag, False):
             # wav2vec 2.0 hub configs may say gradient_checkpointing: true; frozen and
             # inference use gains nothing from it, and fine-tuning would recompute
             disable = getattr(model, "activation_checkpointing_disable", None) or \
