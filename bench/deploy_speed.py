@@ -172,7 +172,7 @@ def build(out: Path) -> tuple[Path, Path]:
 
     from edgeser.config import TrainConfig
     from edgeser.deploy.export import export_model
-    from edgeser.models.encoder import random_encoder
+    from edgeser.models.ssl import random_encoder
     from edgeser.pipeline import build_model, save_model
 
     model_dir, onnx_dir = out / "production", out / "onnx"

@@ -23,7 +23,7 @@ import torch
 
 from edgeser.core.cpu import format_hardware, resolve_precision
 from edgeser.deploy.export import speech_like
-from edgeser.models.encoder import Encoder, load_encoder
+from edgeser.models.ssl import Encoder, load_encoder
 
 SR = 16_000
 

@@ -50,7 +50,7 @@ import torch
 
 from edgeser.core.cpu import bf16_check, format_hardware
 from edgeser.deploy.export import speech_like
-from edgeser.models.encoder import Encoder, random_encoder
+from edgeser.models.ssl import Encoder, random_encoder
 
 SR = 16_000
 #: GFLOP per second of audio of DistilHuBERT (conv extractor 4.9, transformer side 1.9).

@@ -38,8 +38,8 @@ from edgeser.config import TrainConfig
 from edgeser.core.augment import Augmenter
 from edgeser.core.cpu import format_hardware
 from edgeser.features import Item, load_waveform
-from edgeser.models.encoder import random_encoder
 from edgeser.models.head import EmotionHead, HeadConfig
+from edgeser.models.ssl import random_encoder
 from edgeser.reproduce import load_corpus, reproduce
 from edgeser.synth import synthesize_corpus
 from edgeser.train.losses import make_loss

@@ -12,9 +12,9 @@ import torch
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.corpora import prepare_iemocap, prepare_ravdess
-from edgeser.models.encoder import random_encoder, tiny_config
 from edgeser.models.head import EmotionHead, HeadConfig, pool_layers
 from edgeser.models.registry import encoder_source, normalization
+from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.testing import make_iemocap_tree, make_ravdess_tree
 from edgeser.train.normalize import group_stats, normalize_pooled
 
@@ -83,7 +83,7 @@ def test_model_names_resolve_encoders_and_normalisation():
 
 
 def test_random_architectures_of_the_encoder_zoo():
-    from edgeser.models.encoder import load_encoder
+    from edgeser.models.ssl import load_encoder
 
     enc = load_encoder("random:wav2vec2-base", seed=0)
     n = sum(p.numel() for p in enc.model.parameters())
@@ -183,7 +183,7 @@ def test_pareto_front():
 def _tiny_w2v():
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from edgeser.models.encoder import Encoder
+    from edgeser.models.ssl import Encoder
 
     torch.manual_seed(0)
     cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

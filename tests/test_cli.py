@@ -21,7 +21,7 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import HubertModel
 
-    from edgeser.models.encoder import tiny_config
+    from edgeser.models.ssl import tiny_config
 
     folder = tmp_path_factory.mktemp("tiny-hubert")
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from edgeser.core.errors import EdgeserError
-from edgeser.models.encoder import (
+from edgeser.models.ssl import (
     BF16_IMPL,
     DISTILHUBERT_NUM_PARAMETERS,
     IMPLS,
@@ -225,8 +225,9 @@ def test_full_frames_49_per_second(full_encoder: Encoder) -> None:
 
 
 def test_full_batch_equals_single(full_encoder: Encoder) -> None:
-    assert full_encoder.precision == "fp32" and full_encoder._fast_conv
-    assert full_encoder._fast_upper and not full_encoder._int8  # the direct float32 path
+    direct = full_encoder.direct  # the direct float32 path
+    assert full_encoder.precision == "fp32" and direct.conv_supported
+    assert direct.upper_supported and not direct.int8
     waves = [speech_like(1.0, 1), speech_like(0.37, 2), speech_like(0.8, 3)]
     batched = full_encoder.encode(waves)
     for wave, out in zip(waves, batched, strict=True):
@@ -253,8 +254,8 @@ def pooled_cosines(ref: torch.Tensor, low: torch.Tensor) -> tuple[float, float]:
 def test_bf16_close_to_fp32(full_encoder: Encoder, impl: str) -> None:
     bf16 = full_encoder.variant(precision="bf16", impl=impl)
     assert bf16.identity != full_encoder.identity
-    assert (bf16._fast_conv, bf16._fast_upper) == ((True, True) if impl != "modules" else
-                                                   (False, False))
+    supported = (bf16.direct.conv_supported, bf16.direct.upper_supported)
+    assert supported == ((True, True) if impl != "modules" else (False, False))
     # short inputs: bfloat16 is emulated (slow) on CPUs without native bfloat16
     waves = [speech_like(1.0, 4), speech_like(0.3, 6)]
     for ref, low in zip(full_encoder.encode(waves), bf16.encode(waves), strict=True):
@@ -405,7 +406,7 @@ def test_unreachable_hub_fails_at_once(monkeypatch, tmp_path) -> None:
     hub client's retries."""
     from huggingface_hub import constants
 
-    import edgeser.models.encoder as encoder_module
+    import edgeser.models.ssl.sources as encoder_module
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -497,7 +498,7 @@ def test_published_s3prl_layout_loads_without_s3prl(tmp_path, caplog) -> None:
     line; the encoder equals the same weights loaded from a Hugging Face folder."""
     import sys
 
-    from edgeser.models.encoder import InertObject, _load_pickle
+    from edgeser.models.ssl.s3prl import InertObject, _load_pickle
 
     reference = random_encoder(tiny_config(), seed=5)
     folder = tmp_path / "hf"
@@ -795,7 +796,7 @@ def test_conv_spec_from_checkpoint_is_never_evaluated(tmp_path) -> None:
 
 
 def test_first_conv_as_strided_matmul_matches_conv1d():
-    from edgeser.models.encoder import StridedMatmulConv1d
+    from edgeser.models.ssl.direct import StridedMatmulConv1d
 
     torch.manual_seed(0)
     conv = nn.Conv1d(1, 16, 10, 5, bias=True)
@@ -858,8 +859,9 @@ def test_direct_path_matches_modules_tiny(kind: str, precision: str, impl: str) 
     model = _direct_model(kind)
     ref_encoder = Encoder(model, source=kind, impl="modules")
     low_encoder = Encoder(model, source=kind, precision=precision, impl=impl)
-    assert low_encoder._fast_conv == (kind != "wav2vec2-layer-conv")
-    assert low_encoder._fast_upper and low_encoder._int8 == (impl == "direct+int8")
+    assert low_encoder.direct.conv_supported == (kind != "wav2vec2-layer-conv")
+    assert low_encoder.direct.upper_supported
+    assert low_encoder.direct.int8 == (impl == "direct+int8")
     exact = (precision, impl) == ("fp32", "direct")
     assert (low_encoder.identity == ref_encoder.identity) == exact
     waves = tiny_waves([5000, 20, 2222, 4096, 999, 3000], seed=2)
@@ -898,8 +900,8 @@ def test_first_conv_folds_group_norm_exactly(conv_bias: bool, precision: str) ->
         total += span
     waves = [encoder._prepare(w, index=0) for w in waves]
     with torch.inference_mode():
-        hidden = encoder._first_conv_direct(waves, bounds)
-        assert hidden.dtype == encoder._dtype
+        hidden = encoder.direct.first_conv(waves, bounds)
+        assert hidden.dtype == encoder.direct.dtype
         for wave, (start, stop) in zip(waves, bounds, strict=True):
             ref = first(wave[None, None])[0].t()  # [T, C] float32 modules
             got = hidden[start // 5 : start // 5 + ref.shape[0]].float()
@@ -912,7 +914,7 @@ def test_first_conv_folds_group_norm_exactly(conv_bias: bool, precision: str) ->
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_conv_groups_equal_single_items(tiny_encoder: Encoder, monkeypatch, precision) -> None:
     """Waves laid end to end through the extractor give each wave's own features."""
-    import edgeser.models.encoder as encoder_module
+    import edgeser.models.ssl.direct as encoder_module
 
     bf16 = tiny_encoder.variant(precision=precision)
     modules = tiny_encoder.variant(impl="modules")
@@ -925,7 +927,7 @@ def test_conv_groups_equal_single_items(tiny_encoder: Encoder, monkeypatch, prec
             monkeypatch.setattr(encoder_module, "_CONV_GROUP_SAMPLES", group_samples)
             grouped = bf16._conv_batch(waves)
             for wave, a, g in zip(waves, alone, grouped, strict=True):
-                assert a.dtype == g.dtype == bf16._dtype
+                assert a.dtype == g.dtype == bf16.direct.dtype
                 assert g.shape == (bf16.num_frames(wave.numel()), 32)
                 assert max_diff(a.float(), g.float()) <= ulp * float(a.abs().max())
     feats = bf16.conv_features(waves[6])
@@ -937,26 +939,26 @@ def test_conv_groups_equal_single_items(tiny_encoder: Encoder, monkeypatch, prec
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_positional_conv_matches_module(monkeypatch, precision: str) -> None:
     """The positional conv as per-group products of gathered windows, in any chunking."""
-    import edgeser.models.encoder as encoder_module
+    import edgeser.models.ssl.direct as encoder_module
 
     encoder = random_encoder(tiny_config(), seed=7, precision=precision)
     pos = encoder.model.encoder.pos_conv_embed
     gen = torch.Generator().manual_seed(1)
-    hidden = torch.randn(3, 45, 32, generator=gen).to(encoder._dtype)
+    hidden = torch.randn(3, 45, 32, generator=gen).to(encoder.direct.dtype)
     ulp = 2**-6 if precision == "bf16" else 1e-5
     with torch.inference_mode():
         reference = pos(hidden.float())
         for rows in (4096, 40, 1):  # all utterances at once, one, a few frames at a time
             monkeypatch.setattr(encoder_module, "_POS_CONV_ROWS", rows)
-            got = encoder._pos_conv_direct(hidden)
-            assert got.shape == reference.shape and got.dtype == encoder._dtype
+            got = encoder.direct.pos_conv(hidden)
+            assert got.shape == reference.shape and got.dtype == encoder.direct.dtype
             assert max_diff(got.float(), reference) <= ulp * float(reference.abs().max())
 
 
 def test_int8_linear_rows_are_independent() -> None:
     """Each row is quantised on its own scale: results do not depend on the other rows,
     and stay close to the float32 product."""
-    from edgeser.models.encoder import _int8_available, _int8_linear, _pack_int8
+    from edgeser.models.ssl.direct import _int8_available, _int8_linear, _pack_int8
 
     _int8_available.cache_clear()
     before = torch.random.get_rng_state()
@@ -982,7 +984,8 @@ def test_int8_linear_rows_are_independent() -> None:
 
 
 def test_identity_tags(tiny_encoder: Encoder) -> None:
-    from edgeser.models.encoder import _fingerprint, _int8_available
+    from edgeser.models.ssl.direct import _int8_available
+    from edgeser.models.ssl.encoder import _fingerprint
 
     model = tiny_encoder.model
     fp32 = {impl: Encoder(model, source="x", impl=impl).identity for impl in IMPLS}
@@ -1016,7 +1019,7 @@ def test_weight_casts_follow_weight_updates(precision: str, impl: str) -> None:
     encoder = Encoder(encoder.model, source="x", precision=precision, impl=impl)
     waves = tiny_waves([1500, 400, 2600], seed=4)
     before = encoder.encode(waves)
-    assert len(encoder._casts) > 0
+    assert len(encoder.direct.casts) > 0
 
     def fresh(enc: Encoder) -> list[torch.Tensor]:
         return Encoder(copy.deepcopy(enc.model), source="y", precision=precision,
@@ -1048,7 +1051,7 @@ def test_weight_casts_follow_weight_updates(precision: str, impl: str) -> None:
     optimizer.step()
     tuned = encoder.encode(waves)
     copied = copy.deepcopy(encoder)
-    assert len(copied._casts) == 0
+    assert len(copied.direct.casts) == 0
     for b, c, d in zip(tuned, fresh(encoder), copied.encode(waves), strict=True):
         assert max_diff(b, c) <= 1e-6
         assert max_diff(b, d) <= 1e-6

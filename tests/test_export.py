@@ -19,7 +19,7 @@ from edgeser.deploy.export import (
     pad_batch,
     reference_probabilities,
 )
-from edgeser.models.encoder import Encoder, random_encoder, tiny_config
+from edgeser.models.ssl import Encoder, random_encoder, tiny_config
 from edgeser.pipeline import build_model, save_model
 from edgeser.testing import tone, write_wav
 

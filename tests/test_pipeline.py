@@ -17,7 +17,7 @@ from edgeser.core.labels import LABELS
 from edgeser.corpora import prepare_cremad, prepare_iemocap, prepare_ravdess
 from edgeser.eval.protocols import group_sessions, loso_splits, production_split
 from edgeser.features import FeatureStore, Item, extract
-from edgeser.models.encoder import random_encoder, tiny_config
+from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.testing import make_cremad_tree, make_iemocap_tree, make_ravdess_tree
 
 IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]

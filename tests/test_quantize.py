@@ -23,7 +23,7 @@ from edgeser.deploy.quantize import (
     split_nodes,
     weight_only_int8,
 )
-from edgeser.models.encoder import random_encoder, tiny_config
+from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.pipeline import build_model, save_model
 from edgeser.testing import tone
 

@@ -104,7 +104,7 @@ def load_trained(model_dir: str | Path, encoder: Any | None = None) -> tuple[Any
         if model_spec(cfg.model).family == "cnn":
             encoder = _encoder(cfg)
         else:
-            from edgeser.models.encoder import load_encoder
+            from edgeser.models.ssl import load_encoder
 
             encoder = load_encoder(enc_meta["source"], seed=enc_meta.get("seed", 0),
                                    precision=cfg.precision)

@@ -10,7 +10,7 @@ x86 CPUs differ in what they run fast. bfloat16 matrix products are native only 
   ``ATEN_CPU_CAPABILITY`` caps) is AVX-512, ``ONEDNN_MAX_CPU_ISA`` does not cap oneDNN below
   its bf16 kernels, and a micro-benchmark (< 0.1 s, run only when all of that holds)
   finds a bfloat16 product no slower than twice float32 time;
-* ``"fp32"`` otherwise (the direct float32 implementation of :mod:`edgeser.models.encoder`).
+* ``"fp32"`` otherwise (the direct float32 implementation of :mod:`edgeser.models.ssl`).
 
 The resolved value, never ``"auto"``, is what feature caches, saved configs,
 ``results.json`` and reports record. An explicit ``"bf16"`` on a CPU without native

@@ -6,7 +6,7 @@ Two families:
   ``pepino``): a frozen self-supervised encoder, a learnable softmax-weighted sum over all
   its hidden layers, pooling over time and a small MLP (:mod:`edgeser.models.head`). The
   name picks the default encoder; ``--encoder`` replaces it with any source
-  :func:`edgeser.models.encoder.load_encoder` accepts. ``--encoder random`` gives random
+  :func:`edgeser.models.ssl.load_encoder` accepts. ``--encoder random`` gives random
   weights *of that model's architecture* (``random:wav2vec2-base`` for ``pepino``).
   ``pepino`` is Pepino et al. (2021): wav2vec 2.0 Base with per-speaker feature
   normalisation by default (``--feature-norm global`` or ``none`` to change it).
@@ -101,12 +101,12 @@ def normalization(cfg: Any) -> str:
 
 
 def make_encoder(cfg: Any) -> Any:
-    """The feature extractor of a config: an :class:`~edgeser.models.encoder.Encoder` for
+    """The feature extractor of a config: an :class:`~edgeser.models.ssl.Encoder` for
     SSL models, the MFCC front end for LIGHT-SERNET."""
     if model_spec(cfg.model).family == "cnn":
         from edgeser.models.lightsernet import MFCCConfig, MFCCFrontEnd
 
         return MFCCFrontEnd(MFCCConfig(seconds=cfg.mfcc_seconds))
-    from edgeser.models.encoder import load_encoder
+    from edgeser.models.ssl import load_encoder
 
     return load_encoder(encoder_source(cfg), seed=cfg.encoder_seed, precision=cfg.precision)
