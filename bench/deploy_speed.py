@@ -50,7 +50,7 @@ VARIANTS = (*TORCH_IMPLS, *FILES)
 
 def _speech(seconds: float, seed: int) -> np.ndarray:
     """Speech-like input (numpy only: an ONNX worker's peak RSS must not include torch)."""
-    from edgeser.deploy.export import speech_like
+    from edgeser.deploy.calibration import speech_like
 
     return speech_like(seconds, np.random.default_rng(seed))
 
@@ -86,7 +86,7 @@ def runner(variant: str, model_dir: Path, onnx_dir: Path, threads: int):
                 return torch.softmax(head(h[:, None]), -1).numpy()
 
         return run
-    from edgeser.deploy.export import onnx_session, pad_batch
+    from edgeser.runtime.session import onnx_session, pad_batch
 
     session = onnx_session(onnx_dir / FILES[variant], threads=threads)
     return lambda w: session.run(None, pad_batch([w]))[0]
@@ -133,7 +133,8 @@ def interleaved_latency(runners: dict, runs: int) -> dict[str, dict[str, float]]
 def fidelity(onnx_dir: Path, speech_dir: Path, threads: int) -> dict[str, dict[str, float]]:
     """Agreement with ONNX float32 on the audio files of ``speech_dir`` (trimmed as the
     runtime does), per ONNX variant: argmax agreement, mean and max |Δp|."""
-    from edgeser.deploy.export import calibration_waves, onnx_session, pad_batch
+    from edgeser.deploy.calibration import calibration_waves
+    from edgeser.runtime.session import onnx_session, pad_batch
 
     files = sorted(p for p in speech_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
     if not files:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edgeser.core.cpu import format_hardware, resolve_precision
-from edgeser.deploy.export import speech_like
+from edgeser.deploy.calibration import speech_like
 from edgeser.models.ssl import Encoder, load_encoder
 
 SR = 16_000

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from edgeser.core.cpu import bf16_check, format_hardware
-from edgeser.deploy.export import speech_like
+from edgeser.deploy.calibration import speech_like
 from edgeser.models.ssl import Encoder, random_encoder
 
 SR = 16_000

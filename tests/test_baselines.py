@@ -229,11 +229,12 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
 
 
 def test_light_sernet_trains_through_the_protocol_exports_and_predicts(manifests, tmp_path):
-    from edgeser.deploy.export import export_model, onnx_session, pad_batch
+    from edgeser.deploy.export import export_model
     from edgeser.deploy.lightsernet import LightSERNetGraph
     from edgeser.models.lightsernet import LIGHT_SERNET_NUM_PARAMETERS, MFCCFrontEnd
     from edgeser.runs import evaluate_loso, load_trained
     from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.session import onnx_session, pad_batch
 
     cfg = _cfg(model="light-sernet", mfcc_seconds=1.0)
     out = evaluate_loso(cfg, manifests["iemocap"], tmp_path / "lo", folds=3, progress=False)

@@ -145,20 +145,10 @@ def write_s3prl_ckpt(path, model, *, legacy_weight_norm=False, state=None, **cfg
 
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    """A voiced, formant-shaped, syllable-modulated signal (speech-like spectrum)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 140.0 + 30.0 * np.sin(2 * np.pi * 1.5 * t) + 10.0 * np.sin(2 * np.pi * 5 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    formants = (500.0, 1500.0, 2500.0)
-    voiced = np.zeros_like(t)
-    for k in range(1, 40):
-        freq = k * f0
-        gain = sum(np.exp(-(((freq - f) / 150.0) ** 2)) for f in formants) + 0.05
-        voiced += gain * np.sin(k * phase) * (freq < 7500)
-    envelope = 0.5 * (1 - np.cos(2 * np.pi * 3.7 * t)) ** 2
-    signal = voiced * envelope + 0.005 * rng.standard_normal(t.size)
-    return (0.6 * signal / np.abs(signal).max()).astype(np.float32)
+    """The library's deterministic speech-like signal, seeded by an integer."""
+    from edgeser.deploy.calibration import speech_like as generate
+
+    return generate(seconds, np.random.default_rng(seed))
 
 
 def hf_hidden_states(encoder: Encoder, wave: np.ndarray) -> torch.Tensor:

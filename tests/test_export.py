@@ -12,15 +12,10 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.deploy.export import (
-    add_export_parser,
-    export_model,
-    onnx_session,
-    pad_batch,
-    reference_probabilities,
-)
+from edgeser.deploy.export import add_export_parser, export_model, reference_probabilities
 from edgeser.models.ssl import Encoder, random_encoder, tiny_config
 from edgeser.pipeline import build_model, save_model
+from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone, write_wav
 
 RAVDESS_MINI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"

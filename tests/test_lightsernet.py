@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from edgeser.core.preprocess import peak_normalize, preemphasis
-from edgeser.deploy.export import export_onnx, pad_batch, speech_like
+from edgeser.deploy.calibration import speech_like
+from edgeser.deploy.export import export_onnx
 from edgeser.deploy.lightsernet import (
     LightSERNetGraph,
     lightsernet_quantized_nodes,
@@ -29,6 +30,7 @@ from edgeser.models.lightsernet import (
     mfcc_numpy,
     num_parameters,
 )
+from edgeser.runtime.session import pad_batch
 
 SR = 16_000
 CFG = MFCCConfig()
@@ -260,7 +262,7 @@ def test_graph_matches_independent_pipeline(net: LightSERNet, pre: float, peak: 
 def onnx_files(graph: LightSERNetGraph, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from edgeser.deploy.export import calibration_waves
+    from edgeser.deploy.calibration import calibration_waves
 
     folder = tmp_path_factory.mktemp("lightsernet")
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
@@ -275,7 +277,7 @@ def _inputs() -> list[list[np.ndarray]]:
 
 
 def test_onnx_float32_parity(graph: LightSERNetGraph, onnx_files) -> None:
-    from edgeser.deploy.export import onnx_session
+    from edgeser.runtime.session import onnx_session
 
     session = onnx_session(onnx_files[0], threads=1)
     assert [i.name for i in session.get_inputs()] == ["waveform", "lengths"]
@@ -288,7 +290,7 @@ def test_onnx_float32_parity(graph: LightSERNetGraph, onnx_files) -> None:
 def test_onnx_int8(graph: LightSERNetGraph, onnx_files) -> None:
     import onnx
 
-    from edgeser.deploy.export import onnx_session
+    from edgeser.runtime.session import onnx_session
 
     fp32, int8 = onnx_files
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size

@@ -12,7 +12,8 @@ from onnx import numpy_helper
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.deploy.export import export_model, onnx_session, pad_batch, speech_like
+from edgeser.deploy.calibration import speech_like
+from edgeser.deploy.export import export_model
 from edgeser.deploy.halfprec import convert_float16, store_float16
 from edgeser.deploy.quantize import (
     SCHEMES,
@@ -25,6 +26,7 @@ from edgeser.deploy.quantize import (
 )
 from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.pipeline import build_model, save_model
+from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone
 
 # four conv layers, so the schemes differ: convs.0-2 after the matmul-shaped first layer

@@ -84,7 +84,7 @@ def _torch_latency(model: Any, encoder: Any, wave: np.ndarray, runs: int) -> flo
 
 
 def _onnx_latency(path: Path, wave: np.ndarray, runs: int) -> float:
-    from edgeser.deploy.export import onnx_session, pad_batch
+    from edgeser.runtime.session import onnx_session, pad_batch
 
     session = onnx_session(path)
     feed = pad_batch([wave])
@@ -124,7 +124,7 @@ def compare(
     maps model names to ready encoders (tests, offline use). Each model's run lives in
     ``out/<model>/`` and resumes like any other run.
     """
-    from edgeser.deploy.export import speech_like
+    from edgeser.deploy.calibration import speech_like
     from edgeser.runs import evaluate_loso, load_trained
 
     names = list(dict.fromkeys(m.strip() for m in models if m.strip()))

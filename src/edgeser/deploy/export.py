@@ -25,6 +25,8 @@ import numpy as np
 from edgeser import __version__
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
+from edgeser.deploy.calibration import calibration_waves
+from edgeser.runtime.session import onnx_session, pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +36,9 @@ __all__ = [
     "VARIANTS",
     "add_export_parser",
     "build_export_graph",
-    "calibration_waves",
     "export_model",
     "export_onnx",
-    "onnx_session",
-    "pad_batch",
     "reference_probabilities",
-    "speech_like",
 ]
 
 FORMAT = "edgeser-onnx"
@@ -134,89 +132,6 @@ def reference_probabilities(
     with torch.no_grad():
         probs = [torch.softmax(head.eval()(h[:, None]), dim=-1) for h in hidden]
     return torch.cat(probs).numpy()
-
-
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session with full graph optimisation."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def pad_batch(waves: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """The graph's feed for a list of 1-D waveforms (zero-padded rows + lengths)."""
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    batch = np.zeros((len(waves), int(lengths.max(initial=0))), dtype=np.float32)
-    for i, w in enumerate(waves):
-        batch[i, : len(w)] = w
-    return {"waveform": batch, "lengths": lengths}
-
-
-_VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (530, 1840, 2480), (570, 840, 2410),
-           (300, 870, 2240), (660, 1720, 2410), (440, 1020, 2240))
-
-
-def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """A deterministic speech-like signal: voiced syllables with moving formants, fricative
-    noise, pauses, a varying pitch and level (self-contained, so calibration never changes
-    with other modules)."""
-    n = max(int(seconds * SAMPLE_RATE), 1)
-    t = np.arange(n) / SAMPLE_RATE
-    f0_base = rng.uniform(90.0, 260.0)
-    f0 = f0_base * 2 ** ((rng.uniform(2, 6) * np.sin(2 * np.pi * rng.uniform(0.3, 1.2) * t)
-                          + rng.normal(0, 0.5)) / 12)
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    rate = rng.uniform(3.0, 6.0)  # syllables per second
-    syllable = np.floor(t * rate).astype(int)
-    vowels = rng.integers(0, len(_VOWELS), syllable.max() + 1)
-    formants = np.array([_VOWELS[v] for v in vowels], dtype=np.float64)[syllable]
-    formants *= rng.uniform(0.9, 1.2)
-    voiced = np.zeros(n)
-    for k in range(1, 60):
-        freq = k * f0
-        gain = sum(np.exp(-(((freq - formants[:, j]) / (80.0 + 40 * j)) ** 2)) / (j + 1)
-                   for j in range(3)) + 0.02
-        voiced += gain * np.sin(k * phase) * (freq < 7800) / k**0.5
-    pos = t * rate - syllable  # position inside the syllable, 0..1
-    envelope = np.sin(np.pi * np.clip((pos - 0.15) / 0.75, 0, 1)) ** 2
-    envelope *= rng.random(syllable.max() + 1)[syllable] > 0.15  # some pauses
-    noise = rng.standard_normal(n) * (pos < 0.15) * rng.uniform(0.05, 0.3)
-    level = 10 ** (rng.uniform(-20.0, 0.0) / 20)
-    signal = voiced * envelope + noise + 0.003 * rng.standard_normal(n)
-    return (0.9 * level * signal / np.abs(signal).max()).astype(np.float32)
-
-
-def calibration_waves(
-    paths: Sequence[str | Path] | None = None, *, trim: bool = True, top_db: float = 20.0,
-    count: int = 12, seed: int = 1234,
-) -> list[np.ndarray]:
-    """Calibration audio as the runtime feeds it (16 kHz, trimmed), deterministic.
-
-    ``paths``: audio files to use; otherwise ``count`` speech-like signals of 1–4 s
-    (:func:`speech_like`, fixed ``seed``).
-    """
-    from edgeser.core.preprocess import trim_silence
-
-    waves: list[np.ndarray] = []
-    if paths:
-        from edgeser.core.audio import load_audio
-
-        for p in paths:
-            waves.append(load_audio(p, SAMPLE_RATE))
-    else:
-        rng = np.random.default_rng(seed)
-        waves = [speech_like(float(rng.uniform(1.0, 4.0)), rng) for _ in range(count)]
-    if trim:
-        waves = [trim_silence(w, SAMPLE_RATE, top_db=top_db) for w in waves]
-    waves = [w for w in waves if len(w)]
-    if not waves:
-        raise EdgeserError("no usable calibration audio (all files empty or silent)")
-    return waves
 
 
 def export_onnx(graph: Any, path: str | Path, opset: int = 17) -> None:
@@ -381,7 +296,7 @@ def export_model(
         "metrics": meta.get("metrics"),
         "export": {"opset": int(opset), "float32_parity_max_abs_diff": parity,
                    "calibration": [str(c) for c in calibration] if calibration
-                   else "speech-like signals (edgeser.deploy.export.speech_like, seed 1234)",
+                   else "speech-like signals (edgeser.deploy.calibration.speech_like, seed 1234)",
                    "int8_scheme": None if not int8 else (
                        "static QDQ (uint8 act, per-channel int8 weights) for the body "
                        "convolutions; MFCC front end, input paths and classifier in float"

@@ -60,9 +60,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader
 
 from edgeser.core.errors import EdgeserError
+from edgeser.deploy.calibration import CalibrationReader
+from edgeser.runtime.session import pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ __all__ = [
     "INT16_MAX",
     "SCHEMES",
     "STATIC_WEIGHT_QMAX",
-    "CalibrationReader",
     "IntegerOp",
     "clip_gelu_inputs",
     "fuse_gelu",
@@ -384,7 +384,6 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from edgeser.deploy.export import pad_batch
 
     assert isinstance(model, onnx.ModelProto)
     fmodel = onnx.load(str(float_path))
@@ -671,22 +670,6 @@ def worst_case_probe(path: str | Path, node_name: str, *, threads: int = 1
 
 
 # ------------------------------------------------------------------------- driver
-
-
-class CalibrationReader(CalibrationDataReader):
-    """A ``CalibrationDataReader`` feeding the exported graph one waveform at a time."""
-
-    def __init__(self, waves: Sequence[np.ndarray]) -> None:
-        from edgeser.deploy.export import pad_batch
-
-        self._items = [pad_batch([np.asarray(w, np.float32).reshape(-1)]) for w in waves]
-        self._it = iter(self._items)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._items)
 
 
 def static_qdq(

@@ -26,6 +26,7 @@ import numpy as np
 from edgeser.core.audio import SAMPLE_RATE, audio_info, load_audio, resample, to_mono
 from edgeser.core.errors import AudioError, EdgeserError
 from edgeser.core.preprocess import trim_bounds
+from edgeser.runtime.session import onnx_session, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +133,14 @@ class OnnxEmotionModel:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int = 2) -> None:
-        import onnxruntime as ort
-
         self.path, self.card = read_model_card(path)
         self.labels: list[str] = list(self.card["labels"])
         self.sample_rate: int = SAMPLE_RATE
         self.min_samples: int = max(1, int(self.card.get("min_samples", 400)))
         self.trim: TrimSettings | None = _trim_settings(self.card)
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, int(threads))
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(self.path, threads=max(1, int(threads)))
         except Exception as e:  # onnxruntime raises its own exception types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgeserError(f"{self.path} is not an edgeser model: not a loadable ONNX "
@@ -212,11 +206,7 @@ class OnnxEmotionModel:
         """
         if not waves:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        lengths = np.array([max(len(w), self.min_samples) for w in waves], dtype=np.int64)
-        batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = w
-        (probs,) = self.session.run(["probabilities"], {"waveform": batch, "lengths": lengths})
+        (probs,) = self.session.run(["probabilities"], pad_batch(waves, self.min_samples))
         return np.asarray(probs, dtype=np.float32)
 
     def _named(self, row: np.ndarray) -> Prediction:

@@ -1,0 +1,38 @@
+"""onnxruntime sessions and the graph's input contract, shared by the runtime, the
+exporter and the quantiser (numpy and onnxruntime only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["onnx_session", "pad_batch"]
+
+
+def onnx_session(path: str | Path | bytes, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session with full graph optimisation and quiet logging
+    (``threads``: intra-op threads, one inter-op thread; default: onnxruntime's)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def pad_batch(waves: Sequence[np.ndarray], min_samples: int = 0) -> dict[str, np.ndarray]:
+    """The graph's feed for 1-D waveforms: rows zero-padded to the longest, and
+    ``lengths``, each row's valid samples (at least ``min_samples``: a shorter clip counts
+    its zero padding as signal, which is what the graph's first convolution needs)."""
+    lengths = np.array([max(len(w), min_samples) for w in waves], dtype=np.int64)
+    batch = np.zeros((len(waves), int(lengths.max(initial=0))), dtype=np.float32)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    return {"waveform": batch, "lengths": lengths}
