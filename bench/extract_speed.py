@@ -1,7 +1,7 @@
 """Feature-extraction speed and fidelity of the encoder's precisions and implementations.
 
 Reproduces the workload of ``edgeser.features.extract``: ``Encoder.encode`` on a batch of
-about 60 s of audio (15 speech-like utterances of 3-5 s, ``edgeser.deploy.export
+about 60 s of audio (15 speech-like utterances of 3-5 s, ``edgeser.export.exporter
 .speech_like``), sorted by length, ``batch_size`` 8, with the full DistilHuBERT
 architecture (random weights; speed does not depend on them). The variants run
 interleaved (round after round) in one process, so that a shared machine's load hits them
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from edgeser.core.cpu import bf16_check, format_hardware
-from edgeser.deploy.calibration import speech_like
+from edgeser.export.calibration import speech_like
 from edgeser.models.ssl import Encoder, random_encoder
 
 SR = 16_000
@@ -120,8 +120,8 @@ def pooled(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fidelity(encs: dict[str, Encoder], folder: Path, every: dict[str, int]) -> None:
-    from edgeser.core.audio import load_audio
-    from edgeser.core.preprocess import FrontEnd
+    from edgeser.audio.frontend import FrontEnd
+    from edgeser.audio.io import load_audio
 
     files = sorted(folder.glob("Actor_*/*.wav"))
     if not files:

@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeser.audio.augment import Augmenter
 from edgeser.config import TrainConfig
-from edgeser.core.augment import Augmenter
 from edgeser.core.cpu import format_hardware
+from edgeser.data.synth import synthesize_corpus
+from edgeser.experiments.reproduce import load_corpus, reproduce
 from edgeser.features import Item, load_waveform
 from edgeser.models.head import EmotionHead, HeadConfig
 from edgeser.models.ssl import random_encoder
-from edgeser.reproduce import load_corpus, reproduce
-from edgeser.synth import synthesize_corpus
 from edgeser.train.losses import make_loss
 
 
@@ -76,7 +76,7 @@ def fidelity(frame, precision: str, n: int = 24) -> float:
     over ``n`` utterances."""
     fp32 = random_encoder(seed=0, precision="fp32").variant(impl="modules")
     bf16 = fp32.variant(precision=precision, impl=None)
-    from edgeser.core.preprocess import FrontEnd
+    from edgeser.audio.frontend import FrontEnd
 
     rows = frame.sample(n=n, random_state=1)
     waves = [load_waveform(Item(u, p, 0), FrontEnd(), None, 0)

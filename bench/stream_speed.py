@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edgeser.core.audio import load_audio
+from edgeser.audio.io import load_audio
 from edgeser.core.cpu import format_hardware, hardware_summary
 from edgeser.runtime import OnnxEmotionModel, file_blocks, make_vad, speech_segments
 from edgeser.runtime.stream import stream_predictions

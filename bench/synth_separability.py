@@ -28,7 +28,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from edgeser.synth import synth_iemocap, synth_ravdess
+from edgeser.data.synth import synth_iemocap, synth_ravdess
 
 LABELS = ("angry", "happy", "neutral", "sad")
 IEMOCAP_MAP = {"ang": "angry", "hap": "happy", "exc": "happy", "neu": "neutral", "sad": "sad"}

@@ -11,7 +11,7 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.corpora import prepare_iemocap, prepare_ravdess
+from edgeser.data.recipes import prepare_iemocap, prepare_ravdess
 from edgeser.models.head import EmotionHead, HeadConfig, pool_layers
 from edgeser.models.registry import encoder_source, normalization
 from edgeser.models.ssl import random_encoder, tiny_config
@@ -96,7 +96,7 @@ def test_random_architectures_of_the_encoder_zoo():
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> dict[str, Path]:
-    from edgeser.core.manifest import write_manifest
+    from edgeser.data.manifest import write_manifest
 
     root = tmp_path_factory.mktemp("corpora")
     utts = [(f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", IEMO_LABELS[i % 5])
@@ -115,7 +115,7 @@ def _cfg(**kw) -> TrainConfig:
 
 
 def test_pepino_speaker_normalisation_in_loso_and_evaluation(manifests, tmp_path):
-    from edgeser.runs import evaluate_loso, evaluate_model, train_on_manifests
+    from edgeser.experiments.runs import evaluate_loso, evaluate_model, train_on_manifests
 
     encoder = random_encoder(tiny_config(), seed=0)
     out = evaluate_loso(_cfg(model="pepino"), manifests["iemocap"], tmp_path / "lo", folds=3,
@@ -132,7 +132,7 @@ def test_pepino_speaker_normalisation_in_loso_and_evaluation(manifests, tmp_path
 
 
 def test_speaker_normalised_features_have_zero_mean_per_speaker(manifests, tmp_path):
-    from edgeser.pipeline import compute_features
+    from edgeser.experiments.pipeline import compute_features
 
     encoder = random_encoder(tiny_config(), seed=0)
     df = pd.read_csv(manifests["iemocap"])
@@ -150,7 +150,7 @@ def test_speaker_normalised_features_have_zero_mean_per_speaker(manifests, tmp_p
 def test_global_normalisation_is_stored_in_the_model(manifests, tmp_path):
     from safetensors.torch import load_file
 
-    from edgeser.runs import evaluate_model, train_on_manifests
+    from edgeser.experiments.runs import evaluate_model, train_on_manifests
 
     encoder = random_encoder(tiny_config(), seed=0)
     train_on_manifests(_cfg(model="pepino", feature_norm="global"), [manifests["iemocap"]],
@@ -164,7 +164,7 @@ def test_global_normalisation_is_stored_in_the_model(manifests, tmp_path):
 
 
 def test_normalisation_needs_pooled_features():
-    from edgeser.pipeline import feature_kind
+    from edgeser.experiments.pipeline import feature_kind
 
     for bad in ({"pooling": "attention"}, {"train": "encoder"}, {"aug_mode": "online"}):
         with pytest.raises(EdgeserError, match="needs cached pooled features"):
@@ -174,7 +174,7 @@ def test_normalisation_needs_pooled_features():
 
 
 def test_pareto_front():
-    from edgeser.compare import pareto_front
+    from edgeser.experiments.compare import pareto_front
 
     pts = [(23.5, 0.61), (95.0, 0.67), (0.5, 0.55), (95.0, 0.60), (30.0, 0.61)]
     assert pareto_front(pts) == [True, True, True, False, False]
@@ -196,7 +196,7 @@ def _tiny_w2v():
 def test_compare_writes_table_plot_and_json(manifests, tmp_path):
     import json
 
-    from edgeser.compare import compare
+    from edgeser.experiments.compare import compare
 
     w2v = _tiny_w2v()
     encoders = {"distilhubert": random_encoder(tiny_config(), seed=0), "wav2vec2-base": w2v,
@@ -229,12 +229,13 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
 
 
 def test_light_sernet_trains_through_the_protocol_exports_and_predicts(manifests, tmp_path):
-    from edgeser.deploy.export import export_model
-    from edgeser.deploy.lightsernet import LightSERNetGraph
+    from edgeser.experiments.runs import evaluate_loso
+    from edgeser.export.exporter import export_model
+    from edgeser.export.lightsernet_graph import LightSERNetGraph
     from edgeser.models.lightsernet import LIGHT_SERNET_NUM_PARAMETERS, MFCCFrontEnd
-    from edgeser.runs import evaluate_loso, load_trained
     from edgeser.runtime.model import OnnxEmotionModel
     from edgeser.runtime.session import onnx_session, pad_batch
+    from edgeser.train.folder import load_trained
 
     cfg = _cfg(model="light-sernet", mfcc_seconds=1.0)
     out = evaluate_loso(cfg, manifests["iemocap"], tmp_path / "lo", folds=3, progress=False)
@@ -251,8 +252,8 @@ def test_light_sernet_trains_through_the_protocol_exports_and_predicts(manifests
     assert paths["int8"].stat().st_size < 0.5 * paths["float32"].stat().st_size
     # the exported graph equals the trained network on the cached-feature path
     df = pd.read_csv(manifests["ravdess"])
-    from edgeser.core.audio import load_audio
-    from edgeser.core.preprocess import trim_silence
+    from edgeser.audio.frontend import trim_silence
+    from edgeser.audio.io import load_audio
 
     waves = [trim_silence(load_audio(p, 16000), 16000) for p in df["path"][:3]]
     graph = LightSERNetGraph(model.head, front.cfg)
@@ -274,7 +275,7 @@ def json_load(path):
 
 
 def test_light_sernet_refuses_encoder_modes():
-    from edgeser.pipeline import feature_kind
+    from edgeser.experiments.pipeline import feature_kind
 
     with pytest.raises(EdgeserError, match="trains from scratch"):
         feature_kind(TrainConfig(model="light-sernet", train="encoder"))
@@ -309,8 +310,8 @@ def test_light_sernet_learns_on_real_speech_speaker_independently(ravdess_mini, 
     """
     from sklearn.metrics import roc_auc_score
 
-    from edgeser.core.manifest import write_manifest
-    from edgeser.runs import evaluate_loso
+    from edgeser.data.manifest import write_manifest
+    from edgeser.experiments.runs import evaluate_loso
 
     write_manifest(prepare_ravdess(ravdess_mini), tmp_path / "rv.csv")
     cfg = TrainConfig(model="light-sernet", epochs=40, batch_size=4, aug_views=2, seed=0)

@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 
 from edgeser.core.errors import CorpusError
-from edgeser.core.labels import LABELS
-from edgeser.core.manifest import COLUMNS, validate_manifest
-from edgeser.corpora import prepare, prepare_cremad, prepare_csv, prepare_iemocap, prepare_ravdess
-from edgeser.corpora.iemocap import parse_summary_line, speaker_of
+from edgeser.data.labels import LABELS
+from edgeser.data.manifest import COLUMNS, validate_manifest
+from edgeser.data.recipes import (
+    prepare,
+    prepare_cremad,
+    prepare_csv,
+    prepare_iemocap,
+    prepare_ravdess,
+)
+from edgeser.data.recipes.iemocap import parse_summary_line, speaker_of
 from edgeser.testing import (
     make_cremad_tree,
     make_iemocap_tree,

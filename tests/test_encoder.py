@@ -146,7 +146,7 @@ def write_s3prl_ckpt(path, model, *, legacy_weight_norm=False, state=None, **cfg
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     """The library's deterministic speech-like signal, seeded by an integer."""
-    from edgeser.deploy.calibration import speech_like as generate
+    from edgeser.export.calibration import speech_like as generate
 
     return generate(seconds, np.random.default_rng(seed))
 
@@ -601,7 +601,7 @@ def test_other_ssl_families_load_from_folder(tmp_path, family: str) -> None:
         assert max_diff(out[:-1], reference[:-1]) <= 1e-4
         assert max_diff(out[-1], reference[-1]) <= 1e-4
     if family == "wavlm":  # trains, but has no export graph: the refusal names what does
-        from edgeser.deploy.graph import check_exportable
+        from edgeser.export.graph import check_exportable
 
         with pytest.raises(EdgeserError, match="train --model distilhubert"):
             check_exportable(encoder.model)
@@ -1058,8 +1058,8 @@ def test_faithful_on_real_speech(ravdess_mini, full_encoder: Encoder, precision:
     ``transformers`` modules on real RAVDESS speech, for the precision this CPU picks and
     for bf16 (a few files, fewer for bf16, which is slow where it is emulated;
     bench/extract_speed.py checks all of them)."""
-    from edgeser.core.audio import load_audio
-    from edgeser.core.preprocess import FrontEnd
+    from edgeser.audio.frontend import FrontEnd
+    from edgeser.audio.io import load_audio
 
     files = sorted(ravdess_mini.glob("Actor_*/*.wav"))[:: 20 if precision == "auto" else 60]
     front_end = FrontEnd()

@@ -12,11 +12,11 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.deploy.export import add_export_parser, export_model, reference_probabilities
+from edgeser.export.exporter import add_export_parser, export_model, reference_probabilities
 from edgeser.models.ssl import Encoder, random_encoder, tiny_config
-from edgeser.pipeline import build_model, save_model
 from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone, write_wav
+from edgeser.train.folder import build_model, save_model
 
 RAVDESS_MINI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"
 SR = 16_000
@@ -47,7 +47,7 @@ def tiny(tmp_path_factory) -> dict:
     encoder = random_encoder(tiny_config(), seed=0)
     model_dir = _save(root / "production", encoder)
     paths = export_model(model_dir, root / "onnx", encoder=encoder)
-    from edgeser.runs import load_trained
+    from edgeser.train.folder import load_trained
 
     model, _, _, _ = load_trained(model_dir, encoder)
     return {"encoder": encoder, "head": model.head, "paths": paths, "model_dir": model_dir,
@@ -124,7 +124,7 @@ def test_attention_pooling_exports(tmp_path):
     model_dir = _save(tmp_path / "m", encoder, pooling="attention")
     paths = export_model(model_dir, tmp_path / "onnx", int8=False, encoder=encoder)
     assert "int8" not in paths
-    from edgeser.runs import load_trained
+    from edgeser.train.folder import load_trained
 
     head = load_trained(model_dir, encoder)[0].head
     waves = _waves()
@@ -167,7 +167,7 @@ def full(tmp_path_factory) -> dict:
     encoder = random_encoder(seed=0)
     model_dir = _save(root / "production", encoder, sharpen=30.0)
     paths = export_model(model_dir, root / "onnx", encoder=encoder)
-    from edgeser.runs import load_trained
+    from edgeser.train.folder import load_trained
 
     head = load_trained(model_dir, encoder)[0].head
     return {"encoder": encoder, "head": head, "paths": paths, "model_dir": model_dir}
@@ -187,8 +187,8 @@ def test_full_size_parity_and_int8_size(full):
 def test_full_size_int8_is_faithful_on_real_speech(full):
     if not RAVDESS_MINI.is_dir():
         pytest.skip(f"real-speech sample {RAVDESS_MINI} is absent")
-    from edgeser.core.audio import load_audio
-    from edgeser.core.preprocess import trim_silence
+    from edgeser.audio.frontend import trim_silence
+    from edgeser.audio.io import load_audio
 
     files = sorted(RAVDESS_MINI.rglob("*.wav"))
     assert files
@@ -213,7 +213,7 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
     """Every integer operator of the fused default 8-bit graph (the 12 transformer linears
     and the second extractor convolution) has 7-bit weights: no uint8 x int8 pair sum can
     leave the int16 range of x86's non-VNNI kernels, whatever the input."""
-    from edgeser.deploy.quantize import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
+    from edgeser.export.quantize import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
 
     ops = saturation_report(full["paths"]["int8"])
     kinds = sorted({op.op_type for op in ops})
@@ -231,7 +231,7 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
 def test_full_size_int8_ops_are_exact_on_worst_case_input(full, node):
     """onnxruntime on this CPU against exact integer arithmetic, on the input that drives
     every pair of products as far as the weights allow (255 where a weight is positive)."""
-    from edgeser.deploy.quantize import worst_case_probe
+    from edgeser.export.quantize import worst_case_probe
 
     got, exact = worst_case_probe(full["paths"]["int8"], node)
     assert got.shape == exact.shape
@@ -248,7 +248,7 @@ def test_saturation_report_flags_full_range_weights(tiny, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgeser.deploy.quantize import require_no_saturation, saturation_report
+    from edgeser.export.quantize import require_no_saturation, saturation_report
 
     path = tiny["paths"]["int8"]
     assert all(op.safe for op in saturation_report(path))

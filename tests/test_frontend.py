@@ -8,9 +8,8 @@ import librosa
 import numpy as np
 import pytest
 
-from edgeser.core.audio import AudioError, audio_info, load_audio, resample, to_mono
-from edgeser.core.augment import AugmentConfig, Augmenter
-from edgeser.core.preprocess import (
+from edgeser.audio.augment import AugmentConfig, Augmenter
+from edgeser.audio.frontend import (
     FrontEnd,
     peak_normalize,
     preemphasis,
@@ -18,6 +17,7 @@ from edgeser.core.preprocess import (
     trim_bounds,
     trim_silence,
 )
+from edgeser.audio.io import AudioError, audio_info, load_audio, resample, to_mono
 from edgeser.testing import tone, write_empty_wav, write_wav
 
 SR = 16_000

@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 
-from edgeser.core.labels import LABELS
-from edgeser.eval.metrics import compute_metrics, pool_folds, summarize_folds, variance_change
+from edgeser.data.labels import LABELS
+from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds, variance_change
 
 A, H, N, S = LABELS
 

@@ -13,11 +13,11 @@ import pytest
 
 from edgeser.config import TrainConfig, load_config
 from edgeser.core.errors import EdgeserError, SplitError
-from edgeser.core.labels import LABELS
-from edgeser.corpora import prepare_cremad, prepare_iemocap, prepare_ravdess
-from edgeser.eval.protocols import group_sessions, loso_splits, production_split
+from edgeser.data.labels import LABELS
+from edgeser.data.recipes import prepare_cremad, prepare_iemocap, prepare_ravdess
 from edgeser.features import FeatureStore, Item, extract
 from edgeser.models.ssl import random_encoder, tiny_config
+from edgeser.split.protocols import group_sessions, loso_splits, production_split
 from edgeser.testing import make_cremad_tree, make_iemocap_tree, make_ravdess_tree
 
 IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]
@@ -64,7 +64,7 @@ def test_loso_splits_are_speaker_disjoint_and_keep_cremad_in_training(corpora):
 def test_split_validator_refuses_leaks(corpora):
     ie = prepare_iemocap(corpora["iemocap"])
     s = loso_splits(ie)[0]
-    from edgeser.core.manifest import validate_split
+    from edgeser.data.manifest import validate_split
 
     with pytest.raises(SplitError, match="speaker leakage"):
         validate_split(ie, {"train": s.train[1:], "test": [*s.test, s.train[0]]})
@@ -129,7 +129,7 @@ def test_feature_cache_hits_rebuilds_corrupt_and_detects_stale(corpora, encoder,
 
 
 def test_views_that_draw_no_transform_reuse_the_clean_features(corpora, encoder, tmp_path):
-    from edgeser.core.augment import AugmentConfig
+    from edgeser.audio.augment import AugmentConfig
 
     rv = prepare_ravdess(corpora["ravdess"])
     calls: list[int] = []
@@ -176,7 +176,7 @@ def _tiny_cfg(**kw) -> TrainConfig:
 
 
 def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp_path):
-    from edgeser.reproduce import reproduce
+    from edgeser.experiments.reproduce import reproduce
 
     out = tmp_path / "run"
     res = reproduce(_tiny_cfg(), iemocap=corpora["iemocap"], cremad=corpora["cremad"],
@@ -216,8 +216,8 @@ def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp
 
 
 def test_training_is_deterministic_and_resumes_after_interruption(corpora, encoder, tmp_path):
-    from edgeser.core.manifest import write_manifest
-    from edgeser.runs import train_on_manifests
+    from edgeser.data.manifest import write_manifest
+    from edgeser.experiments.runs import train_on_manifests
 
     man = tmp_path / "ie.csv"
     write_manifest(prepare_iemocap(corpora["iemocap"]), man)
@@ -241,8 +241,8 @@ def test_training_is_deterministic_and_resumes_after_interruption(corpora, encod
 
 
 def test_training_refuses_a_class_without_examples(corpora, encoder, tmp_path):
-    from edgeser.core.manifest import write_manifest
-    from edgeser.runs import train_on_manifests
+    from edgeser.data.manifest import write_manifest
+    from edgeser.experiments.runs import train_on_manifests
 
     ie = prepare_iemocap(corpora["iemocap"])
     man = tmp_path / "nosad.csv"
@@ -252,8 +252,8 @@ def test_training_refuses_a_class_without_examples(corpora, encoder, tmp_path):
 
 
 def test_evaluate_model_and_loso_on_any_corpus(corpora, encoder, tmp_path):
-    from edgeser.core.manifest import write_manifest
-    from edgeser.runs import evaluate_loso, evaluate_model, train_on_manifests
+    from edgeser.data.manifest import write_manifest
+    from edgeser.experiments.runs import evaluate_loso, evaluate_model, train_on_manifests
 
     ie, rv = tmp_path / "ie.csv", tmp_path / "rv.csv"
     write_manifest(prepare_iemocap(corpora["iemocap"]), ie)
@@ -275,8 +275,8 @@ def test_evaluate_model_and_loso_on_any_corpus(corpora, encoder, tmp_path):
 def test_other_training_modes(corpora, encoder, tmp_path, overrides):
     import torch
 
-    from edgeser.core.manifest import write_manifest
-    from edgeser.runs import evaluate_model, train_on_manifests
+    from edgeser.data.manifest import write_manifest
+    from edgeser.experiments.runs import evaluate_model, train_on_manifests
 
     ie, rv = tmp_path / "ie.csv", tmp_path / "rv.csv"
     write_manifest(prepare_iemocap(corpora["iemocap"]), ie)

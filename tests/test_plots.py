@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from edgeser.core.labels import LABELS
-from edgeser.eval.metrics import compute_metrics, summarize_folds
-from edgeser.eval.plots import plot_confusion, plot_fold_bars, plot_per_class_recall
+from edgeser.data.labels import LABELS
+from edgeser.evaluate.metrics import compute_metrics, summarize_folds
+from edgeser.evaluate.plots import plot_confusion, plot_fold_bars, plot_per_class_recall
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 A, H, N, S = LABELS

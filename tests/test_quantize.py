@@ -12,10 +12,10 @@ from onnx import numpy_helper
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.deploy.calibration import speech_like
-from edgeser.deploy.export import export_model
-from edgeser.deploy.halfprec import convert_float16, store_float16
-from edgeser.deploy.quantize import (
+from edgeser.export.calibration import speech_like
+from edgeser.export.exporter import export_model
+from edgeser.export.halfprec import convert_float16, store_float16
+from edgeser.export.quantize import (
     SCHEMES,
     clip_gelu_inputs,
     fuse_gelu,
@@ -25,9 +25,9 @@ from edgeser.deploy.quantize import (
     weight_only_int8,
 )
 from edgeser.models.ssl import random_encoder, tiny_config
-from edgeser.pipeline import build_model, save_model
 from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone
+from edgeser.train.folder import build_model, save_model
 
 # four conv layers, so the schemes differ: convs.0-2 after the matmul-shaped first layer
 _CONFIG = {"conv_dim": (32, 32, 32, 32), "conv_kernel": (10, 3, 3, 2),

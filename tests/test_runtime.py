@@ -352,7 +352,7 @@ def test_silero_falls_back_to_webrtc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _ravdess_stream(root: Path) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    from edgeser.core.audio import load_audio
+    from edgeser.audio.io import load_audio
 
     files = sorted((root / "Actor_01").glob("*.wav"))[:3]
     parts, spans, t = [_silence(1.0)], [], 1.0
@@ -385,7 +385,7 @@ def test_silero_matches_reference_on_real_speech(ravdess_mini: Path) -> None:
 
 # --------------------------------------------------------------------------- sources
 def test_file_blocks_resamples_like_whole_file(tmp_path: Path) -> None:
-    from edgeser.core.audio import load_audio
+    from edgeser.audio.io import load_audio
 
     x = tone(3.0, sample_rate=44_100, freq=200, channels=2, silence=0.5)
     path = tmp_path / "x.wav"

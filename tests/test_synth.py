@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edgeser.synth import SCALES, VoiceSettings, synthesize, synthesize_corpus
-from edgeser.synth import corpora as C
+from edgeser.data.synth import SCALES, VoiceSettings, synthesize, synthesize_corpus
+from edgeser.data.synth import corpora as C
 
 IEMOCAP_RAW = {"neu", "ang", "sad", "hap", "exc", "fru", "sur", "fea", "dis", "oth", "xxx"}
 FOUR = {"neu", "ang", "sad", "hap", "exc"}

@@ -42,8 +42,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from edgeser.core.manifest import validate_manifest, write_manifest
-    from edgeser.corpora import prepare
+    from edgeser.data.manifest import validate_manifest, write_manifest
+    from edgeser.data.recipes import prepare
 
     df = prepare(args.corpus, args.root, all_labels=args.all_labels,
                  ravdess_calm=args.ravdess_calm, name=args.name)
@@ -72,7 +72,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from edgeser.core.manifest import (
+    from edgeser.data.manifest import (
         read_manifest,
         read_split_file,
         validate_manifest,
@@ -103,7 +103,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from edgeser.synth import synthesize_corpus
+    from edgeser.data.synth import synthesize_corpus
 
     root = synthesize_corpus(args.corpus, args.out, scale=args.scale, seed=args.seed,
                              progress=sys.stderr.isatty())
@@ -132,7 +132,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from edgeser.config import config_from_args
-    from edgeser.runs import train_on_manifests
+    from edgeser.experiments.runs import train_on_manifests
 
     cfg = config_from_args(args)
     rec = train_on_manifests(cfg, args.manifests, args.out, cache_dir=args.cache_dir,
@@ -168,7 +168,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from edgeser.config import config_from_args
-    from edgeser.runs import evaluate_loso, evaluate_model
+    from edgeser.experiments.runs import evaluate_loso, evaluate_model
 
     trained = args.cfg_model is not None and Path(args.cfg_model).is_dir()
     if trained == (args.protocol is not None):
@@ -210,7 +210,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 def _run_reproduce(args: argparse.Namespace) -> int:
     from edgeser.config import config_from_args
-    from edgeser.reproduce import reproduce
+    from edgeser.experiments.reproduce import reproduce
 
     cfg = config_from_args(args)
     reproduce(cfg, iemocap=args.iemocap, cremad=args.cremad, ravdess=args.ravdess,
@@ -268,9 +268,9 @@ def _per_model_settings(items: Sequence[str]) -> dict[str, dict[str, object]]:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from edgeser.compare import compare
     from edgeser.config import config_from_args
-    from edgeser.reproduce import load_corpus
+    from edgeser.experiments.compare import compare
+    from edgeser.experiments.reproduce import load_corpus
 
     if args.cfg_model is not None:
         raise EdgeserError("compare takes --models NAME,NAME,...; not --model")
@@ -301,7 +301,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from edgeser.demo import run_demo
+    from edgeser.experiments.demo import run_demo
 
     report = run_demo(args.out, seed=args.seed, progress=sys.stderr.isatty())
     print(f"report: {report}")
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from edgeser.deploy.export import add_export_parser
+    from edgeser.export.exporter import add_export_parser
     from edgeser.runtime.cli import add_predict_parser, add_stream_parser
 
     for add in (_add_prepare, _add_validate, _add_synth, _add_train, _add_evaluate,

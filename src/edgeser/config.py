@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgeser.core.augment import AugmentConfig
+from edgeser.audio.augment import AugmentConfig
+from edgeser.audio.frontend import FrontEnd
 from edgeser.core.cpu import PRECISION_CHOICES, resolve_precision
 from edgeser.core.errors import EdgeserError
-from edgeser.core.preprocess import FrontEnd
 
 
 @dataclass

@@ -43,11 +43,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load, save_file
 
-from edgeser.core.audio import SAMPLE_RATE, load_audio
-from edgeser.core.augment import AugmentConfig, Augmenter
+from edgeser.audio.augment import AugmentConfig, Augmenter
+from edgeser.audio.frontend import FrontEnd
+from edgeser.audio.io import SAMPLE_RATE, load_audio
 from edgeser.core.io import atomic_path
-from edgeser.core.preprocess import FrontEnd
-from edgeser.progress import progress_bar
+from edgeser.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 These write tiny trees with exactly the real folder layouts, file names and
 label-file formats, including the traps a parser must survive (the IEMOCAP
 mocap-marker letter, non-summary sub-folders, empty WAVs, stereo 48 kHz files).
-For realistic speech-like corpora use :mod:`edgeser.synth` instead.
+For realistic speech-like corpora use :mod:`edgeser.data.synth` instead.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeser.core.audio import SAMPLE_RATE, audio_info, load_audio, resample, to_mono
+from edgeser.audio.frontend import trim_bounds
+from edgeser.audio.io import SAMPLE_RATE, audio_info, load_audio, resample, to_mono
 from edgeser.core.errors import AudioError, EdgeserError
-from edgeser.core.preprocess import trim_bounds
 from edgeser.runtime.session import onnx_session, pad_batch
 
 log = logging.getLogger(__name__)

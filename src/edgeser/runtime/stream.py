@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from edgeser.core.audio import SAMPLE_RATE, error_summary
+from edgeser.audio.io import SAMPLE_RATE, error_summary
 from edgeser.core.errors import AudioError
 from edgeser.runtime.model import OnnxEmotionModel, check_sample_rate
 from edgeser.runtime.vad import FrameVAD, SegmenterConfig, SpeechSegmenter

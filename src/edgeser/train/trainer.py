@@ -33,15 +33,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from edgeser.audio.augment import Augmenter
+from edgeser.audio.io import SAMPLE_RATE
 from edgeser.config import TrainConfig
-from edgeser.core.audio import SAMPLE_RATE
-from edgeser.core.augment import Augmenter
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text
-from edgeser.core.labels import LABELS
-from edgeser.eval.metrics import compute_metrics
+from edgeser.core.progress import progress_bar
+from edgeser.data.labels import LABELS
+from edgeser.evaluate.metrics import compute_metrics
 from edgeser.models.head import HeadConfig
-from edgeser.progress import progress_bar
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
 from edgeser.train.losses import make_loss
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, cross-corpus error analysis, the report and its plots."""

@@ -1,0 +1,1 @@
+"""Experiments: single runs (train, evaluate), the paper's protocol, comparisons, the demo."""

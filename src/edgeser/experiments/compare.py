@@ -1,0 +1,257 @@
+"""``edgeser compare``: several models through the same leak-free protocol, one table.
+
+For every model name (:data:`edgeser.models.registry.MODELS`) the same speaker-independent
+folds are trained and tested (:func:`edgeser.experiments.runs.evaluate_loso`; IEMOCAP: one fold per
+session), the first fold's model is exported to ONNX float32 + int8, and its CPU latency
+is measured on the same speech-like input for every model. The outcome:
+
+- ``compare.json`` (one entry per model: parameters, sizes on disk, latencies, real-time
+  factors, WA/UA/macro-F1 mean ± sd over folds, the reference figure from the paper or
+  its sources, and whether the model is on the Pareto front);
+- ``compare.md`` (the same as a table, with the front marked);
+- ``pareto.png`` (UA against parameter count, the front drawn).
+
+The Pareto front is over (parameters, UA): a model is on it when no other model has at
+most as many parameters and at least its UA, one of them strictly. Latency: median of
+``latency_runs`` runs after a warm-up, one utterance of ``latency_seconds`` seconds,
+ONNX Runtime on the CPU (int8 model) and PyTorch float32 for every model. A model whose
+encoder cannot be exported (WavLM's relative position bias) gets PyTorch figures only
+and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.core.io import write_json, write_text
+from edgeser.models.registry import model_spec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["compare", "pareto_front"]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each ``(cost, score)``: True when no other point has cost ≤ and score ≥, one
+    strictly (lower cost and higher score are better)."""
+    flags = []
+    for i, (c, s) in enumerate(points):
+        dominated = any(
+            (c2 <= c and s2 >= s and (c2 < c or s2 > s))
+            for j, (c2, s2) in enumerate(points) if j != i
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def _median_ms(fn: Any, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(max(runs, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def _torch_latency(model: Any, encoder: Any, wave: np.ndarray, runs: int) -> float:
+    """PyTorch float32 milliseconds for one utterance: features + model."""
+    import torch
+
+    model.eval()
+    if model.kind != "mfcc":  # the plain transformers modules in float32
+        encoder = encoder.variant(precision="fp32", impl="modules")
+
+    def run() -> None:
+        with torch.no_grad():
+            if model.kind == "mfcc":
+                model.head(encoder.encode([wave])[0][None])
+            else:
+                hidden = encoder.encode([wave])[0]
+                model.head(hidden[:, None])
+
+    return _median_ms(run, runs)
+
+
+def _onnx_latency(path: Path, wave: np.ndarray, runs: int) -> float:
+    from edgeser.runtime.session import onnx_session, pad_batch
+
+    session = onnx_session(path)
+    feed = pad_batch([wave])
+    return _median_ms(lambda: session.run(None, feed), runs)
+
+
+def _num_parameters(model: Any, encoder: Any) -> int:
+    """Parameters of the whole model: encoder (if any) + head or network."""
+    n = sum(p.numel() for p in model.head.parameters())
+    hf = getattr(encoder, "model", None)
+    if hf is not None:
+        n += sum(p.numel() for p in hf.parameters())
+    return int(n)
+
+
+def compare(
+    models: Sequence[str],
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    base: TrainConfig | None = None,
+    folds: int = 5,
+    extra_train: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    export: bool = True,
+    latency_seconds: float = 3.0,
+    latency_runs: int = 5,
+    progress: bool = True,
+    encoders: dict[str, Any] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run the comparison; returns the content of ``compare.json``.
+
+    ``base`` holds every setting but the model; ``overrides`` maps a model name to config
+    values that differ for it (e.g. ``{"light-sernet": {"epochs": 100}}``: a network
+    trained from scratch needs more steps than a head on frozen features); ``encoders``
+    maps model names to ready encoders (tests, offline use). Each model's run lives in
+    ``out/<model>/`` and resumes like any other run.
+    """
+    from edgeser.experiments.runs import evaluate_loso
+    from edgeser.export.calibration import speech_like
+    from edgeser.train.folder import load_trained
+
+    names = list(dict.fromkeys(m.strip() for m in models if m.strip()))
+    if not names:
+        raise EdgeserError("--models is empty")
+    for name in [*names, *(overrides or {})]:
+        model_spec(name)  # unknown names fail before anything runs
+    base = base or TrainConfig()
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir else out / "cache"
+    wave = speech_like(latency_seconds, np.random.default_rng(0))
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        cfg = TrainConfig.from_dict({**base.to_dict(), **(overrides or {}).get(name, {}),
+                                     "model": name})
+        encoder = (encoders or {}).get(name)
+        run_dir = out / name
+        logger.info("compare: %s", name)
+        res = evaluate_loso(cfg, corpus, run_dir, folds=folds, extra_train=extra_train,
+                            cache_dir=cache, progress=progress, encoder=encoder)
+        (setting, summary), = res["loso"].items()
+        model_dir = run_dir / "loso" / "fold1"
+        model, _cfg, encoder, _meta = load_trained(model_dir, encoder)
+        spec = model_spec(name)
+        row: dict[str, Any] = {
+            "model": name,
+            "description": spec.description,
+            "encoder": res["encoder"],
+            "setting": setting,
+            "config_overrides": (overrides or {}).get(name, {}),
+            "folds": len(summary["folds"]),
+            "mean": {k: summary["mean"][k] for k in ("wa", "ua", "macro_f1")},
+            "std": {k: summary["std"][k] for k in ("wa", "ua", "macro_f1")},
+            "reference": spec.paper,
+            "reference_note": spec.paper_note,
+            "parameters": _num_parameters(model, encoder),
+            "latency_seconds": latency_seconds,
+        }
+        ms = _torch_latency(model, encoder, wave, latency_runs)
+        row["pytorch_ms"] = ms
+        row["pytorch_rtf"] = ms / 1000.0 / latency_seconds
+        if export:
+            _export_row(row, model_dir, run_dir / "export", encoder, wave, latency_runs)
+        rows.append(row)
+    front = pareto_front([(r["parameters"], r["mean"]["ua"]) for r in rows])
+    for r, f in zip(rows, front, strict=True):
+        r["pareto"] = f
+    doc = {"corpus": str(corpus), "extra_train": str(extra_train) if extra_train else None,
+           "folds": folds, "models": rows,
+           "random_encoders": [r["model"] for r in rows if r["encoder"].get("is_random")]}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", doc)
+    from edgeser.evaluate.plots import plot_pareto
+
+    plot_pareto(rows, out / "pareto.png")
+    write_text(out / "compare.md", _markdown(doc))
+    return doc
+
+
+def _export_row(row: dict[str, Any], model_dir: Path, export_dir: Path, encoder: Any,
+                wave: np.ndarray, runs: int) -> None:
+    from edgeser.export.exporter import export_model
+
+    try:
+        paths = export_model(model_dir, export_dir, encoder=encoder)
+    except EdgeserError as e:
+        row["export_error"] = str(e)
+        logger.warning("compare: %s is not exportable (%s)", row["model"], e)
+        return
+    row["size_fp32_bytes"] = os.path.getsize(paths["float32"])
+    row["size_int8_bytes"] = os.path.getsize(paths["int8"])
+    for key in ("float32", "int8"):
+        ms = _onnx_latency(paths[key], wave, runs)
+        row[f"onnx_{key}_ms"] = ms
+        row[f"onnx_{key}_rtf"] = ms / 1000.0 / row["latency_seconds"]
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _mb(n: int | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f}"
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    rows = doc["models"]
+    secs = rows[0]["latency_seconds"] if rows else 3.0
+    lines = ["# Model comparison", ""]
+    lines.append(f"Protocol: speaker-independent folds on `{doc['corpus']}` "
+                 f"({rows[0]['setting'] if rows else ''}, {doc['folds']} folds"
+                 + (f", `{doc['extra_train']}` added to training" if doc["extra_train"] else "")
+                 + "). Metrics are mean ± sd over folds, in %. Latency: one "
+                 f"{secs:g} s utterance on this CPU, median of several runs; RTF = "
+                 "processing time / audio duration. ★ = on the Pareto front of parameters "
+                 "vs UA.")
+    if doc["random_encoders"]:
+        lines += ["", "> **WARNING: RANDOM ENCODER WEIGHTS** for "
+                  + ", ".join(doc["random_encoders"]) + ": their accuracy figures say nothing "
+                  "about the pretrained models; sizes and speeds are those of the real "
+                  "architectures."]
+    lines += ["", "| model | params | fp32 MB | int8 MB | PyTorch ms | ONNX int8 ms | "
+              "int8 RTF | WA | UA | macro-F1 | reference |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        mean, std = r["mean"], r["std"]
+        ref = r.get("reference") or {}
+        ref_txt = ", ".join(f"{k.upper()} {100 * v:.1f}" for k, v in ref.items())
+        if ref_txt:
+            ref_txt += f" ({r['reference_note']})"
+        int8_ms = r.get("onnx_int8_ms")
+        ms_txt = "—" if int8_ms is None else f"{int8_ms:.0f}"
+        rtf_txt = "—" if int8_ms is None else f"{r['onnx_int8_rtf']:.3f}"
+        lines.append(
+            f"| {'★ ' if r['pareto'] else ''}{r['model']} | {r['parameters'] / 1e6:.2f} M | "
+            f"{_mb(r.get('size_fp32_bytes'))} | {_mb(r.get('size_int8_bytes'))} | "
+            f"{r['pytorch_ms']:.0f} | {ms_txt} | {rtf_txt} | "
+            + " | ".join(f"{_pct(mean[k])} ± {_pct(std[k])}" for k in ("wa", "ua", "macro_f1"))
+            + f" | {ref_txt or '—'} |")
+    tuned = [r for r in rows if r.get("config_overrides")]
+    if tuned:
+        lines += ["", "Settings that differ from the shared config:"] + [
+            f"- {r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["config_overrides"].items())
+            for r in tuned]
+    errors = [r for r in rows if r.get("export_error")]
+    if errors:
+        lines += ["", "Not exported:"] + [f"- {r['model']}: {r['export_error']}" for r in errors]
+    lines += ["", "![UA vs parameters](pareto.png)", ""]
+    return "\n".join(lines)

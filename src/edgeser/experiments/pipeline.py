@@ -1,0 +1,225 @@
+"""The paper's protocol as a chain of library calls: features → splits → training →
+evaluation → results, used by ``edgeser train``, ``evaluate``, ``reproduce`` and ``demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgeser import __version__
+from edgeser.audio.augment import Augmenter
+from edgeser.audio.io import SAMPLE_RATE, load_audio
+from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.core.io import atomic_path, sha256_text, write_json
+from edgeser.data.labels import LABELS, label_index
+from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds
+from edgeser.features import FeatureStore, extract
+from edgeser.models.registry import model_spec, normalization
+from edgeser.split.protocols import Split
+from edgeser.train.folder import build_model, save_model
+from edgeser.train.trainer import FeatureSet, fit, predict
+
+log = logging.getLogger(__name__)
+
+
+def feature_kind(cfg: TrainConfig) -> str:
+    """Which features a config trains on (see :mod:`edgeser.train.trainer`)."""
+    norm = normalization(cfg)
+    if model_spec(cfg.model).family == "cnn":
+        if cfg.aug_mode == "online" or cfg.train == "encoder":
+            raise EdgeserError(f"{cfg.model} trains from scratch on cached MFCC views: "
+                               "use --train head --aug-mode cached")
+        return "mfcc"
+    if norm != "none" and (cfg.aug_mode == "online" or cfg.train == "encoder"
+                           or cfg.pooling == "attention"):
+        raise EdgeserError(f"--feature-norm {norm} needs cached pooled features (train head, "
+                           "aug-mode cached, pooling mean or meanstd)")
+    if cfg.aug_mode == "online":
+        if cfg.train == "encoder":
+            raise EdgeserError("aug-mode online is only available with train=head")
+        return "wave"
+    if cfg.train == "encoder":
+        return "conv"
+    return "frames" if cfg.pooling == "attention" else "pooled"
+
+
+@dataclass
+class Features:
+    """All features of a run: clean arrays by utt_id and augmented views by utt_id."""
+
+    kind: str
+    clean: dict[str, np.ndarray] = field(default_factory=dict)
+    views: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def feature_set(self, df: pd.DataFrame, ids: Sequence[str], with_views: bool) -> FeatureSet:
+        labels = dict(zip(df["utt_id"], df["label"], strict=True))
+        y = np.array([label_index(labels[u]) for u in ids], dtype=np.int64)
+        views = [self.views[u] for u in ids] if with_views and self.views else []
+        return FeatureSet(self.kind, list(ids), y, [self.clean[u] for u in ids], views)
+
+    def speaker_normalized(self, frame: pd.DataFrame) -> Features:
+        """Every utterance standardised with its speaker's statistics (clean features of
+        all the speaker's utterances in ``frame``; labels are not used)."""
+        from edgeser.train.normalize import group_stats, normalize_pooled
+
+        out = Features(self.kind, seconds=self.seconds)
+        for _, ids in frame.groupby("speaker", sort=True)["utt_id"]:
+            mean, std = group_stats([self.clean[u] for u in ids])
+            for u in ids:
+                out.clean[u] = normalize_pooled(self.clean[u], mean, std)
+                if u in self.views:
+                    out.views[u] = [normalize_pooled(v, mean, std) for v in self.views[u]]
+        return out
+
+
+def compute_features(
+    cfg: TrainConfig,
+    encoder: Any,
+    frame: pd.DataFrame,
+    train_ids: set[str],
+    cache_dir: Path,
+    *,
+    progress: bool = True,
+) -> Features:
+    """Clean features for every row, plus ``cfg.aug_views`` views for ``train_ids``."""
+    kind = feature_kind(cfg)
+    t0 = time.perf_counter()
+    if kind == "wave":
+        feats = Features(kind)
+        for uid, path in zip(frame["utt_id"], frame["path"], strict=True):
+            feats.clean[uid] = cfg.front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
+        feats.seconds = time.perf_counter() - t0
+        return feats
+    precision = getattr(encoder, "precision", "fp32")  # what computed them (mfcc: fp32)
+    store = FeatureStore(cache_dir, encoder.identity, kind=kind, precision=precision,
+                         front_end=cfg.front_end, augment=cfg.augment, aug_seed=cfg.seed)
+    k = cfg.aug_views
+    views = {uid: (0, *range(1, k + 1)) if uid in train_ids else (0,)
+             for uid in frame["utt_id"]}
+    arrays = extract(frame, encoder, store, views=views, progress=progress,
+                     desc=f"encoding ({kind}, {k} views)")
+    feats = Features(kind)
+    for (uid, view), arr in arrays.items():
+        if view == 0:
+            feats.clean[uid] = arr
+    if k:
+        for uid in train_ids:
+            feats.views[uid] = [arrays[(uid, v)] for v in range(1, k + 1)]
+    feats.seconds = time.perf_counter() - t0
+    if normalization(cfg) == "speaker":
+        feats = feats.speaker_normalized(frame)
+    return feats
+
+
+def run_split(
+    cfg: TrainConfig,
+    encoder: Any,
+    frame: pd.DataFrame,
+    feats: Features,
+    split: Split,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on ``split.train``, select on ``split.val``, evaluate on ``split.test``.
+
+    Writes the model (safetensors + JSON) to ``out_dir`` and returns the fold record
+    of ``results.json`` plus predictions.
+    """
+    kind = feats.kind
+    train = feats.feature_set(frame, split.train, with_views=True)
+    model = build_model(cfg, encoder, kind, train)
+    val = feats.feature_set(frame, split.val, with_views=False) if split.val else None
+    test = feats.feature_set(frame, split.test, with_views=False)
+    augmenter = Augmenter(cfg.augment) if kind == "wave" else None
+    t0 = time.perf_counter()
+    result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
+    train_seconds = time.perf_counter() - t0
+    probs, _ = predict(result.model, test, cfg)
+    y_pred = probs.argmax(1)
+    metrics = compute_metrics(test.labels, y_pred)
+    speakers = split.speakers(frame)
+    record: dict[str, Any] = {
+        "name": split.name,
+        "test_session": split.test_session,
+        "train_speakers": speakers["train"],
+        "val_speakers": speakers["val"],
+        "test_speakers": speakers["test"],
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "split_sha256": split.digest(),
+        "best_epoch": result.best_epoch,
+        "train_seconds": round(train_seconds, 3),
+        "history": result.history,
+        "metrics": metrics,
+    }
+    save_model(out_dir, result.model, cfg, encoder, kind, record)
+    record["_pred"] = {"ids": list(split.test), "y_true": test.labels.tolist(),
+                       "y_pred": y_pred.tolist(), "probs": probs.tolist()}
+    return record
+
+
+def run_split_cached(
+    cfg: TrainConfig, encoder: Any, frame: pd.DataFrame, feats: Any, split: Split, out: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`run_split`, reusing the fold's ``record.json`` when config and split match."""
+    key = sha256_text(json.dumps([cfg.to_dict(), encoder.identity, split.digest()],
+                                 sort_keys=True))[:16]
+    rec_path = out / "record.json"
+    if rec_path.is_file():
+        try:
+            rec = json.loads(rec_path.read_text(encoding="utf-8"))
+            if rec.get("_key") == key:
+                log.info("%s: reusing finished fold", out)
+                return rec
+        except (OSError, json.JSONDecodeError):
+            pass
+    rec = run_split(cfg, encoder, frame, feats, split, out, progress=progress)
+    rec["_key"] = key
+    write_json(rec_path, rec)
+    return rec
+
+
+def summarise_setting(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"folds", "mean", "std", "pooled"}`` for one LOSO setting."""
+    summary = summarize_folds([r["metrics"] for r in records])
+    pooled = pool_folds([r["_pred"]["y_true"] for r in records],
+                        [r["_pred"]["y_pred"] for r in records])
+    folds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+    return {"folds": folds, "mean": summary["mean"], "std": summary["std"], "pooled": pooled}
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
+    """Per-utterance predictions of every fold as CSV (for error analysis)."""
+    rows = []
+    for r in records:
+        p = r["_pred"]
+        for uid, t, y, pr in zip(p["ids"], p["y_true"], p["y_pred"], p["probs"], strict=True):
+            rows.append({"fold": r["name"], "utt_id": uid, "label": LABELS[t],
+                         "predicted": LABELS[y], **{f"p_{c}": round(v, 6)
+                                                    for c, v in zip(LABELS, pr, strict=True)}})
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def run_info(cfg: TrainConfig, encoder: Any) -> dict[str, Any]:
+    return {"edgeser_version": __version__, "model": cfg.model, "seed": cfg.seed,
+            "config": cfg.to_dict(),
+            "encoder": {"source": encoder.source, "identity": encoder.identity,
+                        "is_random": encoder.is_random,
+                        "precision": getattr(encoder, "precision", "fp32")}}
+
+

@@ -1,0 +1,167 @@
+"""``reproduce``: the paper's whole protocol in one call.
+
+1. manifests for IEMOCAP, CREMA-D and RAVDESS (from corpus roots or manifest CSVs);
+2. encoder features, cached: clean for every utterance, ``K`` augmented views
+   for the training corpora;
+3. LOSO on IEMOCAP, 5 folds, without and with CREMA-D in training;
+4. the production model (all IEMOCAP + CREMA-D, 5 % validation, 5 % test);
+5. cross-corpus evaluation of the production model on RAVDESS;
+6. ``results.json``, ``report.md``, PNG plots and per-utterance predictions.
+
+Each fold's outcome is stored in its folder (``record.json``); a re-run with the
+same config and split reuses it, so an interrupted ``reproduce`` resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.core.io import write_json, write_text
+from edgeser.data.labels import LABELS, label_index
+from edgeser.data.manifest import four_class, read_manifest, validate_manifest, write_manifest
+from edgeser.evaluate.crosscorpus import error_analysis
+from edgeser.evaluate.metrics import variance_change
+from edgeser.experiments.pipeline import (
+    compute_features,
+    run_info,
+    run_split_cached,
+    summarise_setting,
+    write_predictions,
+)
+from edgeser.split.protocols import loso_splits, production_split
+from edgeser.train.trainer import predict
+
+log = logging.getLogger(__name__)
+
+
+def load_corpus(kind: str, source: str | Path, out_dir: Path, **kw: Any) -> pd.DataFrame:
+    """A four-class manifest from a corpus root (prepared now) or a manifest CSV."""
+    from edgeser.data.recipes import prepare
+
+    src = Path(source)
+    if src.is_file() and src.suffix.lower() == ".csv":
+        df = four_class(read_manifest(src))
+    else:
+        if not src.exists():
+            raise EdgeserError(f"{kind} root not found: {src}")
+        df = prepare(kind, src, **kw)
+    if df.empty:
+        raise EdgeserError(f"{kind}: the manifest is empty")
+    validate_manifest(df)
+    write_manifest(df, out_dir / "manifests" / f"{kind}.csv")
+    return df
+
+
+def reproduce(
+    cfg: TrainConfig,
+    *,
+    iemocap: str | Path,
+    cremad: str | Path | None,
+    ravdess: str | Path | None,
+    out: str | Path,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    encoder: Any | None = None,
+    folds: int | None = None,
+) -> dict[str, Any]:
+    """Run the paper's protocol; returns the ``results.json`` content."""
+    from edgeser.models.registry import make_encoder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    ie = load_corpus("iemocap", iemocap, out)
+    cr = load_corpus("cremad", cremad, out) if cremad else None
+    rv = load_corpus("ravdess", ravdess, out) if ravdess else None
+    if encoder is None:
+        encoder = make_encoder(cfg)
+    frame = pd.concat([d for d in (ie, cr, rv) if d is not None], ignore_index=True)
+    train_ids = set(ie["utt_id"]) | (set(cr["utt_id"]) if cr is not None else set())
+    feats = compute_features(cfg, encoder, frame, train_ids,
+                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    timings["features"] = feats.seconds
+    info = run_info(cfg, encoder)
+    write_text(out / "config.yaml", _yaml(cfg.to_dict()))
+
+    # LOSO, two settings
+    t0 = time.perf_counter()
+    loso: dict[str, Any] = {}
+    settings = [("iemocap", None)] + ([("iemocap+cremad", cr)] if cr is not None else [])
+    fold_records: dict[str, list[dict[str, Any]]] = {}
+    for name, extra in settings:
+        splits = loso_splits(ie, extra, val_speakers=cfg.val_speakers)
+        if folds is not None:
+            splits = splits[:folds]
+        records = [
+            run_split_cached(cfg, encoder, frame, feats, s, out / "loso" / name / s.name, progress)
+            for s in splits
+        ]
+        fold_records[name] = records
+        loso[name] = summarise_setting(records)
+        write_predictions(out / "loso" / name / "predictions.csv", records)
+    timings["loso_training"] = time.perf_counter() - t0
+    results: dict[str, Any] = {**info, "loso": loso}
+    if "iemocap+cremad" in loso:
+        results["variance_change"] = variance_change(loso["iemocap"]["std"],
+                                                     loso["iemocap+cremad"]["std"])
+        results["delta"] = {
+            m: loso["iemocap+cremad"]["mean"][m] - loso["iemocap"]["mean"][m]
+            for m in ("wa", "ua", "macro_f1")
+        }
+
+    # production model + cross-corpus
+    t0 = time.perf_counter()
+    prod_split = production_split(ie, cr, val_fraction=cfg.val_fraction,
+                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
+    prod_dir = out / "production"
+    prod = run_split_cached(cfg, encoder, frame, feats, prod_split, prod_dir, progress)
+    results["production"] = {
+        k: v for k, v in prod.items() if not k.startswith("_") and k != "history"
+    } | {"speaker_dependent": True, "training_corpora": ["iemocap"] + (["cremad"] if cr is not
+                                                                       None else [])}
+    if rv is not None:
+        from edgeser.train.checkpoint import load_weights
+        from edgeser.train.folder import build_model
+
+        model = build_model(cfg, encoder, feats.kind)
+        tensors, _ = load_weights(prod_dir / "model.safetensors")
+        model.load_state_dict(tensors)
+        ids = list(rv["utt_id"])
+        data = feats.feature_set(frame, ids, with_views=False)
+        probs, _ = predict(model, data, cfg)
+        y_true = [label_index(x) for x in rv["label"]]
+        analysis = error_analysis(rv.reset_index(drop=True), y_true, probs.argmax(1).tolist())
+        results["cross_corpus"] = {"ravdess": {**analysis, "n": len(ids),
+                                               "model": "production"}}
+        write_predictions(out / "cross_corpus_ravdess.csv",
+                          [{"name": "ravdess", "_pred": {"ids": ids, "y_true": y_true,
+                                                        "y_pred": probs.argmax(1).tolist(),
+                                                        "probs": probs.tolist()}}])
+    timings["production_and_cross_corpus"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+    results["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    results["data"] = {
+        name: {"n": len(d), "speakers": int(d["speaker"].nunique()),
+               "classes": {c: int((d["label"] == c).sum()) for c in LABELS},
+               "hours": round(float(d["duration"].sum()) / 3600, 3)}
+        for name, d in (("iemocap", ie), ("cremad", cr), ("ravdess", rv)) if d is not None
+    }
+    write_json(out / "results.json", results)
+    from edgeser.evaluate.report import write_report
+
+    write_report(out, results)
+    return results
+
+
+def _yaml(d: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False)

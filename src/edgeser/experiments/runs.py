@@ -1,0 +1,161 @@
+"""Single runs behind ``edgeser train`` and ``edgeser evaluate``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.core.io import write_json
+from edgeser.data.labels import label_index
+from edgeser.data.manifest import four_class, read_manifest, validate_manifest
+from edgeser.evaluate.crosscorpus import error_analysis
+from edgeser.evaluate.metrics import compute_metrics
+from edgeser.experiments.pipeline import (
+    compute_features,
+    run_info,
+    run_split_cached,
+    summarise_setting,
+    write_predictions,
+)
+from edgeser.split.protocols import Split, group_sessions, loso_splits
+from edgeser.train.folder import build_model, load_trained, save_model
+from edgeser.train.trainer import fit, predict
+
+log = logging.getLogger(__name__)
+
+
+def read_four_class(path: str | Path) -> pd.DataFrame:
+    """A validated four-class manifest; an empty one is an error."""
+    df = four_class(read_manifest(path))
+    if df.empty:
+        raise EdgeserError(f"{path}: no four-class utterances in the manifest")
+    validate_manifest(df)
+    return df
+
+
+def _encoder(cfg: TrainConfig) -> Any:
+    from edgeser.models.registry import make_encoder
+
+    return make_encoder(cfg)
+
+
+def train_on_manifests(
+    cfg: TrainConfig,
+    manifests: Sequence[str | Path],
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    encoder: Any | None = None,
+) -> dict[str, Any]:
+    """Train on every row; validation = ``cfg.val_speakers`` speakers of the first manifest."""
+    out = Path(out)
+    dfs = [read_four_class(m) for m in manifests]
+    main = dfs[0]
+    frame = pd.concat(dfs, ignore_index=True)
+    if frame["utt_id"].duplicated().any():
+        raise EdgeserError("the manifests share utterance ids")
+    speakers = sorted(main["speaker"].unique())
+    rng = np.random.default_rng(cfg.seed)
+    val_spk = set(rng.permutation(speakers)[: min(cfg.val_speakers, len(speakers) - 1)])
+    val = list(main.loc[main["speaker"].isin(val_spk), "utt_id"])
+    train = [u for u in frame["utt_id"] if u not in set(val)]
+    encoder = encoder or _encoder(cfg)
+    feats = compute_features(cfg, encoder, frame, set(train),
+                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    train_set = feats.feature_set(frame, train, with_views=True)
+    model = build_model(cfg, encoder, feats.kind, train_set)
+    val_set = feats.feature_set(frame, val, with_views=False) if val else None
+    result = fit(cfg, model, train_set, val_set, out, progress=progress)
+    record: dict[str, Any] = {"name": "train", "n_train": len(train), "n_val": len(val),
+                              "val_speakers": sorted(val_spk), "best_epoch": result.best_epoch,
+                              "history": result.history}
+    if val_set is not None:
+        probs, _ = predict(result.model, val_set, cfg)
+        record["val_metrics"] = compute_metrics(val_set.labels, probs.argmax(1))
+    record["metrics"] = record.get("val_metrics")
+    save_model(out, result.model, cfg, encoder, feats.kind, record)
+    write_json(out / "train.json", {**run_info(cfg, encoder), **record})
+    return record
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    encoder: Any | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained model on a manifest, with cross-corpus error analysis."""
+    out = Path(out)
+    df = read_four_class(corpus)
+    model, cfg, encoder, _ = load_trained(model_dir, encoder)
+    feats = compute_features(cfg, encoder, df, set(),
+                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    ids = list(df["utt_id"])
+    data = feats.feature_set(df, ids, with_views=False)
+    probs, _ = predict(model, data, cfg)
+    y_true = [label_index(x) for x in df["label"]]
+    y_pred = probs.argmax(1).tolist()
+    analysis = error_analysis(df.reset_index(drop=True), y_true, y_pred)
+    name = str(df["corpus"].iloc[0])
+    results = {**run_info(cfg, encoder), "model_dir": str(model_dir),
+               "cross_corpus": {name: {**analysis, "n": len(ids)}}}
+    write_json(out / "results.json", results)
+    write_predictions(out / "predictions.csv", [{"name": name, "_pred": {
+        "ids": ids, "y_true": y_true, "y_pred": y_pred, "probs": probs.tolist()}}])
+    from edgeser.evaluate.report import write_report
+
+    write_report(out, results)
+    return analysis
+
+
+def evaluate_loso(
+    cfg: TrainConfig,
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    folds: int = 5,
+    extra_train: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    encoder: Any | None = None,
+) -> dict[str, Any]:
+    """Speaker-independent folds on any corpus: sessions grouped into ``folds`` folds.
+
+    ``extra_train``: a manifest added to the training side of every fold only (e.g.
+    CREMA-D); the results key then reads ``"<corpus>+<extra corpus>"``.
+    """
+    out = Path(out)
+    df = read_four_class(corpus)
+    name = "+".join(sorted(df["corpus"].astype(str).unique()))
+    extra = read_four_class(extra_train) if extra_train is not None else None
+    frame = df
+    if extra is not None:
+        name += "+" + "+".join(sorted(extra["corpus"].astype(str).unique()))
+        frame = pd.concat([df, extra], ignore_index=True)
+        if frame["utt_id"].duplicated().any():
+            raise EdgeserError("the manifests share utterance ids")
+    splits: list[Split] = loso_splits(df, extra, val_speakers=cfg.val_speakers,
+                                      sessions=group_sessions(df, folds))
+    encoder = encoder or _encoder(cfg)
+    feats = compute_features(cfg, encoder, frame, set(frame["utt_id"]),
+                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    records = [run_split_cached(cfg, encoder, frame, feats, s, out / "loso" / s.name, progress)
+               for s in splits]
+    results = {**run_info(cfg, encoder), "loso": {name: summarise_setting(records)}}
+    write_predictions(out / "loso" / "predictions.csv", records)
+    write_json(out / "results.json", results)
+    from edgeser.evaluate.report import write_report
+
+    write_report(out, results)
+    return results

@@ -1,0 +1,347 @@
+"""``edgeser export``: a trained model folder → ONNX float32 + 8-bit model + ``model.json``.
+
+Graph contract (read by the runtime):
+
+- inputs ``waveform`` float32 ``[batch, samples]`` (16 kHz mono, resampled and
+  silence-trimmed outside the graph, rows zero-padded to the longest) and ``lengths``
+  int64 ``[batch]`` (valid samples per row);
+- output ``probabilities`` float32 ``[batch, classes]`` in ``model.json``'s label order;
+- pre-emphasis and peak normalisation run inside the graph over each row's valid samples;
+  inputs shorter than ``min_samples`` (400) are zero-padded inside the graph; each row of
+  a padded batch gets the probabilities it would get alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeser import __version__
+from edgeser.core.errors import EdgeserError
+from edgeser.core.io import atomic_path, write_json
+from edgeser.export.calibration import calibration_waves
+from edgeser.runtime.session import onnx_session, pad_batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "VARIANTS",
+    "add_export_parser",
+    "build_export_graph",
+    "export_model",
+    "export_onnx",
+    "reference_probabilities",
+]
+
+FORMAT = "edgeser-onnx"
+FORMAT_VERSION = 1
+SAMPLE_RATE = 16_000
+#: Optional extra files: variant name -> (file name, what it is).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "int8-fast": ("model.int8-fast.onnx", "int8, more feature-extractor convolutions on uint8 "
+                  "activations: faster, less faithful"),
+    "float16": ("model.float16.onnx", "float16 weights widened to float32 when the session "
+                "is created: half the size of model.onnx, float32 speed and outputs"),
+    "float16-compute": ("model.float16-compute.onnx", "float16 weights and arithmetic, "
+                        "float32 inputs/outputs: for runtimes with float16 kernels (GPU, "
+                        "NNAPI, Core ML); no faster than float32 on an x86 CPU"),
+}
+_PARITY_TOLERANCE = 1e-4
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise EdgeserError(f"{model_dir}: not a folder (expected a trained model folder)")
+    missing = [n for n in ("model.safetensors", "model.json") if not (model_dir / n).is_file()]
+    if missing:
+        raise EdgeserError(
+            f"{model_dir}: not an edgeser model folder (missing {', '.join(missing)}); pass "
+            "a folder written by 'edgeser train', e.g. RUN_DIR/production"
+        )
+
+
+def build_export_graph(model_dir: str | Path, encoder: Any | None = None) -> tuple[Any, Any, dict]:
+    """Load a trained model folder; return ``(ExportGraph, reference Encoder, meta)``.
+
+    The reference encoder is the one whose weights the graph carries: the fine-tuned copy
+    for ``feature_kind == "conv"`` models, otherwise the frozen encoder.
+    """
+    from edgeser.export.graph import ExportGraph
+    from edgeser.train.folder import load_trained
+
+    model_dir = Path(model_dir)
+    _check_model_dir(model_dir)
+    model, cfg, frozen, meta = load_trained(model_dir, encoder)
+    from edgeser.models.registry import normalization
+
+    if normalization(cfg) == "speaker":
+        raise EdgeserError(
+            f"{model_dir}: trained with per-speaker feature normalisation, which needs each "
+            "speaker's statistics before predicting; a single-utterance graph cannot carry "
+            "them. Train with --feature-norm global (stored in the model) to export"
+        )
+    front = meta.get("front_end") or {}
+    if meta.get("feature_kind") == "mfcc":
+        from edgeser.export.lightsernet_graph import LightSERNetGraph
+
+        graph = LightSERNetGraph(model.head, frozen.cfg,
+                                 preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
+                                 peak_normalize=bool(front.get("normalize", True)))
+        return graph, frozen, meta
+    ref = model.encoder if meta.get("feature_kind") == "conv" else frozen
+    graph = ExportGraph(
+        ref.model,
+        model.head,
+        preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
+        peak_normalize=bool(front.get("normalize", True)),
+        do_normalize=bool(getattr(ref, "do_normalize", False)),
+    )
+    return graph, ref, meta
+
+
+def reference_probabilities(
+    encoder: Any, head: Any, waves: Sequence[np.ndarray], *, preemphasis: float = 0.97,
+    peak_normalize: bool = True,
+) -> np.ndarray:
+    """PyTorch reference: front end + :meth:`Encoder.encode` + ``EmotionHead``, ``[N, C]``."""
+    import torch
+
+    from edgeser.audio.frontend import peak_normalize as _peak
+    from edgeser.audio.frontend import preemphasis as _pre
+
+    prepared = []
+    for w in waves:
+        x = np.asarray(w, np.float32)
+        if preemphasis:
+            x = _pre(x, SAMPLE_RATE, coef=preemphasis)
+        if peak_normalize:
+            x = _peak(x, SAMPLE_RATE)
+        prepared.append(x)
+    hidden = encoder.encode(prepared)
+    with torch.no_grad():
+        probs = [torch.softmax(head.eval()(h[:, None]), dim=-1) for h in hidden]
+    return torch.cat(probs).numpy()
+
+
+def export_onnx(graph: Any, path: str | Path, opset: int = 17) -> None:
+    """Write a graph with the edgeser contract to ``path`` atomically: inputs ``waveform``
+    float32 ``[batch, samples]`` and ``lengths`` int64 ``[batch]``, output
+    ``probabilities`` ``[batch, classes]``, dynamic batch and sample axes."""
+    import torch
+
+    example = (torch.zeros(2, 8000), torch.tensor([8000, 5000], dtype=torch.int64))
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-derived constants
+        torch.onnx.export(
+            graph,
+            example,
+            str(tmp),
+            dynamo=False,
+            input_names=["waveform", "lengths"],
+            output_names=["probabilities"],
+            dynamic_axes={
+                "waveform": {0: "batch", 1: "samples"},
+                "lengths": {0: "batch"},
+                "probabilities": {0: "batch"},
+            },
+            opset_version=int(opset),
+            do_constant_folding=True,
+        )
+
+
+def _check_parity(graph: Any, path: Path, waves: Sequence[np.ndarray]) -> float:
+    """Max |ONNX - PyTorch graph| over ``waves`` (each alone); raises past tolerance."""
+    import torch
+
+    session = onnx_session(path)
+    worst = 0.0
+    for w in waves:
+        feed = pad_batch([w])
+        got = session.run(None, feed)[0]
+        with torch.no_grad():
+            ref = graph(torch.from_numpy(feed["waveform"]), torch.from_numpy(feed["lengths"]))
+        worst = max(worst, float(np.abs(got - ref.numpy()).max()))
+    if not worst <= _PARITY_TOLERANCE:
+        raise EdgeserError(f"{path}: exported graph differs from PyTorch by {worst:.2e}")
+    return worst
+
+
+def _training_info(meta: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"config": meta.get("config"), "split": meta.get("split")}
+    corpora = meta.get("corpora")
+    if corpora is None:
+        import json
+
+        run = model_dir / "train.json"
+        if run.is_file():
+            try:
+                corpora = json.loads(run.read_text(encoding="utf-8")).get("corpora")
+            except (OSError, ValueError):
+                corpora = None
+    if corpora is not None:
+        info["corpora"] = corpora
+    return info
+
+
+# ------------------------------------------------------------------------- export
+
+
+def export_model(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    int8: bool = True,
+    calibration: Sequence[str | Path] | None = None,
+    opset: int = 17,
+    extra_variants: Sequence[str] = (),
+    encoder: Any | None = None,
+) -> dict[str, Path]:
+    """Export a trained model folder to ``out_dir``; returns ``{kind: path}``.
+
+    Writes ``model.onnx`` (float32), ``model.int8.onnx`` (unless ``int8=False``; calibrated
+    on ``calibration`` audio files or on deterministic synthetic speech) and ``model.json``;
+    ``extra_variants`` adds optional files, see :data:`VARIANTS` (``"int8-fast"``,
+    ``"float16"``, ``"float16-compute"``).
+    ``encoder`` overrides the encoder that ``model.json`` names (tests, offline use).
+    Raises :class:`EdgeserError` for a folder that is not an edgeser model or an encoder
+    that is not in the HuBERT/DistilHuBERT family.
+    """
+    import os
+
+    model_dir = Path(model_dir)
+    out_dir = Path(out_dir)
+    unknown = sorted(set(extra_variants) - set(VARIANTS))
+    if unknown:
+        raise EdgeserError(f"unknown export variant(s) {', '.join(unknown)}; "
+                           f"available: {', '.join(VARIANTS)}")
+    graph, _ref, meta = build_export_graph(model_dir, encoder)
+    cnn = meta.get("feature_kind") == "mfcc"
+    if cnn and extra_variants:
+        raise EdgeserError(f"export variants {', '.join(extra_variants)} apply to SSL-encoder "
+                           "models, not LIGHT-SERNET")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {"float32": out_dir / "model.onnx"}
+    logger.info("exporting %s to %s", model_dir, paths["float32"])
+    export_onnx(graph, paths["float32"], opset)
+    front = meta.get("front_end") or {}
+    trim = bool(front.get("trim", True))
+    top_db = float(front.get("top_db", 20.0))
+    waves = calibration_waves(calibration, trim=trim, top_db=top_db)
+    parity = _check_parity(graph, paths["float32"], [*waves[:2], np.zeros(100, np.float32)])
+    logger.info("float32 ONNX vs PyTorch: max |diff| %.2e", parity)
+    if int8:
+        paths["int8"] = out_dir / "model.int8.onnx"
+        with atomic_path(paths["int8"]) as tmp:
+            if cnn:
+                from edgeser.export.lightsernet_graph import quantize_lightsernet_int8
+
+                quantize_lightsernet_int8(paths["float32"], tmp, waves)
+            else:
+                from edgeser.export.quantize import quantize_int8
+
+                quantize_int8(paths["float32"], tmp, waves)
+    for variant in dict.fromkeys(extra_variants):
+        paths[variant] = out_dir / VARIANTS[variant][0]
+        with atomic_path(paths[variant]) as tmp:
+            if variant == "int8-fast":
+                from edgeser.export.quantize import quantize_int8
+
+                quantize_int8(paths["float32"], tmp, waves, scheme="fast")
+            else:
+                from edgeser.export.halfprec import convert_float16
+
+                convert_float16(paths["float32"], tmp,
+                                mode="compute" if variant == "float16-compute" else "storage")
+    labels = list(meta.get("labels") or [])
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "edgeser_version": __version__,
+        "labels": labels,
+        "sample_rate": SAMPLE_RATE,
+        "inputs": {"waveform": "float32 [batch, samples]", "lengths": "int64 [batch]"},
+        "outputs": {"probabilities": "float32 [batch, classes]"},
+        "model": meta.get("model", "distilhubert"),
+        "min_samples": int(getattr(graph, "min_samples", 1)),
+        "preprocessing": {
+            "outside_graph": {
+                "resample": SAMPLE_RATE,
+                "mono": "mean of channels",
+                "trim": {"top_db": top_db, "frame_length": 2048, "hop_length": 512}
+                if trim else None,
+            },
+            "inside_graph": {
+                "preemphasis": graph.preemphasis,
+                "peak_normalize": graph.peak_normalize,
+                **({"standardize": True} if getattr(graph, "do_normalize", False) else {}),
+                **({"window_seconds": graph.mfcc_cfg.seconds, "window": "first seconds, "
+                    "zero-padded", "features": "MFCC (LIGHT-SERNET)"} if cnn else {}),
+            },
+        },
+        "files": {k: p.name for k, p in paths.items()},
+        "sizes_bytes": {k: os.path.getsize(p) for k, p in paths.items()},
+        "encoder": meta.get("encoder"),
+        "training": _training_info(meta, model_dir),
+        "metrics": meta.get("metrics"),
+        "export": {"opset": int(opset), "float32_parity_max_abs_diff": parity,
+                   "calibration": [str(c) for c in calibration] if calibration
+                   else "speech-like signals (edgeser.export.calibration.speech_like, seed 1234)",
+                   "int8_scheme": None if not int8 else (
+                       "static QDQ (uint8 act, per-channel int8 weights) for the body "
+                       "convolutions; MFCC front end, input paths and classifier in float"
+                       if cnn else "static QDQ (uint8 act, per-channel int8 weights, GPTQ "
+                       "rounding) for the transformer linears and the second feature-extractor "
+                       "convolution; weight-only int8 (folded to float32 at load) elsewhere"),
+                   **({"variants": {k: VARIANTS[k][1] for k in dict.fromkeys(extra_variants)}}
+                      if extra_variants else {})},
+    }
+    paths["json"] = out_dir / "model.json"
+    write_json(paths["json"], doc)
+    return paths
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_export_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``export MODEL_DIR --out DIR [--no-int8] [--calibration FILES...]``."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX (float32 + 8-bit) with model.json",
+        description="Export a trained model folder (e.g. RUN_DIR/production) to DIR/model.onnx "
+        "(float32), DIR/model.int8.onnx and DIR/model.json. The graph takes a 16 kHz waveform "
+        "batch and returns class probabilities.",
+    )
+    parser.add_argument("model_dir", type=Path, help="trained model folder (model.safetensors)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--no-int8", dest="int8", action="store_false",
+                        help="skip the 8-bit model")
+    parser.add_argument("--calibration", nargs="+", type=Path, default=None, metavar="FILE",
+                        help="audio files to calibrate the 8-bit model (default: synthetic speech)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--variant", dest="variants", action="append", default=[],
+                        choices=sorted(VARIANTS),
+                        help="also write an optional variant (repeatable): "
+                        + "; ".join(f"{k}: {v[1]}" for k, v in VARIANTS.items()))
+    parser.set_defaults(func=_run_export)
+    return parser
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    paths = export_model(args.model_dir, args.out, int8=args.int8,
+                         calibration=args.calibration, opset=args.opset,
+                         extra_variants=args.variants)
+    parts = [f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for k, p in paths.items() if k != "json"]
+    print(f"exported {args.model_dir}: " + ", ".join(parts) + f", {paths['json']}")
+    return 0

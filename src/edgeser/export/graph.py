@@ -1,0 +1,298 @@
+"""An export-friendly PyTorch mirror of the whole SER model, waveform in, probabilities out.
+
+:class:`ExportGraph` re-implements the forward pass of a ``transformers`` HuBERT-family
+encoder (DistilHuBERT) plus the trained :class:`~edgeser.models.head.EmotionHead` with
+weights copied from them, written so that ``torch.onnx.export`` yields a compact graph with
+dynamic batch and sample axes:
+
+- pre-emphasis and peak normalisation run inside the graph over each row's valid samples
+  (``lengths``); rows are zero-padded to the longest, and a tail of ``min_samples`` zeros
+  makes inputs shorter than the receptive field legal (as :class:`Encoder` pads them);
+- the first convolution (one input channel, kernel a multiple of its stride) is a matmul
+  over strided frames, ~15x faster than a 1-channel Conv on CPU runtimes;
+- the first layer's GroupNorm (statistics over time) uses only valid frames, and the
+  transformer attention and the pooling are masked, so a row of a padded batch gets the
+  same probabilities as the same input alone;
+- the positional convolution's weight norm is folded into a plain weight.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeser.core.errors import EdgeserError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExportGraph", "check_exportable", "masked_front"]
+
+_MASK_BIAS = -1.0e4  # additive attention bias on padded keys (fp16-safe, exp() underflows)
+_PEAK_EPS = 1e-8  # as edgeser.audio.frontend.peak_normalize
+
+
+def check_exportable(hf_model: Any) -> None:
+    """Raise :class:`EdgeserError` unless ``hf_model`` is a HuBERT/DistilHuBERT or
+    wav2vec 2.0 (Base-style, post-LN) encoder we can mirror. WavLM (gated relative
+    position bias) is not mirrored."""
+    from transformers import HubertModel, Wav2Vec2Model
+
+    name = type(hf_model).__name__
+    config = getattr(hf_model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if not (
+        (isinstance(hf_model, HubertModel) and model_type == "hubert")
+        or (isinstance(hf_model, Wav2Vec2Model) and model_type == "wav2vec2")
+    ):
+        hint = ""
+        if model_type == "wavlm":
+            hint = ("; WavLM's gated relative position bias has no export graph: train "
+                    "--model distilhubert, hubert-base or wav2vec2-base to deploy")
+        raise EdgeserError(
+            f"export supports HuBERT/DistilHuBERT and wav2vec 2.0 encoders only, got {name} "
+            f"(model_type {model_type!r}){hint}"
+        )
+
+    problems = []
+    if getattr(config, "feat_extract_norm", "group") != "group":
+        problems.append(f"feat_extract_norm={config.feat_extract_norm!r} (need 'group')")
+    if getattr(config, "do_stable_layer_norm", False):
+        problems.append("do_stable_layer_norm=True (pre-LN transformer)")
+    if getattr(config, "conv_pos_batch_norm", False):
+        problems.append("conv_pos_batch_norm=True")
+    for key in ("feat_extract_activation", "hidden_act"):
+        if getattr(config, key, "gelu") != "gelu":
+            problems.append(f"{key}={getattr(config, key)!r} (need 'gelu')")
+    if problems:
+        raise EdgeserError(f"cannot export this {name}: " + "; ".join(problems))
+
+
+def masked_front(
+    x: torch.Tensor, lengths: torch.Tensor, *, tail: int, preemphasis: float,
+    peak_normalize: bool, standardize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-graph pre-processing of a zero-padded batch ``[B, S]``, row by row.
+
+    Appends ``tail`` zeros (so short and empty inputs are legal), zeroes samples past each
+    row's ``lengths``, then over the valid samples only: standardisation (HF
+    ``do_normalize``, optional), pre-emphasis (as :func:`edgeser.audio.frontend.preemphasis`)
+    and peak normalisation (as :func:`~edgeser.audio.frontend.peak_normalize`). Returns
+    ``([B, S + tail], lengths clamped at 0)``.
+    """
+    pad = torch.zeros_like(lengths, dtype=x.dtype)[:, None].expand(-1, tail)
+    x = torch.cat([x, pad], dim=1)
+    idx = torch.arange(x.shape[1], dtype=torch.int64)[None, :]  # [1, N]
+    lengths = torch.clamp(lengths.to(torch.int64), min=0)
+    valid = idx < lengths[:, None]
+    zero = torch.zeros((), dtype=x.dtype)
+    x = torch.where(valid, x, zero)
+    if standardize:
+        count = torch.clamp(lengths, min=1).to(x.dtype)[:, None]
+        mean = x.sum(dim=1, keepdim=True) / count
+        centred = torch.where(valid, x - mean, zero)
+        var = (centred * centred).sum(dim=1, keepdim=True) / count
+        x = centred / torch.sqrt(var + 1e-7)
+    if preemphasis:
+        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        x = torch.where(valid, x - preemphasis * prev, zero)
+    if peak_normalize:
+        peak = torch.amax(torch.abs(x), dim=1, keepdim=True)
+        x = x / torch.where(peak < _PEAK_EPS, torch.ones_like(peak), peak)
+    return x, lengths
+
+
+class _Layer(nn.Module):
+    """One post-LN transformer layer (HF ``HubertEncoderLayer``) with masked attention."""
+
+    def __init__(self, hf_layer: nn.Module, num_heads: int) -> None:
+        super().__init__()
+        att = hf_layer.attention
+        self.q_proj = copy.deepcopy(att.q_proj)
+        self.k_proj = copy.deepcopy(att.k_proj)
+        self.v_proj = copy.deepcopy(att.v_proj)
+        self.out_proj = copy.deepcopy(att.out_proj)
+        self.layer_norm = copy.deepcopy(hf_layer.layer_norm)
+        self.fc1 = copy.deepcopy(hf_layer.feed_forward.intermediate_dense)
+        self.fc2 = copy.deepcopy(hf_layer.feed_forward.output_dense)
+        self.final_layer_norm = copy.deepcopy(hf_layer.final_layer_norm)
+        self.num_heads = num_heads
+        self.head_dim = self.q_proj.out_features // num_heads
+        self.scale = self.head_dim**-0.5
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape
+        shape = (b, t, self.num_heads, self.head_dim)
+        q = self.q_proj(h).reshape(shape).transpose(1, 2)
+        k = self.k_proj(h).reshape(shape).transpose(1, 2)
+        v = self.v_proj(h).reshape(shape).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale + bias
+        att = torch.matmul(torch.softmax(scores, dim=-1), v)
+        att = self.out_proj(att.transpose(1, 2).reshape(b, t, d))
+        h = self.layer_norm(h + att)
+        h = h + self.fc2(F.gelu(self.fc1(h)))
+        return self.final_layer_norm(h)
+
+
+class ExportGraph(nn.Module):
+    """``(waveform [B, S] float32, lengths [B] int64) -> probabilities [B, C]``.
+
+    Args:
+        hf_model: the encoder's ``transformers`` ``HubertModel`` (weights are copied).
+        head: the trained :class:`~edgeser.models.head.EmotionHead` (copied, eval mode).
+        preemphasis: pre-emphasis coefficient applied in the graph (0 disables it).
+        peak_normalize: peak-normalise each row in the graph.
+        do_normalize: standardise each row over its valid samples (HF ``do_normalize``).
+    """
+
+    def __init__(
+        self,
+        hf_model: nn.Module,
+        head: nn.Module,
+        *,
+        preemphasis: float = 0.97,
+        peak_normalize: bool = True,
+        do_normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        check_exportable(hf_model)
+        config = hf_model.config
+        self.preemphasis = float(preemphasis)
+        self.peak_normalize = bool(peak_normalize)
+        self.do_normalize = bool(do_normalize)
+        self.conv_spec = [
+            (int(k), int(s)) for k, s in zip(config.conv_kernel, config.conv_stride, strict=True)
+        ]
+        receptive = 1
+        for kernel, stride in reversed(self.conv_spec):
+            receptive = (receptive - 1) * stride + kernel
+        self.min_samples = receptive
+        layers = hf_model.feature_extractor.conv_layers
+        first = layers[0]
+        k0, s0 = self.conv_spec[0]
+        w0 = first.conv.weight.detach().float()  # [C0, 1, k0]
+        self.first_as_matmul = k0 % s0 == 0 and w0.shape[1] == 1
+        if self.first_as_matmul:
+            self.conv0 = nn.Linear(k0, w0.shape[0], bias=first.conv.bias is not None)
+            with torch.no_grad():
+                self.conv0.weight.copy_(w0[:, 0, :])
+                if first.conv.bias is not None:
+                    self.conv0.bias.copy_(first.conv.bias)
+        else:
+            self.conv0 = copy.deepcopy(first.conv)
+        norm = first.layer_norm
+        self.gn_weight = nn.Parameter(norm.weight.detach().clone().float())
+        self.gn_bias = nn.Parameter(norm.bias.detach().clone().float())
+        self.gn_eps = float(norm.eps)
+        self.convs = nn.ModuleList([copy.deepcopy(layer.conv) for layer in layers[1:]])
+        proj = hf_model.feature_projection
+        # wav2vec 2.0's projection always normalises; HuBERT's only with feat_proj_layer_norm
+        has_norm = getattr(proj, "feat_proj_layer_norm", True)
+        self.proj_norm = copy.deepcopy(proj.layer_norm) if has_norm else None
+        self.projection = copy.deepcopy(proj.projection)
+        pos = hf_model.encoder.pos_conv_embed
+        src = pos.conv
+        self.pos_conv = nn.Conv1d(
+            src.in_channels,
+            src.out_channels,
+            kernel_size=src.kernel_size[0],
+            padding=src.padding[0],
+            groups=src.groups,
+        )
+        with torch.no_grad():  # weight norm folded: the parametrised .weight is the product
+            self.pos_conv.weight.copy_(src.weight.detach())
+            self.pos_conv.bias.copy_(src.bias.detach())
+        self.pos_trim = int(pos.padding.num_pad_remove)
+        self.enc_norm = copy.deepcopy(hf_model.encoder.layer_norm)
+        heads = int(config.num_attention_heads)
+        self.layers = nn.ModuleList([_Layer(layer, heads) for layer in hf_model.encoder.layers])
+        self.head = copy.deepcopy(head)
+        self.requires_grad_(False)
+        self.eval()
+
+    # ------------------------------------------------------------------ pieces
+
+    def _frames_after(self, samples: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        n = samples
+        for kernel, stride in self.conv_spec[:upto]:
+            n = torch.div(n - kernel, stride, rounding_mode="floor") + 1
+        return n
+
+    def _front(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask, (standardise), pre-emphasise and peak-normalise; append the zero tail."""
+        x, lengths = masked_front(x, lengths, tail=self.min_samples,
+                                  preemphasis=self.preemphasis,
+                                  peak_normalize=self.peak_normalize,
+                                  standardize=self.do_normalize)
+        return x, torch.clamp(lengths, min=self.min_samples)
+
+    def _first_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """First conv layer output ``[B, C0, F0]`` (before its GroupNorm)."""
+        kernel, stride = self.conv_spec[0]
+        if not self.first_as_matmul:
+            return self.conv0(x[:, None, :])
+        batch = x.shape[0]
+        steps = x.shape[1] // stride
+        blocks = x[:, : steps * stride].reshape(batch, steps, stride).transpose(1, 2)
+        r = kernel // stride
+        count = steps - r + 1
+        frames = torch.cat([blocks[:, :, j : j + count] for j in range(r)], dim=1)  # [B, k, F]
+        h = torch.matmul(self.conv0.weight, frames)  # [C0, k] @ [B, k, F] -> [B, C0, F]
+        if self.conv0.bias is not None:
+            h = h + self.conv0.bias[:, None]
+        return h
+
+    def _masked_group_norm(self, h: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Per-channel normalisation over each row's valid frames (h: ``[B, C, T]``)."""
+        idx = torch.arange(h.shape[2], dtype=torch.int64)[None, None, :]
+        mask = (idx < frames[:, None, None]).to(h.dtype)  # [B, 1, T]
+        count = torch.clamp(frames, min=1).to(h.dtype)[:, None, None]
+        mean = (h * mask).sum(dim=2, keepdim=True) / count
+        centred = (h - mean) * mask
+        var = (centred * centred).sum(dim=2, keepdim=True) / count
+        scale = self.gn_weight[:, None] / torch.sqrt(var + self.gn_eps)  # [B, C, 1]
+        return (h - mean) * scale + self.gn_bias[:, None]
+
+    # ------------------------------------------------------------------ forward
+
+    def hidden_states(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All hidden states ``[L, B, T, D]`` and the valid-frame mask ``[B, T]``."""
+        x, eff = self._front(waveform.to(torch.float32), lengths)
+        h = self._first_conv(x)
+        h = F.gelu(self._masked_group_norm(h, self._frames_after(eff, 1)))  # [B, C, T]
+        for conv in self.convs:
+            h = F.gelu(conv(h))
+        h = h.transpose(1, 2)  # [B, T, C]
+        frames = self._frames_after(eff)
+        idx = torch.arange(h.shape[1], dtype=torch.int64)[None, :]
+        mask = idx < frames[:, None]  # [B, T]
+        if self.proj_norm is not None:
+            h = self.proj_norm(h)
+        h = self.projection(h)
+        h = torch.where(mask[:, :, None], h, torch.zeros((), dtype=h.dtype))
+        pos = self.pos_conv(h.transpose(1, 2))
+        if self.pos_trim:
+            pos = pos[:, :, : -self.pos_trim]
+        h = self.enc_norm(h + F.gelu(pos).transpose(1, 2))
+        bias = torch.where(mask, 0.0, _MASK_BIAS).to(h.dtype)[:, None, None, :]
+        states = [h]
+        for layer in self.layers:
+            h = layer(h, bias)
+            states.append(h)
+        return torch.stack(states), mask
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        hidden, mask = self.hidden_states(waveform, lengths)
+        return torch.softmax(self.head(hidden, mask), dim=-1)
+
+
+def num_weights(module: nn.Module) -> int:
+    """Total number of parameter elements (for logs)."""
+    return sum(math.prod(p.shape) for p in module.parameters())

@@ -1,0 +1,1 @@
+"""Splits: speaker-disjoint protocols (LOSO, production split) over manifests."""

@@ -1,0 +1,121 @@
+"""The trained-model folder: ``model.safetensors`` (weights) + ``model.json`` (config,
+labels, encoder identity, split, metrics), written by every training run
+(:func:`save_model`) and read by evaluation, export and comparison (:func:`load_trained`,
+which returns a :class:`TrainedModel`). :func:`build_model` makes the model a config
+describes, fresh or to load weights into."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from edgeser import __version__
+from edgeser.audio.io import SAMPLE_RATE
+from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
+from edgeser.data.labels import LABELS
+from edgeser.models.registry import make_encoder, model_spec, normalization
+from edgeser.train.checkpoint import load_weights, save_weights
+from edgeser.train.trainer import FeatureSet, SERModel, head_config
+
+__all__ = ["TrainedModel", "build_model", "load_trained", "save_model"]
+
+
+class TrainedModel(NamedTuple):
+    """A trained model folder, loaded: the model, its config, its encoder and
+    ``model.json``'s contents."""
+
+    model: SERModel
+    config: TrainConfig
+    encoder: Any
+    meta: dict[str, Any]
+
+
+def build_model(
+    cfg: TrainConfig, encoder: Any, kind: str, train: FeatureSet | None = None
+) -> SERModel:
+    """A fresh model for ``cfg``; ``train`` gives the statistics of ``--feature-norm global``
+    (without it, they are left for ``load_state_dict`` to fill)."""
+    from edgeser.models.head import EmotionHead
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+        if kind == "mfcc":
+            from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
+
+            net = LightSERNet(LightSERNetConfig(num_classes=len(LABELS), mfcc=encoder.cfg))
+            return SERModel(net, None, kind=kind)
+        hcfg = head_config(cfg, encoder.num_hidden_states, encoder.hidden_size)
+        if normalization(cfg) == "global":
+            hcfg = dataclasses.replace(hcfg, normalize=True)
+        head = EmotionHead(hcfg)
+    if hcfg.normalize and train is not None:
+        from edgeser.train.normalize import group_stats
+
+        head.set_normalization(*map(torch.from_numpy, group_stats(train.clean)))
+    if kind == "conv":
+        # Each model fine-tunes its own copy: folds must not inherit each other's updates.
+        encoder = copy.deepcopy(encoder).unfreeze_upper()
+    return SERModel(head, encoder if kind in ("conv", "wave") else None, kind=kind)
+
+
+def save_model(
+    out_dir: Path, model: SERModel, cfg: TrainConfig, encoder: Any, kind: str,
+    record: dict[str, Any],
+) -> None:
+    """``model.safetensors`` + ``model.json``: everything needed to rebuild and export."""
+    meta = {
+        "edgeser_version": __version__,
+        "model": cfg.model,
+        "labels": list(LABELS),
+        "sample_rate": SAMPLE_RATE,
+        "feature_kind": kind,
+        "encoder": {"source": encoder.source, "identity": encoder.identity,
+                    "is_random": encoder.is_random, "seed": cfg.encoder_seed,
+                    "num_hidden_states": getattr(encoder, "num_hidden_states", None),
+                    "hidden_size": getattr(encoder, "hidden_size", None)},
+        "front_end": {"trim": cfg.front_end.trim, "top_db": cfg.front_end.top_db,
+                      "preemphasis": cfg.front_end.preemphasis,
+                      "normalize": cfg.front_end.normalize},
+        "config": cfg.to_dict(),
+        "split": {k: record.get(k) for k in ("name", "test_session", "n_train", "n_val",
+                                               "n_test", "split_sha256")},
+        "metrics": record.get("metrics"),
+    }
+    save_weights(out_dir / "model.safetensors", dict(model.state_dict()), meta)
+
+
+def load_trained(model_dir: str | Path, encoder: Any | None = None) -> TrainedModel:
+    """Rebuild a trained model (and its encoder) from ``model.safetensors`` + ``model.json``.
+
+    ``encoder`` replaces the one ``model.json`` names (it must have the same identity).
+    """
+    tensors, meta = load_weights(Path(model_dir))
+    try:
+        cfg = TrainConfig.from_dict(meta["config"])
+        enc_meta = meta["encoder"]
+    except (KeyError, TypeError) as e:
+        raise EdgeserError(f"{model_dir}: model.json is not an edgeser model ({e})") from None
+    if encoder is None:
+        if model_spec(cfg.model).family == "cnn":
+            encoder = make_encoder(cfg)
+        else:
+            from edgeser.models.ssl import load_encoder
+
+            encoder = load_encoder(enc_meta["source"], seed=enc_meta.get("seed", 0),
+                                   precision=cfg.precision)
+    if encoder.identity != enc_meta["identity"]:
+        raise EdgeserError(
+            f"{model_dir}: the encoder loaded from {enc_meta['source']!r} is not the one the "
+            f"model was trained with (identity {encoder.identity} != {enc_meta['identity']})"
+        )
+    model = build_model(cfg, encoder, meta["feature_kind"])
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise EdgeserError(f"{model_dir}: weights do not fit the model ({e})") from None
+    return TrainedModel(model, cfg, encoder, meta)
