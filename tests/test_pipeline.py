@@ -64,7 +64,7 @@ def test_loso_splits_are_speaker_disjoint_and_keep_cremad_in_training(corpora):
 def test_split_validator_refuses_leaks(corpora):
     ie = prepare_iemocap(corpora["iemocap"])
     s = loso_splits(ie)[0]
-    from edgeser.data.manifest import validate_split
+    from edgeser.split.validate import validate_split
 
     with pytest.raises(SplitError, match="speaker leakage"):
         validate_split(ie, {"train": s.train[1:], "test": [*s.test, s.train[0]]})

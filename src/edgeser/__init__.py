@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "COLUMNS": "edgeser.data.manifest",
     "read_manifest": "edgeser.data.manifest",
     "validate_manifest": "edgeser.data.manifest",
-    "validate_split": "edgeser.data.manifest",
+    "validate_split": "edgeser.split.validate",
     "write_manifest": "edgeser.data.manifest",
     # corpora
     "prepare": "edgeser.data.recipes",

@@ -72,12 +72,8 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from edgeser.data.manifest import (
-        read_manifest,
-        read_split_file,
-        validate_manifest,
-        validate_split,
-    )
+    from edgeser.data.manifest import read_manifest, validate_manifest
+    from edgeser.split.validate import read_split_file, validate_split
 
     df = read_manifest(args.manifest)
     validate_manifest(df, check_paths=not args.no_paths, allow_unlabelled=args.all_labels)

@@ -27,7 +27,7 @@ from edgeser.features import FeatureStore, extract
 from edgeser.models.registry import model_spec, normalization
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
-from edgeser.train.trainer import FeatureSet, fit, predict
+from edgeser.train.trainer import FeatureSet, SERModel, fit, predict
 
 log = logging.getLogger(__name__)
 
@@ -223,3 +223,23 @@ def run_info(cfg: TrainConfig, encoder: Any) -> dict[str, Any]:
                         "precision": getattr(encoder, "precision", "fp32")}}
 
 
+
+
+def cross_corpus(
+    cfg: TrainConfig, model: SERModel, feats: Features, frame: pd.DataFrame,
+    corpus: pd.DataFrame, name: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trained model on every utterance of ``corpus`` (features from ``feats``):
+    ``(analysis, record)`` with the error analysis (``n`` added) and a predictions record
+    for :func:`write_predictions`."""
+    from edgeser.evaluate.crosscorpus import error_analysis
+
+    ids = list(corpus["utt_id"])
+    data = feats.feature_set(frame, ids, with_views=False)
+    probs, _ = predict(model, data, cfg)
+    y_true = [label_index(x) for x in corpus["label"]]
+    y_pred = probs.argmax(1).tolist()
+    analysis = error_analysis(corpus.reset_index(drop=True), y_true, y_pred)
+    record = {"name": name, "_pred": {"ids": ids, "y_true": y_true, "y_pred": y_pred,
+                                      "probs": probs.tolist()}}
+    return {**analysis, "n": len(ids)}, record

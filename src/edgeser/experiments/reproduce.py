@@ -24,19 +24,20 @@ import pandas as pd
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json, write_text
-from edgeser.data.labels import LABELS, label_index
+from edgeser.data.labels import LABELS
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest, write_manifest
-from edgeser.evaluate.crosscorpus import error_analysis
 from edgeser.evaluate.metrics import variance_change
 from edgeser.experiments.pipeline import (
     compute_features,
+    cross_corpus,
     run_info,
     run_split_cached,
     summarise_setting,
     write_predictions,
 )
 from edgeser.split.protocols import loso_splits, production_split
-from edgeser.train.trainer import predict
+from edgeser.split.validate import combine_manifests
+from edgeser.train.folder import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def reproduce(
     rv = load_corpus("ravdess", ravdess, out) if ravdess else None
     if encoder is None:
         encoder = make_encoder(cfg)
-    frame = pd.concat([d for d in (ie, cr, rv) if d is not None], ignore_index=True)
+    frame = combine_manifests(ie, cr, rv)
     train_ids = set(ie["utt_id"]) | (set(cr["utt_id"]) if cr is not None else set())
     feats = compute_features(cfg, encoder, frame, train_ids,
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
@@ -128,23 +129,10 @@ def reproduce(
     } | {"speaker_dependent": True, "training_corpora": ["iemocap"] + (["cremad"] if cr is not
                                                                        None else [])}
     if rv is not None:
-        from edgeser.train.checkpoint import load_weights
-        from edgeser.train.folder import build_model
-
-        model = build_model(cfg, encoder, feats.kind)
-        tensors, _ = load_weights(prod_dir / "model.safetensors")
-        model.load_state_dict(tensors)
-        ids = list(rv["utt_id"])
-        data = feats.feature_set(frame, ids, with_views=False)
-        probs, _ = predict(model, data, cfg)
-        y_true = [label_index(x) for x in rv["label"]]
-        analysis = error_analysis(rv.reset_index(drop=True), y_true, probs.argmax(1).tolist())
-        results["cross_corpus"] = {"ravdess": {**analysis, "n": len(ids),
-                                               "model": "production"}}
-        write_predictions(out / "cross_corpus_ravdess.csv",
-                          [{"name": "ravdess", "_pred": {"ids": ids, "y_true": y_true,
-                                                        "y_pred": probs.argmax(1).tolist(),
-                                                        "probs": probs.tolist()}}])
+        model = load_trained(prod_dir, encoder).model
+        analysis, record = cross_corpus(cfg, model, feats, frame, rv, "ravdess")
+        results["cross_corpus"] = {"ravdess": {**analysis, "model": "production"}}
+        write_predictions(out / "cross_corpus_ravdess.csv", [record])
     timings["production_and_cross_corpus"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     results["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}

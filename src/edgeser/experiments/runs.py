@@ -7,24 +7,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json
-from edgeser.data.labels import label_index
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest
-from edgeser.evaluate.crosscorpus import error_analysis
 from edgeser.evaluate.metrics import compute_metrics
 from edgeser.experiments.pipeline import (
     compute_features,
+    cross_corpus,
     run_info,
     run_split_cached,
     summarise_setting,
     write_predictions,
 )
-from edgeser.split.protocols import Split, group_sessions, loso_splits
+from edgeser.split.protocols import Split, group_sessions, loso_splits, speaker_holdout_split
+from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import build_model, load_trained, save_model
 from edgeser.train.trainer import fit, predict
 
@@ -59,14 +58,10 @@ def train_on_manifests(
     out = Path(out)
     dfs = [read_four_class(m) for m in manifests]
     main = dfs[0]
-    frame = pd.concat(dfs, ignore_index=True)
-    if frame["utt_id"].duplicated().any():
-        raise EdgeserError("the manifests share utterance ids")
-    speakers = sorted(main["speaker"].unique())
-    rng = np.random.default_rng(cfg.seed)
-    val_spk = set(rng.permutation(speakers)[: min(cfg.val_speakers, len(speakers) - 1)])
-    val = list(main.loc[main["speaker"].isin(val_spk), "utt_id"])
-    train = [u for u in frame["utt_id"] if u not in set(val)]
+    frame = combine_manifests(*dfs)
+    split = speaker_holdout_split(main, combine_manifests(*dfs[1:]) if dfs[1:] else None,
+                                  val_speakers=cfg.val_speakers, seed=cfg.seed)
+    train, val, val_spk = split.train, split.val, split.info["val_speakers"]
     encoder = encoder or _encoder(cfg)
     feats = compute_features(cfg, encoder, frame, set(train),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
@@ -101,22 +96,16 @@ def evaluate_model(
     model, cfg, encoder, _ = load_trained(model_dir, encoder)
     feats = compute_features(cfg, encoder, df, set(),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
-    ids = list(df["utt_id"])
-    data = feats.feature_set(df, ids, with_views=False)
-    probs, _ = predict(model, data, cfg)
-    y_true = [label_index(x) for x in df["label"]]
-    y_pred = probs.argmax(1).tolist()
-    analysis = error_analysis(df.reset_index(drop=True), y_true, y_pred)
     name = str(df["corpus"].iloc[0])
+    analysis, record = cross_corpus(cfg, model, feats, df, df, name)
     results = {**run_info(cfg, encoder), "model_dir": str(model_dir),
-               "cross_corpus": {name: {**analysis, "n": len(ids)}}}
+               "cross_corpus": {name: analysis}}
     write_json(out / "results.json", results)
-    write_predictions(out / "predictions.csv", [{"name": name, "_pred": {
-        "ids": ids, "y_true": y_true, "y_pred": y_pred, "probs": probs.tolist()}}])
+    write_predictions(out / "predictions.csv", [record])
     from edgeser.evaluate.report import write_report
 
     write_report(out, results)
-    return analysis
+    return {k: v for k, v in analysis.items() if k != "n"}
 
 
 def evaluate_loso(
@@ -142,9 +131,7 @@ def evaluate_loso(
     frame = df
     if extra is not None:
         name += "+" + "+".join(sorted(extra["corpus"].astype(str).unique()))
-        frame = pd.concat([df, extra], ignore_index=True)
-        if frame["utt_id"].duplicated().any():
-            raise EdgeserError("the manifests share utterance ids")
+        frame = combine_manifests(df, extra)
     splits: list[Split] = loso_splits(df, extra, val_speakers=cfg.val_speakers,
                                       sessions=group_sessions(df, folds))
     encoder = encoder or _encoder(cfg)

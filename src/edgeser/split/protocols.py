@@ -10,7 +10,12 @@
   shuffled, stratified 5 % validation and 5 % test (utterance level, therefore
   speaker-dependent); extra corpora in training only.
 
-Every split is checked by :func:`edgeser.data.manifest.validate_split`.
+* :func:`speaker_holdout_split`: a single training run's validation set: whole speakers
+  of the main corpus drawn by the seed (the rest of every corpus trains).
+
+Every split is checked by :func:`edgeser.split.validate.validate_split`; corpora are
+combined with :func:`edgeser.split.validate.combine_manifests`, which refuses an
+utterance id in two of them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import pandas as pd
 
 from edgeser.core.errors import SplitError
 from edgeser.core.io import sha256_text
-from edgeser.data.manifest import validate_split
+from edgeser.split.validate import combine_manifests, validate_split
 
 
 @dataclass
@@ -52,8 +57,9 @@ class Split:
         return asdict(self)
 
 
-def _check(df: pd.DataFrame, split: Split, main: set[str], speaker_disjoint: bool) -> None:
-    if not split.test:
+def _check(df: pd.DataFrame, split: Split, main: set[str], speaker_disjoint: bool, *,
+           need_test: bool = True) -> None:
+    if need_test and not split.test:
         raise SplitError(f"{split.name}: no test data")
     if not split.train:
         raise SplitError(f"{split.name}: no training data")
@@ -95,7 +101,7 @@ def loso_splits(
     groups = sessions or [[s] for s in sorted(main["session"].unique())]
     if len(groups) < 2:
         raise SplitError("leave-one-session-out needs at least two sessions")
-    frame = pd.concat([main, extra], ignore_index=True) if extra is not None else main
+    frame = combine_manifests(main, extra)
     main_corpora = set(main["corpus"].unique())
     extra_ids = list(extra["utt_id"]) if extra is not None else []
     spk_by_session = {
@@ -168,8 +174,26 @@ def production_split(
         train += ids[n_test + n_val :]
     if extra is not None:
         train += list(extra["utt_id"])
-    frame = pd.concat([main, extra], ignore_index=True) if extra is not None else main
+    frame = combine_manifests(main, extra)
     split = Split(name="production", train=sorted(train), val=sorted(val), test=sorted(test),
                   info={"speaker_dependent": True})
     _check(frame, split, set(main["corpus"].unique()), speaker_disjoint=False)
+    return split
+
+
+def speaker_holdout_split(
+    main: pd.DataFrame, extra: pd.DataFrame | None = None, *, val_speakers: int = 1,
+    seed: int = 0,
+) -> Split:
+    """Every row in training except ``val_speakers`` whole speakers of ``main`` (drawn by
+    ``seed``; at least one training speaker is kept), which form the validation set."""
+    frame = combine_manifests(main, extra)
+    speakers = sorted(main["speaker"].unique())
+    rng = np.random.default_rng(seed)
+    val_spk = set(rng.permutation(speakers)[: max(0, min(val_speakers, len(speakers) - 1))])
+    val = list(main.loc[main["speaker"].isin(val_spk), "utt_id"])
+    held = set(val)
+    split = Split(name="train", train=[u for u in frame["utt_id"] if u not in held], val=val,
+                  test=[], info={"val_speakers": sorted(val_spk)})
+    _check(frame, split, set(main["corpus"].unique()), speaker_disjoint=True, need_test=False)
     return split
