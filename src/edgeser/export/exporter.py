@@ -26,6 +26,7 @@ from edgeser import __version__
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
 from edgeser.export.calibration import calibration_waves
+from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, make_card
 from edgeser.runtime.session import onnx_session, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,7 @@ __all__ = [
     "reference_probabilities",
 ]
 
-FORMAT = "edgeser-onnx"
-FORMAT_VERSION = 1
+FORMAT = MODEL_FORMAT
 SAMPLE_RATE = 16_000
 #: Optional extra files: variant name -> (file name, what it is).
 VARIANTS: dict[str, tuple[str, str]] = {
@@ -264,37 +264,30 @@ def export_model(
                 convert_float16(paths["float32"], tmp,
                                 mode="compute" if variant == "float16-compute" else "storage")
     labels = list(meta.get("labels") or [])
-    doc: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "edgeser_version": __version__,
-        "labels": labels,
-        "sample_rate": SAMPLE_RATE,
-        "inputs": {"waveform": "float32 [batch, samples]", "lengths": "int64 [batch]"},
-        "outputs": {"probabilities": "float32 [batch, classes]"},
-        "model": meta.get("model", "distilhubert"),
-        "min_samples": int(getattr(graph, "min_samples", 1)),
-        "preprocessing": {
-            "outside_graph": {
-                "resample": SAMPLE_RATE,
-                "mono": "mean of channels",
-                "trim": {"top_db": top_db, "frame_length": 2048, "hop_length": 512}
-                if trim else None,
-            },
-            "inside_graph": {
-                "preemphasis": graph.preemphasis,
-                "peak_normalize": graph.peak_normalize,
-                **({"standardize": True} if getattr(graph, "do_normalize", False) else {}),
-                **({"window_seconds": graph.mfcc_cfg.seconds, "window": "first seconds, "
-                    "zero-padded", "features": "MFCC (LIGHT-SERNET)"} if cnn else {}),
-            },
+    doc = make_card(
+        edgeser_version=__version__,
+        labels=labels,
+        model=meta.get("model", "distilhubert"),
+        min_samples=int(getattr(graph, "min_samples", 1)),
+        outside_graph={
+            "resample": SAMPLE_RATE,
+            "mono": "mean of channels",
+            "trim": {"top_db": top_db, "frame_length": 2048, "hop_length": 512}
+            if trim else None,
         },
-        "files": {k: p.name for k, p in paths.items()},
-        "sizes_bytes": {k: os.path.getsize(p) for k, p in paths.items()},
-        "encoder": meta.get("encoder"),
-        "training": _training_info(meta, model_dir),
-        "metrics": meta.get("metrics"),
-        "export": {"opset": int(opset), "float32_parity_max_abs_diff": parity,
+        inside_graph={
+            "preemphasis": graph.preemphasis,
+            "peak_normalize": graph.peak_normalize,
+            **({"standardize": True} if getattr(graph, "do_normalize", False) else {}),
+            **({"window_seconds": graph.mfcc_cfg.seconds, "window": "first seconds, "
+                "zero-padded", "features": "MFCC (LIGHT-SERNET)"} if cnn else {}),
+        },
+        files={k: p.name for k, p in paths.items()},
+        sizes_bytes={k: os.path.getsize(p) for k, p in paths.items()},
+        encoder=meta.get("encoder"),
+        training=_training_info(meta, model_dir),
+        metrics=meta.get("metrics"),
+        export={"opset": int(opset), "float32_parity_max_abs_diff": parity,
                    "calibration": [str(c) for c in calibration] if calibration
                    else "speech-like signals (edgeser.export.calibration.speech_like, seed 1234)",
                    "int8_scheme": None if not int8 else (
@@ -305,7 +298,7 @@ def export_model(
                        "convolution; weight-only int8 (folded to float32 at load) elsewhere"),
                    **({"variants": {k: VARIANTS[k][1] for k in dict.fromkeys(extra_variants)}}
                       if extra_variants else {})},
-    }
+    )
     paths["json"] = out_dir / "model.json"
     write_json(paths["json"], doc)
     return paths

@@ -7,7 +7,8 @@ works on the ``edgeser[runtime]`` install without torch.
 
 from __future__ import annotations
 
-from edgeser.runtime.model import OnnxEmotionModel, read_model_card
+from edgeser.runtime.card import read_model_card
+from edgeser.runtime.model import OnnxEmotionModel
 from edgeser.runtime.stream import (
     Segment,
     file_blocks,

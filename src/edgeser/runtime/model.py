@@ -13,7 +13,6 @@ Imports only numpy, soundfile, soxr and onnxruntime (the ``edgeser[runtime]`` in
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -26,13 +25,11 @@ import numpy as np
 from edgeser.audio.frontend import trim_bounds
 from edgeser.audio.io import SAMPLE_RATE, audio_info, load_audio, resample, to_mono
 from edgeser.core.errors import AudioError, EdgeserError
+from edgeser.runtime.card import read_model_card
 from edgeser.runtime.session import onnx_session, pad_batch
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "edgeser-onnx"
-FORMAT_VERSION = 1
-CARD_NAME = "model.json"
 #: Sample rates an input may have; outside this range resampling is refused as absurd.
 MIN_INPUT_RATE = 1_000
 MAX_INPUT_RATE = 768_000
@@ -59,56 +56,6 @@ def check_sample_rate(sample_rate: int, what: str = "input") -> int:
         raise AudioError(f"{what}: cannot resample from {sample_rate} Hz (supported: "
                          f"{MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz)")
     return sr
-
-
-def read_model_card(model_path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """Find and validate the ``model.json`` that describes ``model_path``.
-
-    ``model_path`` is an ``.onnx`` file (``model.json`` beside it) or a model folder (its
-    float32 file is used). Returns ``(onnx_path, card)``; raises :class:`EdgeserError`
-    ``"... is not an edgeser model: ..."`` when anything is missing or malformed.
-    """
-    p = Path(model_path)
-    if p.is_dir():
-        card_path = p / CARD_NAME
-        card = _load_card(p, card_path)
-        onnx_path = p / str(card.get("files", {}).get("float32", "model.onnx"))
-    else:
-        if not p.exists():
-            raise EdgeserError(f"{p}: no such model file")
-        card_path = p.parent / CARD_NAME
-        card = _load_card(p, card_path)
-        onnx_path = p
-    if not onnx_path.is_file():
-        raise EdgeserError(f"{onnx_path}: no such model file")
-    return onnx_path, card
-
-
-def _load_card(p: Path, card_path: Path) -> dict[str, Any]:
-    def bad(why: str) -> EdgeserError:
-        return EdgeserError(f"{p} is not an edgeser model: {why}")
-
-    if not card_path.is_file():
-        raise bad(f"no {CARD_NAME} beside it")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"{card_path} is not valid JSON ({e})") from None
-    if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
-        raise bad(f"{card_path} does not declare \"format\": \"{MODEL_FORMAT}\"")
-    version = card.get("format_version")
-    if version != FORMAT_VERSION:
-        raise bad(f"{card_path} has format_version {version!r}; this edgeser reads "
-                  f"{FORMAT_VERSION}")
-    labels = card.get("labels")
-    if (not isinstance(labels, list) or not labels
-            or not all(isinstance(x, str) and x for x in labels)
-            or len(set(labels)) != len(labels)):
-        raise bad(f"{card_path}: \"labels\" must be a non-empty list of distinct names")
-    if card.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
-        raise bad(f"{card_path}: sample_rate {card.get('sample_rate')!r} (expected "
-                  f"{SAMPLE_RATE})")
-    return card
 
 
 def _trim_settings(card: dict[str, Any]) -> TrimSettings | None:

@@ -15,6 +15,9 @@ import shutil
 import warnings
 from pathlib import Path
 
+from edgeser import __version__
+from edgeser.runtime.card import make_card
+
 DUMMY_LABELS = ["neutral", "happy", "sad", "angry"]
 
 
@@ -73,23 +76,13 @@ def make_dummy_model(out_dir: str | Path, labels: list[str] | None = None) -> Pa
                           "probabilities": {0: "batch"}},
         )
     shutil.copyfile(onnx_path, out / "model.int8.onnx")
-    card = {
-        "format": "edgeser-onnx",
-        "format_version": 1,
-        "edgeser_version": "0.1.0",
-        "labels": labels,
-        "sample_rate": 16000,
-        "inputs": {"waveform": {"dtype": "float32", "shape": ["batch", "samples"]},
-                   "lengths": {"dtype": "int64", "shape": ["batch"]}},
-        "outputs": {"probabilities": {"dtype": "float32", "shape": ["batch", len(labels)]}},
-        "min_samples": 400,
-        "preprocessing": {
-            "outside_graph": {"resample": 16000, "mono": "mean of channels",
-                              "trim": {"top_db": 20, "frame_length": 2048, "hop_length": 512}},
-            "inside_graph": {"preemphasis": 0.97, "peak_normalize": True},
-        },
-        "files": {"float32": "model.onnx", "int8": "model.int8.onnx"},
-        "encoder": "dummy (tests only)",
-    }
+    card = make_card(
+        edgeser_version=__version__, labels=labels, model="dummy", min_samples=400,
+        outside_graph={"resample": 16000, "mono": "mean of channels",
+                       "trim": {"top_db": 20, "frame_length": 2048, "hop_length": 512}},
+        inside_graph={"preemphasis": 0.97, "peak_normalize": True},
+        files={"float32": "model.onnx", "int8": "model.int8.onnx"},
+        encoder="dummy (tests only)",
+    )
     (out / "model.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return onnx_path
