@@ -213,7 +213,7 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
     """Every integer operator of the fused default 8-bit graph (the 12 transformer linears
     and the second extractor convolution) has 7-bit weights: no uint8 x int8 pair sum can
     leave the int16 range of x86's non-VNNI kernels, whatever the input."""
-    from edgeser.export.quantize import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
+    from edgeser.export.saturation import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
 
     ops = saturation_report(full["paths"]["int8"])
     kinds = sorted({op.op_type for op in ops})
@@ -231,7 +231,7 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
 def test_full_size_int8_ops_are_exact_on_worst_case_input(full, node):
     """onnxruntime on this CPU against exact integer arithmetic, on the input that drives
     every pair of products as far as the weights allow (255 where a weight is positive)."""
-    from edgeser.export.quantize import worst_case_probe
+    from edgeser.export.saturation import worst_case_probe
 
     got, exact = worst_case_probe(full["paths"]["int8"], node)
     assert got.shape == exact.shape
@@ -248,7 +248,7 @@ def test_saturation_report_flags_full_range_weights(tiny, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgeser.export.quantize import require_no_saturation, saturation_report
+    from edgeser.export.saturation import require_no_saturation, saturation_report
 
     path = tiny["paths"]["int8"]
     assert all(op.safe for op in saturation_report(path))

@@ -14,12 +14,12 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.export.calibration import speech_like
 from edgeser.export.exporter import export_model
+from edgeser.export.gptq import gptq_round
 from edgeser.export.halfprec import convert_float16, store_float16
 from edgeser.export.quantize import (
     SCHEMES,
     clip_gelu_inputs,
     fuse_gelu,
-    gptq_round,
     quantize_int8,
     split_nodes,
     weight_only_int8,

@@ -141,7 +141,8 @@ def quantize_lightsernet_int8(
     """
     import onnx
 
-    from edgeser.export.quantize import require_no_saturation, static_qdq
+    from edgeser.export.quantize import static_qdq
+    from edgeser.export.saturation import require_no_saturation
 
     waves = [np.asarray(w, np.float32).reshape(-1) for w in calibration_waves]
     if not waves:
