@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-RAVDESS_MINI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"
+#: The real-speech sample: ``$EDGESER_RAVDESS_MINI``, else ``../shared/corpora/ravdess-mini``
+#: beside the checkout.
+RAVDESS_MINI = Path(os.environ.get("EDGESER_RAVDESS_MINI") or Path(__file__).resolve().parents[2]
+                    / "shared" / "corpora" / "ravdess-mini")
 
 
 @pytest.fixture(autouse=True)
@@ -33,5 +37,6 @@ def _restore_rng_state():
 def ravdess_mini() -> Path:
     """Two real RAVDESS actors (original 48 kHz files), when the checkout has them."""
     if not RAVDESS_MINI.is_dir():
-        pytest.skip(f"real RAVDESS sample not found at {RAVDESS_MINI} (only in the dev workspace)")
+        pytest.skip(f"real RAVDESS sample not found at {RAVDESS_MINI} (set EDGESER_RAVDESS_MINI "
+                    "to a folder of RAVDESS Actor_XX folders)")
     return RAVDESS_MINI

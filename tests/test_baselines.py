@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -327,7 +328,7 @@ def test_light_sernet_learns_on_real_speech_speaker_independently(ravdess_mini, 
     assert len(aucs) == 2 and np.mean(aucs) >= 0.70, aucs
 
 
-def test_evaluate_cli_selects_the_model_by_name(manifests, tmp_path):
+def test_evaluate_cli_selects_the_model_by_name(manifests, tmp_path, caplog):
     from edgeser.cli import main
 
     out = tmp_path / "ev"
@@ -337,8 +338,14 @@ def test_evaluate_cli_selects_the_model_by_name(manifests, tmp_path):
     res = json_load(out / "results.json")
     assert res["model"] == "light-sernet" and len(res["loso"]["iemocap"]["folds"]) == 3
     assert "Model: `light-sernet`" in (out / "report.md").read_text()
-    # a trained model folder given as --model is evaluated, not trained
-    assert main(["-q", "evaluate", "--model", str(out / "loso" / "fold1"), "--corpus",
+    # a trained model folder is evaluated, not trained: --trained DIR, or the deprecated
+    # --model DIR (with one warning line)
+    assert main(["-q", "evaluate", "--trained", str(out / "loso" / "fold1"), "--corpus",
                  str(manifests["ravdess"]), "--out", str(tmp_path / "x")]) == 0
+    with caplog.at_level(logging.WARNING, logger="edgeser"):
+        assert main(["-q", "evaluate", "--model", str(out / "loso" / "fold1"), "--corpus",
+                     str(manifests["ravdess"]), "--out", str(tmp_path / "x2")]) == 0
+    assert any("--model DIR is deprecated" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "x" / "results.json").read_text() != ""
     assert main(["-q", "evaluate", "--model", "light-sernet", "--corpus",
                  str(manifests["ravdess"]), "--out", str(tmp_path / "y")]) == 2

@@ -18,7 +18,6 @@ from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone, write_wav
 from edgeser.train.folder import build_model, save_model
 
-RAVDESS_MINI = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"
 SR = 16_000
 TOL = 1e-4
 
@@ -184,13 +183,11 @@ def test_full_size_parity_and_int8_size(full):
 
 
 @pytest.mark.slow
-def test_full_size_int8_is_faithful_on_real_speech(full):
-    if not RAVDESS_MINI.is_dir():
-        pytest.skip(f"real-speech sample {RAVDESS_MINI} is absent")
+def test_full_size_int8_is_faithful_on_real_speech(full, ravdess_mini):
     from edgeser.audio.frontend import trim_silence
     from edgeser.audio.io import load_audio
 
-    files = sorted(RAVDESS_MINI.rglob("*.wav"))
+    files = sorted(ravdess_mini.rglob("*.wav"))
     assert files
     waves = [trim_silence(load_audio(f, SR), SR) for f in files]
     f32 = onnx_session(full["paths"]["float32"], threads=2)

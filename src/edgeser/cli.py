@@ -147,7 +147,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a trained model on a manifest, or run speaker-independent "
         "folds on any corpus",
-        description="With --model DIR (a trained model folder): evaluate it on --corpus "
+        description="With --trained DIR (a trained model folder): evaluate it on --corpus "
         "(cross-corpus error analysis). With --protocol loso: group the corpus's sessions "
         "(actors for RAVDESS and CREMA-D) into --folds speaker-disjoint folds and train and "
         "test --model NAME (default distilhubert; also light-sernet, pepino, hubert-base, "
@@ -158,7 +158,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None)
-    add_config_arguments(p)  # includes --model NAME (or a trained model folder, see above)
+    p.add_argument("--trained", type=Path, default=None, metavar="DIR",
+                   help="a trained model folder (model.safetensors + model.json) to evaluate")
+    add_config_arguments(p)  # includes --model NAME
     p.set_defaults(func=_run_evaluate)
 
 
@@ -166,13 +168,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from edgeser.config import config_from_args
     from edgeser.experiments.runs import evaluate_loso, evaluate_model
 
-    trained = args.cfg_model is not None and Path(args.cfg_model).is_dir()
-    if trained == (args.protocol is not None):
-        raise EdgeserError("give either --model DIR (a trained model folder) or "
+    trained = args.trained
+    if trained is None and args.cfg_model is not None and Path(args.cfg_model).is_dir():
+        log.warning("--model DIR is deprecated for a trained model folder: use --trained %s "
+                    "(--model names a model to train)", args.cfg_model)
+        trained, args.cfg_model = Path(args.cfg_model), None
+    if (trained is not None) == (args.protocol is not None):
+        raise EdgeserError("give either --trained DIR (a trained model folder) or "
                            "--protocol loso [--model NAME]")
+    if trained is not None and not trained.is_dir():
+        raise EdgeserError(f"--trained {trained}: no such model folder")
     progress = sys.stderr.isatty()
-    if trained:
-        res = evaluate_model(args.cfg_model, args.corpus, args.out, cache_dir=args.cache_dir,
+    if trained is not None:
+        res = evaluate_model(trained, args.corpus, args.out, cache_dir=args.cache_dir,
                              progress=progress)
         m = res["metrics"]
     else:
