@@ -165,7 +165,7 @@ def test_global_normalisation_is_stored_in_the_model(manifests, tmp_path):
 
 
 def test_normalisation_needs_pooled_features():
-    from edgeser.experiments.pipeline import feature_kind
+    from edgeser.features import feature_kind
 
     for bad in ({"pooling": "attention"}, {"train": "encoder"}, {"aug_mode": "online"}):
         with pytest.raises(EdgeserError, match="needs cached pooled features"):
@@ -276,7 +276,7 @@ def json_load(path):
 
 
 def test_light_sernet_refuses_encoder_modes():
-    from edgeser.experiments.pipeline import feature_kind
+    from edgeser.features import feature_kind
 
     with pytest.raises(EdgeserError, match="trains from scratch"):
         feature_kind(TrainConfig(model="light-sernet", train="encoder"))

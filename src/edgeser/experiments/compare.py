@@ -34,6 +34,7 @@ import numpy as np
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json, write_text
+from edgeser.features.kinds import FeatureKind
 from edgeser.models.registry import model_spec
 
 logger = logging.getLogger(__name__)
@@ -69,12 +70,12 @@ def _torch_latency(model: Any, encoder: Any, wave: np.ndarray, runs: int) -> flo
     import torch
 
     model.eval()
-    if model.kind != "mfcc":  # the plain transformers modules in float32
+    if model.kind != FeatureKind.MFCC:  # the plain transformers modules in float32
         encoder = encoder.variant(precision="fp32", impl="modules")
 
     def run() -> None:
         with torch.no_grad():
-            if model.kind == "mfcc":
+            if model.kind == FeatureKind.MFCC:
                 model.head(encoder.encode([wave])[0][None])
             else:
                 hidden = encoder.encode([wave])[0]

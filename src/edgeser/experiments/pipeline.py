@@ -19,38 +19,17 @@ from edgeser import __version__
 from edgeser.audio.augment import Augmenter
 from edgeser.audio.io import SAMPLE_RATE, load_audio
 from edgeser.config import TrainConfig
-from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text, write_json
 from edgeser.data.labels import LABELS, label_index
 from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds
 from edgeser.features import FeatureStore, extract
-from edgeser.models.registry import model_spec, normalization
+from edgeser.features.kinds import FeatureKind, feature_kind
+from edgeser.models.registry import normalization
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
 from edgeser.train.trainer import FeatureSet, SERModel, fit, predict
 
 log = logging.getLogger(__name__)
-
-
-def feature_kind(cfg: TrainConfig) -> str:
-    """Which features a config trains on (see :mod:`edgeser.train.trainer`)."""
-    norm = normalization(cfg)
-    if model_spec(cfg.model).family == "cnn":
-        if cfg.aug_mode == "online" or cfg.train == "encoder":
-            raise EdgeserError(f"{cfg.model} trains from scratch on cached MFCC views: "
-                               "use --train head --aug-mode cached")
-        return "mfcc"
-    if norm != "none" and (cfg.aug_mode == "online" or cfg.train == "encoder"
-                           or cfg.pooling == "attention"):
-        raise EdgeserError(f"--feature-norm {norm} needs cached pooled features (train head, "
-                           "aug-mode cached, pooling mean or meanstd)")
-    if cfg.aug_mode == "online":
-        if cfg.train == "encoder":
-            raise EdgeserError("aug-mode online is only available with train=head")
-        return "wave"
-    if cfg.train == "encoder":
-        return "conv"
-    return "frames" if cfg.pooling == "attention" else "pooled"
 
 
 @dataclass
@@ -95,7 +74,7 @@ def compute_features(
     """Clean features for every row, plus ``cfg.aug_views`` views for ``train_ids``."""
     kind = feature_kind(cfg)
     t0 = time.perf_counter()
-    if kind == "wave":
+    if kind == FeatureKind.WAVE:
         feats = Features(kind)
         for uid, path in zip(frame["utt_id"], frame["path"], strict=True):
             feats.clean[uid] = cfg.front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
@@ -142,7 +121,7 @@ def run_split(
     model = build_model(cfg, encoder, kind, train)
     val = feats.feature_set(frame, split.val, with_views=False) if split.val else None
     test = feats.feature_set(frame, split.test, with_views=False)
-    augmenter = Augmenter(cfg.augment) if kind == "wave" else None
+    augmenter = Augmenter(cfg.augment) if kind == FeatureKind.WAVE else None
     t0 = time.perf_counter()
     result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
     train_seconds = time.perf_counter() - t0

@@ -26,6 +26,7 @@ from edgeser import __version__
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
 from edgeser.export.calibration import calibration_waves
+from edgeser.features.kinds import FeatureKind
 from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, make_card
 from edgeser.runtime.session import onnx_session, pad_batch
 
@@ -92,14 +93,14 @@ def build_export_graph(model_dir: str | Path, encoder: Any | None = None) -> tup
             "them. Train with --feature-norm global (stored in the model) to export"
         )
     front = meta.get("front_end") or {}
-    if meta.get("feature_kind") == "mfcc":
+    if meta.get("feature_kind") == FeatureKind.MFCC:
         from edgeser.export.lightsernet_graph import LightSERNetGraph
 
         graph = LightSERNetGraph(model.head, frozen.cfg,
                                  preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
                                  peak_normalize=bool(front.get("normalize", True)))
         return graph, frozen, meta
-    ref = model.encoder if meta.get("feature_kind") == "conv" else frozen
+    ref = model.encoder if meta.get("feature_kind") == FeatureKind.CONV else frozen
     graph = ExportGraph(
         ref.model,
         model.head,
@@ -226,7 +227,7 @@ def export_model(
         raise EdgeserError(f"unknown export variant(s) {', '.join(unknown)}; "
                            f"available: {', '.join(VARIANTS)}")
     graph, _ref, meta = build_export_graph(model_dir, encoder)
-    cnn = meta.get("feature_kind") == "mfcc"
+    cnn = meta.get("feature_kind") == FeatureKind.MFCC
     if cnn and extra_variants:
         raise EdgeserError(f"export variants {', '.join(extra_variants)} apply to SSL-encoder "
                            "models, not LIGHT-SERNET")

@@ -18,6 +18,7 @@ from edgeser.audio.io import SAMPLE_RATE
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
+from edgeser.features.kinds import FeatureKind
 from edgeser.models.registry import make_encoder, model_spec, normalization
 from edgeser.train.checkpoint import load_weights, save_weights
 from edgeser.train.trainer import FeatureSet, SERModel, head_config
@@ -44,7 +45,7 @@ def build_model(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        if kind == "mfcc":
+        if kind == FeatureKind.MFCC:
             from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
 
             net = LightSERNet(LightSERNetConfig(num_classes=len(LABELS), mfcc=encoder.cfg))
@@ -57,10 +58,11 @@ def build_model(
         from edgeser.train.normalize import group_stats
 
         head.set_normalization(*map(torch.from_numpy, group_stats(train.clean)))
-    if kind == "conv":
+    if kind == FeatureKind.CONV:
         # Each model fine-tunes its own copy: folds must not inherit each other's updates.
         encoder = copy.deepcopy(encoder).unfreeze_upper()
-    return SERModel(head, encoder if kind in ("conv", "wave") else None, kind=kind)
+    trains_with_encoder = FeatureKind(kind).uses_encoder_in_training
+    return SERModel(head, encoder if trains_with_encoder else None, kind=kind)
 
 
 def save_model(

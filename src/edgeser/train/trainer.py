@@ -41,13 +41,13 @@ from edgeser.core.io import atomic_path, sha256_text
 from edgeser.core.progress import progress_bar
 from edgeser.data.labels import LABELS
 from edgeser.evaluate.metrics import compute_metrics
+from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
 from edgeser.train.losses import make_loss
 
 log = logging.getLogger(__name__)
 
-FEATURE_KINDS = ("pooled", "frames", "conv", "wave", "mfcc")
 
 
 @dataclass
@@ -61,8 +61,9 @@ class FeatureSet:
     views: list[list[np.ndarray]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.kind not in FEATURE_KINDS:
+        if self.kind not in tuple(FeatureKind):
             raise ValueError(f"unknown feature kind {self.kind!r}")
+        self.kind = FeatureKind(self.kind)
         if not (len(self.ids) == len(self.labels) == len(self.clean)):
             raise ValueError("ids, labels and features must have the same length")
         if self.views and len(self.views) != len(self.ids):
@@ -76,26 +77,27 @@ class SERModel(nn.Module):
     """The head, with the encoder attached for the ``conv`` and ``wave`` kinds (for
     ``mfcc``, the head is the whole LIGHT-SERNET network)."""
 
-    def __init__(self, head: nn.Module, encoder: Any | None = None, kind: str = "pooled"):
+    def __init__(self, head: nn.Module, encoder: Any | None = None,
+                 kind: str = FeatureKind.POOLED):
         super().__init__()
         self.head = head
-        self.kind = kind
+        self.kind = kind = FeatureKind(kind)
         # Registered as a sub-module only when it is trained (conv kind), so the
         # frozen encoder's weights are not duplicated into head checkpoints.
-        if kind == "conv":
+        if kind == FeatureKind.CONV:
             self.encoder = encoder
         else:
             self._frozen_encoder = encoder
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         kind = self.kind
-        if kind == "pooled":
+        if kind == FeatureKind.POOLED:
             return self.head.forward_pooled(batch["pooled"])
-        if kind == "mfcc":
+        if kind == FeatureKind.MFCC:
             return self.head(batch["mfcc"])
-        if kind == "frames":
+        if kind == FeatureKind.FRAMES:
             return self.head(batch["frames"], batch["mask"])
-        if kind == "conv":
+        if kind == FeatureKind.CONV:
             hidden = self.encoder.forward_from_conv(batch["conv"], batch["mask"])
             return self.head(hidden, batch["mask"][:, : hidden.shape[2]])
         enc = self._frozen_encoder
@@ -112,19 +114,19 @@ def head_config(cfg: TrainConfig, num_layers: int, hidden_size: int) -> HeadConf
 
 def collate(kind: str, arrays: Sequence[np.ndarray], pooling: str) -> dict[str, Any]:
     """Batch per-utterance arrays into model inputs."""
-    if kind == "pooled":
+    if kind == FeatureKind.POOLED:
         x = torch.from_numpy(np.stack(arrays)).float()  # [B, L, 2D]
         if pooling == "mean":
             x = x[..., : x.shape[-1] // 2]
         return {"pooled": x.transpose(0, 1).contiguous()}
-    if kind == "wave":
+    if kind == FeatureKind.WAVE:
         return {"waves": list(arrays)}
-    if kind == "mfcc":  # fixed-length windows
+    if kind == FeatureKind.MFCC:  # fixed-length windows
         return {"mfcc": torch.from_numpy(np.stack(arrays)).float()}
-    time_axis = 1 if kind == "frames" else 0
+    time_axis = 1 if kind == FeatureKind.FRAMES else 0
     lengths = [a.shape[time_axis] for a in arrays]
     t = max(lengths)
-    if kind == "frames":
+    if kind == FeatureKind.FRAMES:
         out = np.zeros((arrays[0].shape[0], len(arrays), t, arrays[0].shape[2]), np.float32)
         for i, a in enumerate(arrays):
             out[:, i, : a.shape[1]] = a
@@ -175,7 +177,7 @@ def fit(
                         label_smoothing=cfg.label_smoothing, labels=list(LABELS))
     head_params = list(model.head.parameters())
     groups = [{"params": head_params, "lr": cfg.lr}]
-    if model.kind == "conv":
+    if model.kind == FeatureKind.CONV:
         enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
         groups.append({"params": enc_params, "lr": cfg.encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -261,7 +263,7 @@ def _train_arrays(
     cfg: TrainConfig,
     augmenter: Augmenter | None,
 ) -> list[np.ndarray]:
-    if data.kind == "wave":
+    if data.kind == FeatureKind.WAVE:
         if augmenter is None or cfg.aug_views == 0:
             return [data.clean[i] for i in idx]
         return [augmenter(data.clean[i], SAMPLE_RATE,

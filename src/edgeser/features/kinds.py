@@ -1,0 +1,68 @@
+"""Feature kinds: what the feature cache stores per utterance and what a model trains on.
+
+One registry (:class:`FeatureKind`, a string enum, so that its values are what
+``model.json`` and cache folders hold) instead of strings spelled in several modules;
+:func:`feature_kind` picks the kind a config trains on.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from edgeser.core.errors import EdgeserError
+from edgeser.models.registry import model_spec, normalization
+
+__all__ = ["CACHED_KINDS", "FeatureKind", "feature_kind"]
+
+
+class FeatureKind(StrEnum):
+    """* ``pooled``: per-layer mean and standard deviation over frames, ``[L, 2D]`` float32
+      (serves ``mean`` and ``meanstd`` pooling heads);
+    * ``frames``: all hidden states ``[L, T, D]`` float16 (attention pooling);
+    * ``conv``: the convolutional feature extractor's output ``[T, 512]`` float16
+      (fine-tuning the transformer layers with the extractor frozen);
+    * ``wave``: pre-processed waveforms, augmented and re-encoded at every step (not
+      cached; the exact, slow reference);
+    * ``mfcc``: LIGHT-SERNET's fixed-window MFCCs ``[T, 40]`` float32.
+    """
+
+    POOLED = "pooled"
+    FRAMES = "frames"
+    CONV = "conv"
+    WAVE = "wave"
+    MFCC = "mfcc"
+
+    @property
+    def cached(self) -> bool:
+        """Stored in the feature cache (everything but ``wave``)."""
+        return self is not FeatureKind.WAVE
+
+    @property
+    def uses_encoder_in_training(self) -> bool:
+        """The model runs (part of) the encoder at every training step."""
+        return self in (FeatureKind.CONV, FeatureKind.WAVE)
+
+
+CACHED_KINDS: tuple[FeatureKind, ...] = tuple(k for k in FeatureKind if k.cached)
+
+
+def feature_kind(cfg: Any) -> FeatureKind:
+    """Which features a config trains on (see :mod:`edgeser.train.trainer`)."""
+    norm = normalization(cfg)
+    if model_spec(cfg.model).family == "cnn":
+        if cfg.aug_mode == "online" or cfg.train == "encoder":
+            raise EdgeserError(f"{cfg.model} trains from scratch on cached MFCC views: "
+                               "use --train head --aug-mode cached")
+        return FeatureKind.MFCC
+    if norm != "none" and (cfg.aug_mode == "online" or cfg.train == "encoder"
+                           or cfg.pooling == "attention"):
+        raise EdgeserError(f"--feature-norm {norm} needs cached pooled features (train head, "
+                           "aug-mode cached, pooling mean or meanstd)")
+    if cfg.aug_mode == "online":
+        if cfg.train == "encoder":
+            raise EdgeserError("aug-mode online is only available with train=head")
+        return FeatureKind.WAVE
+    if cfg.train == "encoder":
+        return FeatureKind.CONV
+    return FeatureKind.FRAMES if cfg.pooling == "attention" else FeatureKind.POOLED

@@ -1,0 +1,76 @@
+"""The package is laid out as the pipeline's stages (docs/ARCHITECTURE.md): every import
+between sub-packages goes to a stage below, so there is no cycle. Run alone with
+``pytest tests/test_layout.py``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgeser"
+#: Stages from the bottom up; a module may import from its own stage and those before it.
+#: ("edgeser" is the package root: its version string and lazy re-exports.)
+STAGES = ("edgeser", "core", "audio", "data", "split", "models", "config", "features",
+          "evaluate", "train", "runtime", "export", "experiments", "testing", "cli")
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "edgeser"
+
+
+def _imports() -> list[tuple[str, str, int]]:
+    """``(module, imported module, line)`` for every import of an edgeser module."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(("edgeser", *path.relative_to(PACKAGE).with_suffix("").parts))
+        module = module.removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            found += [(module, n, node.lineno) for n in names if n.split(".")[0] == "edgeser"]
+    return found
+
+
+def test_every_module_belongs_to_a_stage() -> None:
+    stages = {_stage(m) for m, _, _ in _imports()}
+    assert stages <= set(STAGES), stages - set(STAGES)
+
+
+def test_imports_only_go_down_the_stages() -> None:
+    rank = {s: i for i, s in enumerate(STAGES)}
+    upward = [f"{m}:{line} imports {target}" for m, target, line in _imports()
+              if _stage(m) != "edgeser"
+              and rank[_stage(target)] > rank[_stage(m)]]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_module_import_cycle() -> None:
+    graph: dict[str, set[str]] = {}
+    modules = {m for m, _, _ in _imports()}
+    for m, target, _ in _imports():
+        while target not in modules and "." in target:  # "from edgeser.x import y"
+            target = target.rsplit(".", 1)[0]
+        if target != m and not target.endswith(("edgeser",)):
+            graph.setdefault(m, set()).add(target)
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt.count(".") < node.count(".") and node.startswith(nxt + "."):
+                continue  # a package's own __init__ re-exports
+            if state.get(nxt) == 1:
+                return [*path, node, nxt]
+            if nxt not in state and (cycle := visit(nxt, [*path, node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start, [])):
+            raise AssertionError(" -> ".join(cycle))
