@@ -35,7 +35,7 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json, write_text
 from edgeser.features.kinds import FeatureKind
-from edgeser.models.registry import model_spec
+from edgeser.models.registry import FeatureEncoder, model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _median_ms(fn: Any, runs: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def _torch_latency(model: Any, encoder: Any, wave: np.ndarray, runs: int) -> float:
+def _torch_latency(model: Any, encoder: FeatureEncoder, wave: np.ndarray, runs: int) -> float:
     """PyTorch float32 milliseconds for one utterance: features + model."""
     import torch
 
@@ -92,7 +92,7 @@ def _onnx_latency(path: Path, wave: np.ndarray, runs: int) -> float:
     return _median_ms(lambda: session.run(None, feed), runs)
 
 
-def _num_parameters(model: Any, encoder: Any) -> int:
+def _num_parameters(model: Any, encoder: FeatureEncoder) -> int:
     """Parameters of the whole model: encoder (if any) + head or network."""
     n = sum(p.numel() for p in model.head.parameters())
     hf = getattr(encoder, "model", None)
@@ -186,7 +186,7 @@ def compare(
     return doc
 
 
-def _export_row(row: dict[str, Any], model_dir: Path, export_dir: Path, encoder: Any,
+def _export_row(row: dict[str, Any], model_dir: Path, export_dir: Path, encoder: FeatureEncoder,
                 wave: np.ndarray, runs: int) -> None:
     from edgeser.export.exporter import export_model
 

@@ -24,7 +24,7 @@ from edgeser.data.labels import LABELS, label_index
 from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds
 from edgeser.features import FeatureStore, extract
 from edgeser.features.kinds import FeatureKind, feature_kind
-from edgeser.models.registry import normalization
+from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
 from edgeser.train.trainer import FeatureSet, SERModel, fit, predict
@@ -64,7 +64,7 @@ class Features:
 
 def compute_features(
     cfg: TrainConfig,
-    encoder: Any,
+    encoder: FeatureEncoder,
     frame: pd.DataFrame,
     train_ids: set[str],
     cache_dir: Path,
@@ -103,7 +103,7 @@ def compute_features(
 
 def run_split(
     cfg: TrainConfig,
-    encoder: Any,
+    encoder: FeatureEncoder,
     frame: pd.DataFrame,
     feats: Features,
     split: Split,
@@ -151,8 +151,8 @@ def run_split(
 
 
 def run_split_cached(
-    cfg: TrainConfig, encoder: Any, frame: pd.DataFrame, feats: Any, split: Split, out: Path,
-    progress: bool,
+    cfg: TrainConfig, encoder: FeatureEncoder, frame: pd.DataFrame, feats: Any, split: Split,
+    out: Path, progress: bool,
 ) -> dict[str, Any]:
     """:func:`run_split`, reusing the fold's ``record.json`` when config and split match."""
     key = sha256_text(json.dumps([cfg.to_dict(), encoder.identity, split.digest()],
@@ -194,7 +194,7 @@ def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
-def run_info(cfg: TrainConfig, encoder: Any) -> dict[str, Any]:
+def run_info(cfg: TrainConfig, encoder: FeatureEncoder) -> dict[str, Any]:
     return {"edgeser_version": __version__, "model": cfg.model, "seed": cfg.seed,
             "config": cfg.to_dict(),
             "encoder": {"source": encoder.source, "identity": encoder.identity,

@@ -35,6 +35,7 @@ from edgeser.experiments.pipeline import (
     summarise_setting,
     write_predictions,
 )
+from edgeser.models.registry import FeatureEncoder
 from edgeser.split.protocols import loso_splits, production_split
 from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import load_trained
@@ -69,7 +70,7 @@ def reproduce(
     out: str | Path,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    encoder: Any | None = None,
+    encoder: FeatureEncoder | None = None,
     folds: int | None = None,
 ) -> dict[str, Any]:
     """Run the paper's protocol; returns the ``results.json`` content."""

@@ -22,6 +22,7 @@ from edgeser.experiments.pipeline import (
     summarise_setting,
     write_predictions,
 )
+from edgeser.models.registry import FeatureEncoder
 from edgeser.split.protocols import Split, group_sessions, loso_splits, speaker_holdout_split
 from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import build_model, load_trained, save_model
@@ -52,7 +53,7 @@ def train_on_manifests(
     *,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    encoder: Any | None = None,
+    encoder: FeatureEncoder | None = None,
 ) -> dict[str, Any]:
     """Train on every row; validation = ``cfg.val_speakers`` speakers of the first manifest."""
     out = Path(out)
@@ -88,7 +89,7 @@ def evaluate_model(
     *,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    encoder: Any | None = None,
+    encoder: FeatureEncoder | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on a manifest, with cross-corpus error analysis."""
     out = Path(out)
@@ -117,7 +118,7 @@ def evaluate_loso(
     extra_train: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    encoder: Any | None = None,
+    encoder: FeatureEncoder | None = None,
 ) -> dict[str, Any]:
     """Speaker-independent folds on any corpus: sessions grouped into ``folds`` folds.
 

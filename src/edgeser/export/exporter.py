@@ -27,6 +27,7 @@ from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
 from edgeser.export.calibration import calibration_waves
 from edgeser.features.kinds import FeatureKind
+from edgeser.models.registry import FeatureEncoder
 from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, make_card
 from edgeser.runtime.session import onnx_session, pad_batch
 
@@ -72,7 +73,9 @@ def _check_model_dir(model_dir: Path) -> None:
         )
 
 
-def build_export_graph(model_dir: str | Path, encoder: Any | None = None) -> tuple[Any, Any, dict]:
+def build_export_graph(
+    model_dir: str | Path, encoder: FeatureEncoder | None = None
+) -> tuple[Any, Any, dict]:
     """Load a trained model folder; return ``(ExportGraph, reference Encoder, meta)``.
 
     The reference encoder is the one whose weights the graph carries: the fine-tuned copy
@@ -112,7 +115,7 @@ def build_export_graph(model_dir: str | Path, encoder: Any | None = None) -> tup
 
 
 def reference_probabilities(
-    encoder: Any, head: Any, waves: Sequence[np.ndarray], *, preemphasis: float = 0.97,
+    encoder: FeatureEncoder, head: Any, waves: Sequence[np.ndarray], *, preemphasis: float = 0.97,
     peak_normalize: bool = True,
 ) -> np.ndarray:
     """PyTorch reference: front end + :meth:`Encoder.encode` + ``EmotionHead``, ``[N, C]``."""
@@ -206,7 +209,7 @@ def export_model(
     calibration: Sequence[str | Path] | None = None,
     opset: int = 17,
     extra_variants: Sequence[str] = (),
-    encoder: Any | None = None,
+    encoder: FeatureEncoder | None = None,
 ) -> dict[str, Path]:
     """Export a trained model folder to ``out_dir``; returns ``{kind: path}``.
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from edgeser.audio.io import SAMPLE_RATE, load_audio
 from edgeser.core.progress import progress_bar
 from edgeser.features.cache import FeatureStore, Item, view_seed
 from edgeser.features.kinds import FeatureKind
+from edgeser.models.registry import FeatureEncoder
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def summarise(kind: str, hidden: torch.Tensor) -> np.ndarray:
 
 def extract(
     manifest: pd.DataFrame,
-    encoder: Any,
+    encoder: FeatureEncoder,
     store: FeatureStore,
     *,
     views: Sequence[int] | dict[str, Sequence[int]] = (0,),
@@ -133,7 +133,7 @@ def extract(
     return out
 
 
-def _encode(encoder: Any, kind: str, waves: list[np.ndarray]) -> list[torch.Tensor]:
+def _encode(encoder: FeatureEncoder, kind: str, waves: list[np.ndarray]) -> list[torch.Tensor]:
     if kind == FeatureKind.CONV:
         return [encoder.conv_features(w) for w in waves]
     return encoder.encode(waves)

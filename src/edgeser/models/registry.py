@@ -22,13 +22,33 @@ audio before predicting: such a model is not exportable as a single-utterance gr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from edgeser.core.errors import EdgeserError
 
-__all__ = ["MODELS", "ModelSpec", "encoder_source", "make_encoder", "model_spec",
-           "normalization"]
+__all__ = ["MODELS", "FeatureEncoder", "ModelSpec", "encoder_source", "make_encoder",
+           "model_spec", "normalization"]
+
+
+@runtime_checkable
+class FeatureEncoder(Protocol):
+    """What the feature cache, training and export take as "an encoder": the SSL
+    :class:`~edgeser.models.ssl.Encoder` and LIGHT-SERNET's
+    :class:`~edgeser.models.lightsernet.MFCCFrontEnd` both are one.
+
+    ``identity`` names what it computes (weights, settings, arithmetic: the cache key),
+    ``source`` where it came from, ``precision`` the arithmetic it ran in; ``encode`` maps
+    pre-processed 16 kHz waveforms to one tensor each.
+    """
+
+    identity: str
+    source: str
+    is_random: bool
+    precision: str
+
+    def encode(self, waves: Sequence[Any]) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -100,7 +120,7 @@ def normalization(cfg: Any) -> str:
     return mode
 
 
-def make_encoder(cfg: Any) -> Any:
+def make_encoder(cfg: Any) -> FeatureEncoder:
     """The feature extractor of a config: an :class:`~edgeser.models.ssl.Encoder` for
     SSL models, the MFCC front end for LIGHT-SERNET."""
     if model_spec(cfg.model).family == "cnn":

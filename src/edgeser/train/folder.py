@@ -19,7 +19,7 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
 from edgeser.features.kinds import FeatureKind
-from edgeser.models.registry import make_encoder, model_spec, normalization
+from edgeser.models.registry import FeatureEncoder, make_encoder, model_spec, normalization
 from edgeser.train.checkpoint import load_weights, save_weights
 from edgeser.train.trainer import FeatureSet, SERModel, head_config
 
@@ -32,12 +32,12 @@ class TrainedModel(NamedTuple):
 
     model: SERModel
     config: TrainConfig
-    encoder: Any
+    encoder: FeatureEncoder
     meta: dict[str, Any]
 
 
 def build_model(
-    cfg: TrainConfig, encoder: Any, kind: str, train: FeatureSet | None = None
+    cfg: TrainConfig, encoder: FeatureEncoder, kind: str, train: FeatureSet | None = None
 ) -> SERModel:
     """A fresh model for ``cfg``; ``train`` gives the statistics of ``--feature-norm global``
     (without it, they are left for ``load_state_dict`` to fill)."""
@@ -66,7 +66,7 @@ def build_model(
 
 
 def save_model(
-    out_dir: Path, model: SERModel, cfg: TrainConfig, encoder: Any, kind: str,
+    out_dir: Path, model: SERModel, cfg: TrainConfig, encoder: FeatureEncoder, kind: str,
     record: dict[str, Any],
 ) -> None:
     """``model.safetensors`` + ``model.json``: everything needed to rebuild and export."""
@@ -91,7 +91,7 @@ def save_model(
     save_weights(out_dir / "model.safetensors", dict(model.state_dict()), meta)
 
 
-def load_trained(model_dir: str | Path, encoder: Any | None = None) -> TrainedModel:
+def load_trained(model_dir: str | Path, encoder: FeatureEncoder | None = None) -> TrainedModel:
     """Rebuild a trained model (and its encoder) from ``model.safetensors`` + ``model.json``.
 
     ``encoder`` replaces the one ``model.json`` names (it must have the same identity).

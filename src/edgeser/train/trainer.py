@@ -43,6 +43,7 @@ from edgeser.data.labels import LABELS
 from edgeser.evaluate.metrics import compute_metrics
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
+from edgeser.models.registry import FeatureEncoder
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
 from edgeser.train.losses import make_loss
 
@@ -77,7 +78,7 @@ class SERModel(nn.Module):
     """The head, with the encoder attached for the ``conv`` and ``wave`` kinds (for
     ``mfcc``, the head is the whole LIGHT-SERNET network)."""
 
-    def __init__(self, head: nn.Module, encoder: Any | None = None,
+    def __init__(self, head: nn.Module, encoder: FeatureEncoder | None = None,
                  kind: str = FeatureKind.POOLED):
         super().__init__()
         self.head = head
