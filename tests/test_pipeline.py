@@ -203,6 +203,9 @@ def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp
     assert cc["n"] == 8 and "intensity" in cc["by"] and "happy_as_angry" in cc["high_arousal"]
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "RANDOM ENCODER" in report and "speaker-dependent" in report
+    from test_evaluate import check_report_matches_results
+
+    check_report_matches_results(report, disk)  # every table cell is results.json's
     assert (out / "plots" / "confusion_ravdess.png").stat().st_size > 1000
     assert (out / "production" / "model.safetensors").is_file()
     assert res["loso"]["iemocap"]["mean"]["ua"] == disk["loso"]["iemocap"]["mean"]["ua"]
