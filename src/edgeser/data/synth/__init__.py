@@ -29,7 +29,8 @@ from .emotion import (
     make_speaker,
     utterance_settings,
 )
-from .voice import Channel, VoiceSettings, synthesize
+from .planning import VoiceSettings
+from .voice import Channel, synthesize
 
 __all__ = [
     "CORPORA",

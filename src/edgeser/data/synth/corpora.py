@@ -13,23 +13,17 @@ an interrupted generation resumes.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import logging
 import os
-import time
 import zlib
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import soundfile as sf
 
-from edgeser.core.io import atomic_path, write_text
+from edgeser.core.io import write_text
 from edgeser.data.recipes.cremad import SENTENCES as _CREMAD_SENTENCE_TEXT
 from edgeser.data.recipes.ravdess import STATEMENTS as _RAVDESS_STATEMENT_TEXT
 
@@ -46,7 +40,7 @@ from .emotion import (
     sample_channel,
     utterance_settings,
 )
-from .voice import Channel, VoiceSettings, prepare, synthesize_planned
+from .writer import WavJob, run_jobs
 
 __all__ = [
     "CORPORA",
@@ -88,107 +82,6 @@ def _check_args(scale: str, seed: int) -> None:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
-
-@functools.cache
-def _wav_header_bytes() -> int:
-    """Header size of the mono 16-bit WAV files this libsndfile writes (44 bytes)."""
-    buf = io.BytesIO()
-    sf.write(buf, np.zeros(1, np.float32), 16000, subtype="PCM_16", format="WAV")
-    return len(buf.getvalue()) - 2
-
-
-def _wav_nbytes(n_frames: int) -> int:
-    """Size of a complete mono 16-bit WAV file of ``n_frames`` frames."""
-    return _wav_header_bytes() + 2 * n_frames
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One WAV file to render (picklable, self-contained)."""
-
-    path: Path
-    sr: int
-    settings: VoiceSettings | None  # None: a WAV header with no audio
-    channel: Channel
-    key: tuple[int, ...]
-    text: str | None = None
-    n_samples: int | None = None
-    lead_s: float = 0.3
-    trail_s: float = 0.3
-
-
-def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
-    with atomic_path(path) as tmp:
-        sf.write(tmp, audio, sr, subtype="PCM_16", format="WAV")
-
-
-def _run_job(job: _Job) -> tuple[bool, int]:
-    """Render and write one file; returns (written, n_frames). Skips a complete file."""
-    path = job.path
-    if job.settings is None:
-        if path.is_file() and path.stat().st_size == _wav_nbytes(0):
-            return False, 0
-        _write_wav(path, np.zeros(0, np.float32), job.sr)
-        return True, 0
-    rng = np.random.default_rng(list(job.key))
-    plan, lead, n = prepare(
-        job.settings, job.sr, rng, text=job.text, n_samples=job.n_samples,
-        lead_s=job.lead_s, trail_s=job.trail_s,
-    )  # fmt: skip
-    if path.is_file() and path.stat().st_size == _wav_nbytes(n):
-        return False, n
-    audio = synthesize_planned(plan, lead, n, job.settings, job.sr, rng, job.channel)
-    _write_wav(path, audio, job.sr)
-    return True, n
-
-
-def _track(items: Iterable[T], total: int, desc: str, enabled: bool) -> Iterable[T]:
-    """Progress bar (rich, else tqdm) over ``items`` when ``enabled``."""
-    if not enabled:
-        return items
-    try:
-        from rich.console import Console
-        from rich.progress import track
-
-        return track(items, total=total, description=desc, console=Console(stderr=True))
-    except ImportError:  # pragma: no cover - rich is a train extra
-        pass
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return items
-    return tqdm(items, total=total, desc=desc)
-
-
-def _n_workers(workers: int | None, n_jobs: int) -> int:
-    """Processes to use: ``workers`` (default: the CPUs, at most 8), fewer for few jobs."""
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8)
-    return max(1, min(int(workers), n_jobs // 16 or 1))
-
-
-def _run_jobs(jobs: Sequence[_Job], *, workers: int | None, progress: bool, desc: str) -> None:
-    """Render ``jobs`` (in a process pool when worthwhile), with progress and a summary log."""
-    t0 = time.perf_counter()
-    n_workers = _n_workers(workers, len(jobs))
-    written = seconds = 0.0
-    with contextlib.ExitStack() as stack:
-        if n_workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=n_workers))
-            chunk = max(1, min(32, len(jobs) // (n_workers * 8)))
-            results: Iterable[tuple[bool, int]] = pool.map(_run_job, jobs, chunksize=chunk)
-        else:
-            results = map(_run_job, jobs)
-        for job, (done, n) in zip(jobs, _track(results, len(jobs), desc, progress), strict=True):
-            written += done
-            seconds += n / job.sr
-    log.info(
-        "%s: %d files, %.1f min of audio (%d written, %d already complete) in %.1f s, "
-        "%d process(es)",
-        desc, len(jobs), seconds / 60, written, len(jobs) - written, time.perf_counter() - t0,
-        n_workers,
-    )  # fmt: skip
 
 
 def _allocate(total: int, weights: Sequence[float], minimum: int = 0) -> list[int]:
@@ -450,7 +343,7 @@ def synth_iemocap(
     _check_args(scale, seed)
     root = Path(out)
     plan, jobs, notes = _iemocap_jobs(root, scale, seed)
-    _run_jobs(jobs, workers=workers, progress=progress, desc=f"IEMOCAP ({scale})")
+    run_jobs(jobs, workers=workers, progress=progress, desc=f"IEMOCAP ({scale})")
     for s, dialogs in plan.items():  # labels last: a complete label file means complete audio
         for d, turns in dialogs.items():
             _write_iemocap_labels(root, s, d, turns, notes)
@@ -459,7 +352,7 @@ def synth_iemocap(
 
 def _iemocap_jobs(
     root: Path, scale: str, seed: int
-) -> tuple[dict[int, dict[str, list[_Turn]]], list[_Job], dict[str, dict]]:
+) -> tuple[dict[int, dict[str, list[_Turn]]], list[WavJob], dict[str, dict]]:
     plan = _plan_iemocap(scale, seed)
     speakers = {
         f"{s}{g}": make_speaker(f"Ses{s:02d}{g}", g, _rng(seed, "iemocap", f"speaker:{s}{g}", 0))
@@ -467,7 +360,7 @@ def _iemocap_jobs(
         for g in "FM"
     }
     style = STYLES["iemocap"]
-    jobs: list[_Job] = []
+    jobs: list[WavJob] = []
     notes: dict[str, dict] = {}
     for s, dialogs in plan.items():
         for d, turns in dialogs.items():
@@ -477,7 +370,7 @@ def _iemocap_jobs(
                 settings = utterance_settings(speakers[f"{s}{t.speaker}"], prof, style, r)
                 lead, trail = _style_lead_trail("iemocap", r, t.n_samples / _IEMOCAP_SR)
                 path = root / f"Session{s}" / "sentences" / "wav" / d / f"{t.uid}.wav"
-                jobs.append(_Job(path, _IEMOCAP_SR, settings, sample_channel(style, r),
+                jobs.append(WavJob(path, _IEMOCAP_SR, settings, sample_channel(style, r),
                                  _key(seed, "iemocap", t.uid, 1), None, t.n_samples, lead,
                                  trail))  # fmt: skip
                 notes[t.uid] = _annotations(t, prof.vad, _rng(seed, "iemocap", t.uid, 2))
@@ -575,19 +468,19 @@ def synth_cremad(
     root = Path(out)
     demo = cremad_demographics()
     jobs = _cremad_jobs(root, scale, seed)
-    _run_jobs(jobs, workers=workers, progress=progress, desc=f"CREMA-D ({scale})")
+    run_jobs(jobs, workers=workers, progress=progress, desc=f"CREMA-D ({scale})")
     rows = ["ActorID,Age,Sex,Race,Ethnicity"]
     rows += [f"{a},{d['Age']},{d['Sex']},{d['Race']},{d['Ethnicity']}" for a, d in demo.items()]
     write_text(root / "VideoDemographics.csv", "\n".join(rows) + "\n")
     return root
 
 
-def _cremad_jobs(root: Path, scale: str, seed: int) -> list[_Job]:
+def _cremad_jobs(root: Path, scale: str, seed: int) -> list[WavJob]:
     demo = cremad_demographics()
     style = STYLES["cremad"]
     clips = _cremad_clips(scale)
     speakers: dict[int, SpeakerProfile] = {}
-    jobs: list[_Job] = []
+    jobs: list[WavJob] = []
     for a, sen, emo, lvl in clips:
         if a not in speakers:
             g = "M" if demo[a]["Sex"] == "Male" else "F"
@@ -601,7 +494,7 @@ def _cremad_jobs(root: Path, scale: str, seed: int) -> list[_Job]:
             speakers[a], prof, style, r, intensity=intensity, effort=effort
         )
         lead, trail = _style_lead_trail("cremad", r, None)
-        jobs.append(_Job(path, _CREMAD_SR, None if uid == _CREMAD_EMPTY else settings,
+        jobs.append(WavJob(path, _CREMAD_SR, None if uid == _CREMAD_EMPTY else settings,
                          sample_channel(style, r), _key(seed, "cremad", uid, 1),
                          CREMAD_SENTENCES[sen], None, lead, trail))  # fmt: skip
     return jobs
@@ -643,14 +536,14 @@ def synth_ravdess(
     _check_args(scale, seed)
     root = Path(out)
     jobs = _ravdess_jobs(root, scale, seed)
-    _run_jobs(jobs, workers=workers, progress=progress, desc=f"RAVDESS ({scale})")
+    run_jobs(jobs, workers=workers, progress=progress, desc=f"RAVDESS ({scale})")
     return root
 
 
-def _ravdess_jobs(root: Path, scale: str, seed: int) -> list[_Job]:
+def _ravdess_jobs(root: Path, scale: str, seed: int) -> list[WavJob]:
     style = STYLES["ravdess"]
     actors = range(1, 5) if scale == "small" else range(1, 25)
-    jobs: list[_Job] = []
+    jobs: list[WavJob] = []
     for a in actors:
         g = "M" if a % 2 else "F"
         sp = make_speaker(f"{a:02d}", g, _rng(seed, "ravdess", f"speaker:{a:02d}", 0))
@@ -662,7 +555,7 @@ def _ravdess_jobs(root: Path, scale: str, seed: int) -> list[_Job]:
             settings = utterance_settings(sp, prof, style, r, intensity=intensity, effort=effort)
             lead, trail = _style_lead_trail("ravdess", r, None)
             path = root / f"Actor_{a:02d}" / f"{uid}.wav"
-            jobs.append(_Job(path, _RAVDESS_SR, settings, sample_channel(style, r),
+            jobs.append(WavJob(path, _RAVDESS_SR, settings, sample_channel(style, r),
                              _key(seed, "ravdess", uid, 1), RAVDESS_STATEMENTS[st], None,
                              lead, trail))  # fmt: skip
     return jobs

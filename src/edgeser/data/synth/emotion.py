@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from .voice import Channel, VoiceSettings
+from .planning import VoiceSettings
+from .voice import Channel
 
 __all__ = [
     "CREMAD_EMOTIONS",
