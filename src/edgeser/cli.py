@@ -301,13 +301,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole protocol on synthetic corpora")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dimensions", action="store_true",
+                   help="also regress arousal, valence and dominance (a second head output)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from edgeser.experiments.demo import run_demo
+    from edgeser.experiments.demo import demo_config, run_demo
 
-    report = run_demo(args.out, seed=args.seed, progress=sys.stderr.isatty())
+    cfg = demo_config(args.seed, dimensions=args.dimensions)
+    report = run_demo(args.out, seed=args.seed, progress=sys.stderr.isatty(), config=cfg)
     print(f"report: {report}")
     return 0
 

@@ -56,6 +56,13 @@ class TrainConfig:
     loss: str = "focal"
     focal_gamma: float = 2.0
     label_smoothing: float = 0.1
+    dimensions: bool = False
+    """Also regress arousal, valence and dominance (IEMOCAP's ratings, on [0, 1]) with a
+    second output of the head, trained jointly; rows without ratings train the classes only.
+    SSL-encoder models only."""
+    dimension_weight: float = 1.0
+    """Weight of the dimensional loss (1 - CCC, averaged over the three dimensions) added
+    to the class loss."""
     # optimisation
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -81,7 +88,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from edgeser.models.registry import MODELS, NORMALIZATIONS
+        from edgeser.models.registry import MODELS, NORMALIZATIONS, model_spec
 
         choices = {
             "model": tuple(MODELS),
@@ -106,6 +113,14 @@ class TrainConfig:
                 raise EdgeserError(f"{name.replace('_', '-')} must be positive")
         if self.aug_views < 0 or self.val_speakers < 0:
             raise EdgeserError("aug-views and val-speakers must be >= 0")
+        if self.dimensions and model_spec(self.model).family != "ssl":
+            raise EdgeserError(
+                f"--dimensions needs a model with an SSL-encoder head; {self.model} has no "
+                "dimensional output (use distilhubert, hubert-base, wav2vec2-base, "
+                "wavlm-base-plus or pepino)"
+            )
+        if self.dimension_weight < 0:
+            raise EdgeserError("dimension-weight must be >= 0")
         if not 0.5 <= self.mfcc_seconds <= 60:
             raise EdgeserError("mfcc-seconds must be in [0.5, 60]")
         if not (0 <= self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5):
@@ -213,13 +228,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             if f.name in ("augment", "front_end"):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
+            kind = _option_type(f.type)
+            # a boolean option alone means true (--dimensions); --dimensions false also works
+            flag = {"nargs": "?", "const": True} if kind is _parse_bool else {}
             group.add_argument(
                 f"--{f.name.replace('_', '-')}",
                 dest=f"cfg_{f.name}",
-                type=_option_type(f.type),
+                type=kind,
                 default=None,
                 metavar=type(default).__name__.upper() if default is not None else "VALUE",
                 help=f"(default: {default})",
+                **flag,
             )
 
 

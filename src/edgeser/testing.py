@@ -8,7 +8,7 @@ For realistic speech-like corpora use :mod:`edgeser.data.synth` instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +62,11 @@ def make_iemocap_tree(
     missing_audio: Iterable[str] = (),
     empty_audio: Iterable[str] = (),
     extra_lines: Iterable[tuple[str, str]] = (),
+    ratings: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Write ``IEMOCAP_full_release/`` holding ``(utterance, label)`` pairs.
+
+    ``ratings`` gives utterances their summary line's ``[V, A, D]`` (default 2.5 each).
 
     Each dialog's label file has the ``%`` header, summary lines followed by
     per-annotator lines, and the ``Categorical/``, ``Attribute/`` and
@@ -86,7 +89,8 @@ def make_iemocap_tree(
         t = 1.0
         for j, (utt, label) in enumerate(items):
             lines += [
-                iemocap_summary_line(t, t + duration, utt, label),
+                iemocap_summary_line(t, t + duration, utt, label,
+                                     (ratings or {}).get(utt, (2.5, 2.5, 2.5))),
                 "C-E2:\tNeutral;\t()",
                 "C-E3:\tNeutral; Frustration;\t()",
                 "A-E3:\tval 3; act 2; dom  2;\t()",

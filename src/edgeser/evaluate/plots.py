@@ -1,4 +1,5 @@
-"""Report figures: confusion matrices, per-fold metric bars, per-class recall.
+"""Report figures: confusion matrices, per-fold metric bars, per-class recall, the
+dimensional output (predicted valence against arousal).
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, no global
 backend switch, safe in threads and on headless machines) and written atomically: a PNG
@@ -22,7 +23,13 @@ from edgeser.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plot_confusion", "plot_fold_bars", "plot_pareto", "plot_per_class_recall"]
+__all__ = [
+    "plot_confusion",
+    "plot_fold_bars",
+    "plot_pareto",
+    "plot_per_class_recall",
+    "plot_valence_arousal",
+]
 
 _METRIC_TITLES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1"}
 _DPI = 120
@@ -200,4 +207,40 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str])
     ax.set_ylabel("UA (%)")
     ax.set_title("Accuracy vs size")
     ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_valence_arousal(
+    valence: Sequence[float] | np.ndarray,
+    arousal: Sequence[float] | np.ndarray,
+    labels: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str = "",
+    order: Sequence[str] | None = None,
+) -> Path:
+    """Predicted valence (x) against predicted arousal (y), one point per utterance,
+    coloured by its true class, with each class's mean as a large marker."""
+    v = np.asarray(valence, np.float64)
+    a = np.asarray(arousal, np.float64)
+    lab = np.asarray(list(labels), dtype=object)
+    if not len(v) == len(a) == len(lab):
+        raise ValueError(f"{len(v)} valence, {len(a)} arousal and {len(lab)} labels")
+    if len(v) == 0:
+        raise ValueError("no predictions to plot")
+    classes = [c for c in (order or sorted(set(lab))) if c in set(lab)]
+    fig = _new_figure(4.6, 4.2)
+    ax = fig.add_subplot()
+    for i, c in enumerate(classes):
+        sel = lab == c
+        ax.scatter(v[sel], a[sel], s=10, alpha=0.45, color=f"C{i}", label=f"{c} (n {sel.sum()})",
+                   edgecolors="none")
+        ax.scatter([v[sel].mean()], [a[sel].mean()], s=120, color=f"C{i}", marker="X",
+                   edgecolors="black", linewidths=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted valence (0 negative … 1 positive)")
+    ax.set_ylabel("predicted arousal (0 calm … 1 excited)")
+    ax.set_title(title or "valence vs arousal")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", title="true class (X: mean)", title_fontsize=7)
     return _save(fig, path)

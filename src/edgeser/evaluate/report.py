@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from edgeser.core.io import write_text
 from edgeser.data.labels import LABELS
 from edgeser.models.registry import MODELS
@@ -154,6 +156,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         plot_per_class_recall(by_name, plots / "per_class_recall.png",
                               title="Per-class recall")
         lines += ["![per-class recall](plots/per_class_recall.png)", ""]
+    lines += _dimension_lines(out, results, plots)
     if "timings_seconds" in results:
         t = results["timings_seconds"]
         lines += ["## Time", "", ", ".join(f"{k.replace('_', ' ')} {v:.1f} s"
@@ -179,3 +182,81 @@ def _loso_reference(model: str) -> str:
 
 def _rel(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:+.0f} %"
+
+
+def _dimension_lines(out: Path, results: dict[str, Any], plots: Path) -> list[str]:
+    """The dimensional section (runs with ``--dimensions``): CCC, r and MAE per setting and
+    dimension, the production model's test scores, RAVDESS's predicted arousal and valence
+    per class and intensity, and the valence-arousal plots."""
+    from edgeser.evaluate.dimensions import DIMENSIONS
+    from edgeser.evaluate.plots import plot_valence_arousal
+
+    loso = {k: v for k, v in results.get("loso", {}).items() if "dimensions" in v}
+    prod = results.get("production", {}).get("dimensions")
+    cc = results.get("cross_corpus", {}).get("ravdess", {}).get("dimensions")
+    if not (loso or prod or cc):
+        return []
+    lines = ["## Dimensions: arousal, valence, dominance", "",
+             "A second output of the head regresses IEMOCAP's ratings (mean of the "
+             "annotators' 1–5 scores, rescaled to [0, 1]); CREMA-D and RAVDESS have no "
+             "ratings and train the classes only. CCC = concordance correlation (1 perfect, "
+             "0 none), r = Pearson, MAE on [0, 1]."]
+    if results.get("synthetic_data"):
+        lines += ["", "**These corpora are synthetic**: their ratings are generated from "
+                  "the acoustics the synthesiser renders (arousal from loudness, pitch range "
+                  "and tempo), so the figures test the pipeline, not real annotators."]
+    lines.append("")
+    if loso:
+        lines += ["| setting | dimension | CCC (mean ± sd) | r | MAE | pooled CCC |",
+                  "|---|---|---|---|---|---|"]
+        for name, s in loso.items():
+            d = s["dimensions"]
+            for dim in DIMENSIONS:
+                m, sd, pooled = d["mean"][dim], d["std"][dim], d["pooled"].get(dim, {})
+                lines.append(
+                    f"| {name} | {dim} | {m['ccc']:.3f} ± {sd['ccc']:.3f} | "
+                    f"{m['pearson']:.3f} ± {sd['pearson']:.3f} | {m['mae']:.3f} ± "
+                    f"{sd['mae']:.3f} | {pooled.get('ccc', float('nan')):.3f} |")
+        lines.append("")
+    if prod and prod.get("n", 0):
+        lines += ["Production model, test utterances with ratings (n = "
+                  f"{prod['n']}): " + ", ".join(
+                      f"{dim} CCC {prod[dim]['ccc']:.3f}" for dim in DIMENSIONS) + ".", ""]
+    if cc:
+        lines += ["### RAVDESS (no ratings): predicted arousal and valence", "",
+                  f"Arousal ranks angry and happy above neutral and sad with AUC "
+                  f"{_num(cc.get('arousal_auc'))}; valence ranks happy above angry with AUC "
+                  f"{_num(cc.get('valence_auc_happy_vs_angry'))} (0.5: chance).", "",
+                  "| true class | intensity | n | arousal | valence | dominance |",
+                  "|---|---|---|---|---|---|"]
+        table = cc.get("by_class_and_intensity") or {}
+        rows = [(k.split("/")[0], k.split("/")[1], v) for k, v in table.items()]
+        rows += [(c, "all", v) for c, v in cc["by_class"].items()]
+        for c, inten, v in sorted(rows, key=lambda r: (LABELS.index(r[0]) if r[0] in LABELS
+                                                       else 99, r[1])):
+            lines.append(f"| {c} | {inten} | {v['n']} | " + " | ".join(
+                f"{v[d]:.3f} ± {v[d + '_sd']:.3f}" for d in DIMENSIONS) + " |")
+        for inten, v in (cc.get("by_intensity") or {}).items():
+            lines.append(f"| all | {inten} | {v['n']} | " + " | ".join(
+                f"{v[d]:.3f} ± {v[d + '_sd']:.3f}" for d in DIMENSIONS) + " |")
+        lines.append("")
+    sources = [(f"loso/{name}/predictions.csv", f"IEMOCAP test folds ({name})",
+                f"valence_arousal_loso_{name}.png") for name in loso]
+    if cc:
+        sources.append(("cross_corpus_ravdess.csv", "RAVDESS (cross-corpus)",
+                        "valence_arousal_ravdess.png"))
+    for rel, title, png in sources:
+        path = out / rel
+        if not path.is_file():
+            continue
+        frame = pd.read_csv(path)
+        if "pred_valence" not in frame.columns:
+            continue
+        plot_valence_arousal(frame["pred_valence"], frame["pred_arousal"], frame["label"],
+                             plots / png, title=title, order=LABELS)
+        lines += [f"![valence vs arousal: {title}](plots/{png})", ""]
+    return lines
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"

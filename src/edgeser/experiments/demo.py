@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 DEMO_AUG_VIEWS = 2
 
 
-def demo_config(seed: int = 0) -> TrainConfig:
+def demo_config(seed: int = 0, *, dimensions: bool = False) -> TrainConfig:
     """The demo's settings: the paper's method with the random encoder and
-    :data:`DEMO_AUG_VIEWS` cached augmented views per training utterance."""
-    return TrainConfig(encoder="random", encoder_seed=seed, seed=seed, aug_views=DEMO_AUG_VIEWS)
+    :data:`DEMO_AUG_VIEWS` cached augmented views per training utterance (``dimensions``:
+    with the arousal/valence/dominance output)."""
+    return TrainConfig(encoder="random", encoder_seed=seed, seed=seed, aug_views=DEMO_AUG_VIEWS,
+                       dimensions=dimensions)
 
 
 def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True,
@@ -45,5 +47,5 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True,
                                         progress=progress)
     cfg = config or demo_config(seed)
     reproduce(cfg, iemocap=roots["iemocap"], cremad=roots["cremad"], ravdess=roots["ravdess"],
-              out=out, cache_dir=out / "cache", progress=progress)
+              out=out, cache_dir=out / "cache", progress=progress, synthetic=True)
     return out / "report.md"

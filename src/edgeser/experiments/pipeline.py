@@ -19,15 +19,24 @@ from edgeser import __version__
 from edgeser.audio.augment import Augmenter
 from edgeser.audio.io import SAMPLE_RATE, load_audio
 from edgeser.config import TrainConfig
+from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text, write_json
 from edgeser.data.labels import LABELS, label_index
+from edgeser.evaluate.dimensions import (
+    DIMENSIONS,
+    describe_unrated,
+    dimension_metrics,
+    dimension_targets,
+    has_dimension_labels,
+    summarize_dimension_folds,
+)
 from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds
 from edgeser.features import FeatureStore, extract
 from edgeser.features.kinds import FeatureKind, feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
-from edgeser.train.trainer import FeatureSet, SERModel, fit, predict
+from edgeser.train.trainer import FeatureSet, SERModel, fit, predict, predict_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +50,16 @@ class Features:
     views: dict[str, list[np.ndarray]] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def feature_set(self, df: pd.DataFrame, ids: Sequence[str], with_views: bool) -> FeatureSet:
+    def feature_set(
+        self, df: pd.DataFrame, ids: Sequence[str], with_views: bool, dims: bool = False
+    ) -> FeatureSet:
+        """Features of ``ids`` (with their augmented views); ``dims``: with the
+        dimensional targets (``NaN`` rows for utterances without ratings)."""
         labels = dict(zip(df["utt_id"], df["label"], strict=True))
         y = np.array([label_index(labels[u]) for u in ids], dtype=np.int64)
         views = [self.views[u] for u in ids] if with_views and self.views else []
-        return FeatureSet(self.kind, list(ids), y, [self.clean[u] for u in ids], views)
+        targets = dimension_targets(df, ids) if dims else None
+        return FeatureSet(self.kind, list(ids), y, [self.clean[u] for u in ids], views, targets)
 
     def speaker_normalized(self, frame: pd.DataFrame) -> Features:
         """Every utterance standardised with its speaker's statistics (clean features of
@@ -117,10 +131,16 @@ def run_split(
     of ``results.json`` plus predictions.
     """
     kind = feats.kind
-    train = feats.feature_set(frame, split.train, with_views=True)
+    dims = cfg.dimensions
+    if dims and not has_dimension_labels(frame.loc[frame["utt_id"].isin(set(split.train))]):
+        raise EdgeserError(
+            "--dimensions: no training utterance has arousal/valence/dominance ratings "
+            "(only IEMOCAP's manifests carry them)"
+        )
+    train = feats.feature_set(frame, split.train, with_views=True, dims=dims)
     model = build_model(cfg, encoder, kind, train)
-    val = feats.feature_set(frame, split.val, with_views=False) if split.val else None
-    test = feats.feature_set(frame, split.test, with_views=False)
+    val = feats.feature_set(frame, split.val, with_views=False, dims=dims) if split.val else None
+    test = feats.feature_set(frame, split.test, with_views=False, dims=dims)
     augmenter = Augmenter(cfg.augment) if kind == FeatureKind.WAVE else None
     t0 = time.perf_counter()
     result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
@@ -144,10 +164,21 @@ def run_split(
         "history": result.history,
         "metrics": metrics,
     }
+    pred = {"ids": list(split.test), "y_true": test.labels.tolist(),
+            "y_pred": y_pred.tolist(), "probs": probs.tolist()}
+    if dims:
+        d_pred = predict_dimensions(result.model, test, cfg)
+        record["dimensions"] = dimension_metrics(test.dims, d_pred)
+        pred["dims"] = d_pred.tolist()
+        pred["dims_true"] = _nan_to_none(test.dims)
     save_model(out_dir, result.model, cfg, encoder, kind, record)
-    record["_pred"] = {"ids": list(split.test), "y_true": test.labels.tolist(),
-                       "y_pred": y_pred.tolist(), "probs": probs.tolist()}
+    record["_pred"] = pred
     return record
+
+
+def _nan_to_none(a: np.ndarray) -> list[list[float | None]]:
+    """Rows of ``a`` as JSON-safe lists (``NaN`` → ``None``)."""
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
 
 
 def run_split_cached(
@@ -178,18 +209,42 @@ def summarise_setting(records: list[dict[str, Any]]) -> dict[str, Any]:
     pooled = pool_folds([r["_pred"]["y_true"] for r in records],
                         [r["_pred"]["y_pred"] for r in records])
     folds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-    return {"folds": folds, "mean": summary["mean"], "std": summary["std"], "pooled": pooled}
+    out = {"folds": folds, "mean": summary["mean"], "std": summary["std"], "pooled": pooled}
+    if all("dimensions" in r for r in records):
+        out["dimensions"] = {
+            **summarize_dimension_folds([r["dimensions"] for r in records]),
+            "pooled": dimension_metrics(
+                _as_array([t for r in records for t in r["_pred"]["dims_true"]]),
+                _as_array([p for r in records for p in r["_pred"]["dims"]]),
+            ),
+        }
+    return out
+
+
+def _as_array(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in rows],
+                    np.float64).reshape(-1, len(DIMENSIONS))
 
 
 def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
-    """Per-utterance predictions of every fold as CSV (for error analysis)."""
+    """Per-utterance predictions of every fold as CSV (for error analysis); with the
+    dimensional output, ``pred_<dimension>`` and the rating (empty where there is none)."""
     rows = []
     for r in records:
         p = r["_pred"]
-        for uid, t, y, pr in zip(p["ids"], p["y_true"], p["y_pred"], p["probs"], strict=True):
-            rows.append({"fold": r["name"], "utt_id": uid, "label": LABELS[t],
-                         "predicted": LABELS[y], **{f"p_{c}": round(v, 6)
-                                                    for c, v in zip(LABELS, pr, strict=True)}})
+        for i, (uid, t, y, pr) in enumerate(
+            zip(p["ids"], p["y_true"], p["y_pred"], p["probs"], strict=True)
+        ):
+            row = {"fold": r["name"], "utt_id": uid, "label": LABELS[t],
+                   "predicted": LABELS[y],
+                   **{f"p_{c}": round(v, 6) for c, v in zip(LABELS, pr, strict=True)}}
+            if "dims" in p:
+                row.update({f"pred_{d}": round(v, 6)
+                            for d, v in zip(DIMENSIONS, p["dims"][i], strict=True)})
+                true = p.get("dims_true") or [[None] * len(DIMENSIONS)] * len(p["ids"])
+                row.update({d: (None if v is None else round(v, 6))
+                            for d, v in zip(DIMENSIONS, true[i], strict=True)})
+            rows.append(row)
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
@@ -221,4 +276,12 @@ def cross_corpus(
     analysis = error_analysis(corpus.reset_index(drop=True), y_true, y_pred)
     record = {"name": name, "_pred": {"ids": ids, "y_true": y_true, "y_pred": y_pred,
                                       "probs": probs.tolist()}}
+    if model.has_dimensions:
+        d_pred = predict_dimensions(model, data, cfg)
+        d_true = dimension_targets(corpus, ids)
+        dims = describe_unrated(d_pred, corpus.reset_index(drop=True))
+        if np.isfinite(d_true).all(axis=1).any():
+            dims["metrics"] = dimension_metrics(d_true, d_pred)
+        analysis["dimensions"] = dims
+        record["_pred"].update(dims=d_pred.tolist(), dims_true=_nan_to_none(d_true))
     return {**analysis, "n": len(ids)}, record

@@ -25,6 +25,7 @@ import numpy as np
 from edgeser import __version__
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
+from edgeser.evaluate.dimensions import DIMENSIONS
 from edgeser.export.calibration import calibration_waves
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.registry import FeatureEncoder
@@ -145,6 +146,8 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17) -> None:
     import torch
 
     example = (torch.zeros(2, 8000), torch.tensor([8000, 5000], dtype=torch.int64))
+    outputs = ["probabilities"] + (["dimensions"] if getattr(graph, "has_dimensions", False)
+                                   else [])
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-derived constants
         torch.onnx.export(
@@ -153,11 +156,11 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17) -> None:
             str(tmp),
             dynamo=False,
             input_names=["waveform", "lengths"],
-            output_names=["probabilities"],
+            output_names=outputs,
             dynamic_axes={
                 "waveform": {0: "batch", 1: "samples"},
                 "lengths": {0: "batch"},
-                "probabilities": {0: "batch"},
+                **{name: {0: "batch"} for name in outputs},
             },
             opset_version=int(opset),
             do_constant_folding=True,
@@ -172,10 +175,12 @@ def _check_parity(graph: Any, path: Path, waves: Sequence[np.ndarray]) -> float:
     worst = 0.0
     for w in waves:
         feed = pad_batch([w])
-        got = session.run(None, feed)[0]
+        got = session.run(None, feed)
         with torch.no_grad():
             ref = graph(torch.from_numpy(feed["waveform"]), torch.from_numpy(feed["lengths"]))
-        worst = max(worst, float(np.abs(got - ref.numpy()).max()))
+        refs = ref if isinstance(ref, tuple) else (ref,)
+        for g, r in zip(got, refs, strict=True):
+            worst = max(worst, float(np.abs(g - r.numpy()).max()))
     if not worst <= _PARITY_TOLERANCE:
         raise EdgeserError(f"{path}: exported graph differs from PyTorch by {worst:.2e}")
     return worst
@@ -286,6 +291,7 @@ def export_model(
             **({"window_seconds": graph.mfcc_cfg.seconds, "window": "first seconds, "
                 "zero-padded", "features": "MFCC (LIGHT-SERNET)"} if cnn else {}),
         },
+        dimensions=DIMENSIONS if getattr(graph, "has_dimensions", False) else None,
         files={k: p.name for k, p in paths.items()},
         sizes_bytes={k: os.path.getsize(p) for k, p in paths.items()},
         encoder=meta.get("encoder"),

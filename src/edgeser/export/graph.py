@@ -140,7 +140,8 @@ class _Layer(nn.Module):
 
 
 class ExportGraph(nn.Module):
-    """``(waveform [B, S] float32, lengths [B] int64) -> probabilities [B, C]``.
+    """``(waveform [B, S] float32, lengths [B] int64) -> probabilities [B, C]`` (and
+    ``dimensions [B, K]`` when the head has a dimensional output).
 
     Args:
         hf_model: the encoder's ``transformers`` ``HubertModel`` (weights are copied).
@@ -288,9 +289,20 @@ class ExportGraph(nn.Module):
             states.append(h)
         return torch.stack(states), mask
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    @property
+    def has_dimensions(self) -> bool:
+        """Whether the graph has the second output, ``dimensions`` ``[B, K]``."""
+        return getattr(self.head, "regressor", None) is not None
+
+    def forward(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         hidden, mask = self.hidden_states(waveform, lengths)
-        return torch.softmax(self.head(hidden, mask), dim=-1)
+        z = self.head.embed(hidden, mask)
+        probs = torch.softmax(self.head.classifier(z), dim=-1)
+        if self.has_dimensions:
+            return probs, self.head.dimensions(z)
+        return probs
 
 
 def num_weights(module: nn.Module) -> int:

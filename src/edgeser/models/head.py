@@ -13,6 +13,13 @@ emotion task and Pepino et al. (2021) for a frozen self-supervised encoder:
 
 About 0.2 M trainable parameters for D = 768, so the head trains in minutes on CPU.
 
+With ``num_dimensions = K > 0`` (``--dimensions``) the head has a second output: a
+regressor of the same shape as the classifier (its own MLP) on the same pooled,
+layer-weighted vector, ending in a sigmoid, so it predicts K values on ``[0, 1]``
+(arousal, valence, dominance; :mod:`edgeser.evaluate.dimensions`). The two outputs share
+the layer weights and pooling; separate MLPs keep the classifier exactly as it is without
+the flag (same parameters, same checkpoint keys).
+
 Pooling per layer first: the head computes ``pool_layers`` (one pooled vector per layer)
 and *then* takes the weighted sum. For mean pooling that equals pooling the weighted sum
 (both are linear), and it lets a feature cache store ``[L, D]`` per utterance and train
@@ -56,6 +63,7 @@ class HeadConfig:
         normalize: standardise every layer's frames with stored per-layer statistics
             (buffers ``norm_mean``/``norm_std`` ``[L, D]``, set by
             :meth:`EmotionHead.set_normalization`) before pooling.
+        num_dimensions: size of the dimensional output (0: none; 3 with ``--dimensions``).
     """
 
     num_layers: int
@@ -65,6 +73,7 @@ class HeadConfig:
     hidden: int = 256
     dropout: float = 0.2
     normalize: bool = False
+    num_dimensions: int = 0
 
     def __post_init__(self) -> None:
         if self.num_layers < 1 or self.hidden_size < 1 or self.num_classes < 2:
@@ -78,6 +87,8 @@ class HeadConfig:
             raise ValueError(f"hidden must be >= 0, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_dimensions < 0:
+            raise ValueError(f"num_dimensions must be >= 0, got {self.num_dimensions}")
 
     @property
     def pooled_size(self) -> int:
@@ -157,16 +168,10 @@ class EmotionHead(nn.Module):
             shape = (config.num_layers, config.hidden_size)
             self.register_buffer("norm_mean", torch.zeros(shape))
             self.register_buffer("norm_std", torch.ones(shape))
-        in_size = config.pooled_size
-        if config.hidden > 0:
-            self.classifier: nn.Module = nn.Sequential(
-                nn.Linear(in_size, config.hidden),
-                nn.ReLU(),
-                nn.Dropout(config.dropout),
-                nn.Linear(config.hidden, config.num_classes),
-            )
-        else:
-            self.classifier = nn.Linear(in_size, config.num_classes)
+        self.classifier: nn.Module = _mlp(config, config.num_classes)
+        self.regressor: nn.Module | None = (
+            _mlp(config, config.num_dimensions) if config.num_dimensions > 0 else None
+        )
         logger.debug("EmotionHead %s: %d parameters", config, self.num_parameters())
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -227,10 +232,16 @@ class EmotionHead(nn.Module):
         self, hidden: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits ``[B, C]`` from hidden states ``[L, B, T, D]`` and a ``[B, T]`` frame mask."""
+        return self.classifier(self.embed(hidden, mask))
+
+    def embed(
+        self, hidden: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The pooled, layer-weighted vector ``[B, P]`` both outputs read."""
         h = _as_layers(hidden)
         self._check_layers(h)
-        if self.attention is None:  # forward_pooled normalises the pooled statistics
-            return self.forward_pooled(pool_layers(h, mask, self.config.pooling))
+        if self.attention is None:  # embed_pooled normalises the pooled statistics
+            return self.embed_pooled(pool_layers(h, mask, self.config.pooling))
         h = self._normalize_frames(h)
         _, batch, frames, _ = h.shape
         m = _frame_mask(mask, batch, frames, h.device)
@@ -241,11 +252,20 @@ class EmotionHead(nn.Module):
         scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
         w = F.softmax(scores, dim=1) * m.to(scores.dtype)
         w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        pooled = torch.einsum("bt,btd->bd", w, x)
-        return self.classifier(pooled)
+        return torch.einsum("bt,btd->bd", w, x)
 
     def forward_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` from per-layer pooled vectors ``[L, B, P]`` (mean/meanstd)."""
+        return self.classifier(self.embed_pooled(pooled))
+
+    def dimensions(self, embedded: torch.Tensor) -> torch.Tensor:
+        """Dimensional output ``[B, K]`` on ``[0, 1]`` from :meth:`embed`'s vector."""
+        if self.regressor is None:
+            raise ValueError("this head has no dimensional output (num_dimensions=0)")
+        return torch.sigmoid(self.regressor(embedded))
+
+    def embed_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The layer-weighted vector ``[B, P]`` from per-layer pooled vectors ``[L, B, P]``."""
         cfg = self.config
         if cfg.pooling not in CACHEABLE_POOLINGS:
             raise ValueError(f"{cfg.pooling!r} pooling needs frames; call forward() instead")
@@ -257,4 +277,16 @@ class EmotionHead(nn.Module):
             raise ValueError(
                 f"pooled width {pooled.shape[-1]} != {cfg.pooled_size} for {cfg.pooling!r} pooling"
             )
-        return self.classifier(self._weighted(self._normalize_pooled(pooled)))
+        return self._weighted(self._normalize_pooled(pooled))
+
+
+def _mlp(config: HeadConfig, outputs: int) -> nn.Module:
+    """Linear → ReLU → Dropout → Linear (``hidden=0``: one linear layer) to ``outputs``."""
+    if config.hidden > 0:
+        return nn.Sequential(
+            nn.Linear(config.pooled_size, config.hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, outputs),
+        )
+    return nn.Linear(config.pooled_size, outputs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,20 @@ GRAPH_OUTPUTS = {"probabilities": "float32 [batch, classes]"}
 def make_card(
     *, labels: list[str], model: str, min_samples: int, outside_graph: dict[str, Any],
     inside_graph: dict[str, Any], files: dict[str, str], edgeser_version: str,
-    **extra: Any,
+    dimensions: Sequence[str] | None = None, **extra: Any,
 ) -> dict[str, Any]:
     """A ``model.json`` document: the fixed schema first, then ``extra`` entries (encoder,
-    training, metrics, export details, sizes)."""
+    training, metrics, export details, sizes). ``dimensions`` names the graph's second
+    output (a model trained with ``--dimensions``), stated with its scale."""
+    outputs = dict(GRAPH_OUTPUTS)
+    dims: dict[str, Any] = {}
+    if dimensions:
+        outputs["dimensions"] = f"float32 [batch, {len(dimensions)}]"
+        dims = {"dimensions": {
+            "names": list(dimensions),
+            "scale": "[0, 1]: (IEMOCAP rating on 1-5 - 1) / 4; 0 low (calm, negative, "
+                     "submissive), 1 high (excited, positive, dominant)",
+        }}
     return {
         "format": MODEL_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -37,11 +48,12 @@ def make_card(
         "labels": list(labels),
         "sample_rate": SAMPLE_RATE,
         "inputs": dict(GRAPH_INPUTS),
-        "outputs": dict(GRAPH_OUTPUTS),
+        "outputs": outputs,
         "model": model,
         "min_samples": int(min_samples),
         "preprocessing": {"outside_graph": outside_graph, "inside_graph": inside_graph},
         "files": dict(files),
+        **dims,
         **extra,
     }
 

@@ -60,13 +60,20 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     return p
 
 
-def format_prediction(path: str, label: str, probs: dict[str, float], as_json: bool) -> str:
-    """One output line of ``edgeser predict``."""
+def format_prediction(path: str, label: str, probs: dict[str, float], as_json: bool,
+                      dimensions: dict[str, float] | None = None) -> str:
+    """One output line of ``edgeser predict`` (a dimensional model's values last)."""
     if as_json:
-        return json.dumps({"path": path, "label": label,
-                           "probabilities": {k: round(v, 6) for k, v in probs.items()}})
+        obj: dict[str, object] = {"path": path, "label": label,
+                                  "probabilities": {k: round(v, 6) for k, v in probs.items()}}
+        if dimensions is not None:
+            obj["dimensions"] = {k: round(v, 6) for k, v in dimensions.items()}
+        return json.dumps(obj)
     scores = " ".join(f"{k}={v:.4f}" for k, v in probs.items())
-    return f"{path}\t{label}\t{scores}"
+    line = f"{path}\t{label}\t{scores}"
+    if dimensions is not None:
+        line += "\t" + " ".join(f"{k}={v:.4f}" for k, v in dimensions.items())
+    return line
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -76,13 +83,14 @@ def run_predict(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            label, probs = model.predict_file(path)
+            result = model.analyse_file(path)
         except EdgeserError as e:
             failed += 1
             print(f"edgeser: error: {e}", file=sys.stderr, flush=True)
             continue
         try:
-            print(format_prediction(str(path), label, probs, args.json), flush=True)
+            print(format_prediction(str(path), result.label, result.probabilities, args.json,
+                                    result.dimensions), flush=True)
         except BrokenPipeError:
             return _stdout_closed()
     if failed:

@@ -4,7 +4,9 @@ onnxruntime.
 The graph contract (``model.json`` ``"format": "edgeser-onnx"``, ``"format_version": 1``):
 inputs ``waveform`` float32 ``[batch, samples]`` (16 kHz mono, already resampled and
 silence-trimmed, rows zero-padded to the longest) and ``lengths`` int64 ``[batch]``; output
-``probabilities`` float32 ``[batch, classes]`` in ``model.json``'s label order. Pre-emphasis
+``probabilities`` float32 ``[batch, classes]`` in ``model.json``'s label order (and, for a
+model trained with ``--dimensions``, ``dimensions`` float32 ``[batch, 3]`` on [0, 1] in
+``model.json``'s ``dimensions.names`` order: arousal, valence, dominance). Pre-emphasis
 and peak normalisation happen inside the graph; resampling, downmixing and trimming happen
 here, as ``model.json`` ``preprocessing.outside_graph`` says.
 
@@ -35,6 +37,16 @@ MIN_INPUT_RATE = 1_000
 MAX_INPUT_RATE = 768_000
 
 Prediction = tuple[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the model says of one utterance: the label, the class probabilities and,
+    for a dimensional model, ``{dimension: value on [0, 1]}`` (else ``None``)."""
+
+    label: str
+    probabilities: dict[str, float]
+    dimensions: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,9 @@ class OnnxEmotionModel:
         self.sample_rate: int = SAMPLE_RATE
         self.min_samples: int = max(1, int(self.card.get("min_samples", 400)))
         self.trim: TrimSettings | None = _trim_settings(self.card)
+        #: Names of the dimensional output (empty: the graph has none).
+        self.dimension_names: list[str] = list(
+            (self.card.get("dimensions") or {}).get("names") or [])
 
         try:
             self.session = onnx_session(self.path, threads=max(1, int(threads)))
@@ -118,6 +133,14 @@ class OnnxEmotionModel:
         if isinstance(n, int) and n != len(self.labels):
             raise bad(f"the graph has {n} classes but model.json lists {len(self.labels)} "
                       f"labels")
+        dims = outs.get("dimensions")
+        if (dims is None) != (not self.dimension_names):
+            raise bad("model.json and the graph disagree on the 'dimensions' output")
+        if dims is not None:
+            k = dims.shape[1] if len(dims.shape) == 2 else None
+            if dims.type != "tensor(float)" or k != len(self.dimension_names):
+                raise bad(f"output 'dimensions' is {dims.type} {dims.shape}, expected float "
+                          f"[batch, {len(self.dimension_names)}]")
 
     # ------------------------------------------------------------------ preprocessing
     def prepare(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -151,18 +174,37 @@ class OnnxEmotionModel:
         each row's valid samples (at least ``min_samples``: a shorter clip counts its
         zero padding as signal, which is what the graph's first convolution needs).
         """
+        return self.run_outputs(waves)[0]
+
+    def run_outputs(self, waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`run`, with the dimensional output ``[len(waves), K]`` (None without)."""
+        k = len(self.dimension_names)
         if not waves:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        (probs,) = self.session.run(["probabilities"], pad_batch(waves, self.min_samples))
-        return np.asarray(probs, dtype=np.float32)
+            return (np.zeros((0, len(self.labels)), dtype=np.float32),
+                    np.zeros((0, k), dtype=np.float32) if k else None)
+        names = ["probabilities", "dimensions"] if k else ["probabilities"]
+        outs = self.session.run(names, pad_batch(waves, self.min_samples))
+        probs = np.asarray(outs[0], dtype=np.float32)
+        return probs, (np.asarray(outs[1], dtype=np.float32) if k else None)
 
     def _named(self, row: np.ndarray) -> Prediction:
         probs = {lab: float(p) for lab, p in zip(self.labels, row, strict=True)}
         return self.labels[int(np.argmax(row))], probs
 
+    def _analysis(self, row: np.ndarray, dims: np.ndarray | None) -> Analysis:
+        label, probs = self._named(row)
+        named = (None if dims is None else
+                 {d: float(v) for d, v in zip(self.dimension_names, dims, strict=True)})
+        return Analysis(label, probs, named)
+
     def predict_waveform(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Prediction:
         """Classify one waveform: ``(label, {label: probability})``."""
         return self._named(self.run([self.prepare(wave, sample_rate)])[0])
+
+    def analyse_waveform(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Analysis:
+        """Label, probabilities and (for a dimensional model) dimensions of one waveform."""
+        probs, dims = self.run_outputs([self.prepare(wave, sample_rate)])
+        return self._analysis(probs[0], None if dims is None else dims[0])
 
     def predict_batch(
         self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE, *,
@@ -184,13 +226,18 @@ class OnnxEmotionModel:
 
     def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
         """Read any soundfile format (any rate, any channel count) and classify it."""
+        a = self.analyse_file(path)
+        return a.label, a.probabilities
+
+    def analyse_file(self, path: str | os.PathLike[str]) -> Analysis:
+        """:meth:`predict_file` with the dimensional output (:class:`Analysis`)."""
         p = Path(path)
         if not p.is_file():
             raise AudioError(f"{p}: no such audio file")
         check_sample_rate(audio_info(p).sample_rate, what=str(p))
         wave = load_audio(p, self.sample_rate)  # raises AudioError for unreadable/empty
         try:
-            return self.predict_waveform(wave, self.sample_rate)
+            return self.analyse_waveform(wave, self.sample_rate)
         except AudioError as e:
             raise AudioError(f"{p}: {e}") from None
 

@@ -39,18 +39,27 @@ class Segment:
     label: str
     confidence: float
     probabilities: dict[str, float] = field(default_factory=dict)
+    #: ``{dimension: value on [0, 1]}`` for a dimensional model, else None.
+    dimensions: dict[str, float] | None = None
 
     def to_line(self) -> str:
-        """``start end label confidence``, e.g. ``1.23 3.45 angry 0.81``."""
-        return f"{self.start:.2f} {self.end:.2f} {self.label} {self.confidence:.2f}"
+        """``start end label confidence`` (then ``arousal=… valence=… dominance=…`` for a
+        dimensional model), e.g. ``1.23 3.45 angry 0.81``."""
+        line = f"{self.start:.2f} {self.end:.2f} {self.label} {self.confidence:.2f}"
+        if self.dimensions:
+            line += " " + " ".join(f"{k}={v:.2f}" for k, v in self.dimensions.items())
+        return line
 
     def to_json(self) -> str:
-        """One JSON object: start, end, label, confidence, probabilities."""
-        return json.dumps({
+        """One JSON object: start, end, label, confidence, probabilities (and dimensions)."""
+        obj: dict[str, object] = {
             "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
             "confidence": round(self.confidence, 4),
             "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
-        })
+        }
+        if self.dimensions is not None:
+            obj["dimensions"] = {k: round(v, 4) for k, v in self.dimensions.items()}
+        return json.dumps(obj)
 
 
 # --------------------------------------------------------------------------- sources
@@ -184,7 +193,8 @@ def stream_predictions(
 ) -> Iterator[Segment]:
     """Classify each speech segment of a 16 kHz block stream as soon as it closes."""
     for a, b, audio in speech_segments(blocks, vad, config):
-        label, probs = model.predict_waveform(audio, SAMPLE_RATE)
-        yield Segment(start=a / SAMPLE_RATE, end=b / SAMPLE_RATE, label=label,
-                      confidence=probs[label], probabilities=probs)
+        r = model.analyse_waveform(audio, SAMPLE_RATE)
+        yield Segment(start=a / SAMPLE_RATE, end=b / SAMPLE_RATE, label=r.label,
+                      confidence=r.probabilities[r.label], probabilities=r.probabilities,
+                      dimensions=r.dimensions)
 

@@ -88,6 +88,8 @@ def save_model(
                                                "n_test", "split_sha256")},
         "metrics": record.get("metrics"),
     }
+    if cfg.dimensions:
+        meta["dimension_metrics"] = record.get("dimensions")
     save_weights(out_dir / "model.safetensors", dict(model.state_dict()), meta)
 
 

@@ -41,7 +41,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FocalLoss", "class_balanced_alpha", "make_loss"]
+__all__ = ["FocalLoss", "ccc_loss", "class_balanced_alpha", "make_loss"]
 
 LOSS_NAMES: tuple[str, ...] = ("focal", "ce")
 
@@ -171,3 +171,27 @@ def make_loss(
         logger.debug("cross-entropy eps=%s weight=%s", label_smoothing, alpha)
         return nn.CrossEntropyLoss(weight=alpha, label_smoothing=label_smoothing)
     raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSS_NAMES)}")
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """``1 - CCC`` averaged over the dimensions, on the rows whose targets are all finite.
+
+    ``pred`` and ``target`` are ``[B, K]``; rows of ``target`` holding ``NaN`` (utterances
+    without dimensional labels) are left out. CCC (population moments, as in
+    :func:`edgeser.evaluate.dimensions.ccc`) needs at least two rows: with fewer labelled
+    rows in the batch the result is ``None`` (no dimensional term for that step).
+    """
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"pred and target must be [B, K] of one shape, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    keep = torch.isfinite(target).all(dim=1)
+    if int(keep.sum()) < 2:
+        return None
+    x = pred[keep].to(torch.float32)
+    y = target[keep].to(torch.float32)
+    mx, my = x.mean(dim=0), y.mean(dim=0)
+    vx = ((x - mx) ** 2).mean(dim=0)
+    vy = ((y - my) ** 2).mean(dim=0)
+    cov = ((x - mx) * (y - my)).mean(dim=0)
+    concordance = 2.0 * cov / (vx + vy + (mx - my) ** 2).clamp_min(1e-8)
+    return (1.0 - concordance).mean()

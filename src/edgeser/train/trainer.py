@@ -11,6 +11,11 @@ Inputs come as a :class:`FeatureSet` of one of four kinds:
 * ``mfcc``: cached fixed-window MFCCs ``[T, 40]`` for LIGHT-SERNET, whose whole network
   is the "head" here (trained from scratch).
 
+With ``cfg.dimensions`` the head also regresses arousal, valence and dominance
+(:attr:`FeatureSet.dims`, ``NaN`` where an utterance has no rating); the step's loss is the
+class loss plus ``cfg.dimension_weight · (1 - CCC)`` over the batch's rated rows. Model
+selection stays on validation UA (the paper's criterion), the validation CCC is recorded.
+
 For cached kinds each training utterance has ``K`` augmented views and one is
 drawn per utterance per epoch (``K = 0``: clean features). Model selection keeps
 the epoch with the best validation UA (ties: lower validation loss); without a
@@ -40,12 +45,13 @@ from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text
 from edgeser.core.progress import progress_bar
 from edgeser.data.labels import LABELS
+from edgeser.evaluate.dimensions import DIMENSIONS, dimension_metrics
 from edgeser.evaluate.metrics import compute_metrics
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
 from edgeser.models.registry import FeatureEncoder
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
-from edgeser.train.losses import make_loss
+from edgeser.train.losses import ccc_loss, make_loss
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,8 @@ class FeatureSet:
     labels: np.ndarray
     clean: list[np.ndarray]
     views: list[list[np.ndarray]] = field(default_factory=list)
+    #: ``[N, 3]`` dimensional targets on [0, 1] (``NaN``: not rated), or None.
+    dims: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in tuple(FeatureKind):
@@ -69,6 +77,8 @@ class FeatureSet:
             raise ValueError("ids, labels and features must have the same length")
         if self.views and len(self.views) != len(self.ids):
             raise ValueError("views must be given for every utterance or none")
+        if self.dims is not None and self.dims.shape[0] != len(self.ids):
+            raise ValueError("dims must have one row per utterance")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,27 +100,42 @@ class SERModel(nn.Module):
         else:
             self._frozen_encoder = encoder
 
+    @property
+    def has_dimensions(self) -> bool:
+        return getattr(self.head, "regressor", None) is not None
+
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Class logits ``[B, C]``."""
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits ``[B, C]`` and the dimensional output ``[B, K]`` (None without)."""
+        if self.kind == FeatureKind.MFCC:
+            return self.head(batch["mfcc"]), None
+        z = self._embed(batch)
+        dims = self.head.dimensions(z) if self.has_dimensions else None
+        return self.head.classifier(z), dims
+
+    def _embed(self, batch: dict[str, Any]) -> torch.Tensor:
         kind = self.kind
         if kind == FeatureKind.POOLED:
-            return self.head.forward_pooled(batch["pooled"])
-        if kind == FeatureKind.MFCC:
-            return self.head(batch["mfcc"])
+            return self.head.embed_pooled(batch["pooled"])
         if kind == FeatureKind.FRAMES:
-            return self.head(batch["frames"], batch["mask"])
+            return self.head.embed(batch["frames"], batch["mask"])
         if kind == FeatureKind.CONV:
             hidden = self.encoder.forward_from_conv(batch["conv"], batch["mask"])
-            return self.head(hidden, batch["mask"][:, : hidden.shape[2]])
+            return self.head.embed(hidden, batch["mask"][:, : hidden.shape[2]])
         enc = self._frozen_encoder
         with torch.no_grad():
             outs = enc.encode(batch["waves"])
         pooled = [self.head.pool_layers(o.unsqueeze(1)) for o in outs]  # [L,1,P] each
-        return self.head.forward_pooled(torch.cat(pooled, dim=1))
+        return self.head.embed_pooled(torch.cat(pooled, dim=1))
 
 
 def head_config(cfg: TrainConfig, num_layers: int, hidden_size: int) -> HeadConfig:
     return HeadConfig(num_layers=num_layers, hidden_size=hidden_size, num_classes=len(LABELS),
-                      pooling=cfg.pooling, hidden=cfg.head_hidden, dropout=cfg.dropout)
+                      pooling=cfg.pooling, hidden=cfg.head_hidden, dropout=cfg.dropout,
+                      num_dimensions=len(DIMENSIONS) if cfg.dimensions else 0)
 
 
 def collate(kind: str, arrays: Sequence[np.ndarray], pooling: str) -> dict[str, Any]:
@@ -169,6 +194,9 @@ def fit(
     """Train ``model`` on ``train`` and select on ``val``; resumable from ``out_dir``."""
     if len(train) == 0:
         raise EdgeserError("the training set is empty")
+    if model.has_dimensions and train.dims is None:
+        raise EdgeserError("this model has a dimensional output but the training set has no "
+                           "dimensional targets")
     counts = np.bincount(train.labels, minlength=len(LABELS)).tolist()
     missing = [LABELS[i] for i, c in enumerate(counts) if c == 0]
     if missing:
@@ -219,8 +247,12 @@ def fit(
                 arrays = _train_arrays(train, idx, view_pick, epoch, cfg, augmenter)
                 batch = collate(train.kind, arrays, cfg.pooling)
                 target = torch.from_numpy(train.labels[idx]).long()
-                logits = model(batch)
+                logits, dims = model.outputs(batch)
                 loss = loss_fn(logits, target)
+                if dims is not None:
+                    term = ccc_loss(dims, torch.from_numpy(train.dims[idx]))
+                    if term is not None:
+                        loss = loss + cfg.dimension_weight * term
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -229,9 +261,13 @@ def fit(
                 bar.update(1)
             record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
             if val is not None and len(val):
-                probs, vloss = predict(model, val, cfg, loss_fn=loss_fn)
+                probs, vloss, vdims = _infer(model, val, cfg, loss_fn)
                 m = compute_metrics(val.labels, probs.argmax(1))
                 record.update(val_loss=vloss, val_ua=m["ua"], val_wa=m["wa"])
+                if vdims is not None and val.dims is not None:
+                    dm = dimension_metrics(val.dims, vdims)
+                    if dm["n"] > 1:
+                        record["val_ccc"] = float(np.mean([dm[d]["ccc"] for d in DIMENSIONS]))
                 score = (m["ua"], -vloss)
                 if score > best:
                     best, best_epoch = score, epoch
@@ -281,16 +317,38 @@ def predict(
     batch_size: int = 64,
 ) -> tuple[np.ndarray, float]:
     """Class probabilities ``[N, C]`` on clean features (and the mean loss, if asked)."""
+    probs, loss, _ = _infer(model, data, cfg, loss_fn, batch_size)
+    return probs, loss
+
+
+@torch.no_grad()
+def predict_dimensions(
+    model: SERModel, data: FeatureSet, cfg: TrainConfig, *, batch_size: int = 64
+) -> np.ndarray | None:
+    """The dimensional output ``[N, 3]`` on clean features (None for a model without)."""
+    return _infer(model, data, cfg, None, batch_size)[2]
+
+
+@torch.no_grad()
+def _infer(
+    model: SERModel, data: FeatureSet, cfg: TrainConfig, loss_fn: nn.Module | None,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, float, np.ndarray | None]:
     model.eval()
-    probs = []
+    probs, dims = [], []
     total = 0.0
     for start in range(0, len(data), batch_size):
         idx = np.arange(start, min(start + batch_size, len(data)))
         batch = collate(data.kind, [data.clean[i] for i in idx], cfg.pooling)
-        logits = model(batch)
+        logits, d = model.outputs(batch)
         if loss_fn is not None:
             total += float(loss_fn(logits, torch.from_numpy(data.labels[idx]).long())) * len(idx)
         probs.append(torch.softmax(logits, dim=-1).numpy())
+        if d is not None:
+            dims.append(d.numpy())
     model.train()
     out = np.concatenate(probs) if probs else np.zeros((0, len(LABELS)), np.float32)
-    return out, total / max(len(data), 1)
+    dim_out = None
+    if model.has_dimensions:
+        dim_out = np.concatenate(dims) if dims else np.zeros((0, len(DIMENSIONS)), np.float32)
+    return out, total / max(len(data), 1), dim_out

@@ -36,6 +36,7 @@ from .emotion import (
     EmotionProfile,
     SpeakerProfile,
     make_speaker,
+    rated_dimensions,
     resolve_emotion,
     sample_channel,
     utterance_settings,
@@ -373,7 +374,8 @@ def _iemocap_jobs(
                 jobs.append(WavJob(path, _IEMOCAP_SR, settings, sample_channel(style, r),
                                  _key(seed, "iemocap", t.uid, 1), None, t.n_samples, lead,
                                  trail))  # fmt: skip
-                notes[t.uid] = _annotations(t, prof.vad, _rng(seed, "iemocap", t.uid, 2))
+                vad = rated_dimensions(prof, settings, speakers[f"{s}{t.speaker}"], style)
+                notes[t.uid] = _annotations(t, vad, _rng(seed, "iemocap", t.uid, 2))
     return plan, jobs, notes
 
 

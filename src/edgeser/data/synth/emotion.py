@@ -41,6 +41,7 @@ __all__ = [
     "SpeakerProfile",
     "blend",
     "make_speaker",
+    "rated_dimensions",
     "resolve_emotion",
     "sample_channel",
     "utterance_settings",
@@ -365,6 +366,40 @@ def utterance_settings(
         f2_scale=float(e.f2_mult * rng.lognormal(0, 0.02)),
         articulation=float(np.clip(e.articulation + rng.normal(0, 0.2 * var), -1.0, 1.0)),
     )
+
+
+#: Arousal (1-5) from what the synthesiser renders, relative to the speaker's habit:
+#: intercept, then per dB of loudness, per log-ratio of pitch range, per log-ratio of
+#: tempo, per semitone of pitch level and per unit of vocal tension. Least-squares fit of
+#: the emotion profiles' arousal on these five over 8,000 IEMOCAP-style draws (40
+#: speakers, 8 labels; R^2 0.67): class means land near the profiles' (angry 3.6, sad
+#: 2.3) and every utterance's rating moves with its own rendering.
+_AROUSAL_COEF = (2.8516, 0.0338, 0.3661, 0.406, 0.0516, 0.2205)
+
+
+def rated_dimensions(
+    emotion: EmotionProfile, settings: VoiceSettings, speaker: SpeakerProfile,
+    style: CorpusStyle,
+) -> tuple[float, float, float]:
+    """Valence, arousal and dominance (1-5) that annotators hear in one rendered utterance.
+
+    Arousal follows the acoustics (:data:`_AROUSAL_COEF`: loudness, pitch range, tempo,
+    pitch level, tension against the speaker's habit); valence stays the emotion's
+    (acoustically ambiguous, as in real speech); dominance moves with the utterance's
+    arousal above or below its emotion's.
+    """
+    c = _AROUSAL_COEF
+    x = (
+        settings.level_db - speaker.level_db - style.gain_db,
+        float(np.log(settings.f0_range_st / (speaker.f0_range_st * style.range_mult))),
+        float(np.log(settings.rate_sps / (speaker.rate_sps * style.rate_mult))),
+        float(12.0 * np.log2(settings.f0_hz / speaker.f0_hz)),
+        settings.tension - speaker.tension,
+    )
+    arousal = float(np.clip(c[0] + sum(k * v for k, v in zip(c[1:], x, strict=True)), 1, 5))
+    valence, class_arousal, dominance = emotion.vad
+    dominance = float(np.clip(dominance + 0.6 * (arousal - class_arousal), 1.0, 5.0))
+    return float(valence), arousal, dominance
 
 
 def sample_channel(style: CorpusStyle, rng: np.random.Generator) -> Channel:
