@@ -22,15 +22,19 @@ SR = 16_000
 TOL = 1e-4
 
 
-def _save(out: Path, encoder: Encoder, *, pooling: str = "mean", sharpen: float = 8.0) -> Path:
-    """A trained-model folder with a deterministic head whose outputs are far from uniform."""
-    cfg = TrainConfig(encoder="random", precision="fp32", pooling=pooling)
+def _save(out: Path, encoder: Encoder, *, pooling: str = "mean", sharpen: float = 8.0,
+          dimensions: bool = False) -> Path:
+    """A trained-model folder with a deterministic head whose outputs are far from uniform
+    (``dimensions``: with the dimensional output, spread over [0, 1] as well)."""
+    cfg = TrainConfig(encoder="random", precision="fp32", pooling=pooling, dimensions=dimensions)
     model = build_model(cfg, encoder, "frames" if pooling == "attention" else "pooled")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         model.head.layer_logits.copy_(torch.randn(model.head.layer_logits.shape, generator=gen))
         last = model.head.classifier[-1]
         last.weight.mul_(sharpen)
+        if dimensions:
+            model.head.regressor[-1].weight.mul_(sharpen)
     save_model(out, model, cfg, encoder, model.kind,
                {"name": "production", "metrics": {"accuracy": 0.5}})
     return out
@@ -164,7 +168,8 @@ def test_cli_parser_and_handler(tmp_path, capsys):
 def full(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("export_full")
     encoder = random_encoder(seed=0)
-    model_dir = _save(root / "production", encoder, sharpen=30.0)
+    # with the dimensional output, so the shared full-size export checks both outputs
+    model_dir = _save(root / "production", encoder, sharpen=30.0, dimensions=True)
     paths = export_model(model_dir, root / "onnx", encoder=encoder)
     from edgeser.train.folder import load_trained
 
@@ -195,14 +200,19 @@ def test_full_size_int8_is_faithful_on_real_speech(full, ravdess_mini):
     order = np.argsort([len(w) for w in waves])  # batch similar lengths together
     a = np.zeros((len(waves), 4), np.float32)
     b = np.zeros_like(a)
+    da = np.zeros((len(waves), 3), np.float32)
+    db = np.zeros_like(da)
     for start in range(0, len(order), 8):
         idx = order[start : start + 8]
         feed = pad_batch([waves[i] for i in idx])
-        a[idx], b[idx] = f32.run(None, feed)[0], q.run(None, feed)[0]
+        (a[idx], da[idx]), (b[idx], db[idx]) = f32.run(None, feed), q.run(None, feed)
     agree = float(np.mean(a.argmax(1) == b.argmax(1)))
     mean_delta = float(np.abs(a - b).mean())
     assert agree >= 0.99, (agree, mean_delta)
     assert mean_delta <= 0.02, (agree, mean_delta)
+    # the dimensional output: spread over its range, and as faithful as the probabilities
+    assert da.std(axis=0).min() > 0.05, da.std(axis=0)
+    assert float(np.abs(da - db).mean()) <= 0.02, np.abs(da - db).mean(axis=0)
 
 
 @pytest.mark.slow

@@ -140,8 +140,12 @@ def compare(
     wave = speech_like(latency_seconds, np.random.default_rng(0))
     rows: list[dict[str, Any]] = []
     for name in names:
-        cfg = TrainConfig.from_dict({**base.to_dict(), **(overrides or {}).get(name, {}),
-                                     "model": name})
+        values = {**base.to_dict(), **(overrides or {}).get(name, {}), "model": name}
+        if values.get("dimensions") and model_spec(name).family != "ssl":
+            logger.info("compare: %s has no dimensional output; trained on the classes only",
+                        name)
+            values["dimensions"] = False
+        cfg = TrainConfig.from_dict(values)
         encoder = (encoders or {}).get(name)
         run_dir = out / name
         logger.info("compare: %s", name)
@@ -160,6 +164,9 @@ def compare(
             "folds": len(summary["folds"]),
             "mean": {k: summary["mean"][k] for k in ("wa", "ua", "macro_f1")},
             "std": {k: summary["std"][k] for k in ("wa", "ua", "macro_f1")},
+            "dimensions": ({"mean": summary["dimensions"]["mean"],
+                            "std": summary["dimensions"]["std"]}
+                           if "dimensions" in summary else None),
             "reference": spec.paper,
             "reference_note": spec.paper_note,
             "parameters": _num_parameters(model, encoder),
@@ -208,6 +215,12 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
+def _ccc(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "—"
+    return " / ".join(f"{d['mean'][k]['ccc']:.2f}" for k in ("arousal", "valence", "dominance"))
+
+
 def _mb(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f}"
 
@@ -228,9 +241,12 @@ def _markdown(doc: dict[str, Any]) -> str:
                   + ", ".join(doc["random_encoders"]) + ": their accuracy figures say nothing "
                   "about the pretrained models; sizes and speeds are those of the real "
                   "architectures."]
+    dims = any(r.get("dimensions") for r in rows)
     lines += ["", "| model | params | fp32 MB | int8 MB | PyTorch ms | ONNX int8 ms | "
-              "int8 RTF | WA | UA | macro-F1 | reference |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "int8 RTF | WA | UA | macro-F1 | " + ("CCC arousal / valence / dominance | "
+                                                  if dims else "") + "reference |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if dims else "")
+              + "---|"]
     for r in rows:
         mean, std = r["mean"], r["std"]
         ref = r.get("reference") or {}
@@ -245,6 +261,7 @@ def _markdown(doc: dict[str, Any]) -> str:
             f"{_mb(r.get('size_fp32_bytes'))} | {_mb(r.get('size_int8_bytes'))} | "
             f"{r['pytorch_ms']:.0f} | {ms_txt} | {rtf_txt} | "
             + " | ".join(f"{_pct(mean[k])} ± {_pct(std[k])}" for k in ("wa", "ua", "macro_f1"))
+            + (f" | {_ccc(r.get('dimensions'))}" if dims else "")
             + f" | {ref_txt or '—'} |")
     tuned = [r for r in rows if r.get("config_overrides")]
     if tuned:
