@@ -110,7 +110,7 @@ def test_bad_input_gives_one_error_line(trees, tmp_path, capsys):
     assert main(["train", str(empty), "--out", str(tmp_path / "t")]) == 2
     assert "no four-class utterances" in _err(capsys)
     assert main(["evaluate", "--corpus", str(empty), "--out", str(tmp_path / "e")]) == 2
-    assert "give either --model" in _err(capsys)
+    assert "give either --trained" in _err(capsys)
     assert main(["train", str(empty), "--out", str(tmp_path / "t"), "--loss", "hinge"]) == 2
     assert "loss must be one of" in _err(capsys)
 
