@@ -298,3 +298,20 @@ def test_cli_flag_and_stream_json(run, tmp_path, capsys):
                  "--model", "light-sernet", "--dimensions"])
     assert code == 2
     assert "--dimensions needs a model with an SSL-encoder head" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_commands_with_dimensions(run, tmp_path):
+    from edgeser.experiments.runs import evaluate_model, train_on_manifests
+
+    manifests = run["out"] / "manifests"
+    cfg = TrainConfig(encoder="random", dimensions=True, epochs=2, aug_views=0, batch_size=8,
+                      head_hidden=16)
+    rec = train_on_manifests(cfg, [manifests / "iemocap.csv", manifests / "cremad.csv"],
+                             tmp_path / "model", encoder=run["encoder"], progress=False)
+    assert rec["dimensions"]["n"] == rec["n_val"] and set(DIMENSIONS) <= set(rec["dimensions"])
+    analysis = evaluate_model(tmp_path / "model", manifests / "ravdess.csv", tmp_path / "eval",
+                              encoder=run["encoder"], progress=False)
+    assert set(analysis["dimensions"]["by_intensity"]) == {"normal", "strong"}
+    with pytest.raises(EdgeserError, match="no training utterance has arousal"):
+        train_on_manifests(cfg, [manifests / "cremad.csv"], tmp_path / "m2",
+                           encoder=run["encoder"], progress=False)

@@ -115,6 +115,15 @@ def compute_features(
     return feats
 
 
+def require_ratings(frame: pd.DataFrame, train_ids: Sequence[str]) -> None:
+    """Refuse ``--dimensions`` when no training utterance has ratings to learn from."""
+    if not has_dimension_labels(frame.loc[frame["utt_id"].isin(set(train_ids))]):
+        raise EdgeserError(
+            "--dimensions: no training utterance has arousal/valence/dominance ratings "
+            "(only IEMOCAP's manifests carry them)"
+        )
+
+
 def run_split(
     cfg: TrainConfig,
     encoder: FeatureEncoder,
@@ -132,11 +141,8 @@ def run_split(
     """
     kind = feats.kind
     dims = cfg.dimensions
-    if dims and not has_dimension_labels(frame.loc[frame["utt_id"].isin(set(split.train))]):
-        raise EdgeserError(
-            "--dimensions: no training utterance has arousal/valence/dominance ratings "
-            "(only IEMOCAP's manifests carry them)"
-        )
+    if dims:
+        require_ratings(frame, split.train)
     train = feats.feature_set(frame, split.train, with_views=True, dims=dims)
     model = build_model(cfg, encoder, kind, train)
     val = feats.feature_set(frame, split.val, with_views=False, dims=dims) if split.val else None

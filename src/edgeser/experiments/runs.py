@@ -13,10 +13,12 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest
+from edgeser.evaluate.dimensions import dimension_metrics
 from edgeser.evaluate.metrics import compute_metrics
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
+    require_ratings,
     run_info,
     run_split_cached,
     summarise_setting,
@@ -26,7 +28,7 @@ from edgeser.models.registry import FeatureEncoder
 from edgeser.split.protocols import Split, group_sessions, loso_splits, speaker_holdout_split
 from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import build_model, load_trained, save_model
-from edgeser.train.trainer import fit, predict
+from edgeser.train.trainer import fit, predict, predict_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +68,12 @@ def train_on_manifests(
     encoder = encoder or _encoder(cfg)
     feats = compute_features(cfg, encoder, frame, set(train),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
-    train_set = feats.feature_set(frame, train, with_views=True)
+    dims = cfg.dimensions
+    if dims:
+        require_ratings(frame, train)
+    train_set = feats.feature_set(frame, train, with_views=True, dims=dims)
     model = build_model(cfg, encoder, feats.kind, train_set)
-    val_set = feats.feature_set(frame, val, with_views=False) if val else None
+    val_set = feats.feature_set(frame, val, with_views=False, dims=dims) if val else None
     result = fit(cfg, model, train_set, val_set, out, progress=progress)
     record: dict[str, Any] = {"name": "train", "n_train": len(train), "n_val": len(val),
                               "val_speakers": sorted(val_spk), "best_epoch": result.best_epoch,
@@ -76,6 +81,9 @@ def train_on_manifests(
     if val_set is not None:
         probs, _ = predict(result.model, val_set, cfg)
         record["val_metrics"] = compute_metrics(val_set.labels, probs.argmax(1))
+        if dims:
+            record["dimensions"] = dimension_metrics(
+                val_set.dims, predict_dimensions(result.model, val_set, cfg))
     record["metrics"] = record.get("val_metrics")
     save_model(out, result.model, cfg, encoder, feats.kind, record)
     write_json(out / "train.json", {**run_info(cfg, encoder), **record})
