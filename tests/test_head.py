@@ -125,6 +125,7 @@ def test_config_and_errors() -> None:
         "hidden": 256,
         "dropout": 0.2,
         "normalize": False,
+        "num_dimensions": 0,
     }
     hidden, mask = _batch()
     head = _head("mean")

@@ -14,11 +14,12 @@ emotion task and Pepino et al. (2021) for a frozen self-supervised encoder:
 About 0.2 M trainable parameters for D = 768, so the head trains in minutes on CPU.
 
 With ``num_dimensions = K > 0`` (``--dimensions``) the head has a second output: a
-regressor of the same shape as the classifier (its own MLP) on the same pooled,
-layer-weighted vector, ending in a sigmoid, so it predicts K values on ``[0, 1]``
-(arousal, valence, dominance; :mod:`edgeser.evaluate.dimensions`). The two outputs share
-the layer weights and pooling; separate MLPs keep the classifier exactly as it is without
-the flag (same parameters, same checkpoint keys).
+regressor MLP of its own (hidden width ``min(hidden, 64)``: three outputs need less width
+than four classes' decision boundaries, and it keeps the 8-bit DistilHuBERT model within
+24 MB) on the same pooled, layer-weighted vector, ending in a sigmoid, so it predicts K
+values on ``[0, 1]`` (arousal, valence, dominance; :mod:`edgeser.evaluate.dimensions`).
+The two outputs share the layer weights and pooling; separate MLPs keep the classifier
+exactly as it is without the flag (same parameters, same checkpoint keys).
 
 Pooling per layer first: the head computes ``pool_layers`` (one pooled vector per layer)
 and *then* takes the weighted sum. For mean pooling that equals pooling the weighted sum
@@ -47,6 +48,8 @@ POOLINGS: tuple[str, ...] = ("mean", "meanstd", "attention")
 #: Poolings that can run from per-layer pooled vectors (a feature cache).
 CACHEABLE_POOLINGS: tuple[str, ...] = ("mean", "meanstd")
 _STD_EPS = 1e-6
+#: Widest hidden layer of the dimensional regressor.
+REGRESSOR_HIDDEN = 64
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ class EmotionHead(nn.Module):
             self.register_buffer("norm_std", torch.ones(shape))
         self.classifier: nn.Module = _mlp(config, config.num_classes)
         self.regressor: nn.Module | None = (
-            _mlp(config, config.num_dimensions) if config.num_dimensions > 0 else None
+            _mlp(config, config.num_dimensions, min(config.hidden, REGRESSOR_HIDDEN))
+            if config.num_dimensions > 0 else None
         )
         logger.debug("EmotionHead %s: %d parameters", config, self.num_parameters())
 
@@ -280,13 +284,15 @@ class EmotionHead(nn.Module):
         return self._weighted(self._normalize_pooled(pooled))
 
 
-def _mlp(config: HeadConfig, outputs: int) -> nn.Module:
-    """Linear → ReLU → Dropout → Linear (``hidden=0``: one linear layer) to ``outputs``."""
-    if config.hidden > 0:
+def _mlp(config: HeadConfig, outputs: int, hidden: int | None = None) -> nn.Module:
+    """Linear → ReLU → Dropout → Linear (``hidden=0``: one linear layer) to ``outputs``;
+    ``hidden`` defaults to the config's."""
+    width = config.hidden if hidden is None else hidden
+    if width > 0:
         return nn.Sequential(
-            nn.Linear(config.pooled_size, config.hidden),
+            nn.Linear(config.pooled_size, width),
             nn.ReLU(),
             nn.Dropout(config.dropout),
-            nn.Linear(config.hidden, outputs),
+            nn.Linear(width, outputs),
         )
     return nn.Linear(config.pooled_size, outputs)
