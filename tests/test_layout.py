@@ -74,3 +74,15 @@ def test_no_module_import_cycle() -> None:
     for start in sorted(graph):
         if start not in state and (cycle := visit(start, [])):
             raise AssertionError(" -> ".join(cycle))
+
+
+def test_lazy_package_names_resolve() -> None:
+    """Every name a lazy package lists loads (and is not shadowed by a sub-module)."""
+    import importlib
+    import types
+
+    for package in ("edgeser.models", "edgeser.export"):
+        pkg = importlib.import_module(package)
+        for name in pkg.__all__:
+            value = getattr(pkg, name)
+            assert not isinstance(value, types.ModuleType), f"{package}.{name} is a module"

@@ -237,6 +237,25 @@ def test_predict_cli_text_and_json(model_dir: Path, model: OnnxEmotionModel, tmp
     assert list(objs[1]["probabilities"]) == model.labels
 
 
+def test_predict_cli_runs_without_torch(model_dir: Path, tmp_path: Path) -> None:
+    """The runtime install has no torch or transformers: ``edgeser predict`` (the one CLI,
+    which also builds the training commands' parsers) must not import them."""
+    wav = tmp_path / "a.wav"
+    sf.write(wav, tone(1.0, freq=150), SR)
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'onnx', 'onnxruntime.quantization', 'pandas',\n"
+        "             'scipy', 'sklearn', 'matplotlib', 'yaml', 'librosa'):\n"
+        "    sys.modules[name] = None  # any import of them raises ImportError\n"
+        "from edgeser.cli import main\n"
+        f"sys.exit(main(['predict', {str(model_dir / 'model.int8.onnx')!r}, {str(wav)!r}]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(str(wav))
+
+
 def test_predict_cli_bad_inputs(model_dir: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.wav"

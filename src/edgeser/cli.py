@@ -3,6 +3,10 @@ function; it holds no logic of its own beyond argument parsing and reporting.
 
 Errors the user can fix (bad paths, wrong corpora, invalid splits, unreadable
 audio) print one line, ``edgeser: error: ...``, and exit with status 2.
+
+Each command imports its stage inside its handler: ``edgeser predict`` and ``stream`` run
+in the torch-free runtime install (numpy, soundfile, soxr, onnxruntime), so building the
+parser must not import torch, transformers or pandas, and no command pays for another's.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from edgeser.audio.augment import AugmentConfig
 from edgeser.audio.frontend import FrontEnd
 from edgeser.core.cpu import PRECISION_CHOICES, resolve_precision
 from edgeser.core.errors import EdgeserError
+from edgeser.models.registry import MODELS, NORMALIZATIONS, model_spec
 
 
 @dataclass
@@ -88,8 +89,6 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from edgeser.models.registry import MODELS, NORMALIZATIONS, model_spec
-
         choices = {
             "model": tuple(MODELS),
             "feature_norm": NORMALIZATIONS,

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgeser.core.errors import EdgeserError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -170,8 +172,6 @@ def resolve_precision(precision: str) -> str:
     returned as given (``"bf16"`` without native bfloat16 warns once, with the reason)."""
     global _warned_bf16
     if precision not in PRECISION_CHOICES:
-        from edgeser.core.errors import EdgeserError
-
         raise EdgeserError(
             f"precision must be one of {', '.join(PRECISION_CHOICES)}; got {precision!r}"
         )

@@ -12,6 +12,9 @@ from types import MappingProxyType
 #: The four canonical classes, in the fixed order used for model outputs,
 #: confusion matrices and reports.
 LABELS: tuple[str, ...] = ("angry", "happy", "neutral", "sad")
+#: The dimensions a ``--dimensions`` model regresses (IEMOCAP's ratings on [0, 1]), in the
+#: order of its ``dimensions`` output.
+DIMENSIONS: tuple[str, ...] = ("arousal", "valence", "dominance")
 
 #: IEMOCAP majority labels (summary lines of ``EmoEvaluation/*.txt``).
 #: ``exc`` (excited) is merged into happy, as in the paper and most of the

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgeser.data.labels import LABELS
+from edgeser.data.labels import DIMENSIONS, LABELS
 
 __all__ = [
     "DIMENSIONS",
@@ -40,8 +40,6 @@ __all__ = [
     "summarize_dimension_folds",
 ]
 
-#: The regressed dimensions, in the order of the model's ``dimensions`` output.
-DIMENSIONS: tuple[str, ...] = ("arousal", "valence", "dominance")
 #: IEMOCAP's rating scale, mapped linearly onto [0, 1].
 RATING_RANGE: tuple[float, float] = (1.0, 5.0)
 #: Scores reported per dimension.

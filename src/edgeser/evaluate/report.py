@@ -10,6 +10,13 @@ import pandas as pd
 
 from edgeser.core.io import write_text
 from edgeser.data.labels import LABELS
+from edgeser.evaluate.dimensions import DIMENSIONS
+from edgeser.evaluate.plots import (
+    plot_confusion,
+    plot_fold_bars,
+    plot_per_class_recall,
+    plot_valence_arousal,
+)
 from edgeser.models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -41,8 +48,6 @@ def _arch(source: str) -> str:
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     """Write ``report.md`` and the plots; returns the report's path."""
-    from edgeser.evaluate.plots import plot_confusion, plot_fold_bars, plot_per_class_recall
-
     plots = out / "plots"
     lines: list[str] = ["# edgeser reproduction report", ""]
     enc = results["encoder"]
@@ -188,9 +193,6 @@ def _dimension_lines(out: Path, results: dict[str, Any], plots: Path) -> list[st
     """The dimensional section (runs with ``--dimensions``): CCC, r and MAE per setting and
     dimension, the production model's test scores, RAVDESS's predicted arousal and valence
     per class and intensity, and the valence-arousal plots."""
-    from edgeser.evaluate.dimensions import DIMENSIONS
-    from edgeser.evaluate.plots import plot_valence_arousal
-
     loso = {k: v for k, v in results.get("loso", {}).items() if "dimensions" in v}
     prod = results.get("production", {}).get("dimensions")
     cc = results.get("cross_corpus", {}).get("ravdess", {}).get("dimensions")

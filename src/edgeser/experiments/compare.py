@@ -34,8 +34,14 @@ import numpy as np
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json, write_text
+from edgeser.evaluate.plots import plot_pareto
+from edgeser.experiments.runs import evaluate_loso
+from edgeser.export.calibration import speech_like
+from edgeser.export.exporter import export_model
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.registry import FeatureEncoder, model_spec
+from edgeser.runtime.session import onnx_session, pad_batch
+from edgeser.train.folder import load_trained
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +91,6 @@ def _torch_latency(model: Any, encoder: FeatureEncoder, wave: np.ndarray, runs: 
 
 
 def _onnx_latency(path: Path, wave: np.ndarray, runs: int) -> float:
-    from edgeser.runtime.session import onnx_session, pad_batch
-
     session = onnx_session(path)
     feed = pad_batch([wave])
     return _median_ms(lambda: session.run(None, feed), runs)
@@ -125,10 +129,6 @@ def compare(
     maps model names to ready encoders (tests, offline use). Each model's run lives in
     ``out/<model>/`` and resumes like any other run.
     """
-    from edgeser.experiments.runs import evaluate_loso
-    from edgeser.export.calibration import speech_like
-    from edgeser.train.folder import load_trained
-
     names = list(dict.fromkeys(m.strip() for m in models if m.strip()))
     if not names:
         raise EdgeserError("--models is empty")
@@ -186,7 +186,6 @@ def compare(
            "random_encoders": [r["model"] for r in rows if r["encoder"].get("is_random")]}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", doc)
-    from edgeser.evaluate.plots import plot_pareto
 
     plot_pareto(rows, out / "pareto.png")
     write_text(out / "compare.md", _markdown(doc))
@@ -195,8 +194,6 @@ def compare(
 
 def _export_row(row: dict[str, Any], model_dir: Path, export_dir: Path, encoder: FeatureEncoder,
                 wave: np.ndarray, runs: int) -> None:
-    from edgeser.export.exporter import export_model
-
     try:
         paths = export_model(model_dir, export_dir, encoder=encoder)
     except EdgeserError as e:

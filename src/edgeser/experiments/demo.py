@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 
 from edgeser.config import TrainConfig
+from edgeser.data.synth import synthesize_corpus
+from edgeser.experiments.reproduce import reproduce
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,6 @@ def demo_config(seed: int = 0, *, dimensions: bool = False) -> TrainConfig:
 def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True,
              config: TrainConfig | None = None) -> Path:
     """Synthesise the corpora (if not there yet), run the protocol; returns report.md."""
-    from edgeser.data.synth import synthesize_corpus
-    from edgeser.experiments.reproduce import reproduce
-
     out = Path(out)
     data = out / "data"
     roots = {}

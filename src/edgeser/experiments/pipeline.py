@@ -22,6 +22,7 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text, write_json
 from edgeser.data.labels import LABELS, label_index
+from edgeser.evaluate.crosscorpus import error_analysis
 from edgeser.evaluate.dimensions import (
     DIMENSIONS,
     describe_unrated,
@@ -36,6 +37,7 @@ from edgeser.features.kinds import FeatureKind, feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
+from edgeser.train.normalize import group_stats, normalize_pooled
 from edgeser.train.trainer import FeatureSet, SERModel, fit, predict, predict_dimensions
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,6 @@ class Features:
     def speaker_normalized(self, frame: pd.DataFrame) -> Features:
         """Every utterance standardised with its speaker's statistics (clean features of
         all the speaker's utterances in ``frame``; labels are not used)."""
-        from edgeser.train.normalize import group_stats, normalize_pooled
-
         out = Features(self.kind, seconds=self.seconds)
         for _, ids in frame.groupby("speaker", sort=True)["utt_id"]:
             mean, std = group_stats([self.clean[u] for u in ids])
@@ -272,8 +272,6 @@ def cross_corpus(
     """A trained model on every utterance of ``corpus`` (features from ``feats``):
     ``(analysis, record)`` with the error analysis (``n`` added) and a predictions record
     for :func:`write_predictions`."""
-    from edgeser.evaluate.crosscorpus import error_analysis
-
     ids = list(corpus["utt_id"])
     data = feats.feature_set(frame, ids, with_views=False)
     probs, _ = predict(model, data, cfg)

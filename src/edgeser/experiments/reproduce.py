@@ -26,7 +26,9 @@ from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json, write_text
 from edgeser.data.labels import LABELS
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest, write_manifest
+from edgeser.data.recipes import prepare
 from edgeser.evaluate.metrics import variance_change
+from edgeser.evaluate.report import write_report
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
@@ -35,7 +37,7 @@ from edgeser.experiments.pipeline import (
     summarise_setting,
     write_predictions,
 )
-from edgeser.models.registry import FeatureEncoder
+from edgeser.models.registry import FeatureEncoder, make_encoder
 from edgeser.split.protocols import loso_splits, production_split
 from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import load_trained
@@ -45,8 +47,6 @@ log = logging.getLogger(__name__)
 
 def load_corpus(kind: str, source: str | Path, out_dir: Path, **kw: Any) -> pd.DataFrame:
     """A four-class manifest from a corpus root (prepared now) or a manifest CSV."""
-    from edgeser.data.recipes import prepare
-
     src = Path(source)
     if src.is_file() and src.suffix.lower() == ".csv":
         df = four_class(read_manifest(src))
@@ -76,8 +76,6 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run the paper's protocol; returns the ``results.json`` content. ``synthetic``: the
     corpora are edgeser's synthetic ones (recorded, and said in the report)."""
-    from edgeser.models.registry import make_encoder
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -148,7 +146,6 @@ def reproduce(
         for name, d in (("iemocap", ie), ("cremad", cr), ("ravdess", rv)) if d is not None
     }
     write_json(out / "results.json", results)
-    from edgeser.evaluate.report import write_report
 
     write_report(out, results)
     return results

@@ -15,6 +15,7 @@ from edgeser.core.io import write_json
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest
 from edgeser.evaluate.dimensions import dimension_metrics
 from edgeser.evaluate.metrics import compute_metrics
+from edgeser.evaluate.report import write_report
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
@@ -24,7 +25,7 @@ from edgeser.experiments.pipeline import (
     summarise_setting,
     write_predictions,
 )
-from edgeser.models.registry import FeatureEncoder
+from edgeser.models.registry import FeatureEncoder, make_encoder
 from edgeser.split.protocols import Split, group_sessions, loso_splits, speaker_holdout_split
 from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import build_model, load_trained, save_model
@@ -43,8 +44,6 @@ def read_four_class(path: str | Path) -> pd.DataFrame:
 
 
 def _encoder(cfg: TrainConfig) -> Any:
-    from edgeser.models.registry import make_encoder
-
     return make_encoder(cfg)
 
 
@@ -111,7 +110,6 @@ def evaluate_model(
                "cross_corpus": {name: analysis}}
     write_json(out / "results.json", results)
     write_predictions(out / "predictions.csv", [record])
-    from edgeser.evaluate.report import write_report
 
     write_report(out, results)
     return {k: v for k, v in analysis.items() if k != "n"}
@@ -151,7 +149,6 @@ def evaluate_loso(
     results = {**run_info(cfg, encoder), "loso": {name: summarise_setting(records)}}
     write_predictions(out / "loso" / "predictions.csv", records)
     write_json(out / "results.json", results)
-    from edgeser.evaluate.report import write_report
 
     write_report(out, results)
     return results

@@ -8,8 +8,7 @@ Names are resolved lazily (torch and onnx are imported only when used).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeser.core.lazy import lazy_attributes
 
 _EXPORTS = {
     "FORMAT": "edgeser.export.exporter",
@@ -28,9 +27,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'edgeser.export' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

@@ -1,6 +1,8 @@
 """Calibration audio for the 8-bit models: a self-contained speech-like generator (so that
-the default calibration never changes with other modules), the runtime's trimming of a
-user's files, and the reader onnxruntime's quantiser takes."""
+the default calibration never changes with other modules) and the runtime's trimming of
+a user's files. numpy and soundfile only: the command line builds ``edgeser export``'s
+parser in the torch-free runtime install (the quantiser's reader is in
+:mod:`edgeser.export.quantize`)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader
 
 from edgeser.audio.frontend import trim_silence
 from edgeser.audio.io import SAMPLE_RATE, load_audio
 from edgeser.core.errors import EdgeserError
-from edgeser.runtime.session import pad_batch
 
-__all__ = ["CalibrationReader", "calibration_waves", "speech_like"]
+__all__ = ["calibration_waves", "speech_like"]
 
 
 _VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (530, 1840, 2480), (570, 840, 2410),
@@ -74,17 +74,3 @@ def calibration_waves(
     if not waves:
         raise EdgeserError("no usable calibration audio (all files empty or silent)")
     return waves
-
-
-class CalibrationReader(CalibrationDataReader):
-    """A ``CalibrationDataReader`` feeding the exported graph one waveform at a time."""
-
-    def __init__(self, waves: Sequence[np.ndarray]) -> None:
-        self._items = [pad_batch([np.asarray(w, np.float32).reshape(-1)]) for w in waves]
-        self._it = iter(self._items)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._items)

@@ -9,6 +9,10 @@ Graph contract (read by the runtime):
 - pre-emphasis and peak normalisation run inside the graph over each row's valid samples;
   inputs shorter than ``min_samples`` (400) are zero-padded inside the graph; each row of
   a padded batch gets the probabilities it would get alone.
+
+torch, transformers and onnxruntime's quantiser are imported inside the functions that
+use them: the command line builds ``edgeser export``'s parser from this module in the
+torch-free runtime install too (``tests/test_runtime.py`` runs ``predict`` without them).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from edgeser import __version__
+from edgeser.audio.frontend import peak_normalize as _peak
+from edgeser.audio.frontend import preemphasis as _pre
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
-from edgeser.evaluate.dimensions import DIMENSIONS
+from edgeser.data.labels import DIMENSIONS
 from edgeser.export.calibration import calibration_waves
-from edgeser.features.kinds import FeatureKind
-from edgeser.models.registry import FeatureEncoder
+from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, make_card
 from edgeser.runtime.session import onnx_session, pad_batch
 
@@ -83,13 +88,12 @@ def build_export_graph(
     for ``feature_kind == "conv"`` models, otherwise the frozen encoder.
     """
     from edgeser.export.graph import ExportGraph
+    from edgeser.features.kinds import FeatureKind  # the features package imports torch
     from edgeser.train.folder import load_trained
 
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
     model, cfg, frozen, meta = load_trained(model_dir, encoder)
-    from edgeser.models.registry import normalization
-
     if normalization(cfg) == "speaker":
         raise EdgeserError(
             f"{model_dir}: trained with per-speaker feature normalisation, which needs each "
@@ -122,8 +126,6 @@ def reference_probabilities(
     """PyTorch reference: front end + :meth:`Encoder.encode` + ``EmotionHead``, ``[N, C]``."""
     import torch
 
-    from edgeser.audio.frontend import peak_normalize as _peak
-    from edgeser.audio.frontend import preemphasis as _pre
 
     prepared = []
     for w in waves:
@@ -234,6 +236,8 @@ def export_model(
     if unknown:
         raise EdgeserError(f"unknown export variant(s) {', '.join(unknown)}; "
                            f"available: {', '.join(VARIANTS)}")
+    from edgeser.features.kinds import FeatureKind
+
     graph, _ref, meta = build_export_graph(model_dir, encoder)
     cnn = meta.get("feature_kind") == FeatureKind.MFCC
     if cnn and extra_variants:

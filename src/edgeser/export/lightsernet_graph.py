@@ -30,6 +30,8 @@ from torch import nn
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path
 from edgeser.export.graph import masked_front
+from edgeser.export.quantize import static_qdq
+from edgeser.export.saturation import require_no_saturation
 from edgeser.models.lightsernet import MFCC, LightSERNet, MFCCConfig
 
 logger = logging.getLogger(__name__)
@@ -141,8 +143,6 @@ def quantize_lightsernet_int8(
     """
     import onnx
 
-    from edgeser.export.quantize import static_qdq
-    from edgeser.export.saturation import require_no_saturation
 
     waves = [np.asarray(w, np.float32).reshape(-1) for w in calibration_waves]
     if not waves:

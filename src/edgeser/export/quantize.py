@@ -60,12 +60,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
 
 from edgeser.core.errors import EdgeserError
-from edgeser.export.calibration import CalibrationReader
 from edgeser.export.gptq import gptq_int8
 from edgeser.export.onnx_utils import _constant, _consumers
 from edgeser.export.saturation import require_no_saturation
+from edgeser.runtime.session import pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,21 @@ _SCHEME_CONVS: dict[str, tuple[frozenset[int], bool]] = {
 }
 SCHEMES: tuple[str, ...] = tuple(_SCHEME_CONVS)
 _GELU_CLIP = 3.0  # GELU(-3) = -0.004: quantised GELU inputs need no codes below
+
+
+
+class CalibrationReader(CalibrationDataReader):
+    """A ``CalibrationDataReader`` feeding the exported graph one waveform at a time."""
+
+    def __init__(self, waves: Sequence[np.ndarray]) -> None:
+        self._items = [pad_batch([np.asarray(w, np.float32).reshape(-1)]) for w in waves]
+        self._it = iter(self._items)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._items)
 
 
 def fuse_gelu(model: object) -> int:

@@ -1,36 +1,19 @@
-"""Models: the speech encoder and the emotion head.
+"""Models: the registry of model names, the emotion head, LIGHT-SERNET and the
+self-supervised speech encoders (:mod:`edgeser.models.ssl`).
 
-Names are imported lazily so that ``import edgeser.models.head`` does not pay for
-importing ``transformers``.
+Names load lazily so that ``import edgeser.models.head`` does not pay for ``transformers``.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgeser.core.lazy import lazy_attributes
 
 _EXPORTS = {
-    "ALIASES": "encoder",
-    "DISTILHUBERT_HUB_ID": "encoder",
-    "DISTILHUBERT_NUM_PARAMETERS": "encoder",
-    "Encoder": "encoder",
-    "distilhubert_config": "encoder",
-    "load_encoder": "encoder",
-    "parse_conv_spec": "encoder",
-    "random_encoder": "encoder",
-    "s3prl_to_hf_state_dict": "encoder",
-    "tiny_config": "encoder",
+    name: ".ssl"
+    for name in ("ALIASES", "DISTILHUBERT_HUB_ID", "DISTILHUBERT_NUM_PARAMETERS", "Encoder",
+                 "distilhubert_config", "load_encoder", "parse_conv_spec", "random_encoder",
+                 "s3prl_to_hf_state_dict", "tiny_config")
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

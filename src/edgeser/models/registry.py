@@ -123,6 +123,8 @@ def normalization(cfg: Any) -> str:
 def make_encoder(cfg: Any) -> FeatureEncoder:
     """The feature extractor of a config: an :class:`~edgeser.models.ssl.Encoder` for
     SSL models, the MFCC front end for LIGHT-SERNET."""
+    # here, not at the top: the registry is read by the config of every command, and
+    # models.ssl imports transformers
     if model_spec(cfg.model).family == "cnn":
         from edgeser.models.lightsernet import MFCCConfig, MFCCFrontEnd
 

@@ -6,6 +6,9 @@ sub-parsers object; each sets ``func(args) -> int``. User errors raise
 
 ``predict`` with several files reports a bad file on stderr (``edgeser: error: ...``),
 goes on with the others, and exits 2 if any file failed.
+
+The model, stream and VAD modules (onnxruntime) are imported when a command runs, not when
+the parser is built: every ``edgeser`` command builds this parser.
 """
 
 from __future__ import annotations

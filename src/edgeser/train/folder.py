@@ -19,8 +19,12 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
 from edgeser.features.kinds import FeatureKind
+from edgeser.models.head import EmotionHead
+from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
 from edgeser.models.registry import FeatureEncoder, make_encoder, model_spec, normalization
+from edgeser.models.ssl import load_encoder
 from edgeser.train.checkpoint import load_weights, save_weights
+from edgeser.train.normalize import group_stats
 from edgeser.train.trainer import FeatureSet, SERModel, head_config
 
 __all__ = ["TrainedModel", "build_model", "load_trained", "save_model"]
@@ -41,13 +45,9 @@ def build_model(
 ) -> SERModel:
     """A fresh model for ``cfg``; ``train`` gives the statistics of ``--feature-norm global``
     (without it, they are left for ``load_state_dict`` to fill)."""
-    from edgeser.models.head import EmotionHead
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         if kind == FeatureKind.MFCC:
-            from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
-
             net = LightSERNet(LightSERNetConfig(num_classes=len(LABELS), mfcc=encoder.cfg))
             return SERModel(net, None, kind=kind)
         hcfg = head_config(cfg, encoder.num_hidden_states, encoder.hidden_size)
@@ -55,8 +55,6 @@ def build_model(
             hcfg = dataclasses.replace(hcfg, normalize=True)
         head = EmotionHead(hcfg)
     if hcfg.normalize and train is not None:
-        from edgeser.train.normalize import group_stats
-
         head.set_normalization(*map(torch.from_numpy, group_stats(train.clean)))
     if kind == FeatureKind.CONV:
         # Each model fine-tunes its own copy: folds must not inherit each other's updates.
@@ -108,8 +106,6 @@ def load_trained(model_dir: str | Path, encoder: FeatureEncoder | None = None) -
         if model_spec(cfg.model).family == "cnn":
             encoder = make_encoder(cfg)
         else:
-            from edgeser.models.ssl import load_encoder
-
             encoder = load_encoder(enc_meta["source"], seed=enc_meta.get("seed", 0),
                                    precision=cfg.precision)
     if encoder.identity != enc_meta["identity"]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeser.core.cpu import resolve_precision
 from edgeser.core.errors import EdgeserError
 from edgeser.models.ssl.configs import (
     _OPTIONAL_KEYS,
@@ -369,8 +370,6 @@ def _pad_frames(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 
 def _check_precision(precision: str) -> str:
     """``precision`` resolved (``"auto"``) and checked; see :mod:`edgeser.core.cpu`."""
-    from edgeser.core.cpu import resolve_precision
-
     return resolve_precision(precision)
 
 def _check_family(model: Any) -> None:
