@@ -238,22 +238,27 @@ def test_predict_cli_text_and_json(model_dir: Path, model: OnnxEmotionModel, tmp
 
 
 def test_predict_cli_runs_without_torch(model_dir: Path, tmp_path: Path) -> None:
-    """The runtime install has no torch or transformers: ``edgeser predict`` (the one CLI,
-    which also builds the training commands' parsers) must not import them."""
+    """The runtime install has no torch or transformers: ``edgeser predict`` and ``stream``
+    (the one CLI, which also builds the training commands' parsers) must not import them,
+    and ``stream`` gets Silero VAD without the silero-vad package."""
     wav = tmp_path / "a.wav"
     sf.write(wav, tone(1.0, freq=150), SR)
     code = (
         "import sys\n"
         "for name in ('torch', 'transformers', 'onnx', 'onnxruntime.quantization', 'pandas',\n"
-        "             'scipy', 'sklearn', 'matplotlib', 'yaml', 'librosa'):\n"
+        "             'scipy', 'sklearn', 'matplotlib', 'yaml', 'librosa', 'silero_vad'):\n"
         "    sys.modules[name] = None  # any import of them raises ImportError\n"
         "from edgeser.cli import main\n"
-        f"sys.exit(main(['predict', {str(model_dir / 'model.int8.onnx')!r}, {str(wav)!r}]))\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith(str(wav))
+    model = str(model_dir / "model.int8.onnx")
+    for args in (["predict", model, str(wav)], ["stream", model, str(wav), "--json"]):
+        run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "WebRTC" not in run.stderr  # stream: Silero, from the file edgeser ships
+    assert subprocess.run([sys.executable, "-c", code, "predict", model, str(wav)],
+                          capture_output=True, text=True).stdout.startswith(str(wav))
 
 
 def test_predict_cli_bad_inputs(model_dir: Path, tmp_path: Path,
@@ -352,11 +357,25 @@ def test_block_size_does_not_change_segments() -> None:
         assert got == ref
 
 
-def test_silero_file_found_without_importing_package() -> None:
+def test_silero_ships_inside_edgeser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silero's ONNX file comes with edgeser (MIT notice beside it), so the torch-free
+    runtime has it without the silero-vad package; it is the package's file, unchanged."""
+    import hashlib
+
+    import edgeser.runtime.vad as vad_mod
+
     path = find_silero_onnx()
-    if path is None:
-        pytest.skip("silero-vad package not installed")
-    assert path.name == "silero_vad.onnx" and path.is_file()
+    assert path == vad_mod.BUNDLED_SILERO and path.is_file()
+    notice = (path.parent / "LICENSE.silero-vad").read_text(encoding="utf-8")
+    assert "MIT License" in notice and "Silero Team" in notice
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest in notice  # the notice names the file it covers
+    package = vad_mod.package_silero_onnx()
+    if package is not None:  # silero-vad installed (the dev extra): the very same bytes
+        assert hashlib.sha256(package.read_bytes()).hexdigest() == digest
+    # without the silero-vad package, Silero is still what "silero" gives
+    monkeypatch.setattr(vad_mod.importlib.util, "find_spec", lambda name: None)
+    assert vad_mod.package_silero_onnx() is None
     assert make_vad("silero").name == "silero"
     assert make_vad("webrtc").name == "webrtc"
     with pytest.raises(EdgeserError, match="unknown VAD"):
@@ -385,8 +404,6 @@ def _ravdess_stream(root: Path) -> tuple[np.ndarray, list[tuple[float, float]]]:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_silero_matches_reference_on_real_speech(ravdess_mini: Path) -> None:
-    if find_silero_onnx() is None:
-        pytest.skip("silero-vad package not installed")
     x, spans = _ravdess_stream(ravdess_mini)
     got = [(a, b) for a, b, _ in speech_segments(_blocks(x, 7000), make_vad("silero"))]
     assert len(got) == len(spans)

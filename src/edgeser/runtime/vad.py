@@ -1,10 +1,11 @@
 """Voice activity detection for streaming: frame classifiers and a streaming segmenter.
 
-* :class:`SileroVAD` runs the Silero VAD ONNX file shipped in the ``silero-vad`` package
-  with onnxruntime directly (512-sample windows at 16 kHz, a 64-sample context carried
-  from the previous window and the recurrent state ``[2, 1, 128]``, as the package's
-  ``OnnxWrapper`` does). The package itself is never imported (it imports torch): the
-  file is located with :func:`importlib.util.find_spec`.
+* :class:`SileroVAD` runs Silero VAD's ONNX file with onnxruntime directly (512-sample
+  windows at 16 kHz, a 64-sample context carried from the previous window and the
+  recurrent state ``[2, 1, 128]``, as the ``silero-vad`` package's ``OnnxWrapper`` does).
+  edgeser ships that file (``runtime/assets/silero_vad.onnx``, MIT licence, kept with its
+  notice in ``LICENSE.silero-vad``): the ``silero-vad`` package depends on torch, and the
+  torch-free runtime install, the CLI and the browser page use this one file.
 * :class:`WebRtcVAD` wraps ``webrtcvad`` (30 ms frames, aggressiveness 2), the fallback.
 * :class:`SpeechSegmenter` turns per-frame speech probabilities into speech segments with
   the hysteresis of silero's ``get_speech_timestamps`` (threshold, ``neg_threshold =
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 VAD_RATE = 16_000
 SILERO_FILE = "silero_vad.onnx"
+#: Silero VAD's ONNX file as edgeser ships it (silero-vad 6.2.3's ``data/silero_vad.onnx``).
+BUNDLED_SILERO = Path(__file__).with_name("assets") / SILERO_FILE
 
 
 class FrameVAD(Protocol):
@@ -42,7 +45,15 @@ class FrameVAD(Protocol):
 
 
 def find_silero_onnx() -> Path | None:
-    """The ``silero_vad.onnx`` shipped in the installed ``silero-vad`` package, or None.
+    """Silero VAD's ONNX file: the one edgeser ships (:data:`BUNDLED_SILERO`), else the one
+    in an installed ``silero-vad`` package, else None."""
+    if BUNDLED_SILERO.is_file():
+        return BUNDLED_SILERO
+    return package_silero_onnx()
+
+
+def package_silero_onnx() -> Path | None:
+    """The ``silero_vad.onnx`` of the installed ``silero-vad`` package, or None.
 
     Uses the import machinery's spec only, so neither ``silero_vad`` nor torch is imported.
     """
@@ -71,8 +82,8 @@ class SileroVAD:
 
         p = Path(path) if path is not None else find_silero_onnx()
         if p is None or not p.is_file():
-            raise EdgeserError("Silero VAD model not found (install the silero-vad package, or "
-                               "use --vad webrtc)")
+            raise EdgeserError(f"Silero VAD model not found ({BUNDLED_SILERO} is missing from "
+                               "this installation; reinstall edgeser, or use --vad webrtc)")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -150,8 +161,8 @@ def make_vad(kind: str = "silero", *, aggressiveness: int = 2) -> FrameVAD:
         path = find_silero_onnx()
         if path is not None:
             return SileroVAD(path)
-        log.warning("Silero VAD model not found (silero-vad package not installed): "
-                    "using WebRTC VAD")
+        log.warning("Silero VAD model not found (%s is missing from this installation): "
+                    "using WebRTC VAD", BUNDLED_SILERO)
         return WebRtcVAD(aggressiveness)
     if kind == "webrtc":
         return WebRtcVAD(aggressiveness)
