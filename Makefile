@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgeser-installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean web-deps
 
 venv: $(STAMP)
 
@@ -21,7 +21,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/edgeser demo --out runs/demo
 
-test: $(STAMP)
+# The browser page's JavaScript dependencies (onnxruntime-web, and playwright-core for the
+# browser tests) from web/package-lock.json; skipped with a note where npm is missing.
+web-deps:
+	@if command -v npm > /dev/null; then \
+	  test web/node_modules/.package-lock.json -nt web/package-lock.json || \
+	  npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the browser page and its tests need Node.js and npm"; fi
+
+test: $(STAMP) web-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
@@ -30,4 +38,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache web/node_modules

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgeser"
 #: Stages from the bottom up; a module may import from its own stage and those before it.
 #: ("edgeser" is the package root: its version string and lazy re-exports.)
 STAGES = ("edgeser", "core", "audio", "data", "split", "models", "config", "features",
-          "evaluate", "train", "runtime", "export", "experiments", "testing", "cli")
+          "evaluate", "train", "runtime", "web", "export", "experiments", "testing", "cli")
 
 
 def _stage(module: str) -> str:

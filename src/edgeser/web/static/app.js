@@ -1,0 +1,234 @@
+// The page: load the model and Silero VAD, listen to the microphone or read files, and
+// classify each utterance on this device.
+//
+// - Microphone: AudioWorklet -> mono -> 16 kHz (StreamResampler) -> Silero VAD ->
+//   segments as they close -> trimmed as model.json says -> the model. The timeline is
+//   window.edgeserResults: objects in `edgeser stream --json`'s format, in seconds from
+//   the start of listening. `?mic=1` starts listening on load.
+// - Files: a file up to LONG_FILE seconds is classified whole (window.edgeserFiles, in
+//   `edgeser predict --json`'s format); a longer one is streamed through the VAD like the
+//   microphone and its segments join window.edgeserFiles with the file's name as "path".
+// - "Download results": JSON lines of the timeline (or of the files, without one).
+
+import { decodeWav, prepare, SAMPLE_RATE, StreamResampler } from "./dsp.js";
+import { EmotionModel } from "./model.js";
+import { SegmentStream, SileroVAD } from "./vad.js";
+
+const LONG_FILE = 20; // seconds
+const $ = (id) => document.getElementById(id);
+window.edgeserResults = [];
+window.edgeserFiles = [];
+let model = null;
+let vad = null;
+let listening = null;
+
+const round = (x, d) => Math.round(x * 10 ** d) / 10 ** d;
+
+function showError(message) {
+  const el = $("error");
+  el.textContent = message;
+  el.hidden = false;
+  window.edgeserLastError = message;
+}
+
+function clearError() {
+  $("error").hidden = true;
+}
+
+function showBars(probabilities) {
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const [label, p] of Object.entries(probabilities)) {
+    const name = document.createElement("span");
+    name.textContent = label;
+    const track = document.createElement("div");
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${(100 * p).toFixed(1)}%`;
+    track.append(bar);
+    const value = document.createElement("span");
+    value.textContent = p.toFixed(2);
+    bars.append(name, track, value);
+  }
+}
+
+function addRow(source, start, end, label, confidence) {
+  const tr = document.createElement("tr");
+  for (const text of [source, start.toFixed(2), end.toFixed(2), label, confidence.toFixed(2)]) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.append(td);
+  }
+  $("timeline").tBodies[0].prepend(tr);
+  $("download").disabled = false;
+}
+
+/** A closed segment in `edgeser stream --json`'s format. */
+async function segmentResult(a, b, audio) {
+  const r = await model.run(prepare([audio], SAMPLE_RATE, model.trim));
+  const out = {
+    start: round(a / SAMPLE_RATE, 3), end: round(b / SAMPLE_RATE, 3), label: r.label,
+    confidence: round(r.probabilities[r.label], 4),
+    probabilities: Object.fromEntries(Object.entries(r.probabilities)
+      .map(([k, v]) => [k, round(v, 4)])),
+  };
+  if (r.dimensions) {
+    out.dimensions = Object.fromEntries(Object.entries(r.dimensions)
+      .map(([k, v]) => [k, round(v, 4)]));
+  }
+  showBars(r.probabilities);
+  return out;
+}
+
+async function decode(file) {
+  const buffer = await file.arrayBuffer();
+  if (buffer.byteLength === 0) throw new Error("the file is empty");
+  try {
+    return decodeWav(buffer);
+  } catch {
+    // not a PCM WAV: let the browser decode it (FLAC, MP3, Ogg ...) at the file's rate
+    try {
+      const ctx = new OfflineAudioContext(1, 1, 44100);
+      const audio = await ctx.decodeAudioData(buffer.slice(0));
+      const channels = [];
+      for (let c = 0; c < audio.numberOfChannels; c++) channels.push(audio.getChannelData(c));
+      return { channels, sampleRate: audio.sampleRate };
+    } catch {
+      throw new Error("not an audio file this page can read (WAV, FLAC, MP3, Ogg)");
+    }
+  }
+}
+
+async function streamFile(name, channels, sampleRate) {
+  const mono = channels.length === 1 ? channels[0]
+    : channels[0].map((_, i) => channels.reduce((s, c) => s + c[i], 0) / channels.length);
+  const rs = new StreamResampler(sampleRate, SAMPLE_RATE);
+  const stream = new SegmentStream(vad, async (a, b, audio) => {
+    const seg = { path: name, ...(await segmentResult(a, b, audio)) };
+    window.edgeserFiles.push(seg);
+    addRow(name, seg.start, seg.end, seg.label, seg.confidence);
+  });
+  const block = Math.round(0.5 * sampleRate);
+  for (let i = 0; i < mono.length; i += block) {
+    await stream.push(rs.push(mono.subarray(i, i + block), i + block >= mono.length));
+  }
+  await stream.finish();
+}
+
+async function classifyFile(file) {
+  clearError();
+  try {
+    const { channels, sampleRate } = await decode(file);
+    const seconds = channels[0].length / sampleRate;
+    if (seconds > LONG_FILE) {
+      await streamFile(file.name, channels, sampleRate);
+    } else {
+      const r = await model.classify(channels, sampleRate);
+      const result = { path: file.name, label: r.label, probabilities: r.probabilities };
+      if (r.dimensions) result.dimensions = r.dimensions;
+      window.edgeserFiles.push(result);
+      showBars(r.probabilities);
+      addRow(file.name, 0, seconds, r.label, r.probabilities[r.label]);
+    }
+  } catch (e) {
+    showError(`${file.name}: ${e.message}`);
+    window.edgeserFiles.push({ path: file.name, error: e.message });
+  }
+}
+
+async function classifyFiles(files) {
+  for (const f of files) await classifyFile(f);
+}
+
+async function startListening() {
+  clearError();
+  // The audio graph is ready before the microphone opens, so no captured audio is lost
+  // between the two (the timeline counts samples from the first one received).
+  // 48 kHz, the usual microphone rate: the browser then has no resampling of its own to do
+  // before ours (a microphone at another rate is resampled by the browser first).
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  await ctx.audioWorklet.addModule("capture.js");
+  const node = new AudioWorkletNode(ctx, "edgeser-capture");
+  let media;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false,
+               autoGainControl: false },
+    });
+  } catch (e) {
+    await ctx.close();
+    const denied = e.name === "NotAllowedError" || e.name === "SecurityError";
+    showError(denied
+      ? "Microphone access was denied: allow it for this page in the browser's site settings, or classify a file instead."
+      : `No microphone available (${e.name}): classify a file instead.`);
+    document.body.dataset.listening = "denied";
+    return;
+  }
+  const rs = new StreamResampler(ctx.sampleRate, SAMPLE_RATE);
+  const stream = new SegmentStream(vad, async (a, b, audio) => {
+    const seg = await segmentResult(a, b, audio);
+    window.edgeserResults.push(seg);
+    addRow("microphone", seg.start, seg.end, seg.label, seg.confidence);
+  });
+  node.port.onmessage = (ev) => { stream.push(rs.push(ev.data)); };
+  ctx.createMediaStreamSource(media).connect(node);
+  if (ctx.state !== "running") await ctx.resume();
+  listening = { ctx, media, stream, node };
+  $("mic").textContent = "Stop listening";
+  $("status").textContent = `Listening (${ctx.sampleRate} Hz → 16 kHz, Silero VAD).`;
+  document.body.dataset.listening = "1";
+}
+
+async function stopListening() {
+  const { ctx, media, stream, node } = listening;
+  listening = null;
+  node.port.onmessage = null;
+  media.getTracks().forEach((t) => t.stop());
+  await ctx.close();
+  await stream.finish();
+  $("mic").textContent = "Start listening";
+  $("status").textContent = "Ready.";
+  document.body.dataset.listening = "0";
+}
+
+function download() {
+  const rows = window.edgeserResults.length ? window.edgeserResults
+    : window.edgeserFiles.filter((r) => !r.error);
+  const blob = new Blob([rows.map((r) => JSON.stringify(r)).join("\n") + "\n"],
+                        { type: "application/x-ndjson" });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = "edgeser-results.jsonl";
+  a.click();
+  URL.revokeObjectURL(a.href);
+}
+
+async function main() {
+  try {
+    [model, vad] = await Promise.all([EmotionModel.load("./model/"), SileroVAD.load()]);
+  } catch (e) {
+    $("status").textContent = "";
+    showError(`could not load the model: ${e.message}`);
+    return;
+  }
+  $("status").textContent = "Ready.";
+  $("model").textContent = `${model.file}: ${model.labels.join(", ")}` +
+    (model.dimensionNames.length ? `; ${model.dimensionNames.join(", ")}` : "") +
+    ` (onnxruntime-web, ${self.crossOriginIsolated ? "threads" : "one thread"})`;
+  $("file").addEventListener("change", (ev) => classifyFiles(ev.target.files));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    classifyFiles(ev.dataTransfer.files);
+  });
+  $("mic").addEventListener("click", () => (listening ? stopListening() : startListening()));
+  $("download").addEventListener("click", download);
+  window.edgeserStop = () => (listening ? stopListening() : Promise.resolve());
+  document.body.dataset.ready = "1";
+  if (new URLSearchParams(location.search).get("mic") === "1") await startListening();
+}
+
+main();

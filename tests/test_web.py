@@ -1,0 +1,189 @@
+"""The browser page in a real headless Chromium (Debian's chromium, npm's playwright-core):
+the same answers as ``edgeser predict`` on real speech, bad files, the server's headers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeser.config import TrainConfig
+from edgeser.export.exporter import export_model
+from edgeser.models.ssl import random_encoder, tiny_config
+from edgeser.runtime.model import OnnxEmotionModel
+from edgeser.train.folder import build_model, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PLAYWRIGHT = ROOT / "web" / "node_modules" / "playwright-core"
+
+
+def _skip_reason() -> str | None:
+    if CHROMIUM is None:
+        return "Chromium is not installed (apt-get install chromium)"
+    if shutil.which("node") is None:
+        return "Node.js is not installed"
+    if not PLAYWRIGHT.is_dir():
+        return "the page's npm packages are not installed (npm ci --prefix web)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A tiny exported model (sharpened head: confident, so labels are meaningful) served
+    by ``edgeser web`` on a free loopback port."""
+    from edgeser.web.server import make_server
+
+    root = tmp_path_factory.mktemp("web")
+    encoder = random_encoder(tiny_config(), seed=0)
+    cfg = TrainConfig(encoder="random", precision="fp32")
+    model = build_model(cfg, encoder, "pooled")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.head.layer_logits.copy_(torch.randn(model.head.layer_logits.shape, generator=gen))
+        model.head.classifier[-1].weight.mul_(8.0)
+    save_model(root / "production", model, cfg, encoder, model.kind,
+               {"name": "production", "metrics": {}})
+    paths = export_model(root / "production", root / "onnx", encoder=encoder)
+    server = make_server(root / "onnx", "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield {"url": f"http://{host}:{port}/", "paths": paths, "root": root}
+    server.shutdown()
+    server.server_close()
+
+
+def _drive(site: dict, batches: list[list[str]], screenshot: Path | None = None, *,
+           mic: dict | None = None, deny: bool = False) -> dict:
+    job = {"url": site["url"], "chromium": CHROMIUM, "files": batches, "mic": mic,
+           "deny": deny, "screenshot": str(screenshot) if screenshot else None}
+    run = subprocess.run(["node", str(ROOT / "web" / "drive.mjs"), json.dumps(job)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT / "web")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_server_sends_isolation_headers_and_only_the_page(site):
+    with urllib.request.urlopen(site["url"]) as r:
+        assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        assert b"<title>edgeser" in r.read()
+    with urllib.request.urlopen(site["url"] + "model/model.json") as r:
+        assert json.loads(r.read())["format"] == "edgeser-onnx"
+    with urllib.request.urlopen(site["url"] + "vendor/ort/ort-wasm-simd-threaded.wasm") as r:
+        assert r.headers["Content-Type"] == "application/wasm"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(site["url"] + "../../etc/passwd")
+    assert e.value.code == 404
+
+
+def test_page_equals_predict_on_real_speech_and_survives_bad_files(site, ravdess_mini, tmp_path):
+    files = sorted(str(p) for p in ravdess_mini.rglob("*.wav"))
+    assert len(files) >= 100
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all", encoding="utf-8")
+    shot = site["root"] / "page.png"
+    out = _drive(site, [[str(empty)], [str(text)], files], screenshot=shot)
+    assert out["ready"], out.get("logs")
+    assert out["isolated"]  # COOP/COEP took effect: WASM threads are available
+    bad_empty, bad_text, good = out["batches"]
+    assert bad_empty["error"] == "empty.wav: the file is empty"
+    assert bad_text["error"].startswith("notes.wav: not an audio file")
+    assert good["error"] is None  # the page kept working after the bad files
+    native = OnnxEmotionModel(site["paths"]["int8"])
+    same, deltas = 0, []
+    for path, got in zip(files, good["results"], strict=True):
+        assert got["path"] == Path(path).name
+        ref = native.analyse_file(path)
+        same += got["label"] == ref.label
+        deltas.append(np.mean([abs(got["probabilities"][k] - v)
+                               for k, v in ref.probabilities.items()]))
+    agreement, mean_delta = same / len(files), float(np.mean(deltas))
+    print(f"browser vs predict on {len(files)} files: agreement {agreement:.3f}, "
+          f"mean |dp| {mean_delta:.5f}, max {max(deltas):.5f}")
+    assert agreement >= 0.99 and mean_delta <= 0.02
+    assert shot.stat().st_size > 10_000
+
+
+def _speech_with_pauses(ravdess_mini: Path, out: Path, rate: int = 48000) -> float:
+    """Four real utterances (both actors) with 1.5 s pauses, as a mono WAV at the corpus's
+    48 kHz (the fake microphone's rate, and the page's audio context's: no resampling inside
+    Chromium); returns its length in seconds.
+
+    A live stream's 32 ms VAD frames do not start where the file starts (the capture begins
+    at an arbitrary sample), so a pause whose speech probability hovers at the threshold
+    can split an utterance in one alignment and not in another. The utterances chosen here
+    give one segment at every frame offset, so the comparison tests the page, not that."""
+    import soundfile as sf
+
+    from edgeser.audio.io import load_audio
+    from edgeser.runtime.stream import speech_segments
+    from edgeser.runtime.vad import make_vad
+
+    vad = make_vad("silero")
+    chosen = []
+    for f in sorted(ravdess_mini.rglob("*.wav"))[::7]:
+        x16 = load_audio(f, 16000)
+        counts = {len(list(speech_segments([np.concatenate([np.zeros(16000 + shift, np.float32),
+                                                            x16, np.zeros(24000, np.float32)])],
+                                           vad)))
+                  for shift in (0, 128, 256, 384)}
+        if counts == {1}:
+            chosen.append(f)
+        if len(chosen) == 4:
+            break
+    assert len(chosen) == 4
+    parts = [np.zeros(rate, np.float32)]
+    for f in chosen:
+        parts += [load_audio(f, rate), np.zeros(int(1.5 * rate), np.float32)]
+    x = np.concatenate(parts)
+    sf.write(out, x, rate, subtype="FLOAT")
+    return len(x) / rate
+
+
+def test_microphone_timeline_equals_stream(site, ravdess_mini, tmp_path):
+    """The page listening to a fake microphone that plays a WAV gives `edgeser stream`'s
+    segments on that WAV: boundaries within 0.1 s, the same label per segment."""
+    from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.stream import file_blocks, stream_predictions
+    from edgeser.runtime.vad import make_vad
+
+    wav = tmp_path / "speech.wav"
+    seconds = _speech_with_pauses(ravdess_mini, wav)
+    model = OnnxEmotionModel(site["paths"]["int8"])
+    ref = list(stream_predictions(model, file_blocks(wav), make_vad("silero")))
+    assert len(ref) == 4
+    shot = site["root"] / "page-microphone.png"  # the README's screenshot comes from here
+    out = _drive(site, [], mic={"wav": str(wav), "seconds": seconds + 1.5}, screenshot=shot)
+    assert out["ready"] and out["error"] is None, out.get("logs")
+    got = out["timeline"]
+    assert set(got[0]) >= {"start", "end", "label", "confidence", "probabilities"}
+    print("stream:", [(round(s.start, 2), round(s.end, 2), s.label) for s in ref])
+    print("page:  ", [(g["start"], g["end"], g["label"]) for g in got])
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref, strict=True):
+        assert abs(g["start"] - r.start) <= 0.1 and abs(g["end"] - r.end) <= 0.1, (g, r)
+        assert g["label"] == r.label
+    assert shot.stat().st_size > 10_000
+
+
+def test_denied_microphone_says_so_and_files_still_work(site, ravdess_mini):
+    good = sorted(str(p) for p in ravdess_mini.rglob("*.wav"))[:1]
+    out = _drive(site, [good], deny=True)
+    assert out["ready"]
+    assert out["micError"].startswith("Microphone access was denied: allow it for this page")
+    assert out["batches"][0]["results"][0]["label"]  # the page went on working
+    assert out["batches"][0]["error"] is None
