@@ -227,6 +227,19 @@ async function main() {
   $("mic").addEventListener("click", () => (listening ? stopListening() : startListening()));
   $("download").addEventListener("click", download);
   window.edgeserStop = () => (listening ? stopListening() : Promise.resolve());
+  // For bench/web_speed.py: median milliseconds of the model on a prepared waveform.
+  window.edgeserTime = async (samples, runs) => {
+    const wave = Float32Array.from(samples);
+    await model.run(wave);
+    const times = [];
+    for (let i = 0; i < runs; i++) {
+      const t0 = performance.now();
+      await model.run(wave);
+      times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    return times[Math.floor(times.length / 2)];
+  };
   document.body.dataset.ready = "1";
   if (new URLSearchParams(location.search).get("mic") === "1") await startListening();
 }

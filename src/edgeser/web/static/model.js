@@ -7,8 +7,10 @@ import * as ort from "./vendor/ort/ort.wasm.min.mjs";
 import { prepare } from "./dsp.js";
 
 ort.env.wasm.wasmPaths = new URL("./vendor/ort/", import.meta.url).href;
+// WASM threads need cross-origin isolation; ?threads=N overrides the default of two.
+const asked = Number(new URLSearchParams(location.search).get("threads"));
 ort.env.wasm.numThreads = self.crossOriginIsolated
-  ? Math.min(2, navigator.hardwareConcurrency || 1) : 1;
+  ? (asked > 0 ? asked : Math.min(2, navigator.hardwareConcurrency || 1)) : 1;
 
 export class EmotionModel {
   static async load(base = "./model/") {

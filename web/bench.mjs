@@ -1,0 +1,56 @@
+// bench/web_speed.py's browser side (playwright-core, headless Chromium).
+// argv[2]: JSON {url, chromium, waves: {seconds: [samples]}, runs, threads: [1, 2],
+// mic: {wav, minutes} | null}. Prints one JSON line.
+import { chromium } from "playwright-core";
+
+const job = JSON.parse(process.argv[2]);
+const base = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
+              "--enable-precise-memory-info"];
+const out = { latency: {}, load: null };
+
+async function open(args, query) {
+  const browser = await chromium.launch({ executablePath: job.chromium, args: [...base, ...args] });
+  const page = await browser.newPage();
+  const t0 = Date.now();
+  await page.goto(job.url + query);
+  await page.waitForFunction(() => document.body.dataset.ready === "1", null, { timeout: 120000 });
+  const loadMs = Date.now() - t0;
+  return { browser, page, loadMs };
+}
+
+for (const threads of job.threads) {
+  const { browser, page, loadMs } = await open([], `?threads=${threads}`);
+  if (threads === job.threads[0]) {
+    out.load = {
+      ms: loadMs,
+      bytes: await page.evaluate(() => performance.getEntriesByType("resource")
+        .reduce((s, e) => s + (e.transferSize || e.encodedBodySize || 0), 0)
+        + (performance.getEntriesByType("navigation")[0]?.transferSize || 0)),
+    };
+  }
+  out.latency[threads] = {};
+  for (const [seconds, samples] of Object.entries(job.waves)) {
+    out.latency[threads][seconds] = await page.evaluate(
+      ([s, r]) => window.edgeserTime(s, r), [samples, job.runs]);
+  }
+  await browser.close();
+}
+
+if (job.mic) {
+  const { browser, page } = await open(
+    ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+     `--use-file-for-fake-audio-capture=${job.mic.wav}`], "?mic=1");
+  await page.waitForFunction(() => document.body.dataset.listening === "1", null,
+                             { timeout: 60000 });
+  const memory = async () => (await page.evaluate(async () =>
+    (await performance.measureUserAgentSpecificMemory()).bytes));
+  out.memory = [];
+  const total = job.mic.minutes * 60;
+  for (let t = 0; t <= total; t += 60) {
+    if (t) await page.waitForTimeout(60000);
+    out.memory.push({ seconds: t, bytes: await memory(),
+                      segments: await page.evaluate(() => window.edgeserResults.length) });
+  }
+  await browser.close();
+}
+console.log(JSON.stringify(out));
