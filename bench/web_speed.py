@@ -95,9 +95,11 @@ def main() -> int:
     host, port = server.server_address[:2]
     job = {"url": f"http://{host}:{port}/", "chromium": chromium, "runs": args.runs,
            "threads": [1, 2], "waves": {f"{d:g}": waves[d].tolist() for d in DURATIONS},
-           "mic": ({"wav": str(speech_loop(args.minutes, args.out / "loop.wav")),
+           "mic": ({"wav": str(speech_loop(args.minutes, args.out.resolve() / "loop.wav")),
                     "minutes": args.minutes} if args.minutes > 0 else None)}
-    run = subprocess.run(["node", str(ROOT / "web" / "bench.mjs"), json.dumps(job)],
+    job_file = (args.out / "web_job.json").resolve()  # the waveforms do not fit in argv
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    run = subprocess.run(["node", str(ROOT / "web" / "bench.mjs"), str(job_file)],
                          capture_output=True, text=True, cwd=ROOT / "web",
                          timeout=600 + 90 * args.minutes)
     server.shutdown()

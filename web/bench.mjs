@@ -1,9 +1,10 @@
 // bench/web_speed.py's browser side (playwright-core, headless Chromium).
-// argv[2]: JSON {url, chromium, waves: {seconds: [samples]}, runs, threads: [1, 2],
+// argv[2]: a JSON file {url, chromium, waves: {seconds: [samples]}, runs, threads: [1, 2],
 // mic: {wav, minutes} | null}. Prints one JSON line.
+import { readFileSync } from "fs";
 import { chromium } from "playwright-core";
 
-const job = JSON.parse(process.argv[2]);
+const job = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const base = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
               "--enable-precise-memory-info"];
 const out = { latency: {}, load: null };
