@@ -120,7 +120,7 @@ def test_head_without_dimensions_is_unchanged_and_with_them_outputs_in_unit_rang
 
 
 def test_training_learns_the_dimensions_and_unrated_rows_only_train_classes(tmp_path):
-    from edgeser.train.trainer import FeatureSet, SERModel, fit, predict, predict_dimensions
+    from edgeser.train.trainer import FeatureSet, SERModel, fit, predict_outputs
 
     rng = np.random.default_rng(0)
     n, d = 240, 16
@@ -139,8 +139,7 @@ def test_training_learns_the_dimensions_and_unrated_rows_only_train_classes(tmp_
                       dims=dims[200:])
     head = EmotionHead(HeadConfig(num_layers=3, hidden_size=d, hidden=32, num_dimensions=3))
     result = fit(cfg, SERModel(head), train, None, tmp_path / "fit", progress=False)
-    probs, _ = predict(result.model, test, cfg)
-    pred = predict_dimensions(result.model, test, cfg)
+    probs, pred = predict_outputs(result.model, test, cfg)
     assert (probs.argmax(1) == test.labels).mean() > 0.8
     m = dimension_metrics(test.dims, pred)
     assert m["n"] == 27

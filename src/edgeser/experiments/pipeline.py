@@ -38,7 +38,7 @@ from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
 from edgeser.train.normalize import group_stats, normalize_pooled
-from edgeser.train.trainer import FeatureSet, SERModel, fit, predict, predict_dimensions
+from edgeser.train.trainer import FeatureSet, SERModel, fit, predict_outputs
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def run_split(
     t0 = time.perf_counter()
     result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
     train_seconds = time.perf_counter() - t0
-    probs, _ = predict(result.model, test, cfg)
+    probs, d_pred = predict_outputs(result.model, test, cfg)
     y_pred = probs.argmax(1)
     metrics = compute_metrics(test.labels, y_pred)
     speakers = split.speakers(frame)
@@ -173,7 +173,6 @@ def run_split(
     pred = {"ids": list(split.test), "y_true": test.labels.tolist(),
             "y_pred": y_pred.tolist(), "probs": probs.tolist()}
     if dims:
-        d_pred = predict_dimensions(result.model, test, cfg)
         record["dimensions"] = dimension_metrics(test.dims, d_pred)
         pred["dims"] = d_pred.tolist()
         pred["dims_true"] = _nan_to_none(test.dims)
@@ -274,16 +273,16 @@ def cross_corpus(
     for :func:`write_predictions`."""
     ids = list(corpus["utt_id"])
     data = feats.feature_set(frame, ids, with_views=False)
-    probs, _ = predict(model, data, cfg)
+    probs, d_pred = predict_outputs(model, data, cfg)
     y_true = [label_index(x) for x in corpus["label"]]
     y_pred = probs.argmax(1).tolist()
-    analysis = error_analysis(corpus.reset_index(drop=True), y_true, y_pred)
+    rows = corpus.reset_index(drop=True)
+    analysis = error_analysis(rows, y_true, y_pred)
     record = {"name": name, "_pred": {"ids": ids, "y_true": y_true, "y_pred": y_pred,
                                       "probs": probs.tolist()}}
-    if model.has_dimensions:
-        d_pred = predict_dimensions(model, data, cfg)
+    if d_pred is not None:
         d_true = dimension_targets(corpus, ids)
-        dims = describe_unrated(d_pred, corpus.reset_index(drop=True))
+        dims = describe_unrated(d_pred, rows)
         if np.isfinite(d_true).all(axis=1).any():
             dims["metrics"] = dimension_metrics(d_true, d_pred)
         analysis["dimensions"] = dims

@@ -29,7 +29,7 @@ from edgeser.models.registry import FeatureEncoder, make_encoder
 from edgeser.split.protocols import Split, group_sessions, loso_splits, speaker_holdout_split
 from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import build_model, load_trained, save_model
-from edgeser.train.trainer import fit, predict, predict_dimensions
+from edgeser.train.trainer import fit, predict_outputs
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,10 @@ def train_on_manifests(
                               "val_speakers": sorted(val_spk), "best_epoch": result.best_epoch,
                               "history": result.history}
     if val_set is not None:
-        probs, _ = predict(result.model, val_set, cfg)
+        probs, d_pred = predict_outputs(result.model, val_set, cfg)
         record["val_metrics"] = compute_metrics(val_set.labels, probs.argmax(1))
         if dims:
-            record["dimensions"] = dimension_metrics(
-                val_set.dims, predict_dimensions(result.model, val_set, cfg))
+            record["dimensions"] = dimension_metrics(val_set.dims, d_pred)
     record["metrics"] = record.get("val_metrics")
     save_model(out, result.model, cfg, encoder, feats.kind, record)
     write_json(out / "train.json", {**run_info(cfg, encoder), **record})

@@ -322,11 +322,13 @@ def predict(
 
 
 @torch.no_grad()
-def predict_dimensions(
+def predict_outputs(
     model: SERModel, data: FeatureSet, cfg: TrainConfig, *, batch_size: int = 64
-) -> np.ndarray | None:
-    """The dimensional output ``[N, 3]`` on clean features (None for a model without)."""
-    return _infer(model, data, cfg, None, batch_size)[2]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities ``[N, C]`` and the dimensional output ``[N, 3]`` (None for a
+    model without) on clean features, from one pass over the data."""
+    probs, _, dims = _infer(model, data, cfg, None, batch_size)
+    return probs, dims
 
 
 @torch.no_grad()

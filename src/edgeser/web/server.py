@@ -67,7 +67,8 @@ def site_files(model_dir: str | os.PathLike[str]) -> dict[str, Path]:
     folder = onnx_path.parent
     files = {f"/{p.name}": p for p in STATIC.iterdir() if p.is_file()}
     files["/"] = STATIC / "index.html"
-    files.update({f"/vendor/ort/{name}": vendor_dir() / name for name in VENDOR_FILES})
+    vendor = vendor_dir()
+    files.update({f"/vendor/ort/{name}": vendor / name for name in VENDOR_FILES})
     files["/vad/silero_vad.onnx"] = BUNDLED_SILERO
     files["/model/model.json"] = folder / "model.json"
     for name in (card.get("files") or {}).values():

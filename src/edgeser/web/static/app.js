@@ -10,7 +10,7 @@
 //   microphone and its segments join window.edgeserFiles with the file's name as "path".
 // - "Download results": JSON lines of the timeline (or of the files, without one).
 
-import { decodeWav, prepare, SAMPLE_RATE, StreamResampler } from "./dsp.js";
+import { decodeWav, prepare, SAMPLE_RATE, StreamResampler, toMono } from "./dsp.js";
 import { EmotionModel } from "./model.js";
 import { SegmentStream, SileroVAD } from "./vad.js";
 
@@ -100,8 +100,7 @@ async function decode(file) {
 }
 
 async function streamFile(name, channels, sampleRate) {
-  const mono = channels.length === 1 ? channels[0]
-    : channels[0].map((_, i) => channels.reduce((s, c) => s + c[i], 0) / channels.length);
+  const mono = toMono(channels);
   const rs = new StreamResampler(sampleRate, SAMPLE_RATE);
   const stream = new SegmentStream(vad, async (a, b, audio) => {
     const seg = { path: name, ...(await segmentResult(a, b, audio)) };

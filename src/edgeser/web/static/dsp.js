@@ -209,7 +209,7 @@ export class StreamResampler {
     joined.set(block, this.buf.length);
     this.buf = joined;
     const available = this.bufStart + this.buf.length;
-    const half = Math.ceil(32 / (0.96 * Math.min(1, this.to / this.from)));
+    const { half } = design(this.from, this.to);
     const step = this.from / this.to;
     let end = last ? Math.round((available * this.to) / this.from)
       : Math.max(this.next, Math.floor((available - 1 - half) / step) + 1);

@@ -14,10 +14,11 @@ ort.env.wasm.numThreads = self.crossOriginIsolated
 
 export class EmotionModel {
   static async load(base = "./model/") {
-    const card = await (await fetch(new URL("model.json", new URL(base, location.href)))).json();
+    const folder = new URL(base, location.href);
+    const card = await (await fetch(new URL("model.json", folder))).json();
     if (card.format !== "edgeser-onnx") throw new Error("model.json is not an edgeser model card");
     const file = card.files?.int8 ?? card.files?.float32;
-    const url = new URL(file, new URL(base, location.href));
+    const url = new URL(file, folder);
     const session = await ort.InferenceSession.create(url.href, { executionProviders: ["wasm"] });
     return new EmotionModel(card, session, file);
   }
