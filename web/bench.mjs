@@ -1,6 +1,7 @@
 // bench/web_speed.py's browser side (playwright-core, headless Chromium).
 // argv[2]: a JSON file {url, chromium, waves: {seconds: [samples]}, runs, threads: [1, 2],
-// mic: {wav, minutes} | null}. Prints one JSON line.
+// kernels: [{file, inputs: {name: {type, shape}}}] | null, mic: {wav, minutes} | null}.
+// Prints one JSON line.
 import { readFileSync } from "fs";
 import { chromium } from "playwright-core";
 
@@ -34,6 +35,39 @@ for (const threads of job.threads) {
     out.latency[threads][seconds] = await page.evaluate(
       ([s, r]) => window.edgeserTime(s, r), [samples, job.runs]);
   }
+  await browser.close();
+}
+
+if (job.kernels) {
+  // single operators (files under /model/), one thread: the kernels' own speed in WASM
+  const { browser, page } = await open([], "?threads=1");
+  out.kernels = await page.evaluate(async ([items, runs]) => {
+    const ort = await import("/vendor/ort/ort.wasm.min.mjs");
+    const times = {};
+    for (const item of items) {
+      const session = await ort.InferenceSession.create(`/model/${item.file}`,
+                                                        { executionProviders: ["wasm"] });
+      const feeds = {};
+      for (const [name, { type, shape }] of Object.entries(item.inputs)) {
+        const n = shape.reduce((a, b) => a * b, 1);
+        // the values bench/web_speed.py's kernel_input gives native onnxruntime
+        const data = type === "uint8" ? new Uint8Array(n) : new Float32Array(n);
+        for (let i = 0; i < n; i++) data[i] = type === "uint8" ? (i * 37) % 256 : Math.sin(i * 0.37);
+        feeds[name] = new ort.Tensor(type, data, shape);
+      }
+      await session.run(feeds);
+      const t = [];
+      for (let r = 0; r < runs; r++) {
+        const t0 = performance.now();
+        await session.run(feeds);
+        t.push(performance.now() - t0);
+      }
+      t.sort((a, b) => a - b);
+      times[item.file] = t[Math.floor(t.length / 2)];
+      await session.release();
+    }
+    return times;
+  }, [job.kernels, job.runs]);
   await browser.close();
 }
 

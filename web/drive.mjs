@@ -1,7 +1,7 @@
 // Drives the edgeser page in headless Chromium for tests/test_web.py (playwright-core).
 // argv[2]: JSON {url, chromium, files: [[path, ...], ...], mic: {wav, seconds} | null,
-// deny: bool, screenshot}. Prints one JSON line: {ready, isolated, batches, timeline,
-// error, logs}.
+// deny: bool, screenshot, timeout (ms per file batch, default 120000)}. Prints one JSON
+// line: {ready, isolated, batches, timeline, error, logs}.
 import { chromium } from "playwright-core";
 
 const job = JSON.parse(process.argv[2]);
@@ -48,7 +48,7 @@ try {
     const before = await page.evaluate(() => window.edgeserFiles.length);
     await page.setInputFiles("#file", batch);
     await page.waitForFunction((n) => window.edgeserFiles.length >= n, before + batch.length,
-                               { timeout: 120000 });
+                               { timeout: job.timeout ?? 120000 });
     out.batches.push({
       results: await page.evaluate((n) => window.edgeserFiles.slice(n), before),
       error: await page.evaluate(errorText),
