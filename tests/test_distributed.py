@@ -11,18 +11,13 @@ Ray), the Ray tests skip with one line; the tests of the local executor always r
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,61 +28,25 @@ from edgeser.cli import main
 from edgeser.data.manifest import write_manifest
 from edgeser.data.recipes import prepare_ravdess
 from edgeser.features import extract
-from edgeser.testing import make_ravdess_tree, tone, write_wav
+from edgeser.testing import (
+    NamespaceUnavailable,
+    loopback_ray_cluster,
+    make_ravdess_tree,
+    tone,
+    write_wav,
+)
 
 PYTHON = sys.executable
-RAY_PORT = 6379  # the namespace has its own ports: nothing else listens there
-
-
-@dataclass
-class RayCluster:
-    namespace: str
-    address: str
-    env: dict[str, str]
-
-    def run(self, args: list[str], *, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-        """``args`` in the namespace (the cluster's address in ``RAY_ADDRESS``)."""
-        return subprocess.run(["ip", "netns", "exec", self.namespace, *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def _namespace_pids(ns: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("Ray is not installed (pip install 'edgeser[distributed]')")
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("Ray tests need root and `ip` (a network namespace with only loopback)")
-    ns = f"edgeser-{os.getpid()}"
-    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
-        pytest.skip(f"cannot create network namespace {ns}")
-    temp = Path(tempfile.mkdtemp(prefix="edgeser-ray-"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "PYTHONUNBUFFERED": "1"}
+    """One 2-CPU Ray head node in a loopback-only namespace, shared by the Ray tests."""
     try:
-        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
-        ray_bin = str(Path(PYTHON).parent / "ray")
-        start = subprocess.run(
-            ["ip", "netns", "exec", ns, ray_bin, "start", "--head", "--node-ip-address=127.0.0.1",
-             f"--port={RAY_PORT}", "--num-cpus=2", "--include-dashboard=false",
-             "--disable-usage-stats", f"--temp-dir={temp}"],
-            env=env, capture_output=True, text=True, timeout=120)
-        assert start.returncode == 0, start.stderr[-2000:]
-        yield RayCluster(ns, f"127.0.0.1:{RAY_PORT}", env)
-    finally:
-        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
-            for pid in _namespace_pids(ns):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while _namespace_pids(ns) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(temp, ignore_errors=True)
+        with loopback_ray_cluster(num_cpus=2) as cluster:
+            yield cluster
+    except NamespaceUnavailable as e:
+        pytest.skip(f"Ray tests skipped: {e}")
 
 
 # --------------------------------------------------------------------------- data

@@ -37,8 +37,10 @@ import numpy as np
 from edgeser.core.errors import AudioError, EdgeserError
 from edgeser.core.executor import ExecutorSpec, connect_ray
 from edgeser.features.cache import Item
-from edgeser.features.extract import BatchEncoder
 from edgeser.models.registry import FeatureEncoder
+
+#: :class:`edgeser.features.extract.BatchEncoder` (not imported: extract imports this module)
+BatchEncoder = Any
 
 log = logging.getLogger(__name__)
 
