@@ -11,8 +11,10 @@ Ray), the Ray tests skip with one line; the tests of the local executor always r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -243,49 +245,118 @@ def test_predict_manifest_local_rows_resume_and_error_row(archive, tmp_path, cap
     assert len(_table(out)) == n
 
 
-def test_predict_manifest_interrupted_leaves_readable_parts(archive, tmp_path):
-    model, manifest, _ = archive
-    big = tmp_path / "big.csv"  # the same files under many ids: a run long enough to stop
-    rows = manifest.read_text().splitlines()
+def _big_manifest(manifest: Path, path: Path, copies: int) -> int:
+    """The archive's files under ``copies`` x as many ids: a run long enough to disturb."""
+    rows = manifest.read_text().splitlines()[1:]
     base = manifest.parent
-    big.write_text("utt_id,path\n" + "\n".join(
+    path.write_text("utt_id,path\n" + "\n".join(
         f"r{k}-{line.split(',')[0]},{base / line.split(',')[1]}"
-        for k in range(60) for line in rows[1:]) + "\n")
-    out = tmp_path / "preds.parquet"
-    cmd = [str(Path(PYTHON).parent / "edgeser"), "-q", "predict", str(model), "--manifest",
-           str(big), "--out", str(out), "--part-rows", "16", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for k in range(copies) for line in rows) + "\n")
+    return copies * len(rows)
+
+
+def _wait_for_part(out: Path, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 60
     while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
+
+
+def _predict_cmd(model: Path, manifest: Path, out: Path, workers: int) -> list[str]:
+    return [str(Path(PYTHON).parent / "edgeser"), "-q", "predict", str(model), "--manifest",
+            str(manifest), "--out", str(out), "--part-rows", "16", "--workers", str(workers)]
+
+
+def test_predict_manifest_interrupted_leaves_readable_parts(archive, tmp_path):
+    model, manifest, _ = archive
+    n = _big_manifest(manifest, tmp_path / "big.csv", 60)
+    out = tmp_path / "preds.parquet"
+    cmd = _predict_cmd(model, tmp_path / "big.csv", out, 1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_part(out, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     first = _table(out)  # whatever was written is readable ...
-    assert 0 < len(first) < 60 * 30 and first["utt_id"].is_unique
+    assert 0 < len(first) < n and first["utt_id"].is_unique
     assert not list(out.glob(".*.tmp"))  # ... and no half-written part is left
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     full = _table(out)
-    assert len(full) == 60 * 30 and full["utt_id"].is_unique
+    assert len(full) == n and full["utt_id"].is_unique
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    """Pids of ``parent``'s multiprocessing worker processes."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+                if ppid == parent and b"spawn_main" in cmdline:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def test_predict_manifest_survives_a_killed_worker(archive, tmp_path):
+    model, manifest, _ = archive
+    n = _big_manifest(manifest, tmp_path / "big.csv", 40)
+    out = tmp_path / "preds.parquet"
+    proc = subprocess.Popen(_predict_cmd(model, tmp_path / "big.csv", out, 2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_part(out, proc)
+    workers = _spawned_workers(proc.pid)
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "a worker process died; retrying" in err
+    full = _table(out)
+    assert len(full) == n and full["utt_id"].is_unique  # nothing lost, nothing twice
+
+
+def _ray_predictors() -> list[int]:
+    """Pids of Ray Data's model actors (their process title names the class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if b"_RayPredictor" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids
 
 
 def test_predict_manifest_on_ray_writes_the_local_rows(ray_cluster, archive, tmp_path):
-    model, manifest, n = archive
+    model, manifest, _ = archive
+    big = manifest.parent / f"big-{tmp_path.name}.csv"  # same folder: same relative paths
+    n = _big_manifest(manifest, big, 40)
     local, ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
-    assert main(["predict", str(model), "--manifest", str(manifest), "--out", str(local),
-                 "--part-rows", "8"]) == 0
-    # half the rows are already there (a local run that stopped): Ray scores the rest
-    head = manifest.read_text().splitlines()
-    part = manifest.parent / f"half-{tmp_path.name}.csv"  # same folder: same relative paths
-    part.write_text("\n".join(head[: 1 + n // 2]) + "\n")
-    edgeser = str(Path(PYTHON).parent / "edgeser")
-    assert main(["predict", str(model), "--manifest", str(part), "--out", str(ray)]) == 0
-    res = ray_cluster.run([edgeser, "predict", str(model), "--manifest", str(manifest),
-                           "--out", str(ray), "--executor", f"ray:{ray_cluster.address}",
-                           "--workers", "2", "--part-rows", "8"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"{n - n // 2} utterances scored (1 errors), {n // 2} already there" in res.stdout
+    assert main(["-q", "predict", str(model), "--manifest", str(big), "--out", str(local),
+                 "--part-rows", "16"]) == 0
+    # a third of the rows are there already (a local run that stopped): Ray scores the rest
+    half = manifest.parent / f"part-{tmp_path.name}.csv"
+    half.write_text("\n".join(big.read_text().splitlines()[: 1 + n // 3]) + "\n")
+    assert main(["-q", "predict", str(model), "--manifest", str(half), "--out", str(ray)]) == 0
+    cmd = ray_cluster.command([str(Path(PYTHON).parent / "edgeser"), "predict", str(model),
+                               "--manifest", str(big), "--out", str(ray), "--executor",
+                               f"ray:{ray_cluster.address}", "--workers", "2",
+                               "--part-rows", "16"])
+    proc = subprocess.Popen(cmd, env=ray_cluster.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killed = None  # one model actor dies mid-run
+    deadline = time.monotonic() + 90
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        actors = _ray_predictors()
+        if actors and len(list(ray.glob("part-*.parquet"))) > 1:
+            killed = actors[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert killed is not None, "the run ended before an actor could be killed"
+    bad = sum(line.endswith("bad.wav") for line in big.read_text().splitlines()[1 + n // 3:])
+    assert f"{n - n // 3} utterances scored ({bad} errors), {n // 3} already there" in out
     a, b = _table(local), _table(ray)
-    assert b["utt_id"].is_unique and len(b) == n
+    assert b["utt_id"].is_unique and len(b) == n  # nothing lost, nothing twice
     assert a.equals(b)  # same rows, same order, same numbers
