@@ -44,6 +44,8 @@ SR = 16_000
 BATCH_SECONDS = 30.0
 #: float32 direct path, DistilHuBERT, this 2-core AVX2 CPU (bench/README.md: extract_speed).
 MS_PER_AUDIO_SECOND_2_CORES = 49.4
+#: model.int8.onnx, 3 s utterances, 2 threads, the same CPU (bench/README.md: RTF 0.029).
+MS_PER_AUDIO_SECOND_INT8_2_THREADS = 29.0
 
 
 def make_corpus(root: Path, seconds: float) -> Path:
@@ -150,15 +152,21 @@ def _in_cluster(cluster, manifest: Path, cache: Path, executor: str,  # type: ig
 
 
 def estimate(hours: float = 10_000.0) -> str:
-    """The written estimate: 10,000 h of audio through the float32 direct path."""
-    core_s_per_audio_s = MS_PER_AUDIO_SECOND_2_CORES / 1000 * 2  # 2 cores busy
-    core_hours = hours * core_s_per_audio_s
-    lines = [f"10,000 h of audio x {MS_PER_AUDIO_SECOND_2_CORES} ms per audio second on 2 "
-             f"cores = {core_s_per_audio_s:.4f} core-s per audio s -> {core_hours:,.0f} "
-             "core-hours (AVX2, float32)"]
-    for nodes, cores in ((1, 2), (8, 16), (32, 16), (64, 32)):
-        h = core_hours / (nodes * cores)
-        lines.append(f"  {nodes:3d} nodes x {cores:2d} cores: {h:8.1f} h ({h / 24:.1f} days)")
+    """The written estimate for ``hours`` of audio: feature extraction (float32 direct
+    path) and archive scoring (``model.int8.onnx``), from this CPU's measured figures."""
+    lines = []
+    for what, ms in (("features, float32 direct path", MS_PER_AUDIO_SECOND_2_CORES),
+                     ("predict, model.int8.onnx", MS_PER_AUDIO_SECOND_INT8_2_THREADS)):
+        core_s = ms / 1000 * 2  # two cores busy for `ms` per audio second
+        core_hours = hours * core_s
+        lines.append(f"{what}: {hours:,.0f} h x {ms} ms per audio second on 2 cores = "
+                     f"{core_s:.4f} core-s per audio s -> {core_hours:,.0f} core-hours")
+        for nodes, cores in ((1, 2), (8, 16), (32, 16), (64, 32)):
+            h = core_hours / (nodes * cores)
+            lines.append(f"  {nodes:3d} nodes x {cores:2d} cores: {h:8.1f} h")
+    tb = hours * 3600 * SR * 2 / 1e12
+    lines.append(f"audio moved (16 kHz 16-bit mono): {tb:.2f} TB; at 1 GB/s into the driver "
+                 f"{tb * 1e3 / 3600:.2f} h (features: the driver ships every file's bytes)")
     return "\n".join(lines)
 
 
@@ -195,6 +203,7 @@ def main() -> None:
         print("\n| executor | audio | wall | wall throughput | steady throughput | "
               "batches per node |\n|---|---|---|---|---|---|")
         print("\n".join(rows))
+        print(f"load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print("\n" + estimate())
     finally:
         shutil.rmtree(root, ignore_errors=True)
