@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgeser import __version__
 from edgeser.core.errors import EdgeserError
+from edgeser.core.executor import add_executor_arguments, executor_from_args, use_executor
 
 log = logging.getLogger("edgeser")
 
@@ -126,6 +127,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache (default: OUT/cache)")
+    add_executor_arguments(p)
     add_config_arguments(p)
     p.set_defaults(func=_run_train)
 
@@ -164,6 +166,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--trained", type=Path, default=None, metavar="DIR",
                    help="a trained model folder (model.safetensors + model.json) to evaluate")
+    add_executor_arguments(p)
     add_config_arguments(p)  # includes --model NAME
     p.set_defaults(func=_run_evaluate)
 
@@ -212,6 +215,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="feature cache, shared across runs (default: OUT/cache)")
+    add_executor_arguments(p)
     add_config_arguments(p)
     p.set_defaults(func=_run_reproduce)
 
@@ -253,6 +257,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
                    help="a config value for one model only, e.g. light-sernet:epochs=100 "
                    "(repeatable)")
+    add_executor_arguments(p)
     add_config_arguments(p)
     p.set_defaults(func=_run_compare)
 
@@ -354,7 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        spec = executor_from_args(args)
+        if spec is None:
+            return int(args.func(args) or 0)
+        with use_executor(spec):  # where features are encoded (edgeser.features.extract)
+            return int(args.func(args) or 0)
     except EdgeserError as e:
         print(f"edgeser: error: {e}", file=sys.stderr)
         return 2

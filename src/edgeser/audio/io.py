@@ -8,6 +8,7 @@ runtime install (``pip install edgeser[runtime]``) can use it.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,24 @@ def load_audio(
     p = Path(path)
     if not p.is_file():
         raise AudioError(f"{p}: no such audio file")
+    return _decode(os.fspath(p), p, target_rate, allow_empty)
+
+
+def decode_audio(
+    data: bytes, name: str | os.PathLike[str], target_rate: int = SAMPLE_RATE, *,
+    allow_empty: bool = False,
+) -> np.ndarray:
+    """:func:`load_audio` of a file's bytes (read elsewhere: a worker without the file
+    system the file lives on); ``name`` names it in errors. Same samples as
+    :func:`load_audio` of the file."""
+    return _decode(io.BytesIO(data), Path(name), target_rate, allow_empty)
+
+
+def _decode(
+    source: str | io.BytesIO, p: Path, target_rate: int, allow_empty: bool
+) -> np.ndarray:
     try:
-        data, sr = sf.read(os.fspath(p), dtype="float32", always_2d=True)
+        data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
         raise AudioError(f"{p}: unreadable audio ({error_summary(e)})") from None
     if data.shape[0] == 0 and not allow_empty:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from edgeser.core.errors import EdgeserError
+from edgeser.core.executor import add_executor_arguments
 
 
 def _stdout_closed() -> int:
@@ -56,9 +57,20 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "is 2 if any file failed.",
     )
     p.add_argument("model", type=Path, help="model.onnx or model.int8.onnx (model.json beside)")
-    p.add_argument("files", type=Path, nargs="+", help="audio files")
+    p.add_argument("files", type=Path, nargs="*", help="audio files")
     p.add_argument("--json", action="store_true", help="JSON lines output")
-    p.add_argument("--threads", type=_threads, default=2, help="onnxruntime threads (default 2)")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="onnxruntime threads (default 2; with --manifest 1 per worker)")
+    archive = p.add_argument_group(
+        "an archive (edgeser.runtime.batch): one Parquet row per utterance, resumable")
+    archive.add_argument("--manifest", type=Path, default=None, metavar="M.csv",
+                         help="CSV with a path column (and utt_id, label) to score")
+    archive.add_argument("--out", type=Path, default=None, metavar="preds.parquet",
+                         help="Parquet dataset folder to write (parts; a re-run adds the "
+                         "utterances missing from it)")
+    archive.add_argument("--part-rows", type=_threads, default=None, metavar="N",
+                         help="rows per Parquet part (default 1000)")
+    add_executor_arguments(p, processes=True)
     p.set_defaults(func=run_predict)
     return p
 
@@ -80,9 +92,16 @@ def format_prediction(path: str, label: str, probs: dict[str, float], as_json: b
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    if args.manifest is not None or args.out is not None:
+        return _run_predict_manifest(args)
+    if not args.files:
+        raise EdgeserError("predict: give audio files, or --manifest M.csv --out preds.parquet")
+    if args.executor != "local" or args.workers is not None:
+        raise EdgeserError("--executor and --workers apply to --manifest M.csv --out "
+                           "preds.parquet")
     from edgeser.runtime.model import OnnxEmotionModel
 
-    model = OnnxEmotionModel(args.model, threads=args.threads)
+    model = OnnxEmotionModel(args.model, threads=args.threads or 2)
     failed = 0
     for path in args.files:
         try:
@@ -100,6 +119,20 @@ def run_predict(args: argparse.Namespace) -> int:
         if failed == len(args.files) and len(args.files) > 1:
             print(f"edgeser: error: all {failed} files failed", file=sys.stderr)
         return 2
+    return 0
+
+
+def _run_predict_manifest(args: argparse.Namespace) -> int:
+    if args.manifest is None or args.out is None:
+        raise EdgeserError("predict: --manifest and --out go together")
+    if args.files or args.json:
+        raise EdgeserError("predict: --manifest takes no audio files and no --json")
+    from edgeser.runtime.batch import PART_ROWS, predict_manifest
+
+    s = predict_manifest(args.model, args.manifest, args.out, threads=args.threads or 1,
+                         part_rows=args.part_rows or PART_ROWS)
+    print(f"{args.out}: {s.written} utterances scored ({s.errors} errors), {s.skipped} "
+          f"already there, {s.total} in the manifest; {s.seconds:.1f} s")
     return 0
 
 

@@ -70,7 +70,8 @@ def check_sample_rate(sample_rate: int, what: str = "input") -> int:
     return sr
 
 
-def _trim_settings(card: dict[str, Any]) -> TrimSettings | None:
+def trim_settings(card: dict[str, Any]) -> TrimSettings | None:
+    """The trim ``model.json`` asks for (``None``: no trim)."""
     outside = (card.get("preprocessing") or {}).get("outside_graph") or {}
     if "trim" not in outside:
         return TrimSettings()
@@ -82,6 +83,45 @@ def _trim_settings(card: dict[str, Any]) -> TrimSettings | None:
     return TrimSettings(top_db=float(trim.get("top_db", 20.0)),
                         frame_length=int(trim.get("frame_length", 2048)),
                         hop_length=int(trim.get("hop_length", 512)))
+
+
+def prepare_waveform(wave: np.ndarray, sample_rate: int,
+                     trim: TrimSettings | None) -> np.ndarray:
+    """:meth:`OnnxEmotionModel.prepare` with the trim of a model card
+    (:func:`trim_settings`): what runs outside the graph, without a session."""
+    x = to_mono(np.asarray(wave, dtype=np.float32))
+    if x.size == 0:
+        raise AudioError("audio holds no samples")
+    if not np.all(np.isfinite(x)):
+        raise AudioError("audio contains NaN or infinite samples")
+    sr = check_sample_rate(sample_rate)
+    x = resample(x, sr, SAMPLE_RATE)
+    if x.size == 0:
+        raise AudioError("audio is shorter than one sample at 16 kHz")
+    if trim is not None:
+        start, end = trim_bounds(x, top_db=trim.top_db,
+                                 frame_length=trim.frame_length,
+                                 hop_length=trim.hop_length)
+        if end > start:
+            x = x[start:end]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def read_prepared(
+    path: str | os.PathLike[str], trim: TrimSettings | None
+) -> tuple[np.ndarray, float]:
+    """``(prepared 16 kHz waveform, the file's duration in seconds)`` of an audio file, as
+    :meth:`OnnxEmotionModel.analyse_file` reads it; :class:`AudioError` names the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"{p}: no such audio file")
+    info = audio_info(p)
+    check_sample_rate(info.sample_rate, what=str(p))
+    wave = load_audio(p, SAMPLE_RATE)  # raises AudioError for unreadable/empty
+    try:
+        return prepare_waveform(wave, SAMPLE_RATE, trim), info.duration
+    except AudioError as e:
+        raise AudioError(f"{p}: {e}") from None
 
 
 class OnnxEmotionModel:
@@ -96,7 +136,7 @@ class OnnxEmotionModel:
         self.labels: list[str] = list(self.card["labels"])
         self.sample_rate: int = SAMPLE_RATE
         self.min_samples: int = max(1, int(self.card.get("min_samples", 400)))
-        self.trim: TrimSettings | None = _trim_settings(self.card)
+        self.trim: TrimSettings | None = trim_settings(self.card)
         #: Names of the dimensional output (empty: the graph has none).
         self.dimension_names: list[str] = list(
             (self.card.get("dimensions") or {}).get("names") or [])
@@ -149,22 +189,7 @@ class OnnxEmotionModel:
         ``wave`` is 1-D or ``[frames, channels]``. Raises :class:`AudioError` for empty
         or non-finite audio and sample rates that cannot be resampled.
         """
-        x = to_mono(np.asarray(wave, dtype=np.float32))
-        if x.size == 0:
-            raise AudioError("audio holds no samples")
-        if not np.all(np.isfinite(x)):
-            raise AudioError("audio contains NaN or infinite samples")
-        sr = check_sample_rate(sample_rate)
-        x = resample(x, sr, self.sample_rate)
-        if x.size == 0:
-            raise AudioError("audio is shorter than one sample at 16 kHz")
-        if self.trim is not None:
-            start, end = trim_bounds(x, top_db=self.trim.top_db,
-                                     frame_length=self.trim.frame_length,
-                                     hop_length=self.trim.hop_length)
-            if end > start:
-                x = x[start:end]
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return prepare_waveform(wave, sample_rate, self.trim)
 
     # ------------------------------------------------------------------ inference
     def run(self, waves: Sequence[np.ndarray]) -> np.ndarray:
@@ -231,15 +256,9 @@ class OnnxEmotionModel:
 
     def analyse_file(self, path: str | os.PathLike[str]) -> Analysis:
         """:meth:`predict_file` with the dimensional output (:class:`Analysis`)."""
-        p = Path(path)
-        if not p.is_file():
-            raise AudioError(f"{p}: no such audio file")
-        check_sample_rate(audio_info(p).sample_rate, what=str(p))
-        wave = load_audio(p, self.sample_rate)  # raises AudioError for unreadable/empty
-        try:
-            return self.analyse_waveform(wave, self.sample_rate)
-        except AudioError as e:
-            raise AudioError(f"{p}: {e}") from None
+        wave, _ = read_prepared(path, self.trim)
+        probs, dims = self.run_outputs([wave])
+        return self._analysis(probs[0], None if dims is None else dims[0])
 
     def __repr__(self) -> str:
         return f"OnnxEmotionModel({str(self.path)!r}, labels={self.labels})"
