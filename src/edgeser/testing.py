@@ -223,8 +223,10 @@ def loopback_ray_cluster(
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
         raise NamespaceUnavailable(f"cannot create network namespace {ns}")
     temp = Path(tempfile.mkdtemp(prefix="edgeser-ray-"))  # short: Ray's socket paths
+    # HOME: a token file another cluster left in ~/.ray makes a head demand a token its
+    # clients do not send; this cluster reads and writes Ray's files in its own folder
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": f"127.0.0.1:{port}",
-           "PYTHONUNBUFFERED": "1"}
+           "HOME": str(temp), "PYTHONUNBUFFERED": "1"}
     cluster = LoopbackRayCluster(ns, f"127.0.0.1:{port}", env)
     ray_bin = str(Path(sys.executable).parent / "ray")
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
