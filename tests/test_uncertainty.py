@@ -155,17 +155,21 @@ def test_verdict_wording():
 
 # ------------------------------------------------------------------ through the protocols
 def _counting(encoder):
-    calls: list[int] = []
+    """``encoder`` with a record of every waveform it encodes (a digest of its samples)."""
+    import hashlib
+
+    seen: list[str] = []
 
     class Counting:
         def __getattr__(self, name):
             return getattr(encoder, name)
 
         def encode(self, waves, *a, **kw):
-            calls.append(len(waves))
+            seen.extend(hashlib.sha1(np.ascontiguousarray(w).tobytes()).hexdigest()
+                        for w in waves)
             return encoder.encode(waves, *a, **kw)
 
-    return Counting(), calls
+    return Counting(), seen
 
 
 def test_seeds_share_the_features_and_report_their_spread(corpora, encoder, tmp_path):
@@ -175,26 +179,24 @@ def test_seeds_share_the_features_and_report_their_spread(corpora, encoder, tmp_
 
     ie = tmp_path / "ie.csv"
     write_manifest(prepare_iemocap(corpora["iemocap"]), ie)
-    out, cache = tmp_path / "lo", tmp_path / "cache"
-    one = evaluate_loso(_tiny_cfg(val_speakers=0), ie, out, folds=2, cache_dir=cache,
-                        progress=False, encoder=encoder)
-    fold_model = out / "loso" / "fold1" / "model.safetensors"
-    stamp = fold_model.stat().st_mtime_ns
-    counting, calls = _counting(encoder)
-    two = evaluate_loso(_tiny_cfg(val_speakers=0, seeds=2, seed=0), ie, out, folds=2,
-                        cache_dir=cache, progress=False, encoder=counting)
-    assert calls == []  # every feature from the cache: only the heads trained
-    assert fold_model.stat().st_mtime_ns == stamp  # seed 0's folds reused as they were
+    out = tmp_path / "lo"
+    counting, seen = _counting(encoder)
+    cfg = _tiny_cfg(val_speakers=0, seeds=2, seed=0, epochs=2)
+    res = evaluate_loso(cfg, ie, out, folds=2, progress=False, encoder=counting)
+    assert seen and len(seen) == len(set(seen))  # no waveform encoded twice: one pass
+    # the first seed's folds are those of a one-seed run (same folder, same reuse key)
+    assert cfg.run_config(0) == _tiny_cfg(val_speakers=0, epochs=2).run_config(0)
+    assert (out / "loso" / "fold1" / "model.safetensors").is_file()
     assert (out / "loso" / "seed1" / "fold2" / "model.safetensors").is_file()
-    s1, s2 = one["loso"]["iemocap"], two["loso"]["iemocap"]
-    assert s2["mean"] == s1["mean"] and s2["ci95"] == s1["ci95"]  # the first seed's figures
-    assert "seeds" not in s1
-    seeds = s2["seeds"]
+    s = res["loso"]["iemocap"]
+    seeds = s["seeds"]
     assert seeds["seeds"] == [0, 1] and seeds["runs"] == 4
     assert [p["seed"] for p in seeds["per_seed"]] == [0, 1]
-    assert seeds["per_seed"][0]["mean"]["ua"] == pytest.approx(s1["mean"]["ua"])
+    assert seeds["per_seed"][0]["mean"]["ua"] == pytest.approx(s["mean"]["ua"])
     assert seeds["mean"]["ua"] == pytest.approx(
         np.mean([p["mean"]["ua"] for p in seeds["per_seed"]]))
+    assert seeds["sd_seed_means"]["ua"] == pytest.approx(
+        np.std([p["mean"]["ua"] for p in seeds["per_seed"]], ddof=1))
     for k in ("wa", "ua", "macro_f1"):
         lo, hi = seeds["ci95"]["mean"][k]
         assert 0 <= lo <= hi <= 1

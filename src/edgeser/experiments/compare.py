@@ -6,8 +6,10 @@ session), the first fold's model is exported to ONNX float32 + int8, and its CPU
 is measured on the same speech-like input for every model. The outcome:
 
 - ``compare.json`` (one entry per model: parameters, sizes on disk, latencies, real-time
-  factors, WA/UA/macro-F1 mean ± sd over folds, the reference figure from the paper or
-  its sources, and whether the model is on the Pareto front);
+  factors, WA/UA/macro-F1 mean ± sd over folds with the 95 % interval of the mean, with
+  ``--seeds`` > 1 the spread over seeds, the reference figure from the paper or its
+  sources, and whether the model is on the Pareto front), and ``paired``: every pair of
+  models tested on the same folds and utterances (difference, its interval, p-values);
 - ``compare.md`` (the same as a table, with the front marked);
 - ``pareto.png`` (UA against parameter count, the front drawn).
 

@@ -3,7 +3,8 @@
 1. manifests for IEMOCAP, CREMA-D and RAVDESS (from corpus roots or manifest CSVs);
 2. encoder features, cached: clean for every utterance, ``K`` augmented views
    for the training corpora;
-3. LOSO on IEMOCAP, 5 folds, without and with CREMA-D in training;
+3. LOSO on IEMOCAP, 5 folds, without and with CREMA-D in training (each fold's head
+   trained ``cfg.seeds`` times on the same features), with a paired test of the difference;
 4. the production model (all IEMOCAP + CREMA-D, 5 % validation, 5 % test);
 5. cross-corpus evaluation of the production model on RAVDESS;
 6. ``results.json``, ``report.md``, PNG plots and per-utterance predictions.
