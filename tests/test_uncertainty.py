@@ -270,3 +270,36 @@ def check_compare_pairs(doc: dict, table: str) -> None:
                              "| not supported (interval includes 0) |")
     assert all(set(r["ci95"]) == {"wa", "ua", "macro_f1"} and r["seeds"] is None
                for r in doc["models"])
+
+
+def test_report_words_claims_by_their_intervals():
+    """A real difference is reported as supported, a null one as not, and a fold-variance
+    change over 5 folds as not established."""
+    from edgeser.evaluate.report import _cremad_lines
+    from edgeser.evaluate.uncertainty import SCALARS
+
+    rng = np.random.default_rng(5)
+    a_sets, b_sets = [], []
+    for k in range(5):
+        t, a = _fold(rng, 150, 0.5)
+        b = np.where(rng.random(150) < 0.3, t, a)  # WA, UA, F1 clearly better
+        a_sets.append(_set(t, [a], prefix=f"f{k}_"))
+        b_sets.append(_set(t, [b], prefix=f"f{k}_"))
+    better = paired_test(a_sets, b_sets, metrics=(*SCALARS, "recall:sad"), n_resamples=300)
+    same = paired_test(a_sets, a_sets, metrics=(*SCALARS, "recall:sad"), n_resamples=300)
+    per_class = {c: {"f1": 0.5, "recall": 0.5} for c in LABELS}
+    for test, word in ((better, "supported"), (same, "not supported (interval includes 0)")):
+        results = {
+            "delta": {k: test["metrics"][k]["diff"] for k in SCALARS},
+            "variance_change": {k: test["variance_change"][k]["value"] for k in SCALARS},
+            "loso": {name: {"folds": [{}] * 5, "mean": {"per_class": per_class}}
+                     for name in ("iemocap", "iemocap+cremad")},
+            "paired": {"cremad": test},
+        }
+        lines = _cremad_lines(results)
+        row = next(x for x in lines if x.startswith("| Δ UA (points) |"))
+        assert row.split(" | ")[5] == word
+        var = next(x for x in lines if x.startswith("| fold variance of WA |"))
+        if not test["variance_change"]["wa"]["supported"]:
+            assert "not established with 5 folds (interval includes 0)" in var
+        assert "| Δ neutral F1 (points) | +0.0 | – | – | – | – |" in lines

@@ -197,8 +197,11 @@ def run_split_cached(
     cfg: TrainConfig, encoder: FeatureEncoder, frame: pd.DataFrame, feats: Any, split: Split,
     out: Path, progress: bool,
 ) -> dict[str, Any]:
-    """:func:`run_split`, reusing the fold's ``record.json`` when config and split match."""
-    key = sha256_text(json.dumps([cfg.to_dict(), encoder.identity, split.digest()],
+    """:func:`run_split`, reusing the fold's ``record.json`` when config and split match
+    (the protocol-level ``seeds`` and ``bootstrap`` do not count, so folds finished
+    before those settings existed are reused too)."""
+    shape = {k: v for k, v in cfg.to_dict().items() if k not in ("seeds", "bootstrap")}
+    key = sha256_text(json.dumps([shape, encoder.identity, split.digest()],
                                  sort_keys=True))[:16]
     rec_path = out / "record.json"
     if rec_path.is_file():
