@@ -44,13 +44,17 @@ def _ms(mean: dict[str, Any], std: dict[str, Any], key: str,
     return f"{100 * mean[key]:.1f} ± {100 * std[key]:.1f}" + ci_text((ci or {}).get(key))
 
 
-def ci_text(ci: list[float] | None, signed: bool = False, scale: float = 100.0) -> str:
+def ci_text(ci: list[float] | None, signed: bool = False) -> str:
     """`` [lo, hi]`` of a 95 % interval (percent, or points with ``signed``); empty when
     there is none."""
     if not ci:
         return ""
     fmt = "{:+.1f}" if signed else "{:.1f}"
-    return " [" + ", ".join(fmt.format(scale * v) for v in ci) + "]"
+    return " [" + ", ".join(fmt.format(100 * v) for v in ci) + "]"
+
+
+def _ci_cell(ci: list[float] | None) -> str:
+    return ci_text(ci).strip() or "–"
 
 
 def _p(x: float | None) -> str:
@@ -71,8 +75,8 @@ def paired_rows(test: dict[str, Any], metrics: Any = None) -> list[str]:
     for m, t in test["metrics"].items():
         if metrics is not None and m not in metrics:
             continue
-        rows.append(f"| {METRIC_NAMES.get(m, m)} | {100 * t['diff']:+.1f} |"
-                    f"{ci_text(t['ci95'], signed=True)} | {_p(t['p_bootstrap'])} | "
+        rows.append(f"| {METRIC_NAMES.get(m, m)} | {100 * t['diff']:+.1f} | "
+                    f"{ci_text(t['ci95'], signed=True).strip()} | {_p(t['p_bootstrap'])} | "
                     f"{_p(t['p_permutation'])} | {verdict(t['ci95'])} |")
     return rows
 
@@ -179,11 +183,11 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         m, cci = cc["metrics"], cc.get("ci95", {})
         lines += ["## Cross-corpus: production model on RAVDESS", "",
                   "| | ours | 95 % CI | paper |", "|---|---|---|---|",
-                  f"| accuracy (WA) | {_pct(m['wa'])} | {ci_text(cci.get('wa')) or '–'} | "
+                  f"| accuracy (WA) | {_pct(m['wa'])} | {_ci_cell(cci.get('wa'))} | "
                   f"{PAPER['ravdess_accuracy']} |",
-                  f"| UA | {_pct(m['ua'])} | {ci_text(cci.get('ua')) or '–'} | – |",
+                  f"| UA | {_pct(m['ua'])} | {_ci_cell(cci.get('ua'))} | – |",
                   f"| macro-F1 | {_pct(m['macro_f1'])} | "
-                  f"{ci_text(cci.get('macro_f1')) or '–'} | – |",
+                  f"{_ci_cell(cci.get('macro_f1'))} | – |",
                   f"| angry recall | {_pct(cc['per_class_recall']['angry'])} | – | "
                   f"{PAPER['ravdess_angry_recall']:.0f} |",
                   f"| happy predicted as angry | {_pct(cc['high_arousal']['happy_as_angry'])} "
@@ -270,7 +274,7 @@ def _cremad_lines(results: dict[str, Any]) -> list[str]:
         t = tm.get(key)
         if t is not None and runs > 1:
             value = t["diff"]  # every seed
-        cells = (f"{ci_text(t['ci95'], signed=True)} | {_p(t['p_bootstrap'])} | "
+        cells = (f"{ci_text(t['ci95'], signed=True).strip()} | {_p(t['p_bootstrap'])} | "
                  f"{_p(t['p_permutation'])} | {verdict(t['ci95'])}" if t else "– | – | – | –")
         lines.append(f"| Δ {METRIC_NAMES[key]} (points) | {100 * value:+.1f} | {cells} | "
                      f"{paper[key]} |")
@@ -280,14 +284,14 @@ def _cremad_lines(results: dict[str, Any]) -> list[str]:
         if t:
             claim = ("supported" if t["supported"] else
                      f"not established with {folds} folds (interval includes 0)")
-            cells = f"{ci_text(t['ci95'], signed=True, scale=100.0)} | – | – | {claim}"
+            cells = f"{_rel_ci(t['ci95'])} | – | – | {claim}"
         else:
             cells = "– | – | – | –"
         paper_v = f"{PAPER['cremad_variance_change']:+.0f} %" if key == "wa" else "–"
         lines.append(f"| fold variance of {METRIC_NAMES[key]} | {_rel(value)} | {cells} | "
                      f"{paper_v} |")
-    lines += ["", "Fold-variance intervals (in %) resample the folds as well as the "
-              "utterances; with a handful of folds a variance ratio is poorly determined.", ""]
+    lines += ["", "Fold-variance intervals resample the folds as well as the utterances; "
+              "with a handful of folds a variance ratio is poorly determined.", ""]
     return lines
 
 
@@ -304,6 +308,13 @@ def _loso_reference(model: str) -> str:
 
 def _rel(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:+.0f} %"
+
+
+def _rel_ci(ci: list[float]) -> str:
+    """A relative change's interval, ``[-93 %, +4230 %]``."""
+    if not all(v == v for v in ci):  # NaN: fewer than two folds
+        return "–"
+    return "[" + ", ".join(_rel(v) for v in ci) + "]"
 
 
 def _dimension_lines(out: Path, results: dict[str, Any], plots: Path) -> list[str]:
