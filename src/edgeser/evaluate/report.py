@@ -68,13 +68,11 @@ METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "f1:neutral": "n
                 "recall:sad": "sad recall"}
 
 
-def paired_rows(test: dict[str, Any], metrics: Any = None) -> list[str]:
+def paired_rows(test: dict[str, Any]) -> list[str]:
     """Markdown rows ``| metric | B − A (points) | 95 % CI | p (bootstrap) | p (permutation)
     | claim |`` of a :func:`edgeser.evaluate.uncertainty.paired_test` result."""
     rows = []
     for m, t in test["metrics"].items():
-        if metrics is not None and m not in metrics:
-            continue
         rows.append(f"| {METRIC_NAMES.get(m, m)} | {100 * t['diff']:+.1f} | "
                     f"{ci_text(t['ci95'], signed=True).strip()} | {_p(t['p_bootstrap'])} | "
                     f"{_p(t['p_permutation'])} | {verdict(t['ci95'])} |")
