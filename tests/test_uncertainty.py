@@ -302,4 +302,5 @@ def test_report_words_claims_by_their_intervals():
         var = next(x for x in lines if x.startswith("| fold variance of WA |"))
         if not test["variance_change"]["wa"]["supported"]:
             assert "not established with 5 folds (interval includes 0)" in var
-        assert "| Δ neutral F1 (points) | +0.0 | – | – | – | – |" in lines
+        # a figure without a paired test (here: neutral F1) gets no claim
+        assert "| Δ neutral F1 (points) | +0.0 | – | – | – | – | +5.4 |" in lines
