@@ -92,7 +92,8 @@ class TrainConfig:
     --protocol loso``, ``reproduce``, ``compare``), with seeds ``seed`` .. ``seed+seeds-1``.
     The features are computed once (with ``seed``'s augmentation) and shared: only the head
     (or network) retrains. Reports give mean ± sd over all seed × fold runs and the sd of
-    the fold mean across seeds; the production model is trained once, with ``seed``."""
+    the fold mean across seeds; the production model (and ``train``'s single model) is
+    trained once, with ``seed``."""
     bootstrap: int = 1000
     """Resamples behind every 95 % interval and paired test (see
     edgeser.evaluate.uncertainty)."""
@@ -119,8 +120,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise EdgeserError(f"{name.replace('_', '-')} must be positive")
-        if self.seeds < 1 or self.bootstrap < 100:
-            raise EdgeserError("seeds must be >= 1 and bootstrap >= 100")
+        if self.seeds < 1:
+            raise EdgeserError(f"seeds must be >= 1, got {self.seeds}")
+        if self.bootstrap < 100:
+            raise EdgeserError("bootstrap must be >= 100 (resamples behind each 95 % "
+                               f"interval), got {self.bootstrap}")
         if self.aug_views < 0 or self.val_speakers < 0:
             raise EdgeserError("aug-views and val-speakers must be >= 0")
         if self.dimensions and model_spec(self.model).family != "ssl":
