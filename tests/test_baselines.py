@@ -225,6 +225,9 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
     assert "| model | params |" in table and "RANDOM ENCODER" in table
     assert "wav2vec2-base: epochs=1" in table
     assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 1000
+    from test_uncertainty import check_compare_pairs
+
+    check_compare_pairs(saved, table)  # every pair of models tested paired
     with pytest.raises(EdgeserError, match="unknown model"):
         compare(["distilhubert", "nope"], manifests["iemocap"], tmp_path / "x")
 

@@ -58,32 +58,43 @@ def check_report_matches_results(report: str, results: dict) -> None:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}"
 
+    def ci(interval: list[float] | None) -> str:
+        return "" if interval is None else f" [{pct(interval[0])}, {pct(interval[1])}]"
+
     summary = {r[0]: r for r in _table_rows(report, "| setting | WA | UA |")}
     assert set(summary) == set(results["loso"])
     for name, s in results["loso"].items():
         row = summary[name]
+        cis = s.get("ci95", {})
         for cell, key in zip(row[1:4], ("wa", "ua", "macro_f1"), strict=True):
-            assert cell == f"{pct(s['mean'][key])} ± {pct(s['std'][key])}", (name, key)
-        assert row[4] == pct(s["pooled"]["ua"])
+            assert cell == (f"{pct(s['mean'][key])} ± {pct(s['std'][key])}"
+                            + ci(cis.get("mean", {}).get(key))), (name, key)
+        assert row[4] == pct(s["pooled"]["ua"]) + ci(cis.get("pooled", {}).get("ua"))
         folds = _table_rows(report.split(f"### Folds: {name}", 1)[1], "| fold |")
         assert len(folds) == len(s["folds"])
         for row, fold in zip(folds, s["folds"], strict=True):
             assert row[0] == fold["name"] and row[1] == fold["test_session"]
             assert row[4] == f"{fold['n_train']}/{fold['n_val']}/{fold['n_test']}"
-            m = fold["metrics"]
-            assert row[5:8] == [pct(m["wa"]), pct(m["ua"]), pct(m["macro_f1"])]
+            m, fci = fold["metrics"], fold.get("ci95", {})
+            assert row[5:8] == [pct(m[k]) + ci(fci.get(k)) for k in ("wa", "ua", "macro_f1")]
     cc = results.get("cross_corpus", {}).get("ravdess")
     if cc:
-        rows = {r[0]: r[1] for r in _table_rows(report.split("## Cross-corpus", 1)[1], "| |")}
-        assert rows["accuracy (WA)"] == pct(cc["metrics"]["wa"])
-        assert rows["angry recall"] == pct(cc["per_class_recall"]["angry"])
-        assert rows["happy predicted as angry"] == pct(cc["high_arousal"]["happy_as_angry"])
+        rows = {r[0]: r[1:] for r in _table_rows(report.split("## Cross-corpus", 1)[1], "| |")}
+        assert rows["accuracy (WA)"][0] == pct(cc["metrics"]["wa"])
+        assert rows["angry recall"][0] == pct(cc["per_class_recall"]["angry"])
+        assert rows["happy predicted as angry"][0] == pct(cc["high_arousal"]["happy_as_angry"])
+        if "ci95" in cc:
+            assert rows["UA"][1] == ci(cc["ci95"]["ua"]).strip()
     prod = results.get("production")
     if prod:
-        m = re.search(r"Test: WA ([\d.]+), UA ([\d.]+), macro-F1 ([\d.]+) \(n = (\d+)\)", report)
+        num = r"([\d.]+)( \[[\d.]+, [\d.]+\])?"
+        m = re.search(rf"Test: WA {num}, UA {num}, macro-F1 {num} \(n = (\d+)", report)
         assert m is not None
-        assert m.groups() == (pct(prod["metrics"]["wa"]), pct(prod["metrics"]["ua"]),
-                              pct(prod["metrics"]["macro_f1"]), str(prod["n_test"]))
+        pci = prod.get("ci95", {})
+        assert m.groups() == (
+            *(x for k in ("wa", "ua", "macro_f1")
+              for x in (pct(prod["metrics"][k]), ci(pci.get(k)) or None)),
+            str(prod["n_test"]))
 
 
 def test_report_numbers_check_catches_a_wrong_cell() -> None:

@@ -206,6 +206,9 @@ def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp
     from test_evaluate import check_report_matches_results
 
     check_report_matches_results(report, disk)  # every table cell is results.json's
+    from test_uncertainty import check_cremad_claims
+
+    check_cremad_claims(disk, report, folds=5)  # the paired tests and their wording
     assert (out / "plots" / "confusion_ravdess.png").stat().st_size > 1000
     assert (out / "production" / "model.safetensors").is_file()
     assert res["loso"]["iemocap"]["mean"]["ua"] == disk["loso"]["iemocap"]["mean"]["ua"]

@@ -312,13 +312,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dimensions", action="store_true",
                    help="also regress arousal, valence and dominance (a second head output)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train every fold's head with seeds seed..seed+N-1 on the same "
+                   "features and report the spread (default: 1)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from edgeser.experiments.demo import demo_config, run_demo
 
-    cfg = demo_config(args.seed, dimensions=args.dimensions)
+    cfg = demo_config(args.seed, dimensions=args.dimensions, seeds=args.seeds)
     report = run_demo(args.out, seed=args.seed, progress=sys.stderr.isatty(), config=cfg)
     print(f"report: {report}")
     return 0

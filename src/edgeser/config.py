@@ -87,6 +87,16 @@ class TrainConfig:
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     seed: int = 0
+    seeds: int = 1
+    """Training runs per fold of every speaker-independent protocol (LOSO in ``evaluate
+    --protocol loso``, ``reproduce``, ``compare``), with seeds ``seed`` .. ``seed+seeds-1``.
+    The features are computed once (with ``seed``'s augmentation) and shared: only the head
+    (or network) retrains. Reports give mean ± sd over all seed × fold runs and the sd of
+    the fold mean across seeds; the production model (and ``train``'s single model) is
+    trained once, with ``seed``."""
+    bootstrap: int = 1000
+    """Resamples behind every 95 % interval and paired test (see
+    edgeser.evaluate.uncertainty)."""
 
     def __post_init__(self) -> None:
         choices = {
@@ -110,6 +120,11 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise EdgeserError(f"{name.replace('_', '-')} must be positive")
+        if self.seeds < 1:
+            raise EdgeserError(f"seeds must be >= 1, got {self.seeds}")
+        if self.bootstrap < 100:
+            raise EdgeserError("bootstrap must be >= 100 (resamples behind each 95 % "
+                               f"interval), got {self.bootstrap}")
         if self.aug_views < 0 or self.val_speakers < 0:
             raise EdgeserError("aug-views and val-speakers must be >= 0")
         if self.dimensions and model_spec(self.model).family != "ssl":
@@ -127,6 +142,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def run_config(self, seed: int) -> TrainConfig:
+        """The config of one training run with ``seed``: the protocol-level fields
+        (``seeds``, ``bootstrap``) at their defaults, so a fold's model, its resume state
+        and its reuse key depend only on what shapes training."""
+        return dataclasses.replace(self, seed=seed, seeds=type(self).seeds,
+                                   bootstrap=type(self).bootstrap)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

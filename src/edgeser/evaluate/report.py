@@ -17,6 +17,7 @@ from edgeser.evaluate.plots import (
     plot_per_class_recall,
     plot_valence_arousal,
 )
+from edgeser.evaluate.uncertainty import verdict
 from edgeser.models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,57 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def _ms(mean: dict[str, Any], std: dict[str, Any], key: str) -> str:
-    return f"{100 * mean[key]:.1f} ± {100 * std[key]:.1f}"
+def _ms(mean: dict[str, Any], std: dict[str, Any], key: str,
+        ci: dict[str, Any] | None = None) -> str:
+    """``mean ± sd`` in percent, with the 95 % interval of the mean when given."""
+    return f"{100 * mean[key]:.1f} ± {100 * std[key]:.1f}" + ci_text((ci or {}).get(key))
+
+
+def ci_text(ci: list[float] | None, signed: bool = False) -> str:
+    """`` [lo, hi]`` of a 95 % interval (percent, or points with ``signed``); empty when
+    there is none."""
+    if not ci:
+        return ""
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return " [" + ", ".join(fmt.format(100 * v) for v in ci) + "]"
+
+
+def _ci_cell(ci: list[float] | None) -> str:
+    return ci_text(ci).strip() or "–"
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return "< 0.001" if x < 0.001 else f"{x:.3f}"
+
+
+#: Names of the figures a paired test compares, as the reports print them.
+METRIC_NAMES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "f1:neutral": "neutral F1",
+                "recall:sad": "sad recall"}
+
+
+def paired_rows(test: dict[str, Any]) -> list[str]:
+    """Markdown rows ``| metric | B − A (points) | 95 % CI | p (bootstrap) | p (permutation)
+    | claim |`` of a :func:`edgeser.evaluate.uncertainty.paired_test` result."""
+    rows = []
+    for m, t in test["metrics"].items():
+        rows.append(f"| {METRIC_NAMES.get(m, m)} | {100 * t['diff']:+.1f} | "
+                    f"{ci_text(t['ci95'], signed=True).strip()} | {_p(t['p_bootstrap'])} | "
+                    f"{_p(t['p_permutation'])} | {verdict(t['ci95'])} |")
+    return rows
+
+
+PAIRED_HEADER = ["| figure | B − A (points) | 95 % CI | p (bootstrap) | p (permutation) | "
+                 "claim \"B differs from A\" |", "|---|---:|---|---:|---:|---|"]
+
+#: What the intervals mean, said once in every report that prints them.
+CI_NOTE = ("Brackets: 95 % confidence intervals from a bootstrap over test utterances, "
+           "resampled within each test speaker (a speaker bootstrap is degenerate with the "
+           "1–2 test speakers of a fold), so they cover the sampling of utterances of these "
+           "speakers, not the variation between speakers (the sd over folds shows that). "
+           "Differences between settings are tested paired, on the same folds and "
+           "utterances; a claim is *supported* only when its interval excludes 0.")
 
 
 def _arch(source: str) -> str:
@@ -73,29 +123,38 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
         lines.append("")
     loso = results.get("loso", {})
     if loso:
+        first = next(iter(loso.values()))
+        seeded = "seeds" in first
         lines += ["## Leave-one-session-out (speaker-independent)", "",
-                  "Mean ± sd over folds (%); validation speakers come from the training "
+                  "Mean ± sd over folds (%) [95 % interval of the mean]"
+                  + (f", seed {results['seed']}" if seeded else "")
+                  + "; validation speakers come from the training "
                   "sessions; CREMA-D (when used) is in training only.", "",
                   "| setting | WA | UA | macro-F1 | pooled UA | paper UA |",
                   "|---|---|---|---|---|---|"]
         for name, s in loso.items():
             paper = _loso_reference(model) if name == "iemocap" else "–"
-            lines.append(f"| {name} | {_ms(s['mean'], s['std'], 'wa')} | "
-                         f"{_ms(s['mean'], s['std'], 'ua')} | "
-                         f"{_ms(s['mean'], s['std'], 'macro_f1')} | "
-                         f"{_pct(s['pooled']['ua'])} | {paper} |")
-        lines.append("")
+            ci = s.get("ci95", {})
+            lines.append(f"| {name} | {_ms(s['mean'], s['std'], 'wa', ci.get('mean'))} | "
+                         f"{_ms(s['mean'], s['std'], 'ua', ci.get('mean'))} | "
+                         f"{_ms(s['mean'], s['std'], 'macro_f1', ci.get('mean'))} | "
+                         f"{_pct(s['pooled']['ua'])}"
+                         f"{ci_text(ci.get('pooled', {}).get('ua'))} | {paper} |")
+        lines += ["", CI_NOTE, ""]
+        if seeded:
+            lines += _seed_lines(loso)
         for name, s in loso.items():
             lines += [f"### Folds: {name}", "", "| fold | test session | test speakers | "
                       "val speakers | n train/val/test | WA | UA | macro-F1 |",
                       "|---|---|---|---|---|---|---|---|"]
             for f in s["folds"]:
-                m = f["metrics"]
+                m, ci = f["metrics"], f.get("ci95", {})
                 lines.append(
                     f"| {f['name']} | {f['test_session']} | {', '.join(f['test_speakers'])} | "
                     f"{', '.join(f['val_speakers']) or '–'} | "
-                    f"{f['n_train']}/{f['n_val']}/{f['n_test']} | {_pct(m['wa'])} | "
-                    f"{_pct(m['ua'])} | {_pct(m['macro_f1'])} |")
+                    f"{f['n_train']}/{f['n_val']}/{f['n_test']} | "
+                    + " | ".join(_pct(m[k]) + ci_text(ci.get(k))
+                                 for k in ("wa", "ua", "macro_f1")) + " |")
             lines.append("")
             plot_confusion(s["pooled"]["confusion"], LABELS, plots / f"confusion_loso_{name}.png",
                            title=f"LOSO {name} (pooled over folds)")
@@ -104,25 +163,7 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
                        path=plots / "loso_folds.png", title="LOSO per fold")
         lines += ["![per-fold metrics](plots/loso_folds.png)", ""]
     if "delta" in results:
-        d, vc = results["delta"], results["variance_change"]
-        ua_i = loso["iemocap"]["mean"]["per_class"]
-        ua_c = loso["iemocap+cremad"]["mean"]["per_class"]
-        lines += [
-            "## Effect of adding CREMA-D to training", "",
-            "| | ours | paper |", "|---|---|---|",
-            f"| Δ WA (points) | {100 * d['wa']:+.1f} | +{PAPER['cremad_delta_wa']} |",
-            f"| Δ macro-F1 (points) | {100 * d['macro_f1']:+.1f} | "
-            f"+{PAPER['cremad_delta_macro_f1']} |",
-            f"| Δ UA (points) | {100 * d['ua']:+.1f} | – |",
-            f"| fold variance of WA | {_rel(vc.get('wa'))} | "
-            f"{PAPER['cremad_variance_change']:+.0f} % |",
-            f"| fold variance of UA | {_rel(vc.get('ua'))} | – |",
-            f"| Δ neutral F1 (points) | "
-            f"{100 * (ua_c['neutral']['f1'] - ua_i['neutral']['f1']):+.1f} | +5.4 |",
-            f"| Δ sad recall (points) | "
-            f"{100 * (ua_c['sad']['recall'] - ua_i['sad']['recall']):+.1f} | −2.9 |",
-            "",
-        ]
+        lines += _cremad_lines(results)
     prod = results.get("production")
     if prod:
         m = prod["metrics"]
@@ -131,23 +172,28 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
                   "drawn per utterance. **This split is speaker-dependent** (test speakers "
                   "are also in training), so it overstates accuracy on new speakers; use the "
                   "LOSO figures for that.", "",
-                  f"Test: WA {_pct(m['wa'])}, UA {_pct(m['ua'])}, macro-F1 "
-                  f"{_pct(m['macro_f1'])} (n = {prod['n_test']}).", ""]
+                  "Test: " + ", ".join(f"{METRIC_NAMES[k]} {_pct(m[k])}"
+                                       f"{ci_text(prod.get('ci95', {}).get(k))}"
+                                       for k in ("wa", "ua", "macro_f1"))
+                  + f" (n = {prod['n_test']}; 95 % intervals in brackets).", ""]
     cc = results.get("cross_corpus", {}).get("ravdess")
     if cc:
-        m = cc["metrics"]
+        m, cci = cc["metrics"], cc.get("ci95", {})
         lines += ["## Cross-corpus: production model on RAVDESS", "",
-                  "| | ours | paper |", "|---|---|---|",
-                  f"| accuracy (WA) | {_pct(m['wa'])} | {PAPER['ravdess_accuracy']} |",
-                  f"| UA | {_pct(m['ua'])} | – |",
-                  f"| angry recall | {_pct(cc['per_class_recall']['angry'])} | "
+                  "| | ours | 95 % CI | paper |", "|---|---|---|---|",
+                  f"| accuracy (WA) | {_pct(m['wa'])} | {_ci_cell(cci.get('wa'))} | "
+                  f"{PAPER['ravdess_accuracy']} |",
+                  f"| UA | {_pct(m['ua'])} | {_ci_cell(cci.get('ua'))} | – |",
+                  f"| macro-F1 | {_pct(m['macro_f1'])} | "
+                  f"{_ci_cell(cci.get('macro_f1'))} | – |",
+                  f"| angry recall | {_pct(cc['per_class_recall']['angry'])} | – | "
                   f"{PAPER['ravdess_angry_recall']:.0f} |",
                   f"| happy predicted as angry | {_pct(cc['high_arousal']['happy_as_angry'])} "
-                  "| most |",
+                  "| – | most |",
                   f"| arousal accuracy (high: angry, happy / low: neutral, sad) | "
-                  f"{_pct(cc['arousal_accuracy'])} | – |",
+                  f"{_pct(cc['arousal_accuracy'])} | – | – |",
                   f"| errors within the same arousal level | "
-                  f"{_pct(cc['errors']['share_within_arousal_level'])} | – |", ""]
+                  f"{_pct(cc['errors']['share_within_arousal_level'])} | – | – |", ""]
         lines += ["Per-class recall: " + ", ".join(
             f"{c} {_pct(cc['per_class_recall'][c])}" for c in LABELS) + ".", ""]
         for col, groups in cc.get("by", {}).items():
@@ -174,6 +220,79 @@ def write_report(out: Path, results: dict[str, Any]) -> Path:
     return path
 
 
+def _seed_lines(loso: dict[str, Any]) -> list[str]:
+    """The spread over seeds (``--seeds`` > 1): mean ± sd over all seed x fold runs [95 %
+    interval of that mean], and the sd of the fold mean from seed to seed."""
+    first = next(iter(loso.values()))["seeds"]
+    seeds = first["seeds"]
+    lines = [f"### Over {len(seeds)} seeds ({seeds[0]}–{seeds[-1]})", "",
+             "The same features, the head retrained with each seed. Mean ± sd over all "
+             "seed × fold runs (%) [95 % interval of the mean]; *seed sd*: the sd of the "
+             "mean over folds from seed to seed (training randomness alone).", "",
+             "| setting | runs | WA | UA | macro-F1 | seed sd WA / UA / macro-F1 |",
+             "|---|---|---|---|---|---|"]
+    for name, s in loso.items():
+        sd = s["seeds"]
+        ci = sd.get("ci95", {}).get("mean")
+        lines.append(f"| {name} | {sd['runs']} | "
+                     + " | ".join(_ms(sd["mean"], sd["sd_runs"], k, ci)
+                                  for k in ("wa", "ua", "macro_f1"))
+                     + " | " + " / ".join(f"{100 * sd['sd_seed_means'][k]:.1f}"
+                                          for k in ("wa", "ua", "macro_f1")) + " |")
+    return [*lines, ""]
+
+
+def _cremad_lines(results: dict[str, Any]) -> list[str]:
+    """The effect of CREMA-D: each of the paper's claims with our difference, its paired
+    95 % interval and p-values, and whether the claim is supported."""
+    d, vc = results["delta"], results["variance_change"]
+    loso = results["loso"]
+    test = results.get("paired", {}).get("cremad", {})
+    tm, tv = test.get("metrics", {}), test.get("variance_change", {})
+    folds = test.get("folds", len(loso["iemocap"]["folds"]))
+    runs = test.get("runs", [1, 1])[0]
+    pc_i = loso["iemocap"]["mean"]["per_class"]
+    pc_c = loso["iemocap+cremad"]["mean"]["per_class"]
+    ours = {"wa": d["wa"], "macro_f1": d["macro_f1"], "ua": d["ua"],
+            "f1:neutral": pc_c["neutral"]["f1"] - pc_i["neutral"]["f1"],
+            "recall:sad": pc_c["sad"]["recall"] - pc_i["sad"]["recall"]}
+    paper = {"wa": f"+{PAPER['cremad_delta_wa']}", "macro_f1":
+             f"+{PAPER['cremad_delta_macro_f1']}", "ua": "–", "f1:neutral": "+5.4",
+             "recall:sad": "−2.9"}
+    lines = ["## Effect of adding CREMA-D to training", "",
+             f"B = with CREMA-D, A = without, on the same {folds} folds and test utterances"
+             + (f" ({runs} seeds each)" if runs > 1 else "") + ". Differences in points, "
+             "fold-mean figures; 95 % interval of the difference from the paired bootstrap "
+             "(the same resampled utterances for A and B), p-values two-sided (bootstrap, and "
+             "an approximate randomisation test swapping A's and B's predictions per "
+             "utterance). A claim is supported only when its interval excludes 0.", "",
+             "| | ours | 95 % CI | p (bootstrap) | p (permutation) | claim | paper |",
+             "|---|---|---|---|---|---|---|"]
+    for key, value in ours.items():
+        t = tm.get(key)
+        if t is not None and runs > 1:
+            value = t["diff"]  # every seed
+        cells = (f"{ci_text(t['ci95'], signed=True).strip()} | {_p(t['p_bootstrap'])} | "
+                 f"{_p(t['p_permutation'])} | {verdict(t['ci95'])}" if t else "– | – | – | –")
+        lines.append(f"| Δ {METRIC_NAMES[key]} (points) | {100 * value:+.1f} | {cells} | "
+                     f"{paper[key]} |")
+    for key in ("wa", "ua"):
+        t = tv.get(key)
+        value = t["value"] if t and runs > 1 else vc.get(key)
+        if t:
+            claim = ("supported" if t["supported"] else
+                     f"not established with {folds} folds (interval includes 0)")
+            cells = f"{_rel_ci(t['ci95'])} | – | – | {claim}"
+        else:
+            cells = "– | – | – | –"
+        paper_v = f"{PAPER['cremad_variance_change']:+.0f} %" if key == "wa" else "–"
+        lines.append(f"| fold variance of {METRIC_NAMES[key]} | {_rel(value)} | {cells} | "
+                     f"{paper_v} |")
+    lines += ["", "Fold-variance intervals resample the folds as well as the utterances; "
+              "with a handful of folds a variance ratio is poorly determined.", ""]
+    return lines
+
+
 def _loso_reference(model: str) -> str:
     """The published IEMOCAP LOSO UA of ``model`` (percent), or its accuracy marked as such."""
     spec = MODELS.get(model)
@@ -187,6 +306,13 @@ def _loso_reference(model: str) -> str:
 
 def _rel(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:+.0f} %"
+
+
+def _rel_ci(ci: list[float]) -> str:
+    """A relative change's interval, ``[-93 %, +4230 %]``."""
+    if not all(v == v for v in ci):  # NaN: fewer than two folds
+        return "–"
+    return "[" + ", ".join(_rel(v) for v in ci) + "]"
 
 
 def _dimension_lines(out: Path, results: dict[str, Any], plots: Path) -> list[str]:

@@ -6,8 +6,10 @@ session), the first fold's model is exported to ONNX float32 + int8, and its CPU
 is measured on the same speech-like input for every model. The outcome:
 
 - ``compare.json`` (one entry per model: parameters, sizes on disk, latencies, real-time
-  factors, WA/UA/macro-F1 mean ± sd over folds, the reference figure from the paper or
-  its sources, and whether the model is on the Pareto front);
+  factors, WA/UA/macro-F1 mean ± sd over folds with the 95 % interval of the mean, with
+  ``--seeds`` > 1 the spread over seeds, the reference figure from the paper or its
+  sources, and whether the model is on the Pareto front), and ``paired``: every pair of
+  models tested on the same folds and utterances (difference, its interval, p-values);
 - ``compare.md`` (the same as a table, with the front marked);
 - ``pareto.png`` (UA against parameter count, the front drawn).
 
@@ -35,7 +37,10 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json, write_text
 from edgeser.evaluate.plots import plot_pareto
-from edgeser.experiments.runs import evaluate_loso
+from edgeser.evaluate.report import CI_NOTE, PAIRED_HEADER, ci_text, paired_rows
+from edgeser.evaluate.uncertainty import EvalSet
+from edgeser.experiments.pipeline import paired_settings
+from edgeser.experiments.runs import run_loso
 from edgeser.export.calibration import speech_like
 from edgeser.export.exporter import export_model
 from edgeser.features.kinds import FeatureKind
@@ -139,6 +144,7 @@ def compare(
     cache = Path(cache_dir) if cache_dir else out / "cache"
     wave = speech_like(latency_seconds, np.random.default_rng(0))
     rows: list[dict[str, Any]] = []
+    sets: dict[str, list[EvalSet]] = {}
     for name in names:
         values = {**base.to_dict(), **(overrides or {}).get(name, {}), "model": name}
         if values.get("dimensions") and model_spec(name).family != "ssl":
@@ -149,8 +155,8 @@ def compare(
         encoder = (encoders or {}).get(name)
         run_dir = out / name
         logger.info("compare: %s", name)
-        res = evaluate_loso(cfg, corpus, run_dir, folds=folds, extra_train=extra_train,
-                            cache_dir=cache, progress=progress, encoder=encoder)
+        res, sets[name] = run_loso(cfg, corpus, run_dir, folds=folds, extra_train=extra_train,
+                                   cache_dir=cache, progress=progress, encoder=encoder)
         (setting, summary), = res["loso"].items()
         model_dir = run_dir / "loso" / "fold1"
         model, _cfg, encoder, _meta = load_trained(model_dir, encoder)
@@ -164,6 +170,8 @@ def compare(
             "folds": len(summary["folds"]),
             "mean": {k: summary["mean"][k] for k in ("wa", "ua", "macro_f1")},
             "std": {k: summary["std"][k] for k in ("wa", "ua", "macro_f1")},
+            "ci95": summary["ci95"]["mean"],
+            "seeds": _seed_spread(summary.get("seeds")),
             "dimensions": ({"mean": summary["dimensions"]["mean"],
                             "std": summary["dimensions"]["std"]}
                            if "dimensions" in summary else None),
@@ -178,11 +186,12 @@ def compare(
         if export:
             _export_row(row, model_dir, run_dir / "export", encoder, wave, latency_runs)
         rows.append(row)
-    front = pareto_front([(r["parameters"], r["mean"]["ua"]) for r in rows])
+    front = pareto_front([(r["parameters"], (r["seeds"] or r)["mean"]["ua"]) for r in rows])
     for r, f in zip(rows, front, strict=True):
         r["pareto"] = f
     doc = {"corpus": str(corpus), "extra_train": str(extra_train) if extra_train else None,
-           "folds": folds, "models": rows,
+           "folds": folds, "models": rows, "seeds": base.seeds,
+           "paired": paired_models(base, rows, sets),
            "random_encoders": [r["model"] for r in rows if r["encoder"].get("is_random")]}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", doc)
@@ -190,6 +199,26 @@ def compare(
     plot_pareto(rows, out / "pareto.png")
     write_text(out / "compare.md", _markdown(doc))
     return doc
+
+
+def _seed_spread(seeds: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A row's spread over seeds (``--seeds`` > 1): mean and sd over all seed x fold runs,
+    sd of the fold mean across seeds, the interval of the mean."""
+    if not seeds:
+        return None
+    return {k: seeds[k] for k in ("seeds", "runs", "mean", "sd_runs", "sd_seed_means")} | {
+        "ci95": seeds["ci95"]["mean"]}
+
+
+def paired_models(cfg: TrainConfig, rows: Sequence[dict[str, Any]],
+                  sets: dict[str, list[EvalSet]]) -> list[dict[str, Any]]:
+    """Every pair of models, the later against the earlier in ``--models`` order, tested
+    paired on the same folds and utterances (every seed): the difference of WA/UA/macro-F1
+    (B − A) with its 95 % interval and p-values (:func:`edgeser.evaluate.uncertainty.
+    paired_test`)."""
+    names = [r["model"] for r in rows]
+    return [paired_settings(cfg, (a, sets[a]), (b, sets[b]), variance=False)
+            for i, a in enumerate(names) for b in names[i + 1:]]
 
 
 def _export_row(row: dict[str, Any], model_dir: Path, export_dir: Path, encoder: FeatureEncoder,
@@ -232,7 +261,8 @@ def _markdown(doc: dict[str, Any]) -> str:
                  + "). Metrics are mean ± sd over folds, in %. Latency: one "
                  f"{secs:g} s utterance on this CPU, median of several runs; RTF = "
                  "processing time / audio duration. ★ = on the Pareto front of parameters "
-                 "vs UA.")
+                 "vs UA" + (" (mean over all seeds)" if doc.get("seeds", 1) > 1 else "")
+                 + ". " + CI_NOTE)
     if doc["random_encoders"]:
         lines += ["", "> **WARNING: RANDOM ENCODER WEIGHTS** for "
                   + ", ".join(doc["random_encoders"]) + ": their accuracy figures say nothing "
@@ -257,7 +287,8 @@ def _markdown(doc: dict[str, Any]) -> str:
             f"| {'★ ' if r['pareto'] else ''}{r['model']} | {r['parameters'] / 1e6:.2f} M | "
             f"{_mb(r.get('size_fp32_bytes'))} | {_mb(r.get('size_int8_bytes'))} | "
             f"{r['pytorch_ms']:.0f} | {ms_txt} | {rtf_txt} | "
-            + " | ".join(f"{_pct(mean[k])} ± {_pct(std[k])}" for k in ("wa", "ua", "macro_f1"))
+            + " | ".join(f"{_pct(mean[k])} ± {_pct(std[k])}{ci_text(r.get('ci95', {}).get(k))}"
+                         for k in ("wa", "ua", "macro_f1"))
             + (f" | {_ccc(r.get('dimensions'))}" if dims else "")
             + f" | {ref_txt or '—'} |")
     tuned = [r for r in rows if r.get("config_overrides")]
@@ -268,5 +299,28 @@ def _markdown(doc: dict[str, Any]) -> str:
     errors = [r for r in rows if r.get("export_error")]
     if errors:
         lines += ["", "Not exported:"] + [f"- {r['model']}: {r['export_error']}" for r in errors]
+    seeded = [r for r in rows if r.get("seeds")]
+    if seeded:
+        lines += ["", f"Over {doc['seeds']} seeds (the same features, each head retrained): "
+                  "mean ± sd over all seed × fold runs (%) [95 % interval of the mean]; seed "
+                  "sd: the sd of the fold mean from seed to seed.", "",
+                  "| model | runs | WA | UA | macro-F1 | seed sd WA / UA / macro-F1 |",
+                  "|---|---|---|---|---|---|"]
+        for r in seeded:
+            sd = r["seeds"]
+            lines.append(f"| {r['model']} | {sd['runs']} | " + " | ".join(
+                f"{_pct(sd['mean'][k])} ± {_pct(sd['sd_runs'][k])}{ci_text(sd['ci95'].get(k))}"
+                for k in ("wa", "ua", "macro_f1")) + " | " + " / ".join(
+                _pct(sd["sd_seed_means"][k]) for k in ("wa", "ua", "macro_f1")) + " |")
+    if doc.get("paired"):
+        lines += ["", "Paired differences, B − A on the same folds and test utterances"
+                  + (" (every seed)" if doc.get("seeds", 1) > 1 else "") + ": the 95 % "
+                  "interval of the difference from the paired bootstrap, p-values two-sided "
+                  "(bootstrap; approximate randomisation of A's and B's predictions per "
+                  "utterance). A difference is supported only when its interval excludes 0.",
+                  ""]
+        for t in doc["paired"]:
+            lines += [f"**{t['b']}** (B) vs **{t['a']}** (A):", "", *PAIRED_HEADER,
+                      *paired_rows(t), ""]
     lines += ["", "![UA vs parameters](pareto.png)", ""]
     return "\n".join(lines)

@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 DEMO_AUG_VIEWS = 2
 
 
-def demo_config(seed: int = 0, *, dimensions: bool = False) -> TrainConfig:
+def demo_config(seed: int = 0, *, dimensions: bool = False, seeds: int = 1) -> TrainConfig:
     """The demo's settings: the paper's method with the random encoder and
     :data:`DEMO_AUG_VIEWS` cached augmented views per training utterance (``dimensions``:
-    with the arousal/valence/dominance output)."""
+    with the arousal/valence/dominance output; ``seeds``: heads trained per fold)."""
     return TrainConfig(encoder="random", encoder_seed=seed, seed=seed, aug_views=DEMO_AUG_VIEWS,
-                       dimensions=dimensions)
+                       dimensions=dimensions, seeds=seeds)
 
 
 def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True,

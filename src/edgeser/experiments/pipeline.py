@@ -32,6 +32,13 @@ from edgeser.evaluate.dimensions import (
     summarize_dimension_folds,
 )
 from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds
+from edgeser.evaluate.uncertainty import (
+    EvalSet,
+    bootstrap_ci,
+    interval,
+    paired_test,
+    summarize_seeds,
+)
 from edgeser.features import FeatureStore, extract
 from edgeser.features.kinds import FeatureKind, feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization
@@ -190,8 +197,11 @@ def run_split_cached(
     cfg: TrainConfig, encoder: FeatureEncoder, frame: pd.DataFrame, feats: Any, split: Split,
     out: Path, progress: bool,
 ) -> dict[str, Any]:
-    """:func:`run_split`, reusing the fold's ``record.json`` when config and split match."""
-    key = sha256_text(json.dumps([cfg.to_dict(), encoder.identity, split.digest()],
+    """:func:`run_split`, reusing the fold's ``record.json`` when config and split match
+    (the protocol-level ``seeds`` and ``bootstrap`` do not count, so folds finished
+    before those settings existed are reused too)."""
+    shape = {k: v for k, v in cfg.to_dict().items() if k not in ("seeds", "bootstrap")}
+    key = sha256_text(json.dumps([shape, encoder.identity, split.digest()],
                                  sort_keys=True))[:16]
     rec_path = out / "record.json"
     if rec_path.is_file():
@@ -224,6 +234,76 @@ def summarise_setting(records: list[dict[str, Any]]) -> dict[str, Any]:
             ),
         }
     return out
+
+
+def run_seeds(
+    cfg: TrainConfig, encoder: FeatureEncoder, frame: pd.DataFrame, feats: Any,
+    splits: Sequence[Split], out: Path, progress: bool,
+) -> list[list[dict[str, Any]]]:
+    """Every split trained ``cfg.seeds`` times on the same features: ``runs[i][fold]`` for
+    seed ``cfg.seed + i``. The first seed's folds live in ``out/<fold>`` (as with one
+    seed), the others' in ``out/seed<s>/<fold>``; each resumes like any fold."""
+    runs = []
+    for i in range(cfg.seeds):
+        seed = cfg.seed + i
+        base = out if i == 0 else out / f"seed{seed}"
+        runs.append([run_split_cached(cfg.run_config(seed), encoder, frame, feats, s,
+                                      base / s.name, progress) for s in splits])
+    return runs
+
+
+def eval_sets(runs: Sequence[Sequence[dict[str, Any]]], frame: pd.DataFrame) -> list[EvalSet]:
+    """Each fold's test predictions of every seed (``runs[seed][fold]``), with the speaker
+    of each utterance, for :mod:`edgeser.evaluate.uncertainty`."""
+    speaker = dict(zip(frame["utt_id"], frame["speaker"], strict=True))
+    sets = []
+    for k, first in enumerate(runs[0]):
+        ids = first["_pred"]["ids"]
+        preds = []
+        for seed_runs in runs:
+            p = seed_runs[k]["_pred"]
+            if p["ids"] != ids:
+                raise EdgeserError(f"fold {first['name']}: seeds tested different utterances")
+            preds.append(p["y_pred"])
+        sets.append(EvalSet.build(ids, first["_pred"]["y_true"], preds,
+                                  [speaker[u] for u in ids]))
+    return sets
+
+
+def summarise_runs(
+    cfg: TrainConfig, runs: Sequence[Sequence[dict[str, Any]]], frame: pd.DataFrame,
+) -> tuple[dict[str, Any], list[EvalSet]]:
+    """:func:`summarise_setting` of the first seed with its 95 % intervals (``ci95`` of the
+    setting and of each fold), and with more than one seed a ``seeds`` block (spread over
+    seeds, and the interval of the mean over all seed x fold runs); also the folds'
+    predictions of every seed, for paired tests."""
+    out = summarise_setting(list(runs[0]))
+    sets = eval_sets(runs, frame)
+    first = [EvalSet(s.ids, s.y_true, s.y_pred[:1], s.groups) for s in sets]
+    ci = bootstrap_ci(first, n_resamples=cfg.bootstrap, seed=cfg.seed)
+    for fold, fold_ci in zip(out["folds"], ci.pop("folds"), strict=True):
+        fold["ci95"] = fold_ci
+    out["ci95"] = ci
+    if len(runs) > 1:
+        seeds = summarize_seeds([cfg.seed + i for i in range(len(runs))],
+                                [[r["metrics"] for r in folds] for folds in runs])
+        all_ci = bootstrap_ci(sets, n_resamples=cfg.bootstrap, seed=cfg.seed)
+        out["seeds"] = {**seeds, "ci95": {k: v for k, v in all_ci.items() if k != "folds"}}
+    return out, sets
+
+
+def paired_settings(cfg: TrainConfig, a: tuple[str, Sequence[EvalSet]],
+                    b: tuple[str, Sequence[EvalSet]], **kw: Any) -> dict[str, Any]:
+    """The paired test of setting ``b`` against ``a`` (``(name, eval sets)``) on their
+    shared folds, every seed included: ``{"a", "b", **paired_test(...)}``."""
+    test = paired_test(a[1], b[1], n_resamples=cfg.bootstrap, seed=cfg.seed, **kw)
+    return {"a": a[0], "b": b[0], **test}
+
+
+def record_interval(cfg: TrainConfig, record: dict[str, Any],
+                    frame: pd.DataFrame) -> dict[str, Any]:
+    """95 % intervals of one evaluation's WA/UA/macro-F1 (a record with ``_pred``)."""
+    return interval(eval_sets([[record]], frame)[0], n_resamples=cfg.bootstrap, seed=cfg.seed)
 
 
 def _as_array(rows: Sequence[Sequence[float | None]]) -> np.ndarray:

@@ -3,7 +3,8 @@
 1. manifests for IEMOCAP, CREMA-D and RAVDESS (from corpus roots or manifest CSVs);
 2. encoder features, cached: clean for every utterance, ``K`` augmented views
    for the training corpora;
-3. LOSO on IEMOCAP, 5 folds, without and with CREMA-D in training;
+3. LOSO on IEMOCAP, 5 folds, without and with CREMA-D in training (each fold's head
+   trained ``cfg.seeds`` times on the same features), with a paired test of the difference;
 4. the production model (all IEMOCAP + CREMA-D, 5 % validation, 5 % test);
 5. cross-corpus evaluation of the production model on RAVDESS;
 6. ``results.json``, ``report.md``, PNG plots and per-utterance predictions.
@@ -29,12 +30,16 @@ from edgeser.data.manifest import four_class, read_manifest, validate_manifest, 
 from edgeser.data.recipes import prepare
 from edgeser.evaluate.metrics import variance_change
 from edgeser.evaluate.report import write_report
+from edgeser.evaluate.uncertainty import SCALARS, EvalSet
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
+    paired_settings,
+    record_interval,
     run_info,
+    run_seeds,
     run_split_cached,
-    summarise_setting,
+    summarise_runs,
     write_predictions,
 )
 from edgeser.models.registry import FeatureEncoder, make_encoder
@@ -43,6 +48,9 @@ from edgeser.split.validate import combine_manifests
 from edgeser.train.folder import load_trained
 
 log = logging.getLogger(__name__)
+
+#: The figures of the paper's CREMA-D claims, tested paired (B = with CREMA-D − A = without).
+CREMAD_CLAIMS = (*SCALARS, "f1:neutral", "recall:sad")
 
 
 def load_corpus(kind: str, source: str | Path, out_dir: Path, **kw: Any) -> pd.DataFrame:
@@ -97,18 +105,14 @@ def reproduce(
     t0 = time.perf_counter()
     loso: dict[str, Any] = {}
     settings = [("iemocap", None)] + ([("iemocap+cremad", cr)] if cr is not None else [])
-    fold_records: dict[str, list[dict[str, Any]]] = {}
+    sets: dict[str, list[EvalSet]] = {}
     for name, extra in settings:
         splits = loso_splits(ie, extra, val_speakers=cfg.val_speakers)
         if folds is not None:
             splits = splits[:folds]
-        records = [
-            run_split_cached(cfg, encoder, frame, feats, s, out / "loso" / name / s.name, progress)
-            for s in splits
-        ]
-        fold_records[name] = records
-        loso[name] = summarise_setting(records)
-        write_predictions(out / "loso" / name / "predictions.csv", records)
+        runs = run_seeds(cfg, encoder, frame, feats, splits, out / "loso" / name, progress)
+        loso[name], sets[name] = summarise_runs(cfg, runs, frame)
+        write_predictions(out / "loso" / name / "predictions.csv", runs[0])
     timings["loso_training"] = time.perf_counter() - t0
     results: dict[str, Any] = {**info, "loso": loso}
     if "iemocap+cremad" in loso:
@@ -118,21 +122,28 @@ def reproduce(
             m: loso["iemocap+cremad"]["mean"][m] - loso["iemocap"]["mean"][m]
             for m in ("wa", "ua", "macro_f1")
         }
+        # the paper's claims, each with its paired test (every seed, the same folds)
+        results["paired"] = {"cremad": paired_settings(
+            cfg, ("iemocap", sets["iemocap"]), ("iemocap+cremad", sets["iemocap+cremad"]),
+            metrics=CREMAD_CLAIMS)}
 
     # production model + cross-corpus
     t0 = time.perf_counter()
     prod_split = production_split(ie, cr, val_fraction=cfg.val_fraction,
                                   test_fraction=cfg.test_fraction, seed=cfg.seed)
     prod_dir = out / "production"
-    prod = run_split_cached(cfg, encoder, frame, feats, prod_split, prod_dir, progress)
+    prod = run_split_cached(cfg.run_config(cfg.seed), encoder, frame, feats, prod_split,
+                            prod_dir, progress)
     results["production"] = {
         k: v for k, v in prod.items() if not k.startswith("_") and k != "history"
     } | {"speaker_dependent": True, "training_corpora": ["iemocap"] + (["cremad"] if cr is not
-                                                                       None else [])}
+                                                                       None else []),
+         "ci95": record_interval(cfg, prod, frame)}
     if rv is not None:
         model = load_trained(prod_dir, encoder).model
         analysis, record = cross_corpus(cfg, model, feats, frame, rv, "ravdess")
-        results["cross_corpus"] = {"ravdess": {**analysis, "model": "production"}}
+        results["cross_corpus"] = {"ravdess": {**analysis, "model": "production",
+                                               "ci95": record_interval(cfg, record, frame)}}
         write_predictions(out / "cross_corpus_ravdess.csv", [record])
     timings["production_and_cross_corpus"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start

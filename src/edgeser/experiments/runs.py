@@ -16,13 +16,15 @@ from edgeser.data.manifest import four_class, read_manifest, validate_manifest
 from edgeser.evaluate.dimensions import dimension_metrics
 from edgeser.evaluate.metrics import compute_metrics
 from edgeser.evaluate.report import write_report
+from edgeser.evaluate.uncertainty import EvalSet
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
+    record_interval,
     require_ratings,
     run_info,
-    run_split_cached,
-    summarise_setting,
+    run_seeds,
+    summarise_runs,
     write_predictions,
 )
 from edgeser.models.registry import FeatureEncoder, make_encoder
@@ -105,6 +107,7 @@ def evaluate_model(
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
     name = str(df["corpus"].iloc[0])
     analysis, record = cross_corpus(cfg, model, feats, df, df, name)
+    analysis["ci95"] = record_interval(cfg, record, df)
     results = {**run_info(cfg, encoder), "model_dir": str(model_dir),
                "cross_corpus": {name: analysis}}
     write_json(out / "results.json", results)
@@ -114,7 +117,14 @@ def evaluate_model(
     return {k: v for k, v in analysis.items() if k != "n"}
 
 
-def evaluate_loso(
+def evaluate_loso(cfg: TrainConfig, corpus: str | Path, out: str | Path,
+                  **kw: Any) -> dict[str, Any]:
+    """Speaker-independent folds on any corpus (:func:`run_loso`); returns the
+    ``results.json`` content."""
+    return run_loso(cfg, corpus, out, **kw)[0]
+
+
+def run_loso(
     cfg: TrainConfig,
     corpus: str | Path,
     out: str | Path,
@@ -124,8 +134,10 @@ def evaluate_loso(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     encoder: FeatureEncoder | None = None,
-) -> dict[str, Any]:
-    """Speaker-independent folds on any corpus: sessions grouped into ``folds`` folds.
+) -> tuple[dict[str, Any], list[EvalSet]]:
+    """Speaker-independent folds on any corpus: sessions grouped into ``folds`` folds,
+    each trained ``cfg.seeds`` times on the same features. Returns the ``results.json``
+    content and every fold's test predictions (all seeds) for paired tests.
 
     ``extra_train``: a manifest added to the training side of every fold only (e.g.
     CREMA-D); the results key then reads ``"<corpus>+<extra corpus>"``.
@@ -143,11 +155,11 @@ def evaluate_loso(
     encoder = encoder or _encoder(cfg)
     feats = compute_features(cfg, encoder, frame, set(frame["utt_id"]),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
-    records = [run_split_cached(cfg, encoder, frame, feats, s, out / "loso" / s.name, progress)
-               for s in splits]
-    results = {**run_info(cfg, encoder), "loso": {name: summarise_setting(records)}}
-    write_predictions(out / "loso" / "predictions.csv", records)
+    runs = run_seeds(cfg, encoder, frame, feats, splits, out / "loso", progress)
+    summary, sets = summarise_runs(cfg, runs, frame)
+    results = {**run_info(cfg, encoder), "loso": {name: summary}}
+    write_predictions(out / "loso" / "predictions.csv", runs[0])
     write_json(out / "results.json", results)
 
     write_report(out, results)
-    return results
+    return results, sets
