@@ -357,6 +357,11 @@ class LightSERNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 m.reset_parameters()
 
+    def l2_parameters(self) -> list[nn.Parameter]:
+        """The kernels the authors' ``models.py`` regularises (``kernel_regularizer=l2``):
+        the five bias-free body convolutions, not the input paths nor the classifier."""
+        return [m.weight for m in self.body.modules() if isinstance(m, nn.Conv2d)]
+
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
         if mfcc.ndim != 3 or mfcc.shape[-1] != self.cfg.mfcc.n_mfcc:
             raise ValueError(
