@@ -34,6 +34,12 @@ def manifests(tmp_path_factory) -> dict[str, Path]:
     return {"iemocap": root / "ie.csv", "ravdess": root / "rv.csv"}
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One feature cache for the module's runs: openSMILE computes each file once."""
+    return tmp_path_factory.mktemp("cache")
+
+
 class _Counting:
     """An encoder wrapper that counts the waveforms it was asked to encode."""
 
@@ -81,14 +87,15 @@ def test_egemaps_features_are_88_functionals_and_cached(manifests, tmp_path):
         np.testing.assert_allclose(rows.std(0)[varying], 1.0, atol=1e-3)
 
 
-def test_egemaps_loso_evaluate_trained_and_no_export(manifests, tmp_path, capsys):
+def test_egemaps_loso_evaluate_trained_and_no_export(manifests, cache, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from edgeser.cli import main
 
     out = tmp_path / "ev"
     assert main(["-q", "evaluate", "--protocol", "loso", "--corpus", str(manifests["iemocap"]),
-                 "--folds", "3", "--model", "egemaps", "--out", str(out)]) == 0
+                 "--folds", "3", "--model", "egemaps", "--out", str(out),
+                 "--cache-dir", str(cache)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "egemaps" and res["encoder"]["source"] == "egemaps"
     assert res["config"]["aug_views"] == 0 and res["config"]["feature_norm"] == "auto"
@@ -106,7 +113,8 @@ def test_egemaps_loso_evaluate_trained_and_no_export(manifests, tmp_path, capsys
     assert not any(fold1.glob("*.pkl"))
     # the saved folder predicts again, through the same cache
     assert main(["-q", "evaluate", "--trained", str(fold1), "--corpus",
-                 str(manifests["ravdess"]), "--out", str(tmp_path / "x")]) == 0
+                 str(manifests["ravdess"]), "--out", str(tmp_path / "x"),
+                 "--cache-dir", str(cache)]) == 0
     cross = json.loads((tmp_path / "x" / "results.json").read_text())["cross_corpus"]
     assert sum(map(sum, cross["ravdess"]["metrics"]["confusion"])) == 8
     capsys.readouterr()
@@ -116,12 +124,12 @@ def test_egemaps_loso_evaluate_trained_and_no_export(manifests, tmp_path, capsys
     assert not (tmp_path / "onnx" / "model.onnx").exists()
 
 
-def test_egemaps_speaker_normalised_and_compare_row(manifests, tmp_path):
+def test_egemaps_speaker_normalised_and_compare_row(manifests, cache, tmp_path):
     from edgeser.experiments.compare import compare
 
     doc = compare(["egemaps"], manifests["iemocap"], tmp_path / "cmp",
                   base=TrainConfig(feature_norm="speaker", val_speakers=0), folds=2,
-                  latency_runs=1, latency_seconds=0.5, progress=False)
+                  latency_runs=1, latency_seconds=0.5, progress=False, cache_dir=cache)
     (row,) = doc["models"]
     assert row["parameters"] == 88 * 4 + 4 and row["pareto"]
     assert "not exportable to ONNX" in row["export_error"] and row["pytorch_ms"] > 0
@@ -176,3 +184,15 @@ def test_light_sernet_schedule_and_l2_are_the_authors():
     assert model.head.dropout.p == 0.3
     assert build_model(TrainConfig(model="light-sernet", dropout=0.1), MFCCFrontEnd(),
                        "mfcc").head.dropout.p == 0.1
+
+
+def test_egemaps_reproduce_writes_the_usual_results(manifests, cache, tmp_path):
+    from edgeser.experiments.reproduce import reproduce
+
+    res = reproduce(TrainConfig(model="egemaps"), iemocap=manifests["iemocap"], cremad=None,
+                    ravdess=manifests["ravdess"], out=tmp_path / "rep", folds=2,
+                    progress=False, cache_dir=cache)
+    assert res["model"] == "egemaps" and len(res["loso"]["iemocap"]["folds"]) == 2
+    assert {"wa", "ua", "macro_f1"} <= set(res["loso"]["iemocap"]["mean"])
+    assert res["cross_corpus"]["ravdess"]["n"] == 8 and "production" in res
+    assert "Model: `egemaps`" in (tmp_path / "rep" / "report.md").read_text()

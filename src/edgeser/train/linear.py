@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeser.config import TrainConfig
 from edgeser.evaluate.metrics import compute_metrics
+from edgeser.models.egemaps import LinearClassifier
 from edgeser.models.registry import normalization
 from edgeser.train.normalize import row_stats
-from edgeser.train.trainer import FeatureSet, FitResult, SERModel
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ DEFAULT_C = 1.0
 _MAX_ITER = 5000
 
 
-def _rows(data: FeatureSet, with_views: bool) -> tuple[np.ndarray, np.ndarray]:
+def _rows(data: Any, with_views: bool) -> tuple[np.ndarray, np.ndarray]:
     x = [np.asarray(a, np.float64).reshape(-1) for a in data.clean]
     y = list(data.labels)
     if with_views and data.views:
@@ -63,15 +63,14 @@ def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_linear(
-    cfg: TrainConfig, model: SERModel, train: FeatureSet, val: FeatureSet | None, out_dir: Path,
-) -> FitResult:
-    """Fit ``model.head`` (a :class:`~edgeser.models.egemaps.LinearClassifier`) on
-    ``train``, choosing ``C`` on ``val``; the history has one record per ``C`` tried."""
+    cfg: TrainConfig, head: LinearClassifier, train: Any, val: Any | None,
+) -> tuple[list[dict[str, float]], int]:
+    """Fit ``head`` in place on ``train`` (a :class:`~edgeser.train.trainer.FeatureSet`),
+    choosing ``C`` on ``val``; returns the history (one record per ``C`` tried) and the
+    index of the chosen one."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    head = model.head
-    out_dir.mkdir(parents=True, exist_ok=True)
     x_clean, _ = _rows(train, with_views=False)
     if normalization(cfg) == "global":
         mean, std = row_stats(x_clean)
@@ -89,7 +88,7 @@ def fit_linear(
     fits = []
     for i, c in enumerate(grid):
         clf = LogisticRegression(C=c, class_weight="balanced" if cfg.class_weights else None,
-                                 max_iter=_MAX_ITER, tol=1e-6)
+                                 max_iter=_MAX_ITER)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(z, y)
@@ -107,7 +106,6 @@ def fit_linear(
     else:
         best = 0
     chosen = fits[best]
-    log.info("%s: logistic regression, C=%g", out_dir.name, grid[best])
+    log.info("logistic regression: C=%g", grid[best])
     head.set_weights(chosen.coef_, chosen.intercept_)
-    model.eval()
-    return FitResult(model=model, history=history, best_epoch=best, resumed_from=0)
+    return history, best

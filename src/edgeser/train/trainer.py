@@ -57,6 +57,7 @@ from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
 from edgeser.models.registry import FeatureEncoder
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
+from edgeser.train.linear import fit_linear
 from edgeser.train.losses import ccc_loss, make_loss
 
 log = logging.getLogger(__name__)
@@ -211,10 +212,10 @@ def fit(
     missing = [LABELS[i] for i, c in enumerate(counts) if c == 0]
     if missing:
         raise EdgeserError(f"class {', '.join(missing)} has no training examples")
-    if model.kind == FeatureKind.FUNCTIONALS:
-        from edgeser.train.linear import fit_linear
-
-        return fit_linear(cfg, model, train, val, out_dir)
+    if model.kind == FeatureKind.FUNCTIONALS:  # fitted by scikit-learn, in one go
+        out_dir.mkdir(parents=True, exist_ok=True)
+        history, best = fit_linear(cfg, model.head, train, val)
+        return FitResult(model=model.eval(), history=history, best_epoch=best, resumed_from=0)
     torch.manual_seed(cfg.seed)
     loss_fn = make_loss(cfg.loss, counts, gamma=cfg.focal_gamma,
                         label_smoothing=cfg.label_smoothing, class_weights=cfg.class_weights,
