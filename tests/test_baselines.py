@@ -12,14 +12,12 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.data.recipes import prepare_iemocap, prepare_ravdess
+from edgeser.data.recipes import prepare_ravdess
 from edgeser.models.head import EmotionHead, HeadConfig, pool_layers
 from edgeser.models.registry import encoder_source, normalization
 from edgeser.models.ssl import random_encoder, tiny_config
-from edgeser.testing import make_iemocap_tree, make_ravdess_tree
+from edgeser.testing import write_tiny_manifests
 from edgeser.train.normalize import group_stats, normalize_pooled
-
-IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]
 
 
 def _pooled(frames: np.ndarray) -> np.ndarray:
@@ -97,17 +95,7 @@ def test_random_architectures_of_the_encoder_zoo():
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> dict[str, Path]:
-    from edgeser.data.manifest import write_manifest
-
-    root = tmp_path_factory.mktemp("corpora")
-    utts = [(f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", IEMO_LABELS[i % 5])
-            for s in range(1, 4) for spk in "FM" for i in range(6)]
-    ravdess = [f"03-01-0{e}-01-01-01-0{a}" for a in (1, 2) for e in (1, 3, 4, 5)]
-    ie = prepare_iemocap(make_iemocap_tree(root / "ie", utts, duration=0.3))
-    rv = prepare_ravdess(make_ravdess_tree(root / "rv", ravdess, duration=0.3))
-    write_manifest(ie, root / "ie.csv")
-    write_manifest(rv, root / "rv.csv")
-    return {"iemocap": root / "ie.csv", "ravdess": root / "rv.csv"}
+    return write_tiny_manifests(tmp_path_factory.mktemp("corpora"), duration=0.3)
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from edgeser.core.errors import EdgeserError
+from edgeser.models.lightsernet import as_waveform
 
 __all__ = ["EGEMAPS_NUM_FEATURES", "EGeMAPSFrontEnd", "LinearClassifier"]
 
@@ -79,12 +80,7 @@ class EGeMAPSFrontEnd:
         """``[88]`` float32 functionals per (pre-processed, 16 kHz) wave."""
         out = []
         for i, w in enumerate(waves):
-            x = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w)
-            if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
-                raise ValueError(
-                    f"waveform {i}: expected a 1-D float waveform, got {x.dtype} {x.shape}"
-                )
-            x = x.astype(np.float32)
+            x = as_waveform(w, i).astype(np.float32)
             if x.shape[0] < _MIN_SAMPLES:
                 x = np.concatenate([x, np.zeros(_MIN_SAMPLES - x.shape[0], np.float32)])
             values = self._smile.process_signal(x, _SAMPLE_RATE).to_numpy(np.float32)

@@ -100,6 +100,7 @@ __all__ = [
     "LightSERNetConfig",
     "MFCCConfig",
     "MFCCFrontEnd",
+    "as_waveform",
     "dct_matrix",
     "fix_length",
     "hann_window",
@@ -299,6 +300,16 @@ class MFCC(nn.Module):
         return torch.clamp(coeffs, -self.cfg.clip, self.cfg.clip)
 
 
+def as_waveform(wave: np.ndarray | torch.Tensor, index: int = 0) -> np.ndarray:
+    """A front end's input as a 1-D float numpy array; anything else is a ``ValueError``
+    naming the waveform's position ``index``."""
+    x = np.asarray(wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave)
+    if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"waveform {index}: expected a 1-D float waveform, got {x.dtype} "
+                         f"{x.shape}")
+    return x
+
+
 class MFCCFrontEnd:
     """The MFCC front end as an encoder-like object for the feature cache.
 
@@ -322,14 +333,8 @@ class MFCCFrontEnd:
 
     def encode(self, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """``[T, n_mfcc]`` float32 per wave (cropped/zero-padded to ``cfg.seconds``)."""
-        fixed = []
-        for i, w in enumerate(waves):
-            x = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w)
-            if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
-                raise ValueError(
-                    f"waveform {i}: expected a 1-D float waveform, got {x.dtype} {x.shape}"
-                )
-            fixed.append(fix_length(x, self.cfg.num_samples))
+        fixed = [fix_length(as_waveform(w, i), self.cfg.num_samples)
+                 for i, w in enumerate(waves)]
         out: list[torch.Tensor] = []
         with torch.no_grad():
             for start in range(0, len(fixed), self.batch_size):
