@@ -12,14 +12,12 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.data.recipes import prepare_iemocap, prepare_ravdess
+from edgeser.data.recipes import prepare_ravdess
 from edgeser.models.head import EmotionHead, HeadConfig, pool_layers
 from edgeser.models.registry import encoder_source, normalization
 from edgeser.models.ssl import random_encoder, tiny_config
-from edgeser.testing import make_iemocap_tree, make_ravdess_tree
+from edgeser.testing import write_tiny_manifests
 from edgeser.train.normalize import group_stats, normalize_pooled
-
-IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]
 
 
 def _pooled(frames: np.ndarray) -> np.ndarray:
@@ -97,17 +95,7 @@ def test_random_architectures_of_the_encoder_zoo():
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory) -> dict[str, Path]:
-    from edgeser.data.manifest import write_manifest
-
-    root = tmp_path_factory.mktemp("corpora")
-    utts = [(f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", IEMO_LABELS[i % 5])
-            for s in range(1, 4) for spk in "FM" for i in range(6)]
-    ravdess = [f"03-01-0{e}-01-01-01-0{a}" for a in (1, 2) for e in (1, 3, 4, 5)]
-    ie = prepare_iemocap(make_iemocap_tree(root / "ie", utts, duration=0.3))
-    rv = prepare_ravdess(make_ravdess_tree(root / "rv", ravdess, duration=0.3))
-    write_manifest(ie, root / "ie.csv")
-    write_manifest(rv, root / "rv.csv")
-    return {"iemocap": root / "ie.csv", "ravdess": root / "rv.csv"}
+    return write_tiny_manifests(tmp_path_factory.mktemp("corpora"), duration=0.3)
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -302,33 +290,57 @@ def test_compare_cli_per_model_settings(tmp_path):
                  "pepino", "--out", str(tmp_path / "o")]) == 2
 
 
-def test_light_sernet_learns_on_real_speech_speaker_independently(ravdess_mini, tmp_path):
-    """Two real RAVDESS actors: train on one, test on the other, both ways. A net trained
-    from scratch on 28 utterances must rank the unseen actor's angry utterances above his
-    sad ones (arousal, the robust cue; chance AUC 0.5).
+#: LIGHT-SERNET's settings in the real-speech test: the authors' 300 epochs of batch 32 take
+#: ~10 CPU-minutes per fold here, so the test trains 40 epochs of batch 4 (280 optimiser
+#: steps) with two cached augmented views, AdamW at 1e-3 with class-balanced, label-smoothed
+#: focal loss: the recipe whose statistic below was measured over seeds 0-7. The authors'
+#: recipe and its figures on these actors: bench/README.md.
+REAL_SPEECH_LIGHT_SERNET = {
+    "epochs": 40, "batch_size": 4, "aug_views": 2, "optimizer": "adamw", "lr": 1e-3,
+    "weight_decay": 1e-2, "label_smoothing": 0.1, "class_weights": True, "lr_decay_rate": 0.0,
+}
 
-    The statistic and its bar are set from measured runs: over seeds 0-7 on an AVX2 CPU the
-    mean of the two folds' angry-vs-sad AUC was 0.82-0.95 (mean 0.90), while four-class UA
-    on 56 utterances swung from 0.28 to 0.52 with the seed alone (and a CPU's rounding
-    changes a training run as a seed does), too noisy for a bar above chance.
-    """
+
+def _angry_vs_sad_auc(predictions: Path) -> list[float]:
     from sklearn.metrics import roc_auc_score
 
+    preds = pd.read_csv(predictions)
+    return [roc_auc_score(fold["label"] == "angry", fold["p_angry"] - fold["p_sad"])
+            for _, fold in preds[preds["label"].isin(["angry", "sad"])].groupby("fold")]
+
+
+def test_light_sernet_and_egemaps_on_real_speech_speaker_independently(ravdess_mini, tmp_path):
+    """Two real RAVDESS actors: train on one, test on the other, both ways, LIGHT-SERNET and
+    the eGeMAPS baseline on the same folds. Each must rank the unseen actor's angry
+    utterances above his sad ones (arousal, the robust cue; chance AUC 0.5).
+
+    The statistic and its bars are set from measured runs: over seeds 0-7 on an AVX2 CPU
+    LIGHT-SERNET's mean angry-vs-sad AUC over the two folds was 0.82-0.95 (mean 0.90);
+    eGeMAPS' (a deterministic L-BFGS fit) 0.99. Four-class UA on 56 utterances swings
+    with the seed alone (LIGHT-SERNET 0.28-0.52; a CPU's rounding changes a training run
+    as a seed does) and LIGHT-SERNET does not beat eGeMAPS on it on two actors (UA 0.31
+    with the authors' recipe against 0.34; bench/README.md): no UA bar is asserted.
+    """
     from edgeser.data.manifest import write_manifest
     from edgeser.experiments.runs import evaluate_loso
 
     write_manifest(prepare_ravdess(ravdess_mini), tmp_path / "rv.csv")
-    cfg = TrainConfig(model="light-sernet", epochs=40, batch_size=4, aug_views=2, seed=0)
-    out = evaluate_loso(cfg, tmp_path / "rv.csv", tmp_path / "lo", folds=2, progress=False)
-    s = out["loso"]["ravdess"]
-    for fold in s["folds"]:
-        assert len(fold["train_speakers"]) == 1 and fold["val_speakers"] == []
-        assert set(fold["train_speakers"]).isdisjoint(fold["test_speakers"])
-    preds = pd.read_csv(tmp_path / "lo" / "loso" / "predictions.csv")
-    aucs = []
-    for _, fold in preds[preds["label"].isin(["angry", "sad"])].groupby("fold"):
-        aucs.append(roc_auc_score(fold["label"] == "angry", fold["p_angry"] - fold["p_sad"]))
-    assert len(aucs) == 2 and np.mean(aucs) >= 0.70, aucs
+    runs = {}
+    for name, values in (("egemaps", {}), ("light-sernet", REAL_SPEECH_LIGHT_SERNET)):
+        cfg = TrainConfig(model=name, seed=0, **values)
+        runs[name] = evaluate_loso(cfg, tmp_path / "rv.csv", tmp_path / name, folds=2,
+                                   progress=False)["loso"]["ravdess"]
+    for s in runs.values():
+        for fold in s["folds"]:
+            assert len(fold["train_speakers"]) == 1 and fold["val_speakers"] == []
+            assert set(fold["train_speakers"]).isdisjoint(fold["test_speakers"])
+    digests = {name: [f["split_sha256"] for f in s["folds"]] for name, s in runs.items()}
+    assert digests["egemaps"] == digests["light-sernet"]  # the same split for both
+    ua = {name: [round(f["metrics"]["ua"], 3) for f in s["folds"]] for name, s in runs.items()}
+    auc = {name: _angry_vs_sad_auc(tmp_path / name / "loso" / "predictions.csv")
+           for name in runs}
+    assert len(auc["egemaps"]) == 2 and np.mean(auc["egemaps"]) >= 0.85, (auc, ua)
+    assert len(auc["light-sernet"]) == 2 and np.mean(auc["light-sernet"]) >= 0.70, (auc, ua)
 
 
 def test_evaluate_cli_selects_the_model_by_name(manifests, tmp_path, caplog):

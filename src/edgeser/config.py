@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -23,10 +24,26 @@ from edgeser.core.cpu import PRECISION_CHOICES, resolve_precision
 from edgeser.core.errors import EdgeserError
 from edgeser.models.registry import MODELS, NORMALIZATIONS, model_spec
 
+#: The paper's values of the settings a model may change (``ModelSpec.defaults``): what an
+#: unset field (``None``) resolves to unless the model says otherwise.
+PAPER_DEFAULTS: dict[str, Any] = {
+    "dropout": 0.2, "loss": "focal", "label_smoothing": 0.1, "class_weights": True,
+    "optimizer": "adamw", "lr": 1e-3, "lr_decay_start": 0, "lr_decay_every": 1,
+    "lr_decay_rate": 0.0, "weight_decay": 1e-2, "batch_size": 16, "epochs": 25,
+    "aug_views": 4,
+}
+
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (defaults: the paper's method)."""
+    """Settings of one training run (defaults: the paper's method).
+
+    Fields typed ``X | None`` default to ``None``, "the model's default": the model's
+    :attr:`~edgeser.models.registry.ModelSpec.defaults`, else :data:`PAPER_DEFAULTS`. They
+    are resolved when the config is built, and the resolved values are what is saved;
+    :meth:`for_model` rebuilds a config for another model with the values that were set
+    kept and the unset ones resolved for that model.
+    """
 
     # model
     model: str = "distilhubert"
@@ -52,11 +69,17 @@ class TrainConfig:
     # head
     pooling: str = "mean"
     head_hidden: int = 256
-    dropout: float = 0.2
+    dropout: float | None = None
+    """Dropout before the classifier (unset: the model's default, 0.2; light-sernet 0.3)."""
     # loss
-    loss: str = "focal"
+    loss: str | None = None
+    """'focal' or 'ce' (unset: focal)."""
     focal_gamma: float = 2.0
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None
+    """Label smoothing of the loss (unset: 0.1; light-sernet 0)."""
+    class_weights: bool | None = None
+    """Class-balanced loss weights from the training counts (unset: true; light-sernet
+    false, as its authors)."""
     dimensions: bool = False
     """Also regress arousal, valence and dominance (IEMOCAP's ratings, on [0, 1]) with a
     second output of the head, trained jointly; rows without ratings train the classes only.
@@ -65,17 +88,32 @@ class TrainConfig:
     """Weight of the dimensional loss (1 - CCC, averaged over the three dimensions) added
     to the class loss."""
     # optimisation
-    optimizer: str = "adamw"
-    lr: float = 1e-3
+    optimizer: str | None = None
+    """'adamw' (decoupled weight decay on every parameter) or 'adam' (Keras-style L2
+    penalty weight_decay·Σw² on the kernels the network names: LIGHT-SERNET's five
+    bias-free convolutions). Unset: adamw; light-sernet adam."""
+    lr: float | None = None
+    """Learning rate (unset: 1e-3; light-sernet 1e-4)."""
+    lr_decay_start: int | None = None
+    """First epoch (0-based) from which the learning rate may decay (unset: 0)."""
+    lr_decay_every: int | None = None
+    """The rate is multiplied by exp(-lr_decay_rate) at every epoch >= lr_decay_start that
+    is a multiple of this (unset: 1; light-sernet 20)."""
+    lr_decay_rate: float | None = None
+    """Decay exponent per decay step; 0 keeps the rate constant (unset: 0; light-sernet
+    0.15 from epoch 50)."""
     encoder_lr: float = 5e-5
     """Learning rate of the fine-tuned encoder layers (train='encoder')."""
-    weight_decay: float = 1e-2
-    batch_size: int = 16
-    epochs: int = 25
+    weight_decay: float | None = None
+    """adamw: decoupled decay (unset: 1e-2); adam: the L2 coefficient (light-sernet 1e-6)."""
+    batch_size: int | None = None
+    """Unset: 16; light-sernet 32."""
+    epochs: int | None = None
+    """Unset: 25; light-sernet 300."""
     # augmentation
-    aug_views: int = 4
+    aug_views: int | None = None
     """Augmented views cached per training utterance; one is drawn per epoch.
-    0 trains on clean features only."""
+    0 trains on clean features only (unset: 4; light-sernet and egemaps 0)."""
     aug_mode: str = "cached"
     """'cached' (views encoded once) or 'online' (augment and re-encode every step)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -99,6 +137,14 @@ class TrainConfig:
     edgeser.evaluate.uncertainty)."""
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise EdgeserError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        spec_defaults = model_spec(self.model).defaults
+        unset = [k for k in PAPER_DEFAULTS if getattr(self, k) is None]
+        for name in unset:
+            setattr(self, name, spec_defaults.get(name, PAPER_DEFAULTS[name]))
+        #: fields that took the model's default (not part of to_dict(); see for_model)
+        self._unset = frozenset(unset)
         choices = {
             "model": tuple(MODELS),
             "feature_norm": NORMALIZATIONS,
@@ -106,7 +152,7 @@ class TrainConfig:
             "train": ("head", "encoder"),
             "pooling": ("mean", "meanstd", "attention"),
             "loss": ("focal", "ce"),
-            "optimizer": ("adamw",),
+            "optimizer": ("adamw", "adam"),
             "aug_mode": ("cached", "online"),
         }
         for name, allowed in choices.items():
@@ -116,7 +162,7 @@ class TrainConfig:
                     f"got {getattr(self, name)!r}"
                 )
         self.precision = resolve_precision(self.precision)
-        positive = ("batch_size", "epochs")
+        positive = ("batch_size", "epochs", "lr", "lr_decay_every")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise EdgeserError(f"{name.replace('_', '-')} must be positive")
@@ -125,6 +171,8 @@ class TrainConfig:
         if self.bootstrap < 100:
             raise EdgeserError("bootstrap must be >= 100 (resamples behind each 95 % "
                                f"interval), got {self.bootstrap}")
+        if min(self.weight_decay, self.lr_decay_rate, self.lr_decay_start) < 0:
+            raise EdgeserError("weight-decay, lr-decay-rate and lr-decay-start must be >= 0")
         if self.aug_views < 0 or self.val_speakers < 0:
             raise EdgeserError("aug-views and val-speakers must be >= 0")
         if self.dimensions and model_spec(self.model).family != "ssl":
@@ -149,6 +197,20 @@ class TrainConfig:
         and its reuse key depend only on what shapes training."""
         return dataclasses.replace(self, seed=seed, seeds=type(self).seeds,
                                    bootstrap=type(self).bootstrap)
+
+    def for_model(self, name: str, **values: Any) -> TrainConfig:
+        """This config for model ``name``: the values that were set are kept, the unset
+        ones take ``name``'s defaults; ``values`` override both."""
+        data = {k: v for k, v in self.to_dict().items() if k not in self._unset}
+        return TrainConfig.from_dict({**data, **values, "model": name})
+
+    def learning_rate(self, epoch: int) -> float:
+        """The learning rate of (0-based) ``epoch``: ``lr`` times ``exp(-lr_decay_rate)`` per
+        epoch ``e`` in ``[lr_decay_start, epoch]`` with ``e % lr_decay_every == 0`` (Keras'
+        ``LearningRateScheduler`` as LIGHT-SERNET's ``callbacks.py`` uses it)."""
+        first = -(-self.lr_decay_start // self.lr_decay_every) * self.lr_decay_every
+        steps = 0 if epoch < first else (epoch - first) // self.lr_decay_every + 1
+        return float(self.lr * math.exp(-self.lr_decay_rate * steps))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -196,9 +258,10 @@ def load_config(path: str | os.PathLike[str] | None, overrides: dict[str, Any]) 
         if not isinstance(loaded, dict):
             raise EdgeserError(f"{p}: a config file must be a mapping of keys to values")
         data.update(loaded)
-    base = TrainConfig.from_dict(data)
+    TrainConfig.from_dict(data)  # the file alone must be valid (its errors name it)
     flat = {k: v for k, v in overrides.items() if v is not None}
-    merged = {**_flatten(base.to_dict()), **flat}
+    nested = {k: v for k, v in data.items() if isinstance(v, dict)}
+    merged = {**{k: v for k, v in data.items() if k not in nested}, **_flatten(nested), **flat}
     return TrainConfig.from_dict(merged)
 
 
@@ -226,9 +289,10 @@ def _option_type(tp: Any) -> Any:
 def eval_type(name: str) -> Any:
     """Resolve a postponed annotation of a config field (only simple builtins are used)."""
     table = {"int": int, "float": float, "str": str, "bool": bool}
-    if name not in table:
+    base = name.removesuffix(" | None")  # optional fields: "None" means "the model's default"
+    if base not in table:
         raise TypeError(f"unsupported config field type {name!r}")
-    return table[name]
+    return table[base]
 
 
 def _parse_bool(text: str) -> bool:
@@ -240,6 +304,16 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+_METAVAR = {int: "INT", float: "FLOAT", str: "STR"}
+
+
+def _model_defaults_text(name: str) -> str:
+    """``"1e-3; light-sernet: 0.0001"``: the paper's value and the models that differ."""
+    others = [f"{m}: {spec.defaults[name]}" for m, spec in MODELS.items()
+              if name in spec.defaults and spec.defaults[name] != PAPER_DEFAULTS[name]]
+    return "; ".join([str(PAPER_DEFAULTS[name]), *others])
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one ``--<field>`` option per config field (default: unset)."""
     parser.add_argument("--config", type=Path, default=None, help="YAML file with config values")
@@ -249,6 +323,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             if f.name in ("augment", "front_end"):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
+            if default is None and f.name in PAPER_DEFAULTS:
+                default = _model_defaults_text(f.name)
             kind = _option_type(f.type)
             # a boolean option alone means true (--dimensions); --dimensions false also works
             flag = {"nargs": "?", "const": True} if kind is _parse_bool else {}
@@ -257,7 +333,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 dest=f"cfg_{f.name}",
                 type=kind,
                 default=None,
-                metavar=type(default).__name__.upper() if default is not None else "VALUE",
+                metavar=(_METAVAR.get(kind, "VALUE") if f.name in PAPER_DEFAULTS
+                         else type(default).__name__.upper() if default is not None
+                         else "VALUE"),
                 help=f"(default: {default})",
                 **flag,
             )

@@ -254,3 +254,21 @@ def loopback_ray_cluster(
 
 
 _NAMESPACES = itertools.count()
+
+
+def write_tiny_manifests(root: str | Path, duration: float) -> dict[str, Path]:
+    """Tiny IEMOCAP (3 sessions x 2 speakers x 6 utterances) and RAVDESS (2 actors x 4
+    emotions) manifests of synthetic tones: ``{"iemocap": CSV, "ravdess": CSV}``."""
+    from edgeser.data.manifest import write_manifest
+    from edgeser.data.recipes import prepare_iemocap, prepare_ravdess
+
+    labels = ["neu", "ang", "sad", "hap", "exc"]
+    utts = [(f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", labels[i % 5])
+            for s in range(1, 4) for spk in "FM" for i in range(6)]
+    ravdess = [f"03-01-0{e}-01-01-01-0{a}" for a in (1, 2) for e in (1, 3, 4, 5)]
+    root = Path(root)
+    ie = prepare_iemocap(make_iemocap_tree(root / "ie", utts, duration=duration))
+    rv = prepare_ravdess(make_ravdess_tree(root / "rv", ravdess, duration=duration))
+    write_manifest(ie, root / "ie.csv")
+    write_manifest(rv, root / "rv.csv")
+    return {"iemocap": root / "ie.csv", "ravdess": root / "rv.csv"}

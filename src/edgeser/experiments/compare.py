@@ -13,6 +13,12 @@ is measured on the same speech-like input for every model. The outcome:
 - ``compare.md`` (the same as a table, with the front marked);
 - ``pareto.png`` (UA against parameter count, the front drawn).
 
+Every model trains with its own defaults (:attr:`~edgeser.models.registry.ModelSpec.defaults`,
+e.g. LIGHT-SERNET's authors' recipe) for the settings that ``base`` leaves unset; settings
+``base`` sets apply to every model, ``overrides`` to one. "Parameters" counts what is
+trained: encoder + head, the whole LIGHT-SERNET network, or the 356 weights of the eGeMAPS
+linear classifier (openSMILE's feature extraction has none).
+
 The Pareto front is over (parameters, UA): a model is on it when no other model has at
 most as many parameters and at least its UA, one of them strictly. Latency: median of
 ``latency_runs`` runs after a warm-up, one utterance of ``latency_seconds`` seconds,
@@ -81,12 +87,13 @@ def _torch_latency(model: Any, encoder: FeatureEncoder, wave: np.ndarray, runs: 
     import torch
 
     model.eval()
-    if model.kind != FeatureKind.MFCC:  # the plain transformers modules in float32
+    whole = model.kind in (FeatureKind.MFCC, FeatureKind.FUNCTIONALS)  # one vector/window in
+    if not whole:  # the plain transformers modules in float32
         encoder = encoder.variant(precision="fp32", impl="modules")
 
     def run() -> None:
         with torch.no_grad():
-            if model.kind == FeatureKind.MFCC:
+            if whole:
                 model.head(encoder.encode([wave])[0][None])
             else:
                 hidden = encoder.encode([wave])[0]
@@ -102,7 +109,10 @@ def _onnx_latency(path: Path, wave: np.ndarray, runs: int) -> float:
 
 
 def _num_parameters(model: Any, encoder: FeatureEncoder) -> int:
-    """Parameters of the whole model: encoder (if any) + head or network."""
+    """Parameters of the whole model: encoder (if any) + head or network. For ``egemaps``
+    the linear classifier's weights and biases (88 · 4 + 4); openSMILE's fixed feature
+    extraction has no trained parameters and the standardisation statistics are not
+    counted (as BatchNorm's running statistics are not)."""
     n = sum(p.numel() for p in model.head.parameters())
     hf = getattr(encoder, "model", None)
     if hf is not None:
@@ -146,12 +156,15 @@ def compare(
     rows: list[dict[str, Any]] = []
     sets: dict[str, list[EvalSet]] = {}
     for name in names:
-        values = {**base.to_dict(), **(overrides or {}).get(name, {}), "model": name}
-        if values.get("dimensions") and model_spec(name).family != "ssl":
+        values = dict((overrides or {}).get(name, {}))
+        if base.dimensions and model_spec(name).family != "ssl":
             logger.info("compare: %s has no dimensional output; trained on the classes only",
                         name)
             values["dimensions"] = False
-        cfg = TrainConfig.from_dict(values)
+        if model_spec(name).family == "cnn" and "feature_norm" not in values:
+            values["feature_norm"] = "auto"  # LIGHT-SERNET has no feature normalisation
+        # settings left unset take each model's own defaults (LIGHT-SERNET: its authors')
+        cfg = base.for_model(name, **values)
         encoder = (encoders or {}).get(name)
         run_dir = out / name
         logger.info("compare: %s", name)

@@ -44,7 +44,7 @@ from edgeser.features.kinds import FeatureKind, feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
-from edgeser.train.normalize import group_stats, normalize_pooled
+from edgeser.train.normalize import group_stats, normalize_pooled, row_stats, standardize
 from edgeser.train.trainer import FeatureSet, SERModel, fit, predict_outputs
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,17 @@ class Features:
 
     def speaker_normalized(self, frame: pd.DataFrame) -> Features:
         """Every utterance standardised with its speaker's statistics (clean features of
-        all the speaker's utterances in ``frame``; labels are not used)."""
+        all the speaker's utterances in ``frame``; labels are not used): frame-level
+        statistics of pooled SSL features, or plain z-scores of functionals."""
         out = Features(self.kind, seconds=self.seconds)
+        vectors = self.kind == FeatureKind.FUNCTIONALS
+        stats, apply = (row_stats, standardize) if vectors else (group_stats, normalize_pooled)
         for _, ids in frame.groupby("speaker", sort=True)["utt_id"]:
-            mean, std = group_stats([self.clean[u] for u in ids])
+            mean, std = stats([self.clean[u] for u in ids])
             for u in ids:
-                out.clean[u] = normalize_pooled(self.clean[u], mean, std)
+                out.clean[u] = apply(self.clean[u], mean, std)
                 if u in self.views:
-                    out.views[u] = [normalize_pooled(v, mean, std) for v in self.views[u]]
+                    out.views[u] = [apply(v, mean, std) for v in self.views[u]]
         return out
 
 

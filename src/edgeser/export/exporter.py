@@ -79,6 +79,22 @@ def _check_model_dir(model_dir: Path) -> None:
         )
 
 
+def _refuse_functionals(model_dir: Path) -> None:
+    """An ``egemaps`` model has no ONNX form: say so before loading anything."""
+    import json
+
+    try:
+        meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_trained reports a broken model.json
+    if isinstance(meta, dict) and meta.get("feature_kind") == "functionals":
+        raise EdgeserError(
+            f"{model_dir}: {meta.get('model', 'egemaps')} is not exportable to ONNX: eGeMAPS "
+            "functionals are computed by openSMILE (C++), which no ONNX graph can hold; "
+            "use it with 'edgeser evaluate --trained DIR'"
+        )
+
+
 def build_export_graph(
     model_dir: str | Path, encoder: FeatureEncoder | None = None
 ) -> tuple[Any, Any, dict]:
@@ -93,6 +109,7 @@ def build_export_graph(
 
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
+    _refuse_functionals(model_dir)
     model, cfg, frozen, meta = load_trained(model_dir, encoder)
     if normalization(cfg) == "speaker":
         raise EdgeserError(

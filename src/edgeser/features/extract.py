@@ -104,7 +104,7 @@ def summarise(kind: str, hidden: torch.Tensor) -> np.ndarray:
         mean = h.mean(dim=1)
         std = torch.sqrt(h.var(dim=1, unbiased=False) + _STD_EPS)
         return torch.cat([mean, std], dim=-1).numpy().astype(np.float32)
-    if kind == FeatureKind.MFCC:
+    if kind in (FeatureKind.MFCC, FeatureKind.FUNCTIONALS):
         return hidden.float().numpy()
     return hidden.to(torch.float16).numpy()
 

@@ -24,7 +24,8 @@ class FeatureKind(StrEnum):
       (fine-tuning the transformer layers with the extractor frozen);
     * ``wave``: pre-processed waveforms, augmented and re-encoded at every step (not
       cached; the exact, slow reference);
-    * ``mfcc``: LIGHT-SERNET's fixed-window MFCCs ``[T, 40]`` float32.
+    * ``mfcc``: LIGHT-SERNET's fixed-window MFCCs ``[T, 40]`` float32;
+    * ``functionals``: openSMILE's eGeMAPSv02 functionals ``[88]`` float32 (``egemaps``).
     """
 
     POOLED = "pooled"
@@ -32,6 +33,7 @@ class FeatureKind(StrEnum):
     CONV = "conv"
     WAVE = "wave"
     MFCC = "mfcc"
+    FUNCTIONALS = "functionals"
 
     @property
     def cached(self) -> bool:
@@ -50,7 +52,13 @@ CACHED_KINDS: tuple[FeatureKind, ...] = tuple(k for k in FeatureKind if k.cached
 def feature_kind(cfg: Any) -> FeatureKind:
     """Which features a config trains on (see :mod:`edgeser.train.trainer`)."""
     norm = normalization(cfg)
-    if model_spec(cfg.model).family == "cnn":
+    family = model_spec(cfg.model).family
+    if family == "functionals":
+        if cfg.aug_mode == "online" or cfg.train == "encoder" or cfg.dimensions:
+            raise EdgeserError(f"{cfg.model} fits a linear classifier on cached functionals: "
+                               "use --train head --aug-mode cached, without --dimensions")
+        return FeatureKind.FUNCTIONALS
+    if family == "cnn":
         if cfg.aug_mode == "online" or cfg.train == "encoder":
             raise EdgeserError(f"{cfg.model} trains from scratch on cached MFCC views: "
                                "use --train head --aug-mode cached")

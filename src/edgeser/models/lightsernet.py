@@ -23,7 +23,60 @@ Faithful details of the Keras original worth knowing: BatchNorm uses Keras' defa
 (``eps=1e-3``, momentum 0.99, i.e. PyTorch ``momentum=0.01``); convolutions and the
 classifier start from Glorot-uniform weights and zero biases; the original adds an L2
 penalty of 1e-6 on the kernels of the five no-bias convolutions (not part of the module:
-the training loop's weight decay plays that role).
+:meth:`LightSERNet.l2_parameters` names them and the training loop's ``adam`` optimiser
+applies the penalty).
+
+Training (``--model light-sernet`` defaults, :data:`edgeser.models.registry.LIGHT_SERNET_DEFAULTS`),
+as the authors' code at github.com/AryaAftab/LIGHT-SERNET runs it:
+
+=====================  ====================================  ===================================
+setting                edgeser default                       where the authors set it
+=====================  ====================================  ===================================
+optimiser              Adam (``--optimizer adam``)           ``train.py``: ``model.compile(
+                                                             optimizer=tf.keras.optimizers.Adam(
+                                                             hyperparameters.LEARNING_RATE))``
+learning rate          1e-4                                  ``hyperparameters.py``:
+                                                             ``LEARNING_RATE = 1e-4``
+schedule               constant, then x exp(-0.15) at every  ``callbacks.py``:
+                       epoch >= 50 that is a multiple of 20  ``LearningRateScheduler``;
+                       (first at epoch 60, 0-based)          ``LEARNING_RATE_DECAY_STRATPOINT =
+                                                             50``, ``..._STEP = 20``,
+                                                             ``..._PARAMETERS = -0.15``
+epochs                 300                                   ``EPOCHS = 300``
+batch size             32                                    ``BATCH_SIZE = 32`` (``dataio.py``:
+                                                             reshuffled every epoch)
+L2 penalty             1e-6 · Σw² on the five body convs     ``models.py``: ``kernel_regularizer=
+                                                             regularizers.l2(hyperparameters.L2)``,
+                                                             ``L2 = 1e-6``
+dropout                0.3 before the classifier             ``DROPOUT = 0.3``
+loss                   focal, γ = 2, no class weights, no    ``loss.py``:
+                       label smoothing                       ``SparseCategoricalFocalLoss(gamma=
+                                                             hyperparameters.GAMMA)``, ``GAMMA =
+                                                             2``, ``class_weight=None``
+augmentation           none (``aug_views = 0``)              ``dataio.py`` has none
+input                  3 s of 40 MFCC (front end above)      ``run.sh``: ``-id 3``;
+                                                             ``hyperparameters.py``: MFCC settings
+=====================  ====================================  ===================================
+
+Where edgeser differs, on purpose:
+
+* ``run.sh`` runs every experiment with both the focal loss and cross-entropy
+  (``train.py``'s ``--loss_name`` defaults to ``cross_entropy``); the default here is the
+  focal loss (``--loss ce`` gives the other).
+* Model selection: the authors' ``BestModelWeights`` callback keeps the epoch with the best
+  ``val_accuracy`` where ``validation_data`` is the *test* fold (``train.py``), which lets
+  the test speakers choose the model. edgeser selects on held-out validation speakers by UA
+  (or keeps the last epoch when there are none), as for every model.
+* Input window: the authors' ``utils/segment`` crops a longer utterance around its centre,
+  pads a shorter one with zeros on both sides and scales it by its 99.9th-percentile
+  amplitude (clipped to ±1), without silence trimming or pre-emphasis. edgeser feeds the
+  signal every model sees (trimmed, pre-emphasised, peak-normalised:
+  :class:`edgeser.audio.frontend.FrontEnd`) and keeps its first ``seconds``, zero-padded
+  at the end (:func:`fix_length`), which the export graph does with a static slice. With
+  trimmed speech the crop rarely matters (RAVDESS' trimmed utterances are ~2-3 s); the
+  network ends in global average pooling, so where the speech sits in the window matters
+  little.
+* Seed: the authors fix 42; here ``--seed`` (default 0).
 """
 
 from __future__ import annotations
@@ -47,6 +100,7 @@ __all__ = [
     "LightSERNetConfig",
     "MFCCConfig",
     "MFCCFrontEnd",
+    "as_waveform",
     "dct_matrix",
     "fix_length",
     "hann_window",
@@ -246,6 +300,16 @@ class MFCC(nn.Module):
         return torch.clamp(coeffs, -self.cfg.clip, self.cfg.clip)
 
 
+def as_waveform(wave: np.ndarray | torch.Tensor, index: int = 0) -> np.ndarray:
+    """A front end's input as a 1-D float numpy array; anything else is a ``ValueError``
+    naming the waveform's position ``index``."""
+    x = np.asarray(wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave)
+    if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"waveform {index}: expected a 1-D float waveform, got {x.dtype} "
+                         f"{x.shape}")
+    return x
+
+
 class MFCCFrontEnd:
     """The MFCC front end as an encoder-like object for the feature cache.
 
@@ -269,14 +333,8 @@ class MFCCFrontEnd:
 
     def encode(self, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """``[T, n_mfcc]`` float32 per wave (cropped/zero-padded to ``cfg.seconds``)."""
-        fixed = []
-        for i, w in enumerate(waves):
-            x = np.asarray(w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else w)
-            if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
-                raise ValueError(
-                    f"waveform {i}: expected a 1-D float waveform, got {x.dtype} {x.shape}"
-                )
-            fixed.append(fix_length(x, self.cfg.num_samples))
+        fixed = [fix_length(as_waveform(w, i), self.cfg.num_samples)
+                 for i, w in enumerate(waves)]
         out: list[torch.Tensor] = []
         with torch.no_grad():
             for start in range(0, len(fixed), self.batch_size):
@@ -356,6 +414,11 @@ class LightSERNet(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 m.reset_parameters()
+
+    def l2_parameters(self) -> list[nn.Parameter]:
+        """The kernels the authors' ``models.py`` regularises (``kernel_regularizer=l2``):
+        the five bias-free body convolutions, not the input paths nor the classifier."""
+        return [m.weight for m in self.body.modules() if isinstance(m, nn.Conv2d)]
 
     def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
         if mfcc.ndim != 3 or mfcc.shape[-1] != self.cfg.mfcc.n_mfcc:

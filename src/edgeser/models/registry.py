@@ -11,25 +11,57 @@ Two families:
   ``pepino`` is Pepino et al. (2021): wav2vec 2.0 Base with per-speaker feature
   normalisation by default (``--feature-norm global`` or ``none`` to change it).
 * **LIGHT-SERNET** (``light-sernet``, Aftab et al. 2022): MFCCs of a fixed-length window
-  into a ~0.5 M-parameter fully convolutional network trained from scratch.
+  into a ~0.5 M-parameter fully convolutional network trained from scratch, with the
+  authors' training recipe as its defaults (:data:`LIGHT_SERNET_DEFAULTS`).
+* **eGeMAPS** (``egemaps``, Eyben et al. 2016): openSMILE's 88 eGeMAPSv02 functionals per
+  utterance and a multinomial logistic regression (:mod:`edgeser.models.egemaps`,
+  :mod:`edgeser.train.linear`): the interpretable baseline of the SER literature.
 
-``--feature-norm`` (SSL models, pooled features): ``none``; ``global``: every layer's
-features standardised with statistics of the training utterances, stored in the model
-(so it exports); ``speaker``: standardised with statistics of each speaker's own
-utterances, test speakers included (labels are never used, but it needs a speaker's
-audio before predicting: such a model is not exportable as a single-utterance graph).
+A model's :attr:`ModelSpec.defaults` are the training settings that differ for it from the
+paper's (DistilHuBERT) values; a config field left unset takes them (see
+:mod:`edgeser.config`).
+
+``--feature-norm`` (SSL models, pooled features; eGeMAPS functionals): ``none``;
+``global``: every layer's features (every functional) standardised with statistics of the
+training utterances, stored in the model (so it exports); ``speaker``: standardised with
+statistics of each speaker's own utterances, test speakers included (labels are never
+used, but it needs a speaker's audio before predicting: such a model is not exportable as
+a single-utterance graph).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from edgeser.core.errors import EdgeserError
 
-__all__ = ["MODELS", "FeatureEncoder", "ModelSpec", "encoder_source", "make_encoder",
-           "model_spec", "normalization"]
+__all__ = ["LIGHT_SERNET_DEFAULTS", "MODELS", "FeatureEncoder", "ModelSpec", "encoder_source",
+           "make_encoder", "model_spec", "normalization"]
+
+#: LIGHT-SERNET's training as the authors' code runs it (github.com/AryaAftab/LIGHT-SERNET,
+#: ``hyperparameters.py``, ``train.py``, ``callbacks.py``, ``models.py``); each value's
+#: origin and the deliberate differences are listed in :mod:`edgeser.models.lightsernet`.
+LIGHT_SERNET_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adam",  # train.py: tf.keras.optimizers.Adam
+    "lr": 1e-4,  # hyperparameters.LEARNING_RATE
+    "lr_decay_start": 50,  # hyperparameters.LEARNING_RATE_DECAY_STRATPOINT
+    "lr_decay_every": 20,  # hyperparameters.LEARNING_RATE_DECAY_STEP
+    "lr_decay_rate": 0.15,  # -hyperparameters.LEARNING_RATE_DECAY_PARAMETERS
+    "weight_decay": 1e-6,  # hyperparameters.L2 (kernel_regularizer of the body convs)
+    "dropout": 0.3,  # hyperparameters.DROPOUT
+    "batch_size": 32,  # hyperparameters.BATCH_SIZE
+    "epochs": 300,  # hyperparameters.EPOCHS
+    "loss": "focal",  # loss.SparseCategoricalFocalLoss, hyperparameters.GAMMA = 2
+    "label_smoothing": 0.0,  # neither loss smooths
+    "class_weights": False,  # class_weight=None
+    "aug_views": 0,  # no augmentation in dataio.py
+}
+
+#: The eGeMAPS baseline: clean functionals only (no augmented views), global
+#: standardisation; the classifier's settings live in :mod:`edgeser.train.linear`.
+EGEMAPS_DEFAULTS: dict[str, Any] = {"aug_views": 0}
 
 
 @runtime_checkable
@@ -56,13 +88,15 @@ class ModelSpec:
     """What a model name stands for."""
 
     name: str
-    family: str  # "ssl" or "cnn"
+    family: str  # "ssl", "cnn" or "functionals"
     encoder: str | None  # default encoder alias (ssl)
     normalize: str  # default normalisation
     description: str
     #: published reference figures from SPEC.md (fractions), for reports and `compare`
     paper: dict[str, float] | None = None
     paper_note: str = ""
+    #: training settings that differ for this model from the paper's (config field -> value)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -84,8 +118,13 @@ MODELS: dict[str, ModelSpec] = {
                   "per-speaker normalisation, mean pooling, MLP",
                   {"ua": 0.672}, "Pepino et al. 2021, IEMOCAP LOSO UA"),
         ModelSpec("light-sernet", "cnn", None, "none",
-                  "LIGHT-SERNET (Aftab et al. 2022): MFCC + 3-path FCNN, trained from scratch",
-                  None, ""),
+                  "LIGHT-SERNET (Aftab et al. 2022): MFCC + 3-path FCNN, trained from scratch "
+                  "with the authors' recipe",
+                  None, "", LIGHT_SERNET_DEFAULTS),
+        ModelSpec("egemaps", "functionals", None, "global",
+                  "eGeMAPSv02 functionals (openSMILE, 88 features) + multinomial logistic "
+                  "regression (Eyben et al. 2016)",
+                  None, "", EGEMAPS_DEFAULTS),
     )
 }
 NORMALIZATIONS = ("auto", "none", "global", "speaker")
@@ -101,8 +140,10 @@ def model_spec(name: str) -> ModelSpec:
 def encoder_source(cfg: Any) -> str:
     """The encoder source a config resolves to (``auto``: the model's default encoder)."""
     spec = model_spec(cfg.model)
-    if spec.family != "ssl":
+    if spec.family == "cnn":
         return "mfcc"
+    if spec.family == "functionals":
+        return "egemaps"
     text = str(cfg.encoder).strip()
     if text in ("", "auto"):
         return str(spec.encoder)
@@ -115,20 +156,26 @@ def normalization(cfg: Any) -> str:
     """The feature normalisation a config resolves to (``auto``: the model's default)."""
     spec = model_spec(cfg.model)
     mode = spec.normalize if cfg.feature_norm == "auto" else cfg.feature_norm
-    if mode != "none" and spec.family != "ssl":
-        raise EdgeserError(f"--feature-norm {mode} applies to SSL-encoder models, not {cfg.model}")
+    if mode != "none" and spec.family == "cnn":
+        raise EdgeserError(f"--feature-norm {mode} applies to SSL-encoder models and egemaps, "
+                           f"not {cfg.model}")
     return mode
 
 
 def make_encoder(cfg: Any) -> FeatureEncoder:
     """The feature extractor of a config: an :class:`~edgeser.models.ssl.Encoder` for
-    SSL models, the MFCC front end for LIGHT-SERNET."""
+    SSL models, the MFCC front end for LIGHT-SERNET, openSMILE's eGeMAPS for ``egemaps``."""
     # here, not at the top: the registry is read by the config of every command, and
     # models.ssl imports transformers
-    if model_spec(cfg.model).family == "cnn":
+    family = model_spec(cfg.model).family
+    if family == "cnn":
         from edgeser.models.lightsernet import MFCCConfig, MFCCFrontEnd
 
         return MFCCFrontEnd(MFCCConfig(seconds=cfg.mfcc_seconds))
+    if family == "functionals":
+        from edgeser.models.egemaps import EGeMAPSFrontEnd
+
+        return EGeMAPSFrontEnd()
     from edgeser.models.ssl import load_encoder
 
     return load_encoder(encoder_source(cfg), seed=cfg.encoder_seed, precision=cfg.precision)

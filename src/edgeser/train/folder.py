@@ -19,6 +19,7 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
 from edgeser.features.kinds import FeatureKind
+from edgeser.models.egemaps import LinearClassifier
 from edgeser.models.head import EmotionHead
 from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
 from edgeser.models.registry import FeatureEncoder, make_encoder, model_spec, normalization
@@ -48,8 +49,11 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         if kind == FeatureKind.MFCC:
-            net = LightSERNet(LightSERNetConfig(num_classes=len(LABELS), mfcc=encoder.cfg))
+            net = LightSERNet(LightSERNetConfig(num_classes=len(LABELS), dropout=cfg.dropout,
+                                                mfcc=encoder.cfg))
             return SERModel(net, None, kind=kind)
+        if kind == FeatureKind.FUNCTIONALS:
+            return SERModel(LinearClassifier(encoder.num_features, len(LABELS)), None, kind=kind)
         hcfg = head_config(cfg, encoder.num_hidden_states, encoder.hidden_size)
         if normalization(cfg) == "global":
             hcfg = dataclasses.replace(hcfg, normalize=True)
@@ -103,7 +107,7 @@ def load_trained(model_dir: str | Path, encoder: FeatureEncoder | None = None) -
     except (KeyError, TypeError) as e:
         raise EdgeserError(f"{model_dir}: model.json is not an edgeser model ({e})") from None
     if encoder is None:
-        if model_spec(cfg.model).family == "cnn":
+        if model_spec(cfg.model).family != "ssl":
             encoder = make_encoder(cfg)
         else:
             encoder = load_encoder(enc_meta["source"], seed=enc_meta.get("seed", 0),

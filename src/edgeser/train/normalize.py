@@ -1,4 +1,5 @@
-"""Feature normalisation for SSL-encoder models (Pepino et al. 2021).
+"""Feature normalisation for SSL-encoder models (Pepino et al. 2021) and for one feature
+vector per utterance (eGeMAPS functionals: :func:`row_stats`, :func:`standardize`).
 
 Cached features are per-utterance, per-layer frame statistics ``[L, 2D]`` (mean ‖ std
 over frames, see :mod:`edgeser.features`). Standardising every frame with a layer's
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["group_stats", "normalize_pooled"]
+__all__ = ["group_stats", "normalize_pooled", "row_stats", "standardize"]
 
 _VAR_EPS = 1e-6
 
@@ -41,3 +42,17 @@ def normalize_pooled(array: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np
     out[..., :d] = (array[..., :d] - mean) / std
     out[..., d:] = array[..., d:] / std
     return out
+
+
+def row_stats(arrays: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and deviation ``[F]`` over utterances of per-utterance vectors ``[F]`` (a
+    constant feature gets deviation ``sqrt(1e-6)``, so standardising it gives 0)."""
+    if not len(arrays):
+        raise ValueError("statistics need at least one utterance")
+    x = np.stack([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays])
+    return x.mean(axis=0), np.sqrt(x.var(axis=0) + _VAR_EPS)
+
+
+def standardize(array: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(array - mean) / std`` as float32."""
+    return ((np.asarray(array, np.float64) - mean) / std).astype(np.float32)

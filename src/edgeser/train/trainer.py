@@ -9,7 +9,13 @@ Inputs come as a :class:`FeatureSet` of one of four kinds:
 * ``wave``: pre-processed waveforms, augmented and re-encoded through the frozen
   encoder at every step (the exact, slow reference path);
 * ``mfcc``: cached fixed-window MFCCs ``[T, 40]`` for LIGHT-SERNET, whose whole network
-  is the "head" here (trained from scratch).
+  is the "head" here (trained from scratch);
+* ``functionals``: cached eGeMAPS functionals ``[88]``; the linear classifier is fitted by
+  scikit-learn (:mod:`edgeser.train.linear`), not by this loop.
+
+The optimiser (``adamw`` or ``adam`` with Keras-style L2 on named kernels) and the learning
+rate per epoch (:meth:`TrainConfig.learning_rate`: constant, or LIGHT-SERNET's exponential
+steps) come from the config.
 
 With ``cfg.dimensions`` the head also regresses arousal, valence and dominance
 (:attr:`FeatureSet.dims`, ``NaN`` where an utterance has no rating); the step's loss is the
@@ -51,6 +57,7 @@ from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
 from edgeser.models.registry import FeatureEncoder
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
+from edgeser.train.linear import fit_linear
 from edgeser.train.losses import ccc_loss, make_loss
 
 log = logging.getLogger(__name__)
@@ -112,6 +119,8 @@ class SERModel(nn.Module):
         """Class logits ``[B, C]`` and the dimensional output ``[B, K]`` (None without)."""
         if self.kind == FeatureKind.MFCC:
             return self.head(batch["mfcc"]), None
+        if self.kind == FeatureKind.FUNCTIONALS:
+            return self.head(batch["functionals"]), None
         z = self._embed(batch)
         dims = self.head.dimensions(z) if self.has_dimensions else None
         return self.head.classifier(z), dims
@@ -149,6 +158,8 @@ def collate(kind: str, arrays: Sequence[np.ndarray], pooling: str) -> dict[str, 
         return {"waves": list(arrays)}
     if kind == FeatureKind.MFCC:  # fixed-length windows
         return {"mfcc": torch.from_numpy(np.stack(arrays)).float()}
+    if kind == FeatureKind.FUNCTIONALS:  # one vector per utterance
+        return {"functionals": torch.from_numpy(np.stack(arrays)).float()}
     time_axis = 1 if kind == FeatureKind.FRAMES else 0
     lengths = [a.shape[time_axis] for a in arrays]
     t = max(lengths)
@@ -201,15 +212,15 @@ def fit(
     missing = [LABELS[i] for i, c in enumerate(counts) if c == 0]
     if missing:
         raise EdgeserError(f"class {', '.join(missing)} has no training examples")
+    if model.kind == FeatureKind.FUNCTIONALS:  # fitted by scikit-learn, in one go
+        out_dir.mkdir(parents=True, exist_ok=True)
+        history, best = fit_linear(cfg, model.head, train, val)
+        return FitResult(model=model.eval(), history=history, best_epoch=best, resumed_from=0)
     torch.manual_seed(cfg.seed)
     loss_fn = make_loss(cfg.loss, counts, gamma=cfg.focal_gamma,
-                        label_smoothing=cfg.label_smoothing, labels=list(LABELS))
-    head_params = list(model.head.parameters())
-    groups = [{"params": head_params, "lr": cfg.lr}]
-    if model.kind == FeatureKind.CONV:
-        enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
-        groups.append({"params": enc_params, "lr": cfg.encoder_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+                        label_smoothing=cfg.label_smoothing, class_weights=cfg.class_weights,
+                        labels=list(LABELS))
+    optimizer = _optimizer(cfg, model)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Everything that shapes the run except the epoch count, so a longer run resumes a
     # shorter one.
@@ -239,6 +250,9 @@ def fit(
                       enabled=progress, unit="step") as bar:
         for epoch in range(start, cfg.epochs):
             model.train()
+            scale = cfg.learning_rate(epoch) / cfg.lr
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * scale
             rng = np.random.default_rng([cfg.seed, epoch])
             order = rng.permutation(n)
             view_pick = rng.integers(0, max(len(train.views[0]) if train.views else 1, 1), n)
@@ -285,6 +299,34 @@ def fit(
         best_epoch = cfg.epochs - 1
     return FitResult(model=model, history=history, best_epoch=best_epoch,
                      resumed_from=resumed_from)
+
+
+def _optimizer(cfg: TrainConfig, model: SERModel) -> torch.optim.Optimizer:
+    """``adamw``: decoupled weight decay on every trained parameter; ``adam``: the L2
+    penalty ``weight_decay · Σw²`` of Keras' ``kernel_regularizer`` on the kernels the
+    network names (``l2_parameters()``; LIGHT-SERNET's five bias-free convolutions), as
+    Adam's coupled ``weight_decay = 2 · λ`` (the penalty's gradient is ``2λw``)."""
+    groups: list[dict[str, Any]] = []
+    head_params = list(model.head.parameters())
+    if cfg.optimizer == "adam":
+        named = getattr(model.head, "l2_parameters", lambda: [])()
+        ids = {id(p) for p in named}
+        groups.append({"params": [p for p in head_params if id(p) in ids],
+                       "weight_decay": 2.0 * cfg.weight_decay})
+        groups.append({"params": [p for p in head_params if id(p) not in ids],
+                       "weight_decay": 0.0})
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups.append({"params": head_params, "weight_decay": cfg.weight_decay})
+    for g in groups:
+        g["lr"] = g["initial_lr"] = cfg.lr
+    if model.kind == FeatureKind.CONV:
+        enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
+        groups.append({"params": enc_params, "lr": cfg.encoder_lr,
+                       "initial_lr": cfg.encoder_lr, "weight_decay": cfg.weight_decay})
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.AdamW(groups)
 
 
 def _save_best(out_dir: Path, state: dict[str, torch.Tensor]) -> None:
