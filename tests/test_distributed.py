@@ -272,7 +272,10 @@ def test_predict_manifest_interrupted_leaves_readable_parts(archive, tmp_path):
     n = _big_manifest(manifest, tmp_path / "big.csv", 60)
     out = tmp_path / "preds.parquet"
     cmd = _predict_cmd(model, tmp_path / "big.csv", out, 1)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as in a terminal: a shell running the tests in the background starts them with
+    # SIGINT ignored, which the command would inherit (and then never see the signal)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_part(out, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
