@@ -42,6 +42,7 @@ import numpy as np
 from edgeser.core.cpu import format_hardware
 from edgeser.export.calibration import speech_like
 from edgeser.runtime.model import OnnxEmotionModel
+from edgeser.runtime.session import onnx_session
 from edgeser.web.server import make_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,16 +52,22 @@ CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess-mini"
 GEMM = (149, 768, 3072)
 
 
-def native_ms(path: Path, wave: np.ndarray, threads: int, runs: int) -> float:
-    model = OnnxEmotionModel(path, threads=threads)
-    model.run([wave])
+def median_ms(run, runs: int) -> float:
+    """Median milliseconds of ``run()`` over ``runs`` calls after a warm-up (the pause lets
+    onnxruntime's spinning workers settle, see bench/README.md)."""
+    run()
     times = []
     for _ in range(runs):
-        time.sleep(0.2)  # let onnxruntime's spinning workers settle (see bench/README.md)
+        time.sleep(0.2)
         t0 = time.perf_counter()
-        model.run([wave])
+        run()
         times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times)
+
+
+def native_ms(path: Path, wave: np.ndarray, threads: int, runs: int) -> float:
+    model = OnnxEmotionModel(path, threads=threads)
+    return median_ms(lambda: model.run([wave]), runs)
 
 
 def kernel_site(onnx_dir: Path, out: Path) -> tuple[Path, list[dict]]:
@@ -117,19 +124,9 @@ def kernel_input(spec: dict) -> np.ndarray:
 
 
 def native_kernel_ms(path: Path, inputs: dict, runs: int) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads=1)
     feeds = {name: kernel_input(spec) for name, spec in inputs.items()}
-    session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+    return median_ms(lambda: session.run(None, feeds), runs)
 
 
 def parity(url: str, chromium: str, int8: Path) -> str:

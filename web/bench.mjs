@@ -55,15 +55,7 @@ if (job.kernels) {
         for (let i = 0; i < n; i++) data[i] = type === "uint8" ? (i * 37) % 256 : Math.sin(i * 0.37);
         feeds[name] = new ort.Tensor(type, data, shape);
       }
-      await session.run(feeds);
-      const t = [];
-      for (let r = 0; r < runs; r++) {
-        const t0 = performance.now();
-        await session.run(feeds);
-        t.push(performance.now() - t0);
-      }
-      t.sort((a, b) => a - b);
-      times[item.file] = t[Math.floor(t.length / 2)];
+      times[item.file] = await window.edgeserMedianMs(() => session.run(feeds), runs);
       await session.release();
     }
     return times;
