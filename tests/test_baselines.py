@@ -77,8 +77,9 @@ def test_model_names_resolve_encoders_and_normalisation():
     assert encoder_source(TrainConfig(model="light-sernet")) == "mfcc"
     with pytest.raises(EdgeserError, match="model must be one of"):
         TrainConfig(model="resnet")
-    with pytest.raises(EdgeserError, match="applies to SSL-encoder models"):
-        normalization(TrainConfig(model="light-sernet", feature_norm="speaker"))
+    with pytest.raises(EdgeserError, match="takes none or speaker"):
+        normalization(TrainConfig(model="light-sernet", feature_norm="global"))
+    assert normalization(TrainConfig(model="light-sernet", feature_norm="speaker")) == "speaker"
 
 
 def test_random_architectures_of_the_encoder_zoo():
@@ -264,6 +265,108 @@ def json_load(path):
     import json
 
     return json.loads(Path(path).read_text())
+
+
+def _speaker_mfcc_set(n_per_speaker=(7, 5), seed=0):
+    from edgeser.train.trainer import FeatureSet
+
+    rng = np.random.default_rng(seed)
+    clean, speakers = [], []
+    for k, n in enumerate(n_per_speaker):  # speakers differ in level and spread
+        clean += [rng.normal(2.0 * k - 1.0, 1.0 + k, size=(47, 40)).astype(np.float32)
+                  for _ in range(n)]
+        speakers += [f"s{k}"] * n
+    total = len(clean)
+    return FeatureSet("mfcc", [f"u{i}" for i in range(total)],
+                      rng.integers(0, 4, total).astype(np.int64), clean, speakers=speakers)
+
+
+def test_speaker_batchnorm_statistics_are_the_speakers_own():
+    """AdaBN: after adapt_batchnorm on one speaker's utterances the eval-mode network
+    equals the network normalising that whole speaker as one training-mode batch, whatever
+    the batch size the statistics were gathered in; speakers do not affect each other."""
+    from edgeser.models.lightsernet import LightSERNet, MFCCConfig
+    from edgeser.models.lightsernet import LightSERNetConfig as NetConfig
+    from edgeser.train.trainer import (
+        FeatureSet,
+        SERModel,
+        adapt_batchnorm,
+        collate,
+        predict,
+        speaker_batchnorm,
+    )
+
+    torch.manual_seed(0)
+    net = LightSERNet(NetConfig(mfcc=MFCCConfig(seconds=0.75)))
+    with torch.no_grad():  # trained-looking statistics, far from any speaker's
+        for bn in net.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.uniform_(-3, 3)
+                bn.running_var.uniform_(0.1, 9)
+    model = SERModel(net, None, kind="mfcc")
+    data = _speaker_mfcc_set()
+    cfg = TrainConfig(model="light-sernet", feature_norm="speaker")
+    assert speaker_batchnorm(cfg, "mfcc") and not speaker_batchnorm(
+        TrainConfig(model="light-sernet"), "mfcc")
+    rows = np.arange(7)  # speaker s0
+    small = adapt_batchnorm(model, data, rows, cfg, batch_size=3)
+    whole = adapt_batchnorm(model, data, rows, cfg, batch_size=64)
+    for a, b in zip(small.state_dict().items(), whole.state_dict().items(), strict=True):
+        torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-5)
+    batch = collate("mfcc", [data.clean[i] for i in rows], "mean")
+    reference = copy_with_batch_statistics(model)
+    with torch.no_grad():
+        expect = torch.softmax(reference.outputs(batch)[0], -1).numpy()
+    got, _ = predict(model, data, cfg)
+    np.testing.assert_allclose(got[rows], expect, rtol=1e-4, atol=1e-5)
+    # the adapted copy is a copy: the model keeps its statistics
+    assert not torch.allclose(model.head.body[0][1].running_mean,
+                              small.head.body[0][1].running_mean)
+    # speaker s0's predictions do not depend on s1 being predicted alongside
+    alone = FeatureSet("mfcc", [data.ids[i] for i in rows], data.labels[rows],
+                       [data.clean[i] for i in rows], speakers=["s0"] * len(rows))
+    np.testing.assert_allclose(predict(model, alone, cfg)[0], got[rows], rtol=1e-5, atol=1e-6)
+    plain, _ = predict(model, data, TrainConfig(model="light-sernet"))
+    assert np.abs(plain - got).max() > 1e-3  # the training statistics give other outputs
+    with pytest.raises(EdgeserError, match="need the speaker of every utterance"):
+        predict(model, FeatureSet("mfcc", alone.ids, alone.labels, alone.clean), cfg)
+
+
+def copy_with_batch_statistics(model):
+    """The network with BatchNorm in training mode (batch statistics), dropout off."""
+    import copy
+
+    ref = copy.deepcopy(model).eval()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.train()
+    return ref
+
+
+def test_speaker_batches_never_mix_speakers():
+    from edgeser.train.trainer import _speaker_batches
+
+    speakers = ["a"] * 9 + ["b"] * 4 + ["c"] * 6
+    batches = _speaker_batches(speakers, 4, np.random.default_rng(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(19))  # each once
+    assert len(batches) == 3 + 1 + 2
+    assert all(len({speakers[i] for i in b}) == 1 for b in batches)
+    assert [speakers[b[0]] for b in batches] != ["a"] * 3 + ["b"] + ["c"] * 2  # shuffled
+
+
+def test_light_sernet_with_speaker_batchnorm_through_the_protocol(manifests, tmp_path):
+    """--feature-norm speaker trains LIGHT-SERNET on one-speaker batches, evaluates each
+    test speaker with its own statistics, and is not exported (one line)."""
+    from edgeser.cli import main
+    from edgeser.experiments.runs import evaluate_loso
+
+    cfg = _cfg(model="light-sernet", mfcc_seconds=1.0, feature_norm="speaker")
+    out = evaluate_loso(cfg, manifests["iemocap"], tmp_path / "lo", folds=3, progress=False)
+    assert out["config"]["feature_norm"] == "speaker"
+    assert len(out["loso"]["iemocap"]["folds"]) == 3
+    assert main(["-q", "export", str(tmp_path / "lo" / "loso" / "fold1"), "--out",
+                 str(tmp_path / "exp")]) == 2
+    assert not (tmp_path / "exp" / "model.onnx").exists()
 
 
 def test_light_sernet_refuses_encoder_modes():

@@ -62,8 +62,10 @@ class TrainConfig:
     """What is trained: 'head' (encoder frozen) or 'encoder' (conv extractor frozen,
     projection + positional conv + transformer fine-tuned with the head)."""
     feature_norm: str = "auto"
-    """Feature normalisation of SSL models: 'auto' (pepino: speaker, others: none),
-    'none', 'global' (training-set statistics, stored in the model) or 'speaker'."""
+    """Feature normalisation: 'auto' (pepino: speaker, egemaps: global, others: none),
+    'none', 'global' (training-set statistics, stored in the model; SSL models and egemaps)
+    or 'speaker' (each speaker's own statistics, test speakers' audio included; for
+    light-sernet: per-speaker BatchNorm statistics, in training and at test)."""
     mfcc_seconds: float = 3.0
     """light-sernet: fixed input window in seconds (longer input cropped, shorter padded)."""
     # head

@@ -68,7 +68,9 @@ class Features:
         y = np.array([label_index(labels[u]) for u in ids], dtype=np.int64)
         views = [self.views[u] for u in ids] if with_views and self.views else []
         targets = dimension_targets(df, ids) if dims else None
-        return FeatureSet(self.kind, list(ids), y, [self.clean[u] for u in ids], views, targets)
+        speakers = dict(zip(df["utt_id"], df["speaker"].astype(str), strict=True))
+        return FeatureSet(self.kind, list(ids), y, [self.clean[u] for u in ids], views, targets,
+                          [speakers[u] for u in ids])
 
     def speaker_normalized(self, frame: pd.DataFrame) -> Features:
         """Every utterance standardised with its speaker's statistics (clean features of
@@ -120,7 +122,7 @@ def compute_features(
         for uid in train_ids:
             feats.views[uid] = [arrays[(uid, v)] for v in range(1, k + 1)]
     feats.seconds = time.perf_counter() - t0
-    if normalization(cfg) == "speaker":
+    if normalization(cfg) == "speaker" and kind != FeatureKind.MFCC:  # MFCC: in the network
         feats = feats.speaker_normalized(frame)
     return feats
 

@@ -112,10 +112,11 @@ def build_export_graph(
     _refuse_functionals(model_dir)
     model, cfg, frozen, meta = load_trained(model_dir, encoder)
     if normalization(cfg) == "speaker":
+        other = "none" if meta.get("feature_kind") == FeatureKind.MFCC else "global"
         raise EdgeserError(
-            f"{model_dir}: trained with per-speaker feature normalisation, which needs each "
-            "speaker's statistics before predicting; a single-utterance graph cannot carry "
-            "them. Train with --feature-norm global (stored in the model) to export"
+            f"{model_dir}: trained with per-speaker normalisation (--feature-norm speaker), "
+            "which needs each speaker's statistics before predicting; a single-utterance "
+            f"graph cannot carry them. Train with --feature-norm {other} to export"
         )
     front = meta.get("front_end") or {}
     if meta.get("feature_kind") == FeatureKind.MFCC:

@@ -153,12 +153,16 @@ def encoder_source(cfg: Any) -> str:
 
 
 def normalization(cfg: Any) -> str:
-    """The feature normalisation a config resolves to (``auto``: the model's default)."""
+    """The feature normalisation a config resolves to (``auto``: the model's default).
+
+    For LIGHT-SERNET (``cnn``) ``speaker`` normalises inside the network: its BatchNorm
+    layers use each speaker's statistics (:func:`edgeser.train.trainer.speaker_batchnorm`)."""
     spec = model_spec(cfg.model)
     mode = spec.normalize if cfg.feature_norm == "auto" else cfg.feature_norm
-    if mode != "none" and spec.family == "cnn":
-        raise EdgeserError(f"--feature-norm {mode} applies to SSL-encoder models and egemaps, "
-                           f"not {cfg.model}")
+    if mode == "global" and spec.family == "cnn":
+        raise EdgeserError(f"--feature-norm global applies to SSL-encoder models and egemaps; "
+                           f"{cfg.model} takes none or speaker (per-speaker BatchNorm "
+                           "statistics)")
     return mode
 
 

@@ -31,6 +31,7 @@ and an interrupted run resumes where it stopped. Seeded and deterministic on CPU
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -55,7 +56,7 @@ from edgeser.evaluate.dimensions import DIMENSIONS, dimension_metrics
 from edgeser.evaluate.metrics import compute_metrics
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
-from edgeser.models.registry import FeatureEncoder
+from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.train.checkpoint import load_state, read_state_info, save_state
 from edgeser.train.linear import fit_linear
 from edgeser.train.losses import ccc_loss, make_loss
@@ -75,6 +76,8 @@ class FeatureSet:
     views: list[list[np.ndarray]] = field(default_factory=list)
     #: ``[N, 3]`` dimensional targets on [0, 1] (``NaN``: not rated), or None.
     dims: np.ndarray | None = None
+    #: The speaker of every utterance (per-speaker BatchNorm statistics), or None.
+    speakers: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in tuple(FeatureKind):
@@ -86,6 +89,8 @@ class FeatureSet:
             raise ValueError("views must be given for every utterance or none")
         if self.dims is not None and self.dims.shape[0] != len(self.ids):
             raise ValueError("dims must have one row per utterance")
+        if self.speakers is not None and len(self.speakers) != len(self.ids):
+            raise ValueError("speakers must be given for every utterance or none")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -184,6 +189,99 @@ def _batches(n: int, size: int, order: np.ndarray) -> Iterator[np.ndarray]:
         yield order[i : i + size]
 
 
+def speaker_batchnorm(cfg: TrainConfig, kind: str) -> bool:
+    """Whether a run normalises per speaker inside the network: LIGHT-SERNET with
+    ``--feature-norm speaker``, whose BatchNorm layers then see one speaker at a time."""
+    return FeatureKind(kind) == FeatureKind.MFCC and normalization(cfg) == "speaker"
+
+
+def _speaker_batches(
+    speakers: Sequence[str] | None, size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch of batches that never mix speakers: each speaker's utterances shuffled
+    and cut into batches of ``size``, the batches of all speakers in a random order. A
+    training-mode BatchNorm then normalises with the batch's speaker's statistics, as
+    :func:`adapt_batchnorm` does with a whole speaker at evaluation."""
+    batches = []
+    for rows in _speaker_rows(speakers):
+        shuffled = rows[rng.permutation(len(rows))]
+        batches += [shuffled[i : i + size] for i in range(0, len(rows), size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _speaker_rows(speakers: Sequence[str] | None) -> list[np.ndarray]:
+    if speakers is None:
+        raise EdgeserError("per-speaker BatchNorm statistics need the speaker of every "
+                           "utterance")
+    values = np.asarray(speakers, dtype=object)
+    return [np.flatnonzero(values == s) for s in sorted(set(values.tolist()))]
+
+
+class _Collected(Exception):
+    """Stops a forward pass once the BatchNorm being measured has seen its input."""
+
+
+class _Moments:
+    """Per-channel sum and sum of squares (float64) of a BatchNorm's inputs, gathered by a
+    forward pre-hook that then stops the pass."""
+
+    def __init__(self) -> None:
+        self.sum: torch.Tensor | float = 0.0
+        self.sq: torch.Tensor | float = 0.0
+        self.n = 0
+
+    def __call__(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].double()
+        axes = [0, *range(2, x.ndim)]
+        self.sum = self.sum + x.sum(axes)
+        self.sq = self.sq + (x * x).sum(axes)
+        self.n += x.numel() // x.shape[1]
+        raise _Collected
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.as_tensor(self.sum) / self.n
+        return mean, (torch.as_tensor(self.sq) / self.n - mean * mean).clamp_min(0.0)
+
+
+@torch.no_grad()
+def adapt_batchnorm(
+    model: SERModel, data: FeatureSet, rows: np.ndarray, cfg: TrainConfig, batch_size: int = 64
+) -> SERModel:
+    """A copy of ``model`` whose BatchNorm layers normalise with the statistics of
+    ``data``'s ``rows`` (one speaker's utterances; their features, never their labels):
+    AdaBN (Li et al., "Adaptive Batch Normalization for practical domain adaptation",
+    Pattern Recognition 2018) with the speaker as the domain.
+
+    The statistics are exact for any number of utterances, not an average of batch
+    estimates: the layers are measured in forward order, each over all ``rows`` (mean and
+    population variance per channel, accumulated in float64) with the layers before it
+    already adapted; each pass stops at the layer measured, so ``L`` BatchNorm layers cost
+    at most ``L`` forward passes over the speaker's utterances.
+    """
+    adapted = copy.deepcopy(model).eval()
+    if len(rows) == 0:
+        return adapted
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batches = [collate(data.kind, [data.clean[i] for i in rows[j : j + batch_size]],
+                       cfg.pooling) for j in range(0, len(rows), batch_size)]
+    order: list[nn.Module] = []  # the layers in the order the forward pass reaches them
+    hooks = [m.register_forward_pre_hook(lambda mod, _inp: order.append(mod)) for m in norms]
+    adapted.outputs(batches[0])
+    for h in hooks:
+        h.remove()
+    for bn in dict.fromkeys(order):
+        moments = _Moments()
+        handle = bn.register_forward_pre_hook(moments)
+        for batch in batches:
+            with contextlib.suppress(_Collected):
+                adapted.outputs(batch)
+        handle.remove()
+        mean, var = moments.mean_var()
+        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_(var.to(bn.running_var.dtype))
+    return adapted
+
+
 @dataclass
 class FitResult:
     model: SERModel
@@ -245,7 +343,12 @@ def fit(
         log.info("resuming %s after epoch %d", out_dir, start)
     resumed_from = start
     n = len(train)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    by_speaker = speaker_batchnorm(cfg, train.kind)
+    if by_speaker:
+        steps_per_epoch = sum(math.ceil(len(r) / cfg.batch_size)
+                              for r in _speaker_rows(train.speakers))
+    else:
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
     with progress_bar(total=(cfg.epochs - start) * steps_per_epoch, desc=out_dir.name,
                       enabled=progress, unit="step") as bar:
         for epoch in range(start, cfg.epochs):
@@ -254,10 +357,13 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * scale
             rng = np.random.default_rng([cfg.seed, epoch])
-            order = rng.permutation(n)
+            if by_speaker:
+                batches = _speaker_batches(train.speakers, cfg.batch_size, rng)
+            else:
+                batches = list(_batches(n, cfg.batch_size, rng.permutation(n)))
             view_pick = rng.integers(0, max(len(train.views[0]) if train.views else 1, 1), n)
             total, seen = 0.0, 0
-            for idx in _batches(n, cfg.batch_size, order):
+            for idx in batches:
                 arrays = _train_arrays(train, idx, view_pick, epoch, cfg, augmenter)
                 batch = collate(train.kind, arrays, cfg.pooling)
                 target = torch.from_numpy(train.labels[idx]).long()
@@ -378,21 +484,27 @@ def _infer(
     model: SERModel, data: FeatureSet, cfg: TrainConfig, loss_fn: nn.Module | None,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """Outputs on clean features; with per-speaker BatchNorm (:func:`speaker_batchnorm`)
+    each speaker's utterances go through a copy adapted to that speaker."""
     model.eval()
-    probs, dims = [], []
+    if speaker_batchnorm(cfg, data.kind):
+        parts = [(rows, adapt_batchnorm(model, data, rows, cfg, batch_size))
+                 for rows in _speaker_rows(data.speakers)]
+    else:
+        parts = [(np.arange(len(data)), model)]
+    out = np.zeros((len(data), len(LABELS)), np.float32)
+    dim_out = np.zeros((len(data), len(DIMENSIONS)), np.float32) if model.has_dimensions else None
     total = 0.0
-    for start in range(0, len(data), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(data)))
-        batch = collate(data.kind, [data.clean[i] for i in idx], cfg.pooling)
-        logits, d = model.outputs(batch)
-        if loss_fn is not None:
-            total += float(loss_fn(logits, torch.from_numpy(data.labels[idx]).long())) * len(idx)
-        probs.append(torch.softmax(logits, dim=-1).numpy())
-        if d is not None:
-            dims.append(d.numpy())
+    for rows, net in parts:
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start : start + batch_size]
+            batch = collate(data.kind, [data.clean[i] for i in idx], cfg.pooling)
+            logits, d = net.outputs(batch)
+            if loss_fn is not None:
+                target = torch.from_numpy(data.labels[idx]).long()
+                total += float(loss_fn(logits, target)) * len(idx)
+            out[idx] = torch.softmax(logits, dim=-1).numpy()
+            if d is not None and dim_out is not None:
+                dim_out[idx] = d.numpy()
     model.train()
-    out = np.concatenate(probs) if probs else np.zeros((0, len(LABELS)), np.float32)
-    dim_out = None
-    if model.has_dimensions:
-        dim_out = np.concatenate(dims) if dims else np.zeros((0, len(DIMENSIONS)), np.float32)
     return out, total / max(len(data), 1), dim_out
