@@ -393,15 +393,12 @@ def test_compare_cli_per_model_settings(tmp_path):
                  "pepino", "--out", str(tmp_path / "o")]) == 2
 
 
-#: LIGHT-SERNET's settings in the real-speech test: the authors' 300 epochs of batch 32 take
-#: ~10 CPU-minutes per fold here, so the test trains 40 epochs of batch 4 (280 optimiser
-#: steps) with two cached augmented views, AdamW at 1e-3 with class-balanced, label-smoothed
-#: focal loss: the recipe whose statistic below was measured over seeds 0-7. The authors'
-#: recipe and its figures on these actors: bench/README.md.
-REAL_SPEECH_LIGHT_SERNET = {
-    "epochs": 40, "batch_size": 4, "aug_views": 2, "optimizer": "adamw", "lr": 1e-3,
-    "weight_decay": 1e-2, "label_smoothing": 0.1, "class_weights": True, "lr_decay_rate": 0.0,
-}
+#: LIGHT-SERNET in the real-speech test: the authors' recipe (Adam 1e-4, batch 32, L2 1e-6,
+#: dropout 0.3, focal loss, no augmentation) cut to its first 30 epochs (the constant-rate
+#: part of their schedule, which decays from epoch 60; one actor's 28 utterances make one
+#: optimiser step per epoch) with per-speaker BatchNorm statistics, three seeds. The full
+#: 300 epochs take ~3 min per fold and seed here; their figures: bench/README.md.
+REAL_SPEECH_LIGHT_SERNET = {"epochs": 30, "feature_norm": "speaker", "seeds": 3}
 
 
 def _angry_vs_sad_auc(predictions: Path) -> list[float]:
@@ -412,38 +409,49 @@ def _angry_vs_sad_auc(predictions: Path) -> list[float]:
             for _, fold in preds[preds["label"].isin(["angry", "sad"])].groupby("fold")]
 
 
-def test_light_sernet_and_egemaps_on_real_speech_speaker_independently(ravdess_mini, tmp_path):
-    """Two real RAVDESS actors: train on one, test on the other, both ways, LIGHT-SERNET and
-    the eGeMAPS baseline on the same folds. Each must rank the unseen actor's angry
-    utterances above his sad ones (arousal, the robust cue; chance AUC 0.5).
+def test_light_sernet_beats_egemaps_on_real_speech_speaker_independently(ravdess_mini, tmp_path):
+    """Two real RAVDESS actors (a man and a woman): train on one, test on the other, both
+    ways, LIGHT-SERNET and the eGeMAPS baseline on the same folds, each model normalising
+    per speaker (per-speaker BatchNorm statistics / per-speaker standardisation; eGeMAPS
+    with global standardisation too). LIGHT-SERNET's UA, averaged over three seeds, beats
+    both eGeMAPS figures; both models rank the unseen actor's angry utterances above the
+    sad ones (arousal; chance AUC 0.5).
 
-    The statistic and its bars are set from measured runs: over seeds 0-7 on an AVX2 CPU
-    LIGHT-SERNET's mean angry-vs-sad AUC over the two folds was 0.82-0.95 (mean 0.90);
-    eGeMAPS' (a deterministic L-BFGS fit) 0.99. Four-class UA on 56 utterances swings
-    with the seed alone (LIGHT-SERNET 0.28-0.52; a CPU's rounding changes a training run
-    as a seed does) and LIGHT-SERNET does not beat eGeMAPS on it on two actors (UA 0.31
-    with the authors' recipe against 0.34; bench/README.md): no UA bar is asserted.
+    The margin is set from measured runs (an AVX2 CPU; a CPU's rounding changes a training
+    run as a seed does): eGeMAPS (a deterministic L-BFGS fit) UA 0.359 per speaker, 0.344
+    global; LIGHT-SERNET per seed (30 epochs) 0.359-0.469, sd 0.05, so the mean of three
+    seeds is 0.41-0.44 (seeds 0-2: 0.443), 2.6 of its sds above eGeMAPS. A single seed
+    ties eGeMAPS in one run of four: one seed is not a test of the ordering. Per-fold
+    intervals and the paired test over utterances: bench/README.md.
     """
     from edgeser.data.manifest import write_manifest
     from edgeser.experiments.runs import evaluate_loso
 
     write_manifest(prepare_ravdess(ravdess_mini), tmp_path / "rv.csv")
+    settings = {"egemaps speaker": ("egemaps", {"feature_norm": "speaker"}),
+                "egemaps global": ("egemaps", {}),
+                "light-sernet": ("light-sernet", REAL_SPEECH_LIGHT_SERNET)}
     runs = {}
-    for name, values in (("egemaps", {}), ("light-sernet", REAL_SPEECH_LIGHT_SERNET)):
+    for key, (name, values) in settings.items():
         cfg = TrainConfig(model=name, seed=0, **values)
-        runs[name] = evaluate_loso(cfg, tmp_path / "rv.csv", tmp_path / name, folds=2,
-                                   progress=False)["loso"]["ravdess"]
+        runs[key] = evaluate_loso(cfg, tmp_path / "rv.csv", tmp_path / key, folds=2,
+                                  cache_dir=tmp_path / "cache",
+                                  progress=False)["loso"]["ravdess"]
     for s in runs.values():
         for fold in s["folds"]:
             assert len(fold["train_speakers"]) == 1 and fold["val_speakers"] == []
             assert set(fold["train_speakers"]).isdisjoint(fold["test_speakers"])
-    digests = {name: [f["split_sha256"] for f in s["folds"]] for name, s in runs.items()}
-    assert digests["egemaps"] == digests["light-sernet"]  # the same split for both
-    ua = {name: [round(f["metrics"]["ua"], 3) for f in s["folds"]] for name, s in runs.items()}
-    auc = {name: _angry_vs_sad_auc(tmp_path / name / "loso" / "predictions.csv")
-           for name in runs}
-    assert len(auc["egemaps"]) == 2 and np.mean(auc["egemaps"]) >= 0.85, (auc, ua)
-    assert len(auc["light-sernet"]) == 2 and np.mean(auc["light-sernet"]) >= 0.70, (auc, ua)
+    digests = {key: [f["split_sha256"] for f in s["folds"]] for key, s in runs.items()}
+    assert len({tuple(d) for d in digests.values()}) == 1  # the same split for all
+    seeds = runs["light-sernet"]["seeds"]
+    assert seeds["seeds"] == [0, 1, 2] and seeds["runs"] == 6
+    ua = {key: s["mean"]["ua"] for key, s in runs.items()}
+    ua["light-sernet"] = seeds["mean"]["ua"]  # over 3 seeds x 2 folds
+    assert ua["light-sernet"] > max(ua["egemaps speaker"], ua["egemaps global"]), ua
+    auc = {key: _angry_vs_sad_auc(tmp_path / key / "loso" / "predictions.csv")
+           for key in runs}
+    for key, values in auc.items():
+        assert len(values) == 2 and np.mean(values) >= 0.85, (auc, ua)
 
 
 def test_evaluate_cli_selects_the_model_by_name(manifests, tmp_path, caplog):

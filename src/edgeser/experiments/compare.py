@@ -161,8 +161,9 @@ def compare(
             logger.info("compare: %s has no dimensional output; trained on the classes only",
                         name)
             values["dimensions"] = False
-        if model_spec(name).family == "cnn" and "feature_norm" not in values:
-            values["feature_norm"] = "auto"  # LIGHT-SERNET has no feature normalisation
+        if (model_spec(name).family == "cnn" and "feature_norm" not in values
+                and base.feature_norm == "global"):
+            values["feature_norm"] = "auto"  # LIGHT-SERNET: none or per-speaker BatchNorm
         # settings left unset take each model's own defaults (LIGHT-SERNET: its authors')
         cfg = base.for_model(name, **values)
         encoder = (encoders or {}).get(name)
