@@ -153,6 +153,23 @@ def test_verdict_wording():
     assert verdict([0.0, 0.0]) == "not supported (interval includes 0)"
 
 
+def test_interval_and_p_value_agree_when_resamples_tie_at_zero():
+    """A UA difference on a few dozen utterances takes few values and many resamples tie at
+    exactly 0: the interval excludes 0 exactly when the bootstrap p-value is below 0.05
+    (an interpolated end would sit above 0 with 2.5 % of the differences at 0)."""
+    from edgeser.evaluate.uncertainty import _percentile, _two_sided
+
+    rng = np.random.default_rng(0)
+    for zeros in range(18, 32):
+        for sign in (1, -1):
+            diffs = np.concatenate([np.zeros(zeros),
+                                    sign * rng.choice([0.03125, 0.0625, 0.125], 1000 - zeros)])
+            ci, p = _percentile(diffs), _two_sided(diffs)
+            assert (verdict(ci) == "supported") == (p < 0.05), (zeros, sign, ci, p)
+            assert set(ci) <= set(diffs.tolist())  # the ends are resampled values
+    assert verdict(_percentile(np.r_[np.zeros(25), np.full(975, 0.1)])) != "supported"
+
+
 # ------------------------------------------------------------------ through the protocols
 def _counting(encoder):
     """``encoder`` with a record of every waveform it encodes (a digest of its samples)."""
