@@ -123,7 +123,7 @@ def test_egemaps_speaker_normalised_and_compare_row(manifests, cache, tmp_path):
     cfg = json.loads((tmp_path / "cmp" / "egemaps" / "results.json").read_text())["config"]
     assert cfg["feature_norm"] == "speaker" and cfg["val_speakers"] == 0
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| ★ egemaps | 0.00 M |" in table and "egemaps: " in table.split("Not exported")[1]
+    assert "| ★ egemaps | 356 |" in table and "egemaps: " in table.split("Not exported")[1]
 
 
 def test_unset_settings_take_each_models_defaults(tmp_path):

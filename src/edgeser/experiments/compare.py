@@ -251,6 +251,12 @@ def _export_row(row: dict[str, Any], model_dir: Path, export_dir: Path, encoder:
         row[f"onnx_{key}_rtf"] = ms / 1000.0 / row["latency_seconds"]
 
 
+def _params(n: int) -> str:
+    """A parameter count as the table prints it: millions, or the count when below 10k
+    (eGeMAPS' classifier has 356)."""
+    return f"{n:,}" if n < 10_000 else f"{n / 1e6:.2f} M"
+
+
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
@@ -298,7 +304,7 @@ def _markdown(doc: dict[str, Any]) -> str:
         ms_txt = "—" if int8_ms is None else f"{int8_ms:.0f}"
         rtf_txt = "—" if int8_ms is None else f"{r['onnx_int8_rtf']:.3f}"
         lines.append(
-            f"| {'★ ' if r['pareto'] else ''}{r['model']} | {r['parameters'] / 1e6:.2f} M | "
+            f"| {'★ ' if r['pareto'] else ''}{r['model']} | {_params(r['parameters'])} | "
             f"{_mb(r.get('size_fp32_bytes'))} | {_mb(r.get('size_int8_bytes'))} | "
             f"{r['pytorch_ms']:.0f} | {ms_txt} | {rtf_txt} | "
             + " | ".join(f"{_pct(mean[k])} ± {_pct(std[k])}{ci_text(r.get('ci95', {}).get(k))}"
