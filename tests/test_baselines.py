@@ -344,10 +344,10 @@ def copy_with_batch_statistics(model):
 
 
 def test_speaker_batches_never_mix_speakers():
-    from edgeser.train.trainer import _speaker_batches
+    from edgeser.train.trainer import _speaker_batches, _speaker_rows
 
     speakers = ["a"] * 9 + ["b"] * 4 + ["c"] * 6
-    batches = _speaker_batches(speakers, 4, np.random.default_rng(0))
+    batches = _speaker_batches(_speaker_rows(speakers), 4, np.random.default_rng(0))
     assert sorted(np.concatenate(batches).tolist()) == list(range(19))  # each once
     assert len(batches) == 3 + 1 + 2
     assert all(len({speakers[i] for i in b}) == 1 for b in batches)

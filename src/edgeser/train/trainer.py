@@ -196,14 +196,15 @@ def speaker_batchnorm(cfg: TrainConfig, kind: str) -> bool:
 
 
 def _speaker_batches(
-    speakers: Sequence[str] | None, size: int, rng: np.random.Generator
+    groups: Sequence[np.ndarray], size: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """One epoch of batches that never mix speakers: each speaker's utterances shuffled
-    and cut into batches of ``size``, the batches of all speakers in a random order. A
+    """One epoch of batches that never mix speakers: each speaker's utterances (``groups``:
+    their rows, :func:`_speaker_rows`) shuffled and cut into batches of ``size``, the
+    batches of all speakers in a random order. A
     training-mode BatchNorm then normalises with the batch's speaker's statistics, as
     :func:`adapt_batchnorm` does with a whole speaker at evaluation."""
     batches = []
-    for rows in _speaker_rows(speakers):
+    for rows in groups:
         shuffled = rows[rng.permutation(len(rows))]
         batches += [shuffled[i : i + size] for i in range(0, len(rows), size)]
     return [batches[i] for i in rng.permutation(len(batches))]
@@ -343,10 +344,9 @@ def fit(
         log.info("resuming %s after epoch %d", out_dir, start)
     resumed_from = start
     n = len(train)
-    by_speaker = speaker_batchnorm(cfg, train.kind)
-    if by_speaker:
-        steps_per_epoch = sum(math.ceil(len(r) / cfg.batch_size)
-                              for r in _speaker_rows(train.speakers))
+    groups = _speaker_rows(train.speakers) if speaker_batchnorm(cfg, train.kind) else None
+    if groups is not None:
+        steps_per_epoch = sum(math.ceil(len(r) / cfg.batch_size) for r in groups)
     else:
         steps_per_epoch = math.ceil(n / cfg.batch_size)
     with progress_bar(total=(cfg.epochs - start) * steps_per_epoch, desc=out_dir.name,
@@ -357,8 +357,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * scale
             rng = np.random.default_rng([cfg.seed, epoch])
-            if by_speaker:
-                batches = _speaker_batches(train.speakers, cfg.batch_size, rng)
+            if groups is not None:
+                batches = _speaker_batches(groups, cfg.batch_size, rng)
             else:
                 batches = list(_batches(n, cfg.batch_size, rng.permutation(n)))
             view_pick = rng.integers(0, max(len(train.views[0]) if train.views else 1, 1), n)
