@@ -33,7 +33,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -71,7 +70,8 @@ def native_ms(path: Path, wave: np.ndarray, threads: int, runs: int) -> float:
 
 
 def kernel_site(onnx_dir: Path, out: Path) -> tuple[Path, list[dict]]:
-    """A copy of the export folder (links) whose model.json also lists single-operator
+    """A copy of the export folder (hard links, or copies across file systems: the server
+    follows no link out of the model folder) whose model.json also lists single-operator
     models, so ``edgeser web`` serves them; returns the folder and the kernels' inputs."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -82,7 +82,10 @@ def kernel_site(onnx_dir: Path, out: Path) -> tuple[Path, list[dict]]:
     for name in card["files"].values():
         link = site / name
         if not link.exists():
-            link.symlink_to((onnx_dir / name).resolve())
+            try:
+                link.hardlink_to(onnx_dir / name)
+            except OSError:
+                shutil.copy2(onnx_dir / name, link)
     rng = np.random.default_rng(0)
     m, k, n = GEMM
     f32, u8 = TensorProto.FLOAT, TensorProto.UINT8
@@ -189,10 +192,8 @@ def main() -> int:
     int8 = onnx_dir / "model.int8.onnx"
     waves = {d: speech_like(d, np.random.default_rng(0)) for d in DURATIONS}
     site, kernels = kernel_site(onnx_dir, args.out.resolve())
-    server = make_server(site, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    job = {"url": f"http://{host}:{port}/", "chromium": chromium, "runs": args.runs,
+    server = make_server(site, "127.0.0.1", 0).start()
+    job = {"url": server.url, "chromium": chromium, "runs": args.runs,
            "threads": [1, 2], "kernels": kernels,
            "waves": {f"{d:g}": waves[d].tolist() for d in DURATIONS},
            "mic": ({"wav": str(speech_loop(args.minutes, args.out.resolve() / "loop.wav")),

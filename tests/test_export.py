@@ -331,3 +331,47 @@ def test_fine_tuned_encoder_weights_are_exported(tmp_path):
     got = onnx_session(paths["float32"]).run(None, pad_batch(waves))[0]
     assert np.abs(got - tuned).max() <= TOL
     assert np.abs(got - frozen).max() > 10 * TOL
+
+
+def test_a_folder_cannot_make_export_load_a_file_outside_it(tmp_path, caplog):
+    """model.json records the encoder's source; a path outside the folder (a pickle, for an
+    s3prl checkpoint) is loaded only when the user names it."""
+    import logging
+
+    from transformers import HubertModel
+
+    from edgeser.models.ssl import load_encoder, recorded_source
+
+    torch.manual_seed(0)
+    outside = tmp_path / "somewhere" / "tiny-hubert"
+    HubertModel(tiny_config()).save_pretrained(outside)
+    encoder = load_encoder(str(outside), precision="fp32")
+    model_dir = _save(tmp_path / "given", encoder)
+    assert json.loads((model_dir / "model.json").read_text())["encoder"]["source"] == str(
+        outside)
+    with pytest.raises(EdgeserError, match=r"a path outside the folder; .*pass --encoder"):
+        export_model(model_dir, tmp_path / "out", int8=False)
+    from edgeser.experiments.runs import evaluate_model
+    from edgeser.testing import write_tiny_manifests
+
+    corpus = write_tiny_manifests(tmp_path / "corpus", 0.5)["ravdess"]
+    with pytest.raises(EdgeserError, match="outside the folder"):
+        evaluate_model(model_dir, corpus, tmp_path / "eval")
+    assert not (tmp_path / "out").exists()
+    with caplog.at_level(logging.INFO, logger="edgeser.train.folder"):
+        paths = export_model(model_dir, tmp_path / "out", int8=False,
+                             encoder_source=str(outside))
+    assert paths["float32"].is_file()
+    assert f"encoder: {outside} (as named on the command line)" in caplog.text
+    # inside the folder (relative or absolute, links resolved) is the folder's own
+    inside = model_dir / "encoder"
+    HubertModel(tiny_config()).save_pretrained(inside)
+    assert recorded_source("encoder", model_dir) == str(inside.resolve())
+    assert recorded_source(str(inside), model_dir) == str(inside.resolve())
+    (model_dir / "link").symlink_to(outside)
+    for bad in ("link", "../somewhere/tiny-hubert", "/etc/passwd", "/data/x.ckpt",
+                "model.ckpt", "", "not a source"):
+        with pytest.raises(EdgeserError, match="pass --encoder"):
+            recorded_source(bad, model_dir)
+    for ok in ("random", "random:hubert-base", "distilhubert", "ntu-spml/distilhubert"):
+        assert recorded_source(ok, model_dir) == ok

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -55,13 +54,9 @@ def site(tmp_path_factory):
     save_model(root / "production", model, cfg, encoder, model.kind,
                {"name": "production", "metrics": {}})
     paths = export_model(root / "production", root / "onnx", encoder=encoder)
-    server = make_server(root / "onnx", "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield {"url": f"http://{host}:{port}/", "paths": paths, "root": root}
-    server.shutdown()
-    server.server_close()
+    server = make_server(root / "onnx", "127.0.0.1", 0).start()
+    yield {"url": server.url, "paths": paths, "root": root}
+    server.stop()
 
 
 def _drive(site: dict, batches: list[list[str]], screenshot: Path | None = None, *,

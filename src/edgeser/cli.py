@@ -187,8 +187,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise EdgeserError(f"--trained {trained}: no such model folder")
     progress = sys.stderr.isatty()
     if trained is not None:
+        source = args.cfg_encoder if args.cfg_encoder not in (None, "auto") else None
         res = evaluate_model(trained, args.corpus, args.out, cache_dir=args.cache_dir,
-                             progress=progress)
+                             progress=progress, encoder_source=source)
         m = res["metrics"]
     else:
         cfg = config_from_args(args)

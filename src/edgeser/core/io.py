@@ -1,7 +1,10 @@
 """Atomic file writes: a temporary file in the target folder, then ``os.replace``.
 
 A run that is interrupted never leaves a half-written file behind under the final
-name, so a later run can trust any file it finds.
+name, so a later run can trust any file it finds. The file gets the permissions a plain
+``open(path, "w")`` would give it (``0666`` less the process's umask), not ``mkstemp``'s
+private ``0600``: an exported model must be readable by a web server running as another
+user when the umask says so.
 """
 
 from __future__ import annotations
@@ -16,6 +19,21 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def umask() -> int:
+    """The process's file-creation mask, read without changing it where Linux tells it
+    (``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -25,7 +43,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp

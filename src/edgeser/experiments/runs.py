@@ -98,11 +98,13 @@ def evaluate_model(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     encoder: FeatureEncoder | None = None,
+    encoder_source: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained model on a manifest, with cross-corpus error analysis."""
+    """Evaluate a trained model on a manifest, with cross-corpus error analysis
+    (``encoder`` / ``encoder_source``: as :func:`~edgeser.train.folder.load_trained`)."""
     out = Path(out)
     df = read_four_class(corpus)
-    model, cfg, encoder, _ = load_trained(model_dir, encoder)
+    model, cfg, encoder, _ = load_trained(model_dir, encoder, encoder_source=encoder_source)
     feats = compute_features(cfg, encoder, df, set(),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
     name = str(df["corpus"].iloc[0])

@@ -96,9 +96,11 @@ def _refuse_functionals(model_dir: Path) -> None:
 
 
 def build_export_graph(
-    model_dir: str | Path, encoder: FeatureEncoder | None = None
+    model_dir: str | Path, encoder: FeatureEncoder | None = None, *,
+    encoder_source: str | None = None,
 ) -> tuple[Any, Any, dict]:
     """Load a trained model folder; return ``(ExportGraph, reference Encoder, meta)``.
+    ``encoder`` / ``encoder_source``: as :func:`~edgeser.train.folder.load_trained`.
 
     The reference encoder is the one whose weights the graph carries: the fine-tuned copy
     for ``feature_kind == "conv"`` models, otherwise the frozen encoder.
@@ -110,7 +112,7 @@ def build_export_graph(
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
     _refuse_functionals(model_dir)
-    model, cfg, frozen, meta = load_trained(model_dir, encoder)
+    model, cfg, frozen, meta = load_trained(model_dir, encoder, encoder_source=encoder_source)
     if normalization(cfg) == "speaker":
         other = "none" if meta.get("feature_kind") == FeatureKind.MFCC else "global"
         raise EdgeserError(
@@ -235,6 +237,7 @@ def export_model(
     opset: int = 17,
     extra_variants: Sequence[str] = (),
     encoder: FeatureEncoder | None = None,
+    encoder_source: str | None = None,
 ) -> dict[str, Path]:
     """Export a trained model folder to ``out_dir``; returns ``{kind: path}``.
 
@@ -242,7 +245,9 @@ def export_model(
     on ``calibration`` audio files or on deterministic synthetic speech) and ``model.json``;
     ``extra_variants`` adds optional files, see :data:`VARIANTS` (``"int8-fast"``,
     ``"float16"``, ``"float16-compute"``).
-    ``encoder`` overrides the encoder that ``model.json`` names (tests, offline use).
+    ``encoder`` overrides the encoder that ``model.json`` names (tests, offline use);
+    ``encoder_source`` names one to load instead (``--encoder``): a source ``model.json``
+    records outside the folder is refused (:func:`~edgeser.models.ssl.recorded_source`).
     Raises :class:`EdgeserError` for a folder that is not an edgeser model or an encoder
     that is not in the HuBERT/DistilHuBERT family.
     """
@@ -256,7 +261,7 @@ def export_model(
                            f"available: {', '.join(VARIANTS)}")
     from edgeser.features.kinds import FeatureKind
 
-    graph, _ref, meta = build_export_graph(model_dir, encoder)
+    graph, _ref, meta = build_export_graph(model_dir, encoder, encoder_source=encoder_source)
     cnn = meta.get("feature_kind") == FeatureKind.MFCC
     if cnn and extra_variants:
         raise EdgeserError(f"export variants {', '.join(extra_variants)} apply to SSL-encoder "
@@ -355,6 +360,11 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--calibration", nargs="+", type=Path, default=None, metavar="FILE",
                         help="audio files to calibrate the 8-bit model (default: synthetic speech)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--encoder", default=None, metavar="SOURCE",
+                        help="the encoder to load (hub id, local folder, .ckpt) instead of "
+                        "the one model.json records; needed when that one is a path outside "
+                        "MODEL_DIR (a folder from elsewhere cannot make edgeser read a file "
+                        "you did not name)")
     parser.add_argument("--variant", dest="variants", action="append", default=[],
                         choices=sorted(VARIANTS),
                         help="also write an optional variant (repeatable): "
@@ -366,7 +376,7 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
 def _run_export(args: argparse.Namespace) -> int:
     paths = export_model(args.model_dir, args.out, int8=args.int8,
                          calibration=args.calibration, opset=args.opset,
-                         extra_variants=args.variants)
+                         extra_variants=args.variants, encoder_source=args.encoder)
     parts = [f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for k, p in paths.items() if k != "json"]
     print(f"exported {args.model_dir}: " + ", ".join(parts) + f", {paths['json']}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,12 +24,14 @@ from edgeser.models.egemaps import LinearClassifier
 from edgeser.models.head import EmotionHead
 from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
 from edgeser.models.registry import FeatureEncoder, make_encoder, model_spec, normalization
-from edgeser.models.ssl import load_encoder
+from edgeser.models.ssl import load_encoder, recorded_source
 from edgeser.train.checkpoint import load_weights, save_weights
 from edgeser.train.normalize import group_stats
 from edgeser.train.trainer import FeatureSet, SERModel, head_config
 
 __all__ = ["TrainedModel", "build_model", "load_trained", "save_model"]
+
+log = logging.getLogger(__name__)
 
 
 class TrainedModel(NamedTuple):
@@ -95,22 +98,35 @@ def save_model(
     save_weights(out_dir / "model.safetensors", dict(model.state_dict()), meta)
 
 
-def load_trained(model_dir: str | Path, encoder: FeatureEncoder | None = None) -> TrainedModel:
+def load_trained(model_dir: str | Path, encoder: FeatureEncoder | None = None, *,
+                 encoder_source: str | None = None) -> TrainedModel:
     """Rebuild a trained model (and its encoder) from ``model.safetensors`` + ``model.json``.
 
-    ``encoder`` replaces the one ``model.json`` names (it must have the same identity).
+    ``encoder`` replaces the one ``model.json`` names (it must have the same identity), and
+    so does ``encoder_source``, a source the user named (``--encoder``). Without either,
+    the source ``model.json`` records is loaded only if it cannot read a file outside the
+    folder (:func:`~edgeser.models.ssl.recorded_source`); one log line says what is loaded
+    and from where.
     """
     tensors, meta = load_weights(Path(model_dir))
     try:
         cfg = TrainConfig.from_dict(meta["config"])
         enc_meta = meta["encoder"]
+        if not isinstance(enc_meta, dict):
+            raise TypeError(f"'encoder' is {type(enc_meta).__name__}, not an object")
     except (KeyError, TypeError) as e:
         raise EdgeserError(f"{model_dir}: model.json is not an edgeser model ({e})") from None
     if encoder is None:
         if model_spec(cfg.model).family != "ssl":
             encoder = make_encoder(cfg)
         else:
-            encoder = load_encoder(enc_meta["source"], seed=enc_meta.get("seed", 0),
+            if encoder_source:
+                source, why = encoder_source, "as named on the command line"
+            else:
+                source = recorded_source(enc_meta.get("source", ""), model_dir)
+                why = f"as {Path(model_dir) / 'model.json'} records it"
+            log.info("encoder: %s (%s)", source, why)
+            encoder = load_encoder(source, seed=enc_meta.get("seed", 0),
                                    precision=cfg.precision)
     if encoder.identity != enc_meta["identity"]:
         raise EdgeserError(

@@ -1,27 +1,54 @@
-"""``edgeser web MODEL_DIR``: the browser page and an exported model, served from localhost.
+"""``edgeser web MODEL_DIR``: the browser page and an exported model, served from this machine.
 
 The page (``static/``: HTML, ES modules, CSS; no bundler) runs the 8-bit model with
 onnxruntime-web's WASM backend on the visitor's device. The server only hands out files:
 the page, onnxruntime-web's WASM build (from the npm registry through ``web/package.json``
 and its lock file: ``npm ci --prefix web`` in the checkout, or ``EDGESER_WEB_VENDOR``
-naming its ``dist`` folder) and the model folder's ``model.json`` and the ONNX files it
-lists. Every response carries the cross-origin isolation headers WASM threads need
-(``Cross-Origin-Opener-Policy: same-origin``, ``Cross-Origin-Embedder-Policy:
-require-corp``). The same files on any static host (HTTPS, same headers) make the page
-work on a phone.
+naming its ``dist`` folder), the bundled Silero VAD and the model folder's ``model.json``
+and the ONNX files it lists. Every response carries the cross-origin isolation headers WASM
+threads need (``Cross-Origin-Opener-Policy: same-origin``, ``Cross-Origin-Embedder-Policy:
+require-corp``). The same files on any static host (HTTPS, same headers) make the page work
+on a phone.
 
-numpy-free and torch-free: the standard library's HTTP server only.
+A model folder is something people download from others, and whatever listens on a socket
+meets hostile input, so:
+
+- **Only the page's files.** The URL map is fixed when the server starts (:func:`site_files`):
+  a URL is served only if it is in the map, and a file only if it is a regular file that
+  resolves, symlinks followed, inside its root (the page's folder, onnxruntime-web's folder,
+  the bundled VAD's folder, the model folder); ``model.json``'s ``files`` entries must be
+  plain file names. The check is repeated at every request (a file swapped for a symlink
+  after the start is not followed out of its root).
+- **Bounded resources.** Starlette's ``FileResponse`` sends a file in 64 KiB chunks under
+  uvicorn's flow control, so a client that does not read holds one chunk, not the file; a
+  connection must deliver a request's headers within ``header_timeout`` seconds (uvicorn
+  has no such timeout, so :class:`_GuardedH11Protocol` adds one), idle keep-alive
+  connections close after ``keep_alive`` seconds, at most ``max_connections`` connections
+  are served at once (more get 503) and the listen backlog is ``backlog``.
+- **Loopback by default, and no DNS rebinding.** ``--host`` defaults to 127.0.0.1; any
+  other address prints a warning. A request whose ``Host`` header names neither an IP
+  address nor ``localhost`` nor an ``--allow-host`` name gets 400 (a rebinding attack
+  needs a host name that resolves to this machine).
+
+Needs Starlette and uvicorn: ``pip install 'edgeser[serve]'`` (numpy and torch are not
+imported).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.server
+import ipaddress
 import logging
 import os
+import socket
+import stat
 import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from edgeser.core.errors import EdgeserError
 from edgeser.runtime.card import read_model_card
@@ -36,15 +63,36 @@ CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
     ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
     ".json": "application/json", ".wasm": "application/wasm",
-    ".onnx": "application/octet-stream", ".png": "image/png",
+    ".onnx": "application/octet-stream", ".ort": "application/octet-stream",
+    ".png": "image/png", ".svg": "image/svg+xml",
+    ".webmanifest": "application/manifest+json",
 }
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Embedder-Policy": "require-corp",
     "Cross-Origin-Resource-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
 }
+SERVE_EXTRA = "pip install 'edgeser[serve]'"
+#: Host names accepted in the Host header besides IP literals (see the module docstring).
+LOCAL_NAMES = frozenset({"localhost"})
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold of the server."""
+
+    max_connections: int = 64
+    """Connections (and requests in progress) served at once; a request beyond gets 503."""
+    header_timeout: float = 10.0
+    """Seconds a connection has to deliver a request's headers."""
+    keep_alive: float = 5.0
+    """Seconds an idle keep-alive connection stays open."""
+    backlog: int = 128
+    """Connections the kernel queues before the server accepts them."""
+
+
+# --------------------------------------------------------------------------- files
 def vendor_dir() -> Path:
     """onnxruntime-web's ``dist`` folder: ``EDGESER_WEB_VENDOR``, else the checkout's
     ``web/node_modules/onnxruntime-web/dist``."""
@@ -61,91 +109,308 @@ def vendor_dir() -> Path:
     return path
 
 
-def site_files(model_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """URL path -> file for everything the page may load (nothing else is served)."""
+@dataclass(frozen=True)
+class SiteFile:
+    """A file the page may load: its path and the folder it must resolve inside."""
+
+    path: Path
+    root: Path
+
+    def resolve(self) -> Path | None:
+        """The real path, if it is a regular file inside ``root`` (symlinks followed)."""
+        try:
+            real = self.path.resolve(strict=True)
+            mode = real.stat().st_mode
+        except (OSError, RuntimeError):  # missing, a symlink loop, unreadable
+            return None
+        if not stat.S_ISREG(mode) or not real.is_relative_to(self.root.resolve()):
+            return None
+        return real
+
+
+def _plain_name(name: object) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name)
+
+
+def site_files(model_dir: str | os.PathLike[str]) -> dict[str, SiteFile]:
+    """URL path -> file for everything the page may load (nothing else is served).
+
+    ``model.json``'s ``files`` entries that are not plain names of regular files inside
+    the model folder are left out with a warning.
+    """
     onnx_path, card = read_model_card(model_dir)
     folder = onnx_path.parent
-    files = {f"/{p.name}": p for p in STATIC.iterdir() if p.is_file()}
-    files["/"] = STATIC / "index.html"
+    files = {f"/{p.relative_to(STATIC).as_posix()}": SiteFile(p, STATIC)
+             for p in sorted(STATIC.rglob("*")) if p.is_file()}
+    files["/"] = SiteFile(STATIC / "index.html", STATIC)
     vendor = vendor_dir()
-    files.update({f"/vendor/ort/{name}": vendor / name for name in VENDOR_FILES})
-    files["/vad/silero_vad.onnx"] = BUNDLED_SILERO
-    files["/model/model.json"] = folder / "model.json"
-    for name in (card.get("files") or {}).values():
-        if (folder / name).is_file():
-            files[f"/model/{name}"] = folder / name
+    files.update({f"/vendor/ort/{name}": SiteFile(vendor / name, vendor)
+                  for name in VENDOR_FILES})
+    files["/vad/silero_vad.onnx"] = SiteFile(BUNDLED_SILERO, BUNDLED_SILERO.parent)
+    files["/model/model.json"] = SiteFile(folder / "model.json", folder)
+    listed = card.get("files") or {}
+    for key, name in (listed.items() if isinstance(listed, dict) else []):
+        entry = SiteFile(folder / name, folder) if _plain_name(name) else None
+        if entry is None or entry.resolve() is None:
+            log.warning("%s: not serving files[%r] = %r (only regular files inside the model "
+                        "folder, named without a path)", folder / "model.json", key, name)
+            continue
+        files[f"/model/{name}"] = entry
     return files
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    files: ClassVar[dict[str, Path]] = {}
+# --------------------------------------------------------------------------- the app
+def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
+    """Whether a ``Host`` header names this server: an IP literal, ``localhost`` or one of
+    ``allowed`` (``"*"`` allows any), with or without a port."""
+    names = {a.lower() for a in allowed}
+    if "*" in names:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        host = host[1:host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in LOCAL_NAMES or host in names
 
-    def do_GET(self) -> None:
-        self._send(head=False)
 
-    def do_HEAD(self) -> None:
-        self._send(head=True)
+def create_app(model_dir: str | os.PathLike[str], *,
+               allowed_hosts: Iterable[str] = ()) -> Any:
+    """The Starlette application serving the page and ``model_dir``'s exported model."""
+    try:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import FileResponse, PlainTextResponse, Response
+        from starlette.routing import Route
+    except ImportError:
+        raise EdgeserError(f"edgeser web needs Starlette and uvicorn: {SERVE_EXTRA}") from None
 
-    def _send(self, head: bool) -> None:
-        path = self.path.split("?", 1)[0].split("#", 1)[0]
-        target = self.files.get(path)
-        if target is None or not target.is_file():
-            self.send_error(404, "not part of this page")
-            return
-        body = target.read_bytes()
-        self.send_response(200)
-        kind = CONTENT_TYPES.get(target.suffix, "application/octet-stream")
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-cache")
-        for k, v in ISOLATION_HEADERS.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if not head:
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):  # the page went away
-                log.debug("%s: client closed the connection", path)
+    files = site_files(model_dir)
+    allowed = tuple(allowed_hosts)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+    def refused(status: int, text: str) -> Response:
+        return PlainTextResponse(text, status_code=status, headers=ISOLATION_HEADERS)
+
+    async def page_file(request: Request) -> Response:
+        if not host_allowed(request.headers.get("host", ""), allowed):
+            return refused(400, "unknown Host header")
+        entry = files.get(request.url.path)
+        real = entry.resolve() if entry is not None else None
+        if real is None:
+            return refused(404, "not part of this page")
+        kind = CONTENT_TYPES.get(real.suffix, "application/octet-stream")
+        return FileResponse(real, media_type=kind,
+                            headers={**ISOLATION_HEADERS, "Cache-Control": "no-cache"})
+
+    return Starlette(routes=[Route("/{path:path}", page_file, methods=["GET", "HEAD"])])
+
+
+# --------------------------------------------------------------------------- the server
+def _guarded_protocol(header_timeout: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's headers (uvicorn closes
+    idle keep-alive connections but waits forever for a first request or slow headers)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class _GuardedH11Protocol(H11Protocol):
+        _deadline: Any = None
+        _waiting_cycle: Any = None
+
+        def _arm(self) -> None:
+            self._waiting_cycle = self.cycle
+            self._deadline = self.loop.call_later(header_timeout, self._expire)
+
+        def _expire(self) -> None:
+            if self.cycle is self._waiting_cycle and not self.transport.is_closing():
+                log.debug("closing a connection that sent no request in %.0f s", header_timeout)
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._deadline is not None and self.cycle is not self._waiting_cycle:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self._deadline is None:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return _GuardedH11Protocol
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine's loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (not yet listening) for ``host:port``; :class:`EdgeserError`
+    when the address cannot be used."""
+    if not 0 <= int(port) <= 65535:
+        raise EdgeserError(f"port must be in 0-65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise EdgeserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise EdgeserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class AppServer:
+    """An ASGI app on uvicorn, on a socket bound at construction (so ``port=0`` has its
+    port, and a busy port is an :class:`EdgeserError` before anything starts).
+
+    :meth:`serve` runs in the foreground (Ctrl-C and SIGTERM stop it); :meth:`start` and
+    :meth:`stop` run it on a background thread (tests, benchmarks).
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000,
+                 limits: Limits | None = None, *, websockets: bool = False) -> None:
+        try:
+            import uvicorn
+        except ImportError:
+            raise EdgeserError(f"edgeser web needs Starlette and uvicorn: {SERVE_EXTRA}") from None
+        self.limits = limits or Limits()
+        self.socket = listen_socket(host, port)
+        config = uvicorn.Config(
+            app, http=_guarded_protocol(self.limits.header_timeout),
+            ws="websockets-sansio" if websockets else "none", lifespan="off",
+            limit_concurrency=self.limits.max_connections,
+            timeout_keep_alive=int(max(1, self.limits.keep_alive)),
+            backlog=self.limits.backlog, log_config=None, access_log=False,
+            server_header=False, timeout_graceful_shutdown=10,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.socket.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def serve(self) -> None:
+        """Serve until interrupted (uvicorn handles SIGINT and SIGTERM: graceful exit)."""
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self.socket.close()
+
+    def start(self) -> AppServer:
+        """Serve on a daemon thread; returns once the server accepts connections."""
+        self._thread = threading.Thread(target=self.serve, name="edgeser-web", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise EdgeserError("the web server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 def make_server(model_dir: str | os.PathLike[str], host: str = "127.0.0.1",
-                port: int = 8000) -> http.server.ThreadingHTTPServer:
-    """A server for the page and ``model_dir``'s exported model (not yet serving)."""
-    handler = type("EdgeserPage", (_Handler,), {"files": site_files(model_dir)})
+                port: int = 8000, *, limits: Limits | None = None,
+                allowed_hosts: Iterable[str] = ()) -> AppServer:
+    """A server for the page and ``model_dir``'s exported model (bound, not yet serving)."""
+    app = create_app(model_dir, allowed_hosts=allowed_hosts)
+    return AppServer(app, host, port, limits)
+
+
+# --------------------------------------------------------------------------- CLI
+def _port(text: str) -> int:
     try:
-        return http.server.ThreadingHTTPServer((host, int(port)), handler)
-    except OSError as e:
-        raise EdgeserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0-65535, got {n}")
+    return n
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """``--host``, ``--port``, ``--allow-host`` and the connection limits."""
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients may use in the URL besides IP addresses and "
+                   "localhost (repeatable; '*' allows any: exposes the server to DNS "
+                   "rebinding)")
+    p.add_argument("--max-connections", type=int, default=Limits.max_connections,
+                   metavar="N", help=f"connections served at once (default "
+                   f"{Limits.max_connections}; more get 503)")
 
 
 def add_web_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``edgeser web MODEL_DIR [--port P] [--host H]``."""
+    """Register ``edgeser web MODEL_DIR [--port P] [--host H] [--allow-host NAME]``."""
     p: argparse.ArgumentParser = sub.add_parser(
         "web",
         help="serve the on-device browser page for an exported model (nothing leaves the device)",
         description="Serve the browser page and MODEL_DIR's exported model (model.json, "
         "model.int8.onnx) from this machine. The page classifies audio files on the visitor's "
-        "device with onnxruntime-web.",
+        "device with onnxruntime-web. Needs " + SERVE_EXTRA + ".",
     )
     p.add_argument("model_dir", type=Path, help="exported model folder (model.json inside)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    add_server_arguments(p)
     p.set_defaults(func=run_web)
     return p
 
 
-def run_web(args: argparse.Namespace) -> int:
-    server = make_server(args.model_dir, args.host, args.port)
-    host, port = server.server_address[:2]
-    print(f"serving {args.model_dir} at http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-    finally:
-        server.server_close()
-    return 0
+def warn_if_exposed(host: str, what: str) -> None:
+    """One warning line when ``host`` is not loopback."""
+    if not is_loopback(host):
+        print(f"edgeser: warning: listening on {host}: {what} can be reached from other "
+              "machines (the default, 127.0.0.1, keeps it on this one)", file=sys.stderr,
+              flush=True)
 
+
+def run_web(args: argparse.Namespace) -> int:
+    if args.max_connections < 1:
+        raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
+    server = make_server(args.model_dir, args.host, args.port,
+                         limits=Limits(max_connections=args.max_connections),
+                         allowed_hosts=args.allow_host)
+    warn_if_exposed(args.host, "the page and the model")
+    print(f"serving {args.model_dir} at {server.url} (Ctrl-C stops)", flush=True)
+    server.serve()
+    print("stopped", file=sys.stderr)
+    return 0

@@ -64,7 +64,7 @@ from edgeser.models.ssl.configs import (
 )
 from edgeser.models.ssl.encoder import Encoder
 from edgeser.models.ssl.s3prl import s3prl_to_hf_state_dict
-from edgeser.models.ssl.sources import load_encoder, random_encoder
+from edgeser.models.ssl.sources import load_encoder, random_encoder, recorded_source
 
 __all__ = [
     "ALIASES",
@@ -81,6 +81,7 @@ __all__ = [
     "parse_conv_spec",
     "random_architecture",
     "random_encoder",
+    "recorded_source",
     "s3prl_to_hf_state_dict",
     "tiny_config",
 ]

@@ -79,6 +79,45 @@ def load_encoder(
         "model folder or an s3prl DistilHuBERT .ckpt"
     )
 
+def recorded_source(recorded: str, folder: str | os.PathLike[str]) -> str:
+    """The encoder source a trained model ``folder``'s own ``model.json`` records, if
+    loading it cannot read a file outside the folder; else :class:`EdgeserError`.
+
+    A model folder may come from someone else, and an s3prl checkpoint is a pickle: what
+    the folder names is loaded only when it is ``random`` (``random:ARCH``), a hub id or
+    alias (downloads go through transformers' own loading, which reads weights only), or
+    a path that resolves, symlinks followed, inside the folder (relative paths are taken
+    from the folder). Anything else must be named by the user (``--encoder``).
+    """
+    base = Path(folder).resolve()
+    text = str(recorded or "").strip()
+
+    def refuse(why: str) -> EdgeserError:
+        return EdgeserError(
+            f"{folder}/model.json names the encoder {text!r}, {why}; edgeser loads files "
+            f"outside a model folder only when you name them: pass --encoder SOURCE (that "
+            f"path, if you trust it, or your own copy of the same encoder)")
+
+    if not text:
+        raise refuse("which is empty")
+    if text.lower() == "random" or text.lower().startswith("random:"):
+        return text
+    path = Path(text).expanduser()
+    candidate = path if path.is_absolute() else base / path
+    if candidate.exists():
+        real = candidate.resolve()
+        if not real.is_relative_to(base):
+            raise refuse("a path outside the folder")
+        return str(real)
+    if path.is_absolute() or path.suffix in _CHECKPOINT_SUFFIXES:
+        raise refuse("a file that is not inside the folder")
+    if text.lower() in ALIASES or _HUB_ID.match(text):
+        if path.exists():  # load_encoder would take the local path over the hub id
+            raise refuse(f"which is also a path here ({path.resolve()})")
+        return text
+    raise refuse("which is neither a hub id nor a file inside the folder")
+
+
 def random_encoder(
     config: Any | None = None, *, seed: int = 0, precision: str = "fp32",
     source: str = "random", do_normalize: bool = False,
