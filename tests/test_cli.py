@@ -113,6 +113,20 @@ def test_bad_input_gives_one_error_line(trees, tmp_path, capsys):
     assert "give either --trained" in _err(capsys)
     assert main(["train", str(empty), "--out", str(tmp_path / "t"), "--loss", "hinge"]) == 2
     assert "loss must be one of" in _err(capsys)
+    # labels outside the four names: train dropped those rows without a word
+    from edgeser.data.manifest import read_manifest, write_manifest
+    from edgeser.data.recipes import prepare_ravdess
+
+    df = prepare_ravdess(trees["ravdess"])
+    df.loc[df.index[0], "label"] = "Angry"
+    df.loc[df.index[1], "label"] = "calm"
+    odd = tmp_path / "odd.csv"
+    write_manifest(df, odd)
+    assert main(["train", str(odd), "--out", str(tmp_path / "t")]) == 2
+    assert _err(capsys).startswith(f"edgeser: error: {odd}: unknown labels: 'Angry', 'calm'")
+    assert main(["validate", str(odd)]) == 2
+    assert "unknown labels: 'Angry', 'calm'" in _err(capsys)
+    assert len(read_manifest(odd)) == len(df)
 
 
 def test_console_script_runs():

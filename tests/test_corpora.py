@@ -178,6 +178,19 @@ def test_custom_csv_import(tmp_path: Path):
         prepare_csv(tmp_path / "bad.csv")
 
 
+def test_custom_csv_files_that_differ_only_in_extension(tmp_path: Path):
+    """a.flac was dropped as a "duplicate path" of a.wav; a path listed twice still is."""
+    write_wav(tmp_path / "a.wav", tone(0.4))
+    write_wav(tmp_path / "a.flac", tone(0.5))
+    write_wav(tmp_path / "b.wav", tone(0.3))
+    (tmp_path / "list.csv").write_text(
+        "path,label,speaker\na.wav,angry,s1\na.flac,sad,s1\nb.wav,happy,s2\n"
+        "./b.wav,happy,s2\n", encoding="utf-8")
+    df = prepare_csv(tmp_path / "list.csv", corpus="mine")
+    assert sorted(df["utt_id"]) == ["mine:a.flac", "mine:a.wav", "mine:b"]
+    assert sum(len(v) for v in df.attrs["skipped"].values()) == 1
+
+
 def test_real_ravdess_mini(ravdess_mini: Path):
     df = prepare_ravdess(ravdess_mini, all_labels=True)
     assert len(df) == 120 and df["speaker"].nunique() == 2

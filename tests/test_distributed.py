@@ -27,9 +27,11 @@ import pandas as pd
 import pytest
 
 from edgeser.cli import main
+from edgeser.core.errors import EdgeserError
 from edgeser.data.manifest import write_manifest
 from edgeser.data.recipes import prepare_ravdess
 from edgeser.features import extract
+from edgeser.runtime.batch import predict_manifest
 from edgeser.testing import (
     NamespaceUnavailable,
     loopback_ray_cluster,
@@ -238,11 +240,74 @@ def test_predict_manifest_local_rows_resume_and_error_row(archive, tmp_path, cap
     np.testing.assert_allclose([row[f"p_{c}"] for c in m.labels],
                                [a.probabilities[c] for c in m.labels], rtol=1e-6)
     assert row["duration"] == pytest.approx(0.4 + 0.03 * 3 + 0.2, abs=1e-3)  # before trim
-    # a re-run scores nothing and duplicates nothing
+    # a re-run scores only the row that failed (and it fails again) and duplicates nothing
     capsys.readouterr()
     assert main(args) == 0
-    assert "0 utterances scored (0 errors), 30 already there" in capsys.readouterr().out
-    assert len(_table(out)) == n
+    assert ("1 utterances scored (1 errors, 1 of them failed before), 29 already there"
+            in capsys.readouterr().out)
+    again = _table(out)
+    assert len(again) == n and again["utt_id"].is_unique
+
+
+def test_predict_manifest_error_rows_are_retried_when_the_file_appears(archive, tmp_path,
+                                                                      capsys):
+    model, manifest, _ = archive
+    audio = tmp_path / "late.wav"
+    listing = tmp_path / "m.csv"
+    listing.write_text(f"utt_id,path\nlate,{audio}\nok,{manifest.parent / 'audio/a01.wav'}\n")
+    out = tmp_path / "preds.parquet"
+    args = ["-q", "predict", str(model), "--manifest", str(listing), "--out", str(out)]
+    assert main(args) == 0
+    assert "no such audio file" in _table(out).set_index("utt_id").loc["late", "error"]
+    assert main(args) == 0  # still missing: still one row for it
+    assert len(_table(out)) == 2
+    write_wav(audio, tone(0.8, freq=200, seed=3))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "1 utterances scored (0 errors, 1 of them failed before)" in capsys.readouterr().out
+    df = _table(out).set_index("utt_id")
+    assert len(df) == 2 and df.index.is_unique and df["error"].isna().all()
+
+
+def test_predict_manifest_runs_into_one_out_lose_nothing(archive, tmp_path):
+    """Two runs with different manifests into one --out both wrote part-00000 (half the
+    rows lost); a second run while one holds the folder is refused."""
+    from edgeser.runtime.batch import _lock
+
+    model, manifest, _ = archive
+    lines = manifest.read_text().splitlines()
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text("\n".join([lines[0], *[ln.replace("audio/", f"{manifest.parent}/audio/")
+                                            for ln in lines[1:11]]]) + "\n")
+    second.write_text("\n".join([lines[0], *[ln.replace("audio/", f"{manifest.parent}/audio/")
+                                             for ln in lines[11:21]]]) + "\n")
+    out = tmp_path / "preds.parquet"
+    for m in (first, second):
+        assert main(["-q", "predict", str(model), "--manifest", str(m), "--out", str(out)]) == 0
+    df = _table(out)
+    assert len(df) == 20 and df["utt_id"].is_unique
+    held = _lock(out)
+    try:
+        with pytest.raises(EdgeserError, match="being written by another edgeser predict"):
+            predict_manifest(model, first, out)
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize("header", ["utt_id,path,label", "path,utt_id,label"])
+def test_predict_manifest_reads_a_byte_order_mark(archive, tmp_path, header):
+    """A BOM (Excel's CSV) was part of the first column's name: ids silently replaced by
+    paths, or 'no path column' printed with a name that looked like path."""
+    model, manifest, _ = archive
+    rows = [dict(zip(["utt_id", "path", "label"], ln.split(","), strict=True))
+            for ln in manifest.read_text().splitlines()[1:4]]
+    names = header.split(",")
+    text = header + "\n" + "".join(",".join(r[c] for c in names) + "\n" for r in rows)
+    listing = manifest.parent / f"bom-{tmp_path.name}.csv"
+    listing.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    out = tmp_path / "preds.parquet"
+    assert main(["-q", "predict", str(model), "--manifest", str(listing), "--out", str(out)]) == 0
+    assert list(_table(out)["utt_id"]) == [r["utt_id"] for r in rows]
 
 
 def _big_manifest(manifest: Path, path: Path, copies: int) -> int:

@@ -77,6 +77,10 @@ def test_export_writes_the_files_and_model_json(tiny):
     session = onnx_session(paths["float32"])
     assert [i.name for i in session.get_inputs()] == ["waveform", "lengths"]
     assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    for kind in ("float32", "int8"):  # the graph names its labels: a swapped card is refused
+        meta = onnx_session(paths[kind]).get_modelmeta().custom_metadata_map
+        assert json.loads(meta["edgeser.labels"]) == doc["labels"]
+        assert json.loads(meta["edgeser.dimensions"]) == []
 
 
 def test_float32_onnx_matches_pytorch_on_several_lengths(tiny):

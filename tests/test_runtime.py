@@ -12,6 +12,7 @@ import argparse
 import io
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -543,7 +544,12 @@ def test_stream_cli_errors(model_dir: Path, tmp_path: Path,
     model_path = str(model_dir / "model.onnx")
     junk = tmp_path / "junk.wav"
     junk.write_text("nope")
+    nan = tmp_path / "nan.wav"  # one NaN sample in float speech: was a phantom segment
+    x = _synthetic_speech()[0]
+    x[40_000] = np.nan
+    sf.write(nan, x, SR, subtype="FLOAT")
     for argv, match in [
+        ([model_path, str(nan)], "nan.wav: audio contains NaN or infinite samples (at 2.50 s)"),
         ([model_path, str(junk)], "unreadable audio"),
         ([model_path, str(tmp_path / "missing.wav")], "no such audio file"),
         ([model_path, str(junk), "--threshold", "2"], "--threshold"),
@@ -560,6 +566,45 @@ def test_stream_cli_errors(model_dir: Path, tmp_path: Path,
     monkeypatch.setattr(sys, "stdin", Stdin)
     code, _, err = _run_cli(["stream", model_path, "-"], capsys)
     assert code == 2 and "stdin: no audio" in err
+    monkeypatch.setattr(sys, "stdin", None)  # `edgeser stream MODEL - <&-`
+    code, _, err = _run_cli(["stream", model_path, "-"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "edgeser: error: stream -: standard input is closed (pipe raw 16 kHz 16-bit mono "
+        "PCM into it, or give an audio file)"]
+
+
+@pytest.mark.parametrize("case,change,match", [
+    ("labels permuted", {"labels": ["happy", "neutral", "sad", "angry"]},
+     r"model\.json's labels \['happy', 'neutral', 'sad', 'angry'\] are not the graph's "
+     r"\['neutral', 'happy', 'sad', 'angry'\]"),
+    ("hop_length 0", {"trim": {"top_db": 20, "frame_length": 2048, "hop_length": 0}},
+     "trim \"hop_length\" must be an integer in 1-frame_length, got 0"),
+    ("min_samples 1e11", {"min_samples": 1e11}, "\"min_samples\" must be an integer"),
+    ("min_samples true", {"min_samples": True}, "\"min_samples\" must be an integer"),
+    ("trim yes", {"trim": "yes"}, "\"trim\" must be null, true, false or an object"),
+    ("top_db nan", {"trim": {"top_db": float("nan")}}, "\"top_db\" must be a number"),
+    ("files a list", {"files": ["model.onnx"]}, "\"files\" must map names"),
+    ("dimension names", {"dimensions": {"names": "arousal"}}, "\"dimensions\" must hold"),
+])
+def test_bad_model_cards_are_one_line(model_dir: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str], case: str,
+                                      change: dict, match: str) -> None:
+    """Each was a traceback, or (permuted labels) wrong labels with exit 0."""
+    folder = _copy_model(model_dir, tmp_path / "m")
+    card = json.loads((folder / "model.json").read_text())
+    for key, value in change.items():
+        if key == "trim":
+            card["preprocessing"]["outside_graph"]["trim"] = value
+        else:
+            card[key] = value
+    (folder / "model.json").write_text(json.dumps(card))
+    good = tmp_path / "good.wav"
+    sf.write(good, tone(1.0), SR)
+    code, out, err = _run_cli(["predict", str(folder / "model.int8.onnx"), str(good)], capsys)
+    assert code == 2 and out == "", case
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgeser: error: "), case
+    assert re.search(match, lines[0]), (case, lines[0])
 
 
 def test_segments_are_emitted_as_soon_as_they_close(model: OnnxEmotionModel) -> None:

@@ -142,7 +142,9 @@ def validate_manifest(
     allowed = set(LABELS) | ({""} if allow_unlabelled else set())
     bad = sorted(set(labels) - allowed)
     if bad:
-        raise SplitError(f"unknown labels: {', '.join(repr(b) for b in bad[:5])}")
+        raise SplitError(f"unknown labels: {', '.join(repr(b) for b in bad[:5])} (a manifest "
+                         f"label is one of {', '.join(LABELS)}, or empty for a row outside "
+                         "the task; `edgeser prepare csv` maps names such as 'Angry')")
     spk = df["speaker"].fillna("").astype(str)
     if (spk == "").any():
         raise SplitError(f"{int((spk == '').sum())} rows have no speaker")

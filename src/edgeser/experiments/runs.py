@@ -37,8 +37,17 @@ log = logging.getLogger(__name__)
 
 
 def read_four_class(path: str | Path) -> pd.DataFrame:
-    """A validated four-class manifest; an empty one is an error."""
-    df = four_class(read_manifest(path))
+    """The four-class rows of a validated manifest. Rows with an empty label (outside the
+    task, as ``prepare --all-labels`` writes them) are left out; any other label that is
+    not one of the four (``Angry``, ``calm``) is an error, as in ``edgeser validate``, not a
+    row silently dropped; an empty result is an error."""
+    full = read_manifest(path)
+    try:
+        if not full.empty:
+            validate_manifest(full, check_paths=False, allow_unlabelled=True)
+    except EdgeserError as e:
+        raise EdgeserError(f"{path}: {e}") from None
+    df = four_class(full)
     if df.empty:
         raise EdgeserError(f"{path}: no four-class utterances in the manifest")
     validate_manifest(df)

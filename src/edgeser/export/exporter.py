@@ -34,7 +34,7 @@ from edgeser.core.io import atomic_path, write_json
 from edgeser.data.labels import DIMENSIONS
 from edgeser.export.calibration import calibration_waves
 from edgeser.models.registry import FeatureEncoder, normalization
-from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, make_card
+from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, graph_metadata, make_card
 from edgeser.runtime.session import onnx_session, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -161,10 +161,14 @@ def reference_probabilities(
     return torch.cat(probs).numpy()
 
 
-def export_onnx(graph: Any, path: str | Path, opset: int = 17) -> None:
+def export_onnx(graph: Any, path: str | Path, opset: int = 17,
+                labels: Sequence[str] | None = None) -> None:
     """Write a graph with the edgeser contract to ``path`` atomically: inputs ``waveform``
     float32 ``[batch, samples]`` and ``lengths`` int64 ``[batch]``, output
-    ``probabilities`` ``[batch, classes]``, dynamic batch and sample axes."""
+    ``probabilities`` ``[batch, classes]``, dynamic batch and sample axes. ``labels`` are
+    stamped into the graph's metadata (with the dimension names) so that the runtime can
+    tell a ``model.json`` that does not belong to it (:data:`GRAPH_METADATA`); the 8-bit
+    and float16 files made from it keep the stamp."""
     import torch
 
     example = (torch.zeros(2, 8000), torch.tensor([8000, 5000], dtype=torch.int64))
@@ -187,6 +191,14 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17) -> None:
             opset_version=int(opset),
             do_constant_folding=True,
         )
+        if labels is not None:
+            import onnx
+
+            model = onnx.load(str(tmp))
+            dims = list(DIMENSIONS) if getattr(graph, "has_dimensions", False) else []
+            for key, value in graph_metadata(labels, dims).items():
+                model.metadata_props.add(key=key, value=value)
+            onnx.save(model, str(tmp))
 
 
 def _check_parity(graph: Any, path: Path, waves: Sequence[np.ndarray]) -> float:
@@ -269,7 +281,8 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"float32": out_dir / "model.onnx"}
     logger.info("exporting %s to %s", model_dir, paths["float32"])
-    export_onnx(graph, paths["float32"], opset)
+    labels = list(meta.get("labels") or [])
+    export_onnx(graph, paths["float32"], opset, labels=labels)
     front = meta.get("front_end") or {}
     trim = bool(front.get("trim", True))
     top_db = float(front.get("top_db", 20.0))
@@ -299,7 +312,6 @@ def export_model(
 
                 convert_float16(paths["float32"], tmp,
                                 mode="compute" if variant == "float16-compute" else "storage")
-    labels = list(meta.get("labels") or [])
     doc = make_card(
         edgeser_version=__version__,
         labels=labels,

@@ -24,11 +24,16 @@ graph alone (no padding), so its output does not depend on what it was batched w
 two executors write the same rows.
 
 **Resumable and interruptible**: every part is written atomically (a temporary file, then a
-rename) once it holds ``part_rows`` rows or ``part_seconds`` have passed; a re-run reads
-the ids already written and scores only the others, so an interrupted run (Ctrl-C, a lost
-node) leaves a readable dataset and a re-run adds no duplicate. A worker process or actor
-that dies is replaced and its rows are retried (Ray Data restarts its actors and retries
-their tasks without limit; a local pool is replaced up to three times).
+link under a name no other part has: a part is never overwritten) once it holds
+``part_rows`` rows or ``part_seconds`` have passed; a re-run reads the ids already written
+and scores only the others, so an interrupted run (Ctrl-C, a lost node) leaves a readable
+dataset and a re-run adds no duplicate. Rows that failed (an ``error``) are scored again by
+the next run (the file may have appeared since), and the parts are then rewritten so that
+every id keeps one row: its scored one, or its latest error. One run at a time writes into
+an ``--out`` (a lock file, ``.lock``, inside it: a second run is refused with one line).
+A worker process or actor that dies is replaced and its rows are retried (Ray Data
+restarts its actors and retries their tasks without limit; a local pool is replaced up to
+three times).
 
 Needs pyarrow (and Ray for ``--executor ray``): ``pip install 'edgeser[distributed]'``. Both
 are imported here only when a manifest is scored, so ``predict FILES`` stays on the light
@@ -45,6 +50,7 @@ import logging
 import multiprocessing
 import os
 import re
+import secrets
 import shutil
 import signal
 import tempfile
@@ -58,7 +64,6 @@ import numpy as np
 
 from edgeser.core.errors import EdgeserError
 from edgeser.core.executor import RAY_EXTRA, ExecutorSpec, connect_ray, current_executor
-from edgeser.core.io import atomic_path
 from edgeser.runtime.card import CARD_NAME
 from edgeser.runtime.model import OnnxEmotionModel, TrimSettings, read_prepared
 
@@ -75,6 +80,7 @@ CHUNK_ROWS = 16
 #: Times a local pool whose process died is replaced before the run gives up.
 _MAX_POOL_RESTARTS = 3
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
+_LOCK = ".lock"
 
 
 def _pyarrow() -> Any:
@@ -174,11 +180,14 @@ def read_archive_manifest(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         raise EdgeserError(f"--manifest {p}: no such file")
     base = p.resolve().parent
     try:
-        with open(p, newline="", encoding="utf-8") as fh:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first name
+        with open(p, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            if "path" not in (reader.fieldnames or []):
+            names = [(n or "").strip() for n in reader.fieldnames or []]
+            reader.fieldnames = names
+            if "path" not in names:
                 raise EdgeserError(f"--manifest {p}: no 'path' column (columns: "
-                                   f"{', '.join(reader.fieldnames or []) or 'none'})")
+                                   f"{', '.join(map(repr, names)) or 'none'})")
             rows = []
             for r in reader:
                 audio = (r.get("path") or "").strip()
@@ -210,14 +219,32 @@ def read_predictions(out: str | os.PathLike[str]) -> Any:
     return pa.concat_tables([pa.parquet.read_table(f) for f in parts])
 
 
+def _lock(out: Path) -> Any:
+    """Hold ``out``'s lock file for this run (released when the returned file closes)."""
+    fh = open(out / _LOCK, "a+b")  # noqa: SIM115 - held open for the whole run
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - no fcntl (Windows): no lock
+        pass
+    except OSError:
+        fh.close()
+        raise EdgeserError(f"--out {out} is being written by another edgeser predict (it "
+                           f"holds {out / _LOCK}); wait for it or use another --out") from None
+    return fh
+
+
 class PartWriter:
-    """Appends rows to a ``preds.parquet`` folder, one atomically written part at a time."""
+    """Appends rows to a ``preds.parquet`` folder, one atomically written part at a time
+    (holding the folder's lock until :meth:`close`)."""
 
     def __init__(self, out: Path, job: ArchiveJob, part_rows: int, part_seconds: float) -> None:
         self.pa = _pyarrow()
         if out.exists() and not out.is_dir():
             raise EdgeserError(f"--out {out}: exists and is not a folder of Parquet parts")
         out.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(out)
         for stale in out.glob(".part-*.tmp"):  # left by a killed run: never a part
             stale.unlink(missing_ok=True)
         self.out, self.job = out, job
@@ -225,15 +252,21 @@ class PartWriter:
         self.part_rows, self.part_seconds = part_rows, part_seconds
         parts = _parts(out)
         self.next = 1 + max((int(_PART.match(f.name).group(1)) for f in parts), default=-1)
+        #: ids with a scored row (not re-run) and ids whose only rows are errors (re-run)
         self.done: set[str] = set()
+        self.failed: set[str] = set()
         for f in parts:
-            table = self.pa.parquet.read_table(f, columns=["utt_id", "model"])
+            table = self.pa.parquet.read_table(f, columns=["utt_id", "model", "error"])
             models = set(table.column("model").to_pylist())
             if models - {job.model_id}:
+                self.close()
                 raise EdgeserError(f"--out {out} holds predictions of another model "
                                    f"({sorted(models - {job.model_id})[0]}); use another "
                                    "--out or remove it")
-            self.done.update(table.column("utt_id").to_pylist())
+            for uid, error in zip(table.column("utt_id").to_pylist(),
+                                  table.column("error").to_pylist(), strict=True):
+                (self.failed if error is not None else self.done).add(uid)
+        self.failed -= self.done
         self.buffer: list[dict[str, list]] = []
         self.buffered = 0
         self.written = 0
@@ -250,11 +283,62 @@ class PartWriter:
             return
         merged = {c: [v for cols in self.buffer for v in cols[c]] for c in self.schema.names}
         table = self.pa.Table.from_pydict(merged, schema=self.schema)
-        with atomic_path(self.out / f"part-{self.next:05d}.parquet") as tmp:
+        tmp = self._temporary()
+        try:
             self.pa.parquet.write_table(table, tmp)
+            while True:  # a link never replaces a part, whoever wrote it
+                try:
+                    os.link(tmp, self.out / f"part-{self.next:05d}.parquet")
+                    break
+                except FileExistsError:
+                    self.next += 1
+        finally:
+            tmp.unlink(missing_ok=True)
         self.next += 1
         self.written += self.buffered
         self.buffer, self.buffered, self.last = [], 0, time.monotonic()
+
+    def compact(self) -> int:
+        """Keep one row per id: its scored row, else its latest error (parts in order);
+        rewrites (atomically) only the parts that hold a superseded row. Returns how many
+        rows were dropped."""
+        parts = _parts(self.out)
+        tables = [self.pa.parquet.read_table(f, columns=["utt_id", "error"]) for f in parts]
+        keep: dict[str, tuple[int, int]] = {}
+        for i, t in enumerate(tables):
+            for j, (uid, error) in enumerate(zip(t.column("utt_id").to_pylist(),
+                                                 t.column("error").to_pylist(), strict=True)):
+                old = keep.get(uid)
+                if old is None or error is None or tables[old[0]].column("error")[
+                        old[1]].as_py() is not None:
+                    keep[uid] = (i, j)
+        kept_by_part: dict[int, set[int]] = {}
+        for i, j in keep.values():
+            kept_by_part.setdefault(i, set()).add(j)
+        dropped = 0
+        for i, (f, t) in enumerate(zip(parts, tables, strict=True)):
+            rows = sorted(kept_by_part.get(i, set()))
+            if len(rows) == t.num_rows:
+                continue
+            dropped += t.num_rows - len(rows)
+            if not rows:
+                f.unlink()
+                continue
+            tmp = self._temporary()
+            try:
+                self.pa.parquet.write_table(self.pa.parquet.read_table(f).take(rows), tmp)
+                os.replace(tmp, f)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return dropped
+
+    def _temporary(self) -> Path:
+        """A fresh temporary name in the folder (removed at the start of a later run if
+        this one is killed while writing it)."""
+        return self.out / f".part-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+    def close(self) -> None:
+        self._lock.close()
 
 
 # --------------------------------------------------------------------------- local
@@ -390,6 +474,8 @@ class ArchiveSummary:
     written: int
     errors: int
     seconds: float
+    retried: int = 0
+    """Utterances whose earlier row was an error, scored again (counted in ``written``)."""
 
 
 def predict_manifest(
@@ -404,21 +490,26 @@ def predict_manifest(
     job = ArchiveJob.for_model(model, threads)
     rows = read_archive_manifest(manifest)
     writer = PartWriter(Path(out), job, part_rows, part_seconds)
-    todo = [r for r in rows if r["utt_id"] not in writer.done]
-    log.info("predict: %d of %d utterances already in %s, scoring %d", len(rows) - len(todo),
-             len(rows), out, len(todo))
-    errors = 0
-    if todo:
-        if spec.is_ray:
-            results: Iterable[dict[str, list]] = _ray_results(job, todo, spec)
-        else:
-            workers = spec.workers or max(1, (os.cpu_count() or 1) // threads)
-            results = _local_results(job, todo, min(workers, len(todo)))
-        try:
-            for columns in results:
-                errors += sum(e is not None for e in columns["error"])
-                writer.add(columns)
-        finally:
-            writer.flush()  # what was scored before an interruption is kept
+    try:
+        todo = [r for r in rows if r["utt_id"] not in writer.done]
+        retried = sum(r["utt_id"] in writer.failed for r in todo)
+        log.info("predict: %d of %d utterances already in %s, scoring %d (%d that failed "
+                 "before)", len(rows) - len(todo), len(rows), out, len(todo), retried)
+        errors = 0
+        if todo:
+            if spec.is_ray:
+                results: Iterable[dict[str, list]] = _ray_results(job, todo, spec)
+            else:
+                workers = spec.workers or max(1, (os.cpu_count() or 1) // threads)
+                results = _local_results(job, todo, min(workers, len(todo)))
+            try:
+                for columns in results:
+                    errors += sum(e is not None for e in columns["error"])
+                    writer.add(columns)
+            finally:
+                writer.flush()  # what was scored before an interruption is kept
+                writer.compact()  # the rows that failed before, now superseded
+    finally:
+        writer.close()
     return ArchiveSummary(len(rows), len(rows) - len(todo), writer.written, errors,
-                          time.perf_counter() - t0)
+                          time.perf_counter() - t0, retried)

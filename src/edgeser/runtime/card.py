@@ -13,15 +13,26 @@ from typing import Any
 from edgeser.audio.io import SAMPLE_RATE
 from edgeser.core.errors import EdgeserError
 
-__all__ = ["CARD_NAME", "FORMAT_VERSION", "GRAPH_INPUTS", "GRAPH_OUTPUTS", "MODEL_FORMAT",
-           "make_card", "read_model_card"]
+__all__ = ["CARD_NAME", "FORMAT_VERSION", "GRAPH_INPUTS", "GRAPH_METADATA", "GRAPH_OUTPUTS",
+           "MODEL_FORMAT", "graph_metadata", "make_card", "read_model_card"]
 
 MODEL_FORMAT = "edgeser-onnx"
 FORMAT_VERSION = 1
 CARD_NAME = "model.json"
+#: The largest ``min_samples`` a card may state (1 s: every encoder's receptive field fits).
+MAX_MIN_SAMPLES = SAMPLE_RATE
 #: The graph's inputs and outputs as the card states them.
 GRAPH_INPUTS = {"waveform": "float32 [batch, samples]", "lengths": "int64 [batch]"}
 GRAPH_OUTPUTS = {"probabilities": "float32 [batch, classes]"}
+#: Keys of the graph's own metadata (``metadata_props``) that tie it to its card.
+GRAPH_METADATA = ("edgeser.labels", "edgeser.dimensions")
+
+
+def graph_metadata(labels: Sequence[str], dimensions: Sequence[str] = ()) -> dict[str, str]:
+    """What the exporter stamps into an ONNX graph's metadata: its labels and dimension
+    names in output order (JSON lists)."""
+    return dict(zip(GRAPH_METADATA, (json.dumps(list(labels)), json.dumps(list(dimensions))),
+                    strict=True))
 
 
 def make_card(
@@ -105,4 +116,46 @@ def _load_card(p: Path, card_path: Path) -> dict[str, Any]:
     if card.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
         raise bad(f"{card_path}: sample_rate {card.get('sample_rate')!r} (expected "
                   f"{SAMPLE_RATE})")
+    problem = _card_problem(card)
+    if problem:
+        raise bad(f"{card_path}: {problem}")
     return card
+
+
+def _integer(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _card_problem(card: dict[str, Any]) -> str | None:
+    """What is wrong with the fields the runtime acts on (None: nothing)."""
+    if "min_samples" in card and not _integer(card["min_samples"], 1, MAX_MIN_SAMPLES):
+        return (f"\"min_samples\" must be an integer in 1-{MAX_MIN_SAMPLES}, got "
+                f"{card['min_samples']!r}")
+    pre = card.get("preprocessing", {})
+    outside = pre.get("outside_graph", {}) if isinstance(pre, dict) else None
+    if not isinstance(outside, dict):
+        return "\"preprocessing\" must hold an \"outside_graph\" object"
+    trim = outside.get("trim")
+    if isinstance(trim, dict):
+        top_db, frame, hop = (trim.get("top_db", 20.0), trim.get("frame_length", 2048),
+                              trim.get("hop_length", 512))
+        if (not isinstance(top_db, int | float) or isinstance(top_db, bool)
+                or not 0 < top_db <= 200):
+            return f"trim \"top_db\" must be a number in (0, 200], got {top_db!r}"
+        if not _integer(frame, 16, 1 << 16):
+            return f"trim \"frame_length\" must be an integer in 16-65536, got {frame!r}"
+        if not _integer(hop, 1, frame):
+            return f"trim \"hop_length\" must be an integer in 1-frame_length, got {hop!r}"
+    elif trim not in (None, True, False):
+        return f"\"trim\" must be null, true, false or an object, got {trim!r}"
+    files = card.get("files", {})
+    if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return "\"files\" must map names to file names"
+    dims = card.get("dimensions")
+    if dims is not None:
+        names = dims.get("names") if isinstance(dims, dict) else None
+        if (not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
+                or len(set(names)) != len(names)):
+            return "\"dimensions\" must hold \"names\", a list of distinct names"
+    return None

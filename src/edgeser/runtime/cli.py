@@ -131,7 +131,8 @@ def _run_predict_manifest(args: argparse.Namespace) -> int:
 
     s = predict_manifest(args.model, args.manifest, args.out, threads=args.threads or 1,
                          part_rows=args.part_rows or PART_ROWS)
-    print(f"{args.out}: {s.written} utterances scored ({s.errors} errors), {s.skipped} "
+    again = f", {s.retried} of them failed before" if s.retried else ""
+    print(f"{args.out}: {s.written} utterances scored ({s.errors} errors{again}), {s.skipped} "
           f"already there, {s.total} in the manifest; {s.seconds:.1f} s")
     return 0
 
@@ -185,6 +186,9 @@ def run_stream(args: argparse.Namespace) -> int:
     model = OnnxEmotionModel(args.model, threads=args.threads)
     vad = make_vad(args.vad, aggressiveness=args.aggressiveness)
     if args.input == "-":
+        if sys.stdin is None or getattr(sys.stdin, "closed", False):
+            raise EdgeserError("stream -: standard input is closed (pipe raw 16 kHz 16-bit "
+                               "mono PCM into it, or give an audio file)")
         blocks = pcm_blocks(sys.stdin.buffer, args.block)
     else:
         blocks = file_blocks(args.input, args.block)

@@ -15,6 +15,7 @@ Imports only numpy, soundfile, soxr and onnxruntime (the ``edgeser[runtime]`` in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ import numpy as np
 from edgeser.audio.frontend import trim_bounds
 from edgeser.audio.io import SAMPLE_RATE, audio_info, load_audio, resample, to_mono
 from edgeser.core.errors import AudioError, EdgeserError
-from edgeser.runtime.card import read_model_card
+from edgeser.runtime.card import GRAPH_METADATA, graph_metadata, read_model_card
 from edgeser.runtime.session import onnx_session, pad_batch
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,17 @@ class OnnxEmotionModel:
         if isinstance(n, int) and n != len(self.labels):
             raise bad(f"the graph has {n} classes but model.json lists {len(self.labels)} "
                       f"labels")
+        stamped = self.session.get_modelmeta().custom_metadata_map
+        if all(k in stamped for k in GRAPH_METADATA):
+            want = graph_metadata(self.labels, self.dimension_names)
+            for key in GRAPH_METADATA:
+                if json.loads(stamped[key]) != json.loads(want[key]):
+                    raise bad(f"model.json's {key.split('.')[1]} {json.loads(want[key])} are not "
+                              f"the graph's {json.loads(stamped[key])} (the order matters: "
+                              "model.json belongs to another export)")
+        else:
+            log.debug("%s: no labels in the graph's metadata (exported before edgeser stamped "
+                      "them): model.json's order is taken as is", self.path)
         dims = outs.get("dimensions")
         if (dims is None) != (not self.dimension_names):
             raise bad("model.json and the graph disagree on the 'dimensions' output")

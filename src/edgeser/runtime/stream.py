@@ -101,6 +101,9 @@ def file_blocks(
             total += n
             last = n < block
             x = np.asarray(data, dtype=np.float32)
+            if not np.isfinite(x).all():  # a float WAV can hold NaN: no phantom segment
+                at = (total - n + int(np.flatnonzero(~np.isfinite(x).all(axis=-1))[0])) / sr
+                raise AudioError(f"{p}: audio contains NaN or infinite samples (at {at:.2f} s)")
             x = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
             if rs is not None:
                 x = rs.resample_chunk(x, last=last)

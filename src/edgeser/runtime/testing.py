@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from edgeser import __version__
-from edgeser.runtime.card import make_card
+from edgeser.runtime.card import graph_metadata, make_card
 
 DUMMY_LABELS = ["neutral", "happy", "sad", "angry"]
 
@@ -75,6 +75,12 @@ def make_dummy_model(out_dir: str | Path, labels: list[str] | None = None) -> Pa
             dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
                           "probabilities": {0: "batch"}},
         )
+    import onnx
+
+    graph = onnx.load(str(onnx_path))
+    for key, value in graph_metadata(labels).items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(onnx_path))
     shutil.copyfile(onnx_path, out / "model.int8.onnx")
     card = make_card(
         edgeser_version=__version__, labels=labels, model="dummy", min_samples=400,

@@ -1,6 +1,9 @@
 """Import a user's own corpus from a CSV with columns ``path,label,speaker[,session]``.
 
-Relative paths are resolved against the CSV's folder. Labels are matched to the
+Relative paths are resolved against the CSV's folder. An utterance's id is the corpus name
+and its path without the extension (``custom:a/x``), or with it where two files differ only
+in their extension (``custom:a/x.wav``, ``custom:a/x.flac``); a path listed twice is kept
+once. Labels are matched to the
 four canonical classes case-insensitively (``Angry`` → ``angry``); any other label
 is outside the task (dropped, or kept with an empty ``label`` with
 ``all_labels``). Speakers are prefixed with the corpus name so they stay globally
@@ -39,13 +42,20 @@ def prepare_csv(
     skipped = Skipped()
     rows = []
     seen: set[str] = set()
-    for rec in table.to_dict("records"):
+    records = table.to_dict("records")
+    names = {Path(r["path"].strip()).as_posix().lstrip("./") for r in records}
+    stems: dict[str, int] = {}
+    for name in names:
+        stem = Path(name).with_suffix("").as_posix()
+        stems[stem] = stems.get(stem, 0) + 1
+    for rec in records:
         audio = Path(rec["path"].strip())
         if not audio.is_absolute():
             audio = p.parent / audio
         name = rec["path"].strip()
-        stem = Path(name).with_suffix("").as_posix().lstrip("./")
-        uid = f"{corpus}:{stem}"
+        full = Path(name).as_posix().lstrip("./")
+        stem = Path(full).with_suffix("").as_posix()
+        uid = f"{corpus}:{stem if stems[stem] == 1 else full}"
         if uid in seen:
             skipped.add("duplicate paths", name)
             continue
