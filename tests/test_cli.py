@@ -92,9 +92,13 @@ def test_reproduce_end_to_end(trees, tiny_encoder_dir, tmp_path, capsys):
                  str(tmp_path / "m"), "--encoder", str(tiny_encoder_dir), "--epochs", "1",
                  "--aug-views", "0", "--precision", "fp32", "--cache-dir",
                  str(run / "cache")]) == 0
-    assert main(["-q", "evaluate", "--trained", str(tmp_path / "m"), "--corpus",
-                 str(man / "ravdess.csv"), "--out", str(tmp_path / "ev"), "--cache-dir",
-                 str(run / "cache")]) == 0
+    # the folder records an encoder outside it: loaded only when named again
+    evaluate = ["-q", "evaluate", "--trained", str(tmp_path / "m"), "--corpus",
+                str(man / "ravdess.csv"), "--out", str(tmp_path / "ev"), "--cache-dir",
+                str(run / "cache")]
+    assert main(evaluate) == 2
+    assert "pass --encoder" in capsys.readouterr().err
+    assert main([*evaluate, "--encoder", str(tiny_encoder_dir)]) == 0
     ev = json.loads((tmp_path / "ev" / "results.json").read_text(encoding="utf-8"))
     assert ev["cross_corpus"]["ravdess"]["n"] == 14
     assert "WA" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeser.cli import main
+from edgeser.core.errors import EdgeserError
 from edgeser.runtime.testing import make_dummy_model
 from edgeser.web.server import Limits, host_allowed, is_loopback, make_server, warn_if_exposed
 
@@ -53,7 +54,7 @@ def hostile_model(tmp_path):
     card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     card["files"].update({"x": "../../../../../../etc/passwd", "y": "/etc/passwd",
                           "z": "../secret.txt", "link": "escape.onnx", "dir": "sub",
-                          "ok": "inside.onnx", "bad": 42})
+                          "ok": "inside.onnx"})
     (folder / "model.json").write_text(json.dumps(card), encoding="utf-8")
     return folder, secret
 
@@ -80,7 +81,12 @@ def test_only_the_pages_files_are_served(hostile_model, caplog):
     finally:
         server.stop()
     refused = [r.getMessage() for r in caplog.records if "not serving" in r.getMessage()]
-    assert len(refused) == 6  # x, y, z, link, dir, bad: each named once
+    assert len(refused) == 5  # x, y, z, link, dir: each named once
+    card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    card["files"]["bad"] = 42
+    (folder / "model.json").write_text(json.dumps(card), encoding="utf-8")
+    with pytest.raises(EdgeserError, match='"files" must map names to file names'):
+        make_server(folder, "127.0.0.1", 0)
 
 
 def test_host_header_allow_list(hostile_model):

@@ -299,35 +299,42 @@ class PartWriter:
         self.buffer, self.buffered, self.last = [], 0, time.monotonic()
 
     def compact(self) -> int:
-        """Keep one row per id: its scored row, else its latest error (parts in order);
-        rewrites (atomically) only the parts that hold a superseded row. Returns how many
-        rows were dropped."""
+        """Keep one row per id, where the id first appears (so a resumed run keeps the
+        manifest's order), holding its scored row if it has one, else its latest error;
+        rewrites (atomically) only the parts that change. Returns how many rows were
+        dropped."""
         parts = _parts(self.out)
-        tables = [self.pa.parquet.read_table(f, columns=["utt_id", "error"]) for f in parts]
-        keep: dict[str, tuple[int, int]] = {}
-        for i, t in enumerate(tables):
-            for j, (uid, error) in enumerate(zip(t.column("utt_id").to_pylist(),
-                                                 t.column("error").to_pylist(), strict=True)):
-                old = keep.get(uid)
-                if old is None or error is None or tables[old[0]].column("error")[
+        slim = [self.pa.parquet.read_table(f, columns=["utt_id", "error"]) for f in parts]
+        first: dict[str, tuple[int, int]] = {}
+        best: dict[str, tuple[int, int]] = {}
+        for i, t in enumerate(slim):
+            errors = t.column("error").to_pylist()
+            for j, uid in enumerate(t.column("utt_id").to_pylist()):
+                first.setdefault(uid, (i, j))
+                old = best.get(uid)
+                if old is None or errors[j] is None or slim[old[0]].column("error")[
                         old[1]].as_py() is not None:
-                    keep[uid] = (i, j)
-        kept_by_part: dict[int, set[int]] = {}
-        for i, j in keep.values():
-            kept_by_part.setdefault(i, set()).add(j)
+                    best[uid] = (i, j)
+        # part -> its new rows, each (source part, source row); unchanged parts are skipped
+        plan: dict[int, list[tuple[int, int]]] = {}
+        for i, t in enumerate(slim):
+            rows = [best[uid] for j, uid in enumerate(t.column("utt_id").to_pylist())
+                    if first[uid] == (i, j)]
+            if rows != [(i, j) for j in range(t.num_rows)]:
+                plan[i] = rows
+        sources = {src for rows in plan.values() for src, _ in rows}
+        full = {src: self.pa.parquet.read_table(parts[src]) for src in sources}  # before writing
         dropped = 0
-        for i, (f, t) in enumerate(zip(parts, tables, strict=True)):
-            rows = sorted(kept_by_part.get(i, set()))
-            if len(rows) == t.num_rows:
-                continue
-            dropped += t.num_rows - len(rows)
+        for i, rows in plan.items():
+            dropped += slim[i].num_rows - len(rows)
             if not rows:
-                f.unlink()
+                parts[i].unlink()
                 continue
+            table = self.pa.concat_tables([full[src].slice(j, 1) for src, j in rows])
             tmp = self._temporary()
             try:
-                self.pa.parquet.write_table(self.pa.parquet.read_table(f).take(rows), tmp)
-                os.replace(tmp, f)
+                self.pa.parquet.write_table(table, tmp)
+                os.replace(tmp, parts[i])
             finally:
                 tmp.unlink(missing_ok=True)
         return dropped
