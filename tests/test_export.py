@@ -238,7 +238,7 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("node", ["/layers.0/q_proj/MatMul", "/layers.1/fc1/MatMul",
-                                  "/convs.0/Conv"])
+                                  "/stack/convs.0/Conv"])
 def test_full_size_int8_ops_are_exact_on_worst_case_input(full, node):
     """onnxruntime on this CPU against exact integer arithmetic, on the input that drives
     every pair of products as far as the weights allow (255 where a weight is positive)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "VARIANTS",
     "add_export_parser",
     "build_export_graph",
+    "export_flat",
     "export_model",
     "export_onnx",
     "reference_probabilities",
@@ -63,6 +65,14 @@ VARIANTS: dict[str, tuple[str, str]] = {
                         "NNAPI, Core ML); no faster than float32 on an x86 CPU"),
 }
 _PARITY_TOLERANCE = 1e-4
+#: Dynamic axes of the feature extractor's tensors (edgeser.export.graph.STACK_TENSORS)
+_STACK_AXES = {"stack_input": {0: "batch", 1: "padded"}, "stack_scale": {0: "batch"},
+               "stack_shift": {0: "batch"}, "stack_output": {0: "batch", 2: "frames"},
+               "stack_chunks": {}}
+#: Largest |Δp| between a quantised flat graph and the same graph with its extractor looped
+#: (the same arithmetic per frame, summed in another order: a uint8 code at a rounding edge
+#: can differ by one, which a sharp head turns into ~1e-3)
+_LOOP_TOLERANCE = 1e-2
 
 
 # ------------------------------------------------------------------------ helpers
@@ -174,6 +184,10 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17,
     example = (torch.zeros(2, 8000), torch.tensor([8000, 5000], dtype=torch.int64))
     outputs = ["probabilities"] + (["dimensions"] if getattr(graph, "has_dimensions", False)
                                    else [])
+    if getattr(graph, "expose_stack", False):  # for edgeser.export.chunked, then dropped
+        from edgeser.export.graph import STACK_TENSORS
+
+        outputs += list(STACK_TENSORS)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-derived constants
         torch.onnx.export(
@@ -186,7 +200,8 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17,
             dynamic_axes={
                 "waveform": {0: "batch", 1: "samples"},
                 "lengths": {0: "batch"},
-                **{name: {0: "batch"} for name in outputs},
+                **{name: {0: "batch"} for name in outputs if not name.startswith("stack_")},
+                **{name: axes for name, axes in _STACK_AXES.items() if name in outputs},
             },
             opset_version=int(opset),
             do_constant_folding=True,
@@ -199,6 +214,48 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17,
             for key, value in graph_metadata(labels, dims).items():
                 model.metadata_props.add(key=key, value=value)
             onnx.save(model, str(tmp))
+
+
+def export_flat(graph: Any, path: str | Path, opset: int = 17,
+                labels: Sequence[str] | None = None) -> None:
+    """:func:`export_onnx` with the feature extractor's tensors as extra outputs
+    (:data:`~edgeser.export.graph.STACK_TENSORS`, when the graph has the chunked layout):
+    the flat graph every exported file is made from (calibrated and quantised as is,
+    then looped by :func:`_finish`)."""
+    graph.expose_stack = getattr(graph, "stack", None) is not None
+    try:
+        export_onnx(graph, path, opset, labels=labels)
+    finally:
+        graph.expose_stack = False
+
+
+def _finish(graph: Any, flat: Path, out: Path, probe: Sequence[np.ndarray], *,
+            tolerance: float, loop: bool = True) -> None:
+    """Write ``flat`` (exported with the feature extractor's tensors exposed) to ``out``
+    atomically with its extractor in a ``Loop`` over chunks
+    (:func:`~edgeser.export.chunked.loop_feature_extractor`), after checking that both
+    give the same outputs on ``probe`` (a graph without the layout, or ``loop=False``, is
+    copied as is)."""
+    import onnx
+
+    from edgeser.export.chunked import loop_feature_extractor
+    from edgeser.export.graph import STACK_TENSORS
+
+    model = onnx.load(str(flat))
+    if loop and getattr(graph, "stack", None) is not None:
+        loop_feature_extractor(model, STACK_TENSORS, context=graph.min_samples - graph.hop)
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+        before, after = onnx_session(flat), onnx_session(tmp)
+        names = [o.name for o in after.get_outputs()]
+        worst = 0.0
+        for w in probe:
+            feed = pad_batch([w])
+            for a, b in zip(before.run(names, feed), after.run(names, feed), strict=True):
+                worst = max(worst, float(np.abs(a - b).max()))
+        if not worst <= tolerance:
+            raise EdgeserError(f"{out.name}: the looped feature extractor differs from the "
+                               f"flat graph by {worst:.2e}")
 
 
 def _check_parity(graph: Any, path: Path, waves: Sequence[np.ndarray]) -> float:
@@ -282,36 +339,49 @@ def export_model(
     paths: dict[str, Path] = {"float32": out_dir / "model.onnx"}
     logger.info("exporting %s to %s", model_dir, paths["float32"])
     labels = list(meta.get("labels") or [])
-    export_onnx(graph, paths["float32"], opset, labels=labels)
     front = meta.get("front_end") or {}
     trim = bool(front.get("trim", True))
     top_db = float(front.get("top_db", 20.0))
     waves = calibration_waves(calibration, trim=trim, top_db=top_db)
-    parity = _check_parity(graph, paths["float32"], [*waves[:2], np.zeros(100, np.float32)])
-    logger.info("float32 ONNX vs PyTorch: max |diff| %.2e", parity)
-    if int8:
-        paths["int8"] = out_dir / "model.int8.onnx"
-        with atomic_path(paths["int8"]) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".edgeser-export-", dir=out_dir) as tmp_dir:
+        # every file is made from the flat graph, then its feature extractor is looped
+        flat = Path(tmp_dir) / "flat.onnx"
+        export_flat(graph, flat, opset, labels=labels)
+        probe = [*waves[:2], np.zeros(100, np.float32)]
+        _finish(graph, flat, paths["float32"], probe, tolerance=_PARITY_TOLERANCE)
+        parity = _check_parity(graph, paths["float32"], probe)
+        logger.info("float32 ONNX vs PyTorch: max |diff| %.2e", parity)
+        # kind -> (writer of a file from the flat graph; or from model.onnx, looped already)
+        made: dict[str, tuple[Any, bool]] = {}
+        if int8:
             if cnn:
                 from edgeser.export.lightsernet_graph import quantize_lightsernet_int8
 
-                quantize_lightsernet_int8(paths["float32"], tmp, waves)
+                made["int8"] = (lambda out: quantize_lightsernet_int8(flat, out, waves), True)
             else:
                 from edgeser.export.quantize import quantize_int8
 
-                quantize_int8(paths["float32"], tmp, waves)
-    for variant in dict.fromkeys(extra_variants):
-        paths[variant] = out_dir / VARIANTS[variant][0]
-        with atomic_path(paths[variant]) as tmp:
+                made["int8"] = (lambda out: quantize_int8(flat, out, waves), True)
+        for variant in dict.fromkeys(extra_variants):
             if variant == "int8-fast":
                 from edgeser.export.quantize import quantize_int8
 
-                quantize_int8(paths["float32"], tmp, waves, scheme="fast")
-            else:
+                made[variant] = (lambda out: quantize_int8(flat, out, waves, scheme="fast"),
+                                 True)
+            else:  # float16 arithmetic: onnxruntime's converter handles the loop's body
                 from edgeser.export.halfprec import convert_float16
 
-                convert_float16(paths["float32"], tmp,
-                                mode="compute" if variant == "float16-compute" else "storage")
+                mode = "compute" if variant == "float16-compute" else "storage"
+                src = flat if mode == "storage" else paths["float32"]
+                made[variant] = (lambda out, mode=mode, src=src: convert_float16(
+                    src, out, mode=mode), mode == "storage")
+        for kind, (make, from_flat) in made.items():
+            paths[kind] = out_dir / (VARIANTS[kind][0] if kind in VARIANTS
+                                     else "model.int8.onnx")
+            made_file = Path(tmp_dir) / f"{kind}.onnx"
+            make(made_file)
+            _finish(graph, made_file, paths[kind], probe, tolerance=_LOOP_TOLERANCE,
+                    loop=from_flat)
     doc = make_card(
         edgeser_version=__version__,
         labels=labels,
@@ -344,7 +414,8 @@ def export_model(
                        "convolutions; MFCC front end, input paths and classifier in float"
                        if cnn else "static QDQ (uint8 act, per-channel int8 weights, GPTQ "
                        "rounding) for the transformer linears and the second feature-extractor "
-                       "convolution; weight-only int8 (folded to float32 at load) elsewhere"),
+                       "convolution; weight-only int8 (DequantizeLinear, float32 "
+                       "arithmetic) elsewhere"),
                    **({"variants": {k: VARIANTS[k][1] for k in dict.fromkeys(extra_variants)}}
                       if extra_variants else {})},
     )

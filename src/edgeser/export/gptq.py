@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
+from edgeser.export.onnx_utils import WEIGHT_ONLY
 from edgeser.export.saturation import STATIC_WEIGHT_QMAX
 from edgeser.runtime.session import pad_batch
 
@@ -76,11 +77,10 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
     :func:`gptq_round`, Hessians from the float model at ``float_path`` on ``calibration``.
 
     Applies to Conv (1-D, ungrouped) and MatMul nodes whose weight in ``model`` is an int8
-    initializer behind ``DequantizeLinear`` (static QDQ) or ``Cast`` + ``Mul``
-    (:func:`weight_only_int8`); node names are matched between the two graphs. The scales
-    are kept, and so is each weight's range: :data:`STATIC_WEIGHT_QMAX` behind
-    ``DequantizeLinear`` (integer arithmetic), 127 behind ``Cast`` + ``Mul``. Returns the
-    number of weights re-rounded.
+    initializer behind ``DequantizeLinear``, static QDQ or weight-only (named with
+    :data:`~edgeser.export.onnx_utils.WEIGHT_ONLY`); node names are matched between the two
+    graphs. The scales are kept, and so is each weight's range: :data:`STATIC_WEIGHT_QMAX`
+    for integer arithmetic, 127 for weight-only. Returns the number of weights re-rounded.
     """
     import onnx
     import onnxruntime as ort
@@ -109,15 +109,10 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
                 or any(d != 1 for d in attrs.get("dilations", [1]))):
             continue  # grouped (positional) conv: its Hessians are too large to be worth it
         src = producer.get(qnode.input[pos])
-        if src is not None and src.op_type == "DequantizeLinear" and src.input[0] in qinits:
-            qname, sname, qmax = src.input[0], src.input[1], STATIC_WEIGHT_QMAX
-        elif src is not None and src.op_type == "Mul":
-            cast = producer.get(src.input[0])
-            if cast is None or cast.op_type != "Cast" or cast.input[0] not in qinits:
-                continue
-            qname, sname, qmax = cast.input[0], src.input[1], 127
-        else:
+        if src is None or src.op_type != "DequantizeLinear" or src.input[0] not in qinits:
             continue
+        qname, sname = src.input[0], src.input[1]
+        qmax = 127 if src.name.endswith(WEIGHT_ONLY) else STATIC_WEIGHT_QMAX
         if qinits[qname].data_type != onnx.TensorProto.INT8 or sname not in qinits:
             continue
         layers.append((node, pos, attrs, qname, sname, qmax))

@@ -13,6 +13,17 @@ dynamic batch and sample axes:
 - the first layer's GroupNorm (statistics over time) uses only valid frames, and the
   transformer attention and the pooling are masked, so a row of a padded batch gets the
   same probabilities as the same input alone;
+- that GroupNorm's statistics come from the first convolution's *input* frames: the
+  convolution is linear, so each channel's mean over time is ``w·μ + b`` and its variance
+  ``wᵀ Σ w``, with ``μ`` and ``Σ`` the mean and the 10 x 10 covariance of the frames. The
+  normalisation becomes a per-row affine map of the convolution's output, and the whole
+  convolutional feature extractor is *local*: output frame ``t`` depends only on samples
+  ``[320 t, 320 t + 400)``. :class:`ConvStack` holds it, laid out in ``n`` equal chunks
+  of at most ``chunk_frames`` frames (the waveform padded to whole chunks, the at most
+  ``n - 1`` surplus frames cut after), so that
+  :func:`edgeser.export.chunked.loop_feature_extractor` can run it one chunk at a time in
+  an ONNX ``Loop`` and memory stops growing with the input (the
+  extractor's first layers hold 512 channels at 3,200 frames per second);
 - the positional convolution's weight norm is folded into a plain weight.
 """
 
@@ -31,10 +42,18 @@ from edgeser.core.errors import EdgeserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportGraph", "check_exportable", "masked_front"]
+__all__ = ["CHUNK_FRAMES", "STACK_TENSORS", "ConvStack", "ExportGraph", "check_exportable",
+           "masked_front"]
 
 _MASK_BIAS = -1.0e4  # additive attention bias on padded keys (fp16-safe, exp() underflows)
 _PEAK_EPS = 1e-8  # as edgeser.audio.frontend.peak_normalize
+#: Most output frames of the feature extractor computed per chunk (1 s of audio at 50
+#: frames/s); an input of T frames runs in n = ceil(T / 50) equal chunks of ceil(T / n).
+CHUNK_FRAMES = 50
+#: Names of the tensors around the feature extractor in a graph exported with
+#: ``expose_stack=True``: its input (padded to n equal chunks), the per-row affine
+#: parameters of its first layer, its output (n chunks) and n.
+STACK_TENSORS = ("stack_input", "stack_scale", "stack_shift", "stack_output", "stack_chunks")
 
 
 def check_exportable(hf_model: Any) -> None:
@@ -139,6 +158,47 @@ class _Layer(nn.Module):
         return self.final_layer_norm(h)
 
 
+def _frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """The first convolution's input frames ``[B, kernel, F]`` of ``x`` ``[B, S]`` (kernel a
+    multiple of the stride): ``F = (S - kernel) // stride + 1``, built from strided blocks
+    (slices and a concatenation: no gather)."""
+    batch = x.shape[0]
+    steps = x.shape[1] // stride
+    blocks = x[:, : steps * stride].reshape(batch, steps, stride).transpose(1, 2)
+    r = kernel // stride
+    count = steps - r + 1
+    return torch.cat([blocks[:, :, j: j + count] for j in range(r)], dim=1)
+
+
+class ConvStack(nn.Module):
+    """The convolutional feature extractor with its first GroupNorm as a per-row affine
+    map: ``(x [B, S], scale [B, C, 1], shift [B, C, 1]) -> [B, C, F]``. Local: every output
+    frame depends on its own receptive field only, so any stretch of ``x`` starting at a
+    multiple of the total stride gives the same frames as the whole."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, convs: nn.ModuleList,
+                 conv_spec: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.conv0 = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            self.conv0.weight.copy_(weight)
+            if bias is not None:
+                self.conv0.bias.copy_(bias)
+        self.convs = convs
+        self.kernel, self.stride = conv_spec[0]
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+                ) -> torch.Tensor:
+        frames = _frames(x, self.kernel, self.stride)
+        h = torch.matmul(self.conv0.weight, frames)  # [C0, k] @ [B, k, F] -> [B, C0, F]
+        if self.conv0.bias is not None:
+            h = h + self.conv0.bias[:, None]
+        h = F.gelu(h * scale + shift)
+        for conv in self.convs:
+            h = F.gelu(conv(h))
+        return h
+
+
 class ExportGraph(nn.Module):
     """``(waveform [B, S] float32, lengths [B] int64) -> probabilities [B, C]`` (and
     ``dimensions [B, K]`` when the head has a dimensional output).
@@ -178,19 +238,20 @@ class ExportGraph(nn.Module):
         k0, s0 = self.conv_spec[0]
         w0 = first.conv.weight.detach().float()  # [C0, 1, k0]
         self.first_as_matmul = k0 % s0 == 0 and w0.shape[1] == 1
-        if self.first_as_matmul:
-            self.conv0 = nn.Linear(k0, w0.shape[0], bias=first.conv.bias is not None)
-            with torch.no_grad():
-                self.conv0.weight.copy_(w0[:, 0, :])
-                if first.conv.bias is not None:
-                    self.conv0.bias.copy_(first.conv.bias)
-        else:
-            self.conv0 = copy.deepcopy(first.conv)
+        convs = nn.ModuleList([copy.deepcopy(layer.conv) for layer in layers[1:]])
+        #: the chunked layout needs the first convolution as a product over frames
+        self.stack = (ConvStack(w0[:, 0, :], first.conv.bias, convs, self.conv_spec)
+                      if self.first_as_matmul else None)
+        self.conv0 = None if self.first_as_matmul else copy.deepcopy(first.conv)
+        self.convs = None if self.first_as_matmul else convs
         norm = first.layer_norm
         self.gn_weight = nn.Parameter(norm.weight.detach().clone().float())
         self.gn_bias = nn.Parameter(norm.bias.detach().clone().float())
         self.gn_eps = float(norm.eps)
-        self.convs = nn.ModuleList([copy.deepcopy(layer.conv) for layer in layers[1:]])
+        self.hop = math.prod(s for _, s in self.conv_spec)
+        self.chunk_frames = CHUNK_FRAMES
+        #: return the tensors of :data:`STACK_TENSORS` as extra outputs (for the exporter)
+        self.expose_stack = False
         proj = hf_model.feature_projection
         # wav2vec 2.0's projection always normalises; HuBERT's only with feat_proj_layer_norm
         has_norm = getattr(proj, "feat_proj_layer_norm", True)
@@ -233,20 +294,9 @@ class ExportGraph(nn.Module):
         return x, torch.clamp(lengths, min=self.min_samples)
 
     def _first_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """First conv layer output ``[B, C0, F0]`` (before its GroupNorm)."""
-        kernel, stride = self.conv_spec[0]
-        if not self.first_as_matmul:
-            return self.conv0(x[:, None, :])
-        batch = x.shape[0]
-        steps = x.shape[1] // stride
-        blocks = x[:, : steps * stride].reshape(batch, steps, stride).transpose(1, 2)
-        r = kernel // stride
-        count = steps - r + 1
-        frames = torch.cat([blocks[:, :, j : j + count] for j in range(r)], dim=1)  # [B, k, F]
-        h = torch.matmul(self.conv0.weight, frames)  # [C0, k] @ [B, k, F] -> [B, C0, F]
-        if self.conv0.bias is not None:
-            h = h + self.conv0.bias[:, None]
-        return h
+        """First conv layer output ``[B, C0, F0]`` (before its GroupNorm), for a first
+        convolution that is not a product over frames (no :class:`ConvStack`)."""
+        return self.conv0(x[:, None, :])
 
     def _masked_group_norm(self, h: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Per-channel normalisation over each row's valid frames (h: ``[B, C, T]``)."""
@@ -266,10 +316,7 @@ class ExportGraph(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All hidden states ``[L, B, T, D]`` and the valid-frame mask ``[B, T]``."""
         x, eff = self._front(waveform.to(torch.float32), lengths)
-        h = self._first_conv(x)
-        h = F.gelu(self._masked_group_norm(h, self._frames_after(eff, 1)))  # [B, C, T]
-        for conv in self.convs:
-            h = F.gelu(conv(h))
+        h = self._features(x, eff)  # [B, C, T]
         h = h.transpose(1, 2)  # [B, T, C]
         frames = self._frames_after(eff)
         idx = torch.arange(h.shape[1], dtype=torch.int64)[None, :]
@@ -289,6 +336,52 @@ class ExportGraph(nn.Module):
             states.append(h)
         return torch.stack(states), mask
 
+    def _first_norm(self, x: torch.Tensor, eff: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first GroupNorm (one group per channel, statistics over each row's valid
+        frames) as ``(scale, shift)`` ``[B, C, 1]`` of the first convolution's output,
+        from the mean and covariance of its input frames (see the module docstring)."""
+        frames = _frames(x, *self.conv_spec[0])  # [B, k, F]
+        valid = self._frames_after(eff, 1)
+        idx = torch.arange(frames.shape[2], dtype=torch.int64)[None, None, :]
+        mask = (idx < valid[:, None, None]).to(frames.dtype)  # [B, 1, F]
+        count = torch.clamp(valid, min=1).to(frames.dtype)[:, None]  # [B, 1]
+        mean = (frames * mask).sum(dim=2) / count  # [B, k]
+        centred = (frames - mean[:, :, None]) * mask
+        cov = torch.matmul(centred, centred.transpose(1, 2)) / count[:, :, None]  # [B, k, k]
+        w = self.stack.conv0.weight  # [C, k]
+        bias = self.stack.conv0.bias
+        channel_mean = torch.matmul(mean, w.t()) + (bias if bias is not None else 0.0)
+        channel_var = (torch.matmul(cov, w.t()).transpose(1, 2) * w).sum(dim=2)  # [B, C]
+        scale = self.gn_weight / torch.sqrt(torch.clamp(channel_var, min=0.0) + self.gn_eps)
+        shift = self.gn_bias - channel_mean * scale
+        return scale[:, :, None], shift[:, :, None]
+
+    def _features(self, x: torch.Tensor, eff: torch.Tensor) -> torch.Tensor:
+        """The feature extractor's output ``[B, C, T]`` (``T`` frames of ``x``)."""
+        if self.stack is None:  # a first convolution that is not a product over frames
+            h = self._first_conv(x)
+            h = F.gelu(self._masked_group_norm(h, self._frames_after(eff, 1)))
+            for conv in self.convs:
+                h = F.gelu(conv(h))
+            return h
+        from torch.onnx.operators import shape_as_tensor
+
+        scale, shift = self._first_norm(x, eff)
+        # n equal chunks of c frames need n * c * hop + (receptive - hop) samples (sizes as
+        # tensors: the exported graph computes them from x's shape, and n is exposed)
+        total = shape_as_tensor(x)[1]
+        for kernel, stride in self.conv_spec:
+            total = torch.div(total - kernel, stride, rounding_mode="floor") + 1
+        n = torch.div(total + self.chunk_frames - 1, self.chunk_frames, rounding_mode="floor")
+        c = torch.div(total + n - 1, n, rounding_mode="floor")
+        need = n * c * self.hop + (self.min_samples - self.hop)
+        pad = torch.zeros((x.shape[0], self.chunk_frames * self.hop), dtype=x.dtype)
+        padded = torch.cat([x, pad], dim=1)[:, :need]
+        h = self.stack(padded, scale, shift)
+        self._exposed = (padded, scale, shift, h, n)
+        return h[:, :, :total]
+
     @property
     def has_dimensions(self) -> bool:
         """Whether the graph has the second output, ``dimensions`` ``[B, K]``."""
@@ -296,13 +389,14 @@ class ExportGraph(nn.Module):
 
     def forward(
         self, waveform: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         hidden, mask = self.hidden_states(waveform, lengths)
         z = self.head.embed(hidden, mask)
         probs = torch.softmax(self.head.classifier(z), dim=-1)
-        if self.has_dimensions:
-            return probs, self.head.dimensions(z)
-        return probs
+        outputs = (probs, self.head.dimensions(z)) if self.has_dimensions else (probs,)
+        if self.expose_stack and self.stack is not None:
+            outputs = (*outputs, *self._exposed)
+        return outputs if len(outputs) > 1 else probs
 
 
 def num_weights(module: nn.Module) -> int:

@@ -8,14 +8,17 @@ convolutions and a fifth the transformer linears. The default scheme ``"mixed"``
 - **static QDQ** (uint8 activations, per-channel 7-bit int8 weights, MinMax-calibrated on
   speech-like audio) for every transformer linear (q, k, v, out, fc1, fc2, run as
   ``MatMulIntegerToFloat``: float outputs, no requantisation) and for the first
-  feature-extractor convolution after the matmul-shaped layer 1 (``/convs.0``, run as
-  ``QLinearConv``): the most expensive operator of the graph, and on real speech its
+  feature-extractor convolution after the matmul-shaped layer 1 (``/stack/convs.0``, run
+  as ``QLinearConv``): the most expensive operator of the graph, and on real speech its
   activations are among the least sensitive;
 - **weight-only int8** for everything else that is large (the other extractor
-  convolutions, the first-conv matmul, the projection, the positional convolution, the
-  head): int8 initializers with per-channel scales widened by ``Cast`` + ``Mul``, which
-  onnxruntime constant-folds when the session is created, so the file is small while the
-  arithmetic, and the fidelity, stay float32 and nothing is dequantised per run.
+  convolutions, the projection, the positional convolution, the head): int8 initializers
+  with per-channel scales widened by ``DequantizeLinear`` nodes, which onnxruntime's
+  optimizer keeps (it leaves them to its QDQ fusions), so the weights stay 8-bit in the
+  session and in the ``.ort`` file while the arithmetic, and the fidelity, stay float32
+  (onnxruntime runs the projection as ``MatMulNBits``, 8-bit weights dequantised on the
+  fly). A ``Cast`` + ``Mul`` pair, used before, was constant-folded into float32 weights
+  at load: a 50 MB ``.ort`` file and ~35 MB more session memory.
 
 **The same answers on every CPU.** x86 CPUs without VNNI (AVX2, AVX-512 without VNNI)
 run uint8 x int8 products through ``vpmaddubsw``, which adds pairs of products in 16-bit
@@ -27,7 +30,8 @@ therefore 7-bit (onnxruntime's ``reduce_range``,
 :data:`edgeser.export.saturation.STATIC_WEIGHT_QMAX`), and every int8 file the exporter
 writes is checked with :func:`edgeser.export.saturation.saturation_report` (the operators as
 onnxruntime fuses them at load) before it is kept. The weight-only int8 weights keep the
-full range: they are widened to float32 at load and never meet an integer kernel.
+full range: they are widened to float32 when their node runs and never meet an integer
+kernel.
 
 Three measures keep it close to float32 and fast:
 
@@ -64,7 +68,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from edgeser.core.errors import EdgeserError
 from edgeser.export.gptq import gptq_int8
-from edgeser.export.onnx_utils import _constant, _consumers
+from edgeser.export.onnx_utils import WEIGHT_ONLY, _constant, _consumers
 from edgeser.export.saturation import require_no_saturation
 from edgeser.runtime.session import pad_batch
 
@@ -187,7 +191,7 @@ def split_nodes(model: object, scheme: str = "mixed") -> tuple[list[str], list[s
         is_linear = name.startswith("/layers.") and any(
             f"/{lin}/" in name for lin in _STATIC_LINEARS
         )
-        is_conv = any(name == f"/convs.{i}/Conv" for i in convs)
+        is_conv = any(name.endswith(f"/convs.{i}/Conv") for i in convs)
         if is_linear or is_conv or (pos and name.startswith("/pos_conv/")):
             static.append(name)
         else:
@@ -206,13 +210,16 @@ def _weight_axis(op_type: str, transposed_b: bool, position: int) -> int:
 
 
 def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int = 1024) -> int:
-    """Store the weight of each named node as int8 + per-channel scale, widened in the graph
-    by ``Cast`` + ``Mul`` (constant-folded by onnxruntime at session creation: float32
-    arithmetic, no per-run dequantisation).
+    """Store the weight of each named node as int8 + per-channel scale, widened by a
+    ``DequantizeLinear`` node named ``<weight>_WeightOnly`` (:data:`WEIGHT_ONLY`).
 
-    Symmetric per-output-channel quantisation (range ±127). Modifies ``model`` in place;
-    returns the number of weights converted. Weights smaller than ``min_elements`` stay
-    float.
+    onnxruntime keeps ``DequantizeLinear`` nodes out of constant folding (its QDQ fusions
+    look for them), so the weight stays 8-bit in the session and in the ``.ort`` file and
+    is widened when the node runs (a ``Cast`` + ``Mul`` pair was folded into a float32
+    initializer at load: twice the session memory and a 50 MB ``.ort``). The node computes
+    in float32, as before. Symmetric per-output-channel quantisation (range ±127). Modifies
+    ``model`` in place; returns the number of weights converted. Weights smaller than
+    ``min_elements`` stay float.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -245,12 +252,12 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
         graph.initializer.remove(init)
         graph.initializer.extend([
             numpy_helper.from_array(q, f"{base}_int8"),
-            numpy_helper.from_array(scale, f"{base}_scale"),
+            numpy_helper.from_array(scale.reshape(-1), f"{base}_scale"),
+            numpy_helper.from_array(np.zeros(scale.size, np.int8), f"{base}_zero"),
         ])
-        new_nodes.append(helper.make_node("Cast", [f"{base}_int8"], [f"{base}_int8_float"],
-                                          name=f"{base}_Cast", to=onnx.TensorProto.FLOAT))
-        new_nodes.append(helper.make_node("Mul", [f"{base}_int8_float", f"{base}_scale"],
-                                          [wname], name=f"{base}_Scale"))
+        new_nodes.append(helper.make_node(
+            "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [wname],
+            name=f"{base}{WEIGHT_ONLY}", axis=axis))
         converted += 1
     for i, node in enumerate(new_nodes):
         graph.node.insert(i, node)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
-from edgeser.export.onnx_utils import _constant, _consumers
+from edgeser.export.onnx_utils import _constant, _consumers, walk_graphs, walk_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +87,18 @@ def saturation_report(path: str | Path) -> list[IntegerOp]:
     from onnx import TensorProto, helper
 
     model = _fused(path)
-    graph = model.graph  # type: ignore[attr-defined]
+    graphs = list(walk_graphs(model.graph))  # type: ignore[attr-defined]
     types = {v.name: v.type.tensor_type.elem_type
-             for v in (*graph.value_info, *graph.input, *graph.output)}
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    for node in graph.node:  # QuantizeLinear outputs take their zero point's type
+             for g in graphs for v in (*g.value_info, *g.input, *g.output)}
+    for g in graphs:
+        for init in g.initializer:
+            types[init.name] = init.data_type
+    for node in walk_nodes(model.graph):  # QuantizeLinear outputs: their zero point's type
         if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear"):
             zp = node.input[2] if len(node.input) > 2 else ""
             types.setdefault(node.output[0], types.get(zp, TensorProto.UINT8))
     ops = []
-    for node in graph.node:
+    for node in walk_nodes(model.graph):  # type: ignore[attr-defined]
         if node.op_type not in _INTEGER_OPS:
             continue
         a_index, w_index = _INTEGER_OPS[node.op_type]
@@ -150,7 +151,8 @@ def worst_case_probe(path: str | Path, node_name: str, *, threads: int = 1
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
-    graph = model.graph
+    graph = next((g for g in walk_graphs(model.graph)  # the (sub)graph holding the node
+                  if any(n.name == node_name for n in g.node)), model.graph)
     producers = {o: n for n in graph.node for o in n.output}
     consumers = _consumers(graph)
     node = next((n for n in graph.node if n.name == node_name), None)
