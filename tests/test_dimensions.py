@@ -271,8 +271,9 @@ def test_export_has_both_outputs_and_the_runtime_prints_them(run, tmp_path, caps
         label, probs = model.predict_file(wav)  # the two-value form still works
         assert label == a.label and probs == a.probabilities
     assert trained.model.has_dimensions
-    line = json.loads(format_prediction("x.wav", a.label, a.probabilities, True, a.dimensions))
-    assert set(line) == {"path", "label", "probabilities", "dimensions"}
+    line = json.loads(format_prediction("x.wav", a, True))
+    assert set(line) == {"path", "label", "probabilities", "dimensions", "status", "segments",
+                         "speech_seconds"}
 
 
 def _read(path: Path) -> tuple[np.ndarray, int]:

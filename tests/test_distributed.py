@@ -431,3 +431,25 @@ def test_predict_manifest_on_ray_writes_the_local_rows(ray_cluster, archive, tmp
     a, b = _table(local), _table(ray)
     assert b["utt_id"].is_unique and len(b) == n  # nothing lost, nothing twice
     assert a.equals(b)  # same rows, same order, same numbers
+
+
+def test_predict_manifest_reads_a_long_file_in_blocks_as_predict_does(archive, tmp_path):
+    """A file longer than the model's window is scored by speech segments (here: none, a
+    minute of silence), never loaded whole; the row says what predict says."""
+    from edgeser.runtime.model import OnnxEmotionModel
+
+    model, manifest, _ = archive
+    silent = tmp_path / "silent.wav"
+    write_wav(silent, np.zeros(60 * 16000, np.float32))
+    listing = tmp_path / "m.csv"
+    listing.write_text(f"utt_id,path\nlong,{silent}\nshort,{manifest.parent / 'audio/a03.wav'}\n")
+    out = tmp_path / "preds.parquet"
+    assert main(["-q", "predict", str(model), "--manifest", str(listing), "--out", str(out)]) == 0
+    df = _table(out).set_index("utt_id")
+    m = OnnxEmotionModel(model, threads=1)
+    for uid, path in (("long", silent), ("short", manifest.parent / "audio/a03.wav")):
+        a = m.analyse_file(path)
+        row = df.loc[uid]
+        assert row["status"] == a.status and row["segments"] == a.segments
+        assert row["predicted"] == a.label and pd.isna(row["error"])
+    assert df.loc["long", "status"] == "no_speech" and df.loc["long", "duration"] == 60.0

@@ -221,8 +221,8 @@ def test_predict_cli_text_and_json(model_dir: Path, model: OnnxEmotionModel, tmp
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert len(lines) == 2
-    path, label, scores = lines[0].split("\t")
-    assert path == str(a) and label in model.labels
+    path, label, scores, status = lines[0].split("\t")
+    assert path == str(a) and label in model.labels and status.startswith("status=")
     assert [s.split("=")[0] for s in scores.split()] == model.labels
     # stereo 44.1 kHz FLAC: same as downmix + resample by hand
     _, ref = model.predict_waveform(stereo, 44_100)
@@ -234,7 +234,8 @@ def test_predict_cli_text_and_json(model_dir: Path, model: OnnxEmotionModel, tmp
     assert code == 0
     objs = [json.loads(line) for line in out.splitlines()]
     assert [o["path"] for o in objs] == [str(a), str(b)]
-    assert set(objs[0]) == {"path", "label", "probabilities"}
+    assert set(objs[0]) == {"path", "label", "probabilities", "status", "segments",
+                            "speech_seconds"}
     assert list(objs[1]["probabilities"]) == model.labels
 
 
@@ -623,3 +624,86 @@ def test_segments_are_emitted_as_soon_as_they_close(model: OnnxEmotionModel) -> 
     assert first.start == pytest.approx(truth[0][0], abs=0.1)
     # closed after min_silence (0.1 s) of silence past the end: well before the input ends
     assert consumed * 0.1 < truth[0][1] + 0.5 < len(x) / SR
+
+
+# --------------------------------------------------------------------------- long inputs
+@pytest.fixture(scope="module")
+def tone_model(model_dir: Path) -> OnnxEmotionModel:
+    """The dummy model with WebRTC VAD, which takes the synthetic tones for speech (Silero
+    does not)."""
+    return OnnxEmotionModel(model_dir / "model.onnx", vad="webrtc")
+
+
+def test_inputs_up_to_the_window_are_one_graph_run(tone_model: OnnxEmotionModel) -> None:
+    """Windowing changes nothing up to the window: the same numbers as one graph run."""
+    model = tone_model
+    x, _ = _synthetic_speech()  # 7.5 s
+    assert len(x) / SR <= model.long.window
+    a = model.analyse_waveform(x, SR)
+    probs, _ = model.run_outputs([model.prepare(x, SR)])
+    assert [a.probabilities[c] for c in model.labels] == probs[0].tolist()
+    assert a.segments == 1 and a.status == "ok"
+
+
+def test_a_long_input_is_its_speech_segments_weighted_by_duration(
+        tone_model: OnnxEmotionModel, tmp_path: Path) -> None:
+    model = tone_model
+    x, _ = _synthetic_speech()
+    long = np.concatenate([x, x, x, _silence(4.0)])  # 26.5 s: longer than the window
+    a = model.analyse_waveform(long, SR)
+    segs = list(stream_predictions(model, _blocks(long), model.vad(),
+                                   SegmenterConfig(max_segment=model.long.window)))
+    assert a.segments == len(segs) == 6 and a.status == "ok"
+    weights = np.array([s.end - s.start for s in segs])
+    mean = {c: float(np.dot(weights, [s.probabilities[c] for s in segs]) / weights.sum())
+            for c in model.labels}
+    assert a.speech_seconds == pytest.approx(weights.sum(), abs=1e-6)
+    for c in model.labels:
+        assert a.probabilities[c] == pytest.approx(mean[c], abs=1e-6)
+    assert a.label == max(mean, key=mean.get)
+    # a file gives the same result, read in blocks
+    path = tmp_path / "long.wav"
+    sf.write(path, long, SR, subtype="FLOAT")
+    b = model.analyse_file(path)
+    assert b.label == a.label and b.segments == a.segments
+    assert all(abs(b.probabilities[c] - a.probabilities[c]) < 1e-5 for c in model.labels)
+
+
+def test_long_silence_is_a_status_not_a_traceback(model_dir: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Digital silence is never trimmed away: 3 minutes of it went whole into the graph."""
+    path = tmp_path / "silent.wav"
+    with sf.SoundFile(path, "w", samplerate=SR, channels=1, subtype="PCM_16") as f:
+        for _ in range(180):
+            f.write(np.zeros(SR, dtype=np.float32))
+    code, out, err = _run_cli(["predict", str(model_dir / "model.int8.onnx"), str(path),
+                               "--json"], capsys)
+    assert code == 0 and err == ""
+    obj = json.loads(out)
+    assert obj["status"] == "no_speech" and obj["segments"] == 0
+    assert obj["label"] in obj["probabilities"]
+
+
+@pytest.mark.parametrize("case,wave", [
+    ("one sample", np.array([0.3], np.float32)),
+    ("50 ms of clipping", np.sign(np.sin(np.arange(800) / 3.0)).astype(np.float32)),
+    ("digital silence", np.zeros(SR, np.float32)),
+    ("white noise", np.random.default_rng(0).uniform(-1, 1, SR).astype(np.float32)),
+    ("-80 dBFS dither", 1e-4 * np.random.default_rng(1).uniform(-1, 1, 2 * SR)
+     .astype(np.float32)),
+])
+def test_inputs_that_are_not_speech_say_so(model: OnnxEmotionModel, case: str,
+                                           wave: np.ndarray) -> None:
+    """Each got a confident-looking label and nothing else."""
+    a = model.analyse_waveform(wave, SR)
+    assert a.status in ("too_short", "no_speech"), case
+    assert a.status == ("too_short" if len(wave) < 0.25 * SR else "no_speech"), case
+    assert a.label in model.labels
+
+
+def test_real_speech_is_never_said_to_be_no_speech(model: OnnxEmotionModel,
+                                                   ravdess_mini: Path) -> None:
+    files = sorted(ravdess_mini.rglob("*.wav"))
+    assert len(files) >= 100
+    statuses = [model.analyse_file(f).status for f in files]
+    assert statuses.count("ok") == len(files), {s: statuses.count(s) for s in set(statuses)}

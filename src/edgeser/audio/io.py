@@ -21,6 +21,9 @@ from edgeser.core.errors import AudioError
 
 #: The sample rate every model in edgeser works at.
 SAMPLE_RATE = 16_000
+#: Sample rates an input may have; outside this range resampling is refused as absurd.
+MIN_INPUT_RATE = 1_000
+MAX_INPUT_RATE = 768_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,18 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
         raise AudioError(f"{path}: unreadable audio ({error_summary(e)})") from None
     return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
                      channels=int(info.channels))
+
+
+def check_sample_rate(sample_rate: int, what: str = "input") -> int:
+    """Return ``sample_rate`` as an int, or raise :class:`AudioError` if it cannot be resampled."""
+    try:
+        sr = int(sample_rate)
+    except (TypeError, ValueError):
+        raise AudioError(f"{what}: invalid sample rate {sample_rate!r}") from None
+    if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
+        raise AudioError(f"{what}: cannot resample from {sample_rate} Hz (supported: "
+                         f"{MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz)")
+    return sr
 
 
 def to_mono(signal: np.ndarray) -> np.ndarray:

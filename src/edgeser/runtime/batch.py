@@ -9,10 +9,11 @@ copied through); an edgeser ``manifest.csv`` is one. Ids must be unique.
 ``part-00000.parquet`` ... (``pandas.read_parquet("preds.parquet")`` reads them as one
 table), one row per utterance: ``utt_id``, ``path``, ``label`` (the manifest's, empty if
 none), ``predicted``, ``p_<class>`` (float32, in ``model.json``'s label order), for a
-dimensional model ``pred_<dimension>``, ``duration`` (seconds of the file), ``model``
-(the ONNX file's name and the start of its sha256) and ``error`` (null, or why the file
-could not be scored: an unreadable file is one such row and the run goes on). Rows come in
-manifest order.
+dimensional model ``pred_<dimension>``, ``status`` and ``segments`` (as ``edgeser predict``
+says them: a file longer than the model's window is classified by speech segments, read
+in blocks), ``duration`` (seconds of the file), ``model`` (the ONNX file's name and the
+start of its sha256) and ``error`` (null, or why the file could not be scored: an
+unreadable file is one such row and the run goes on). Rows come in manifest order.
 
 **Where**: the driver (this process) reads and checks the manifest and writes the parts;
 locally a pool of processes (``concurrent.futures``) scores chunks of rows; with
@@ -62,6 +63,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeser.audio.io import audio_info
 from edgeser.core.errors import EdgeserError
 from edgeser.core.executor import RAY_EXTRA, ExecutorSpec, connect_ray, current_executor
 from edgeser.runtime.card import CARD_NAME
@@ -105,6 +107,7 @@ class ArchiveJob:
     trim: TrimSettings | None
     model_id: str
     threads: int
+    window: float
 
     @classmethod
     def for_model(cls, model: str | os.PathLike[str], threads: int) -> ArchiveJob:
@@ -112,11 +115,12 @@ class ArchiveJob:
         data = m.path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()[:12]
         return cls(m.path.name, data, m.card, tuple(m.labels), tuple(m.dimension_names),
-                   m.trim, f"{m.path.name}@{digest}", threads)
+                   m.trim, f"{m.path.name}@{digest}", threads, m.long.window)
 
     def columns(self) -> list[str]:
         return ["utt_id", "path", "label", "predicted", *[f"p_{c}" for c in self.labels],
-                *[f"pred_{d}" for d in self.dimensions], "duration", "model", "error"]
+                *[f"pred_{d}" for d in self.dimensions], "status", "segments", "duration",
+                "model", "error"]
 
     def schema(self) -> Any:
         pa = _pyarrow()
@@ -124,12 +128,18 @@ class ArchiveJob:
                if c.startswith(("p_", "pred_"))]
         return pa.schema([pa.field("utt_id", pa.string()), pa.field("path", pa.string()),
                           pa.field("label", pa.string()), pa.field("predicted", pa.string()),
-                          *f32, pa.field("duration", pa.float64()),
+                          *f32, pa.field("status", pa.string()),
+                          pa.field("segments", pa.int32()), pa.field("duration", pa.float64()),
                           pa.field("model", pa.string()), pa.field("error", pa.string())])
 
     def decode(self, path: str) -> tuple[np.ndarray, float | None, str | None]:
-        """``(prepared waveform, duration, error)`` of one file (an error: empty wave)."""
+        """``(prepared waveform, duration, error)`` of one file. An error comes with an
+        empty wave; so does a file longer than the model's window, without an error: it is
+        read in blocks where it is scored (:meth:`score`), never whole."""
         try:
+            info = audio_info(path) if Path(path).is_file() else None
+            if info is not None and info.duration > self.window:
+                return np.zeros(0, np.float32), info.duration, None
             wave, duration = read_prepared(path, self.trim)
         except EdgeserError as e:
             return np.zeros(0, np.float32), None, str(e)
@@ -140,21 +150,27 @@ class ArchiveJob:
         ``duration``, ``error``), each utterance run alone through the graph."""
         out: dict[str, list] = {c: [] for c in self.columns()}
         for row in rows:
-            error, probs, dims = row["error"], None, None
+            error, result = row["error"], None
             if error is None:
                 try:
-                    p, d = model.run_outputs([row["wave"]])
-                    probs, dims = p[0], (None if d is None else d[0])
+                    wave = row["wave"]
+                    result = (model.analyse_prepared(wave) if len(wave)
+                              else model.analyse_file(row["path"]))  # longer than the window
+                except EdgeserError as e:
+                    error = str(e)
                 except Exception as e:  # onnxruntime's own exception types
                     error = f"{row['path']}: inference failed ({str(e).strip()[:200]})"
             out["utt_id"].append(row["utt_id"])
             out["path"].append(row["path"])
             out["label"].append(row["label"])
-            out["predicted"].append(None if probs is None else self.labels[int(np.argmax(probs))])
-            for i, c in enumerate(self.labels):
-                out[f"p_{c}"].append(None if probs is None else float(probs[i]))
-            for i, d in enumerate(self.dimensions):
-                out[f"pred_{d}"].append(None if dims is None else float(dims[i]))
+            out["predicted"].append(None if result is None else result.label)
+            for c in self.labels:
+                out[f"p_{c}"].append(None if result is None else result.probabilities[c])
+            for d in self.dimensions:
+                out[f"pred_{d}"].append(None if result is None or result.dimensions is None
+                                        else result.dimensions[d])
+            out["status"].append(None if result is None else result.status)
+            out["segments"].append(None if result is None else result.segments)
             out["duration"].append(row["duration"])
             out["model"].append(self.model_id)
             out["error"].append(error)
@@ -256,6 +272,10 @@ class PartWriter:
         self.done: set[str] = set()
         self.failed: set[str] = set()
         for f in parts:
+            if self.pa.parquet.read_schema(f).names != self.schema.names:
+                self.close()
+                raise EdgeserError(f"--out {out}: {f.name} has other columns than this "
+                                   "edgeser writes (an older version's?); use another --out")
             table = self.pa.parquet.read_table(f, columns=["utt_id", "model", "error"])
             models = set(table.column("model").to_pylist())
             if models - {job.model_id}:

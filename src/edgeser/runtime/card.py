@@ -19,6 +19,10 @@ __all__ = ["CARD_NAME", "FORMAT_VERSION", "GRAPH_INPUTS", "GRAPH_METADATA", "GRA
 MODEL_FORMAT = "edgeser-onnx"
 FORMAT_VERSION = 1
 CARD_NAME = "model.json"
+#: Inputs longer than this are classified by speech segments (``long_input``).
+LONG_INPUT_WINDOW = 10.0
+#: Less audio than this after the trim is ``too_short`` (the VAD's minimum speech).
+TOO_SHORT_SECONDS = 0.25
 #: The largest ``min_samples`` a card may state (1 s: every encoder's receptive field fits).
 MAX_MIN_SAMPLES = SAMPLE_RATE
 #: The graph's inputs and outputs as the card states them.
@@ -64,6 +68,20 @@ def make_card(
         "min_samples": int(min_samples),
         "preprocessing": {"outside_graph": outside_graph, "inside_graph": inside_graph},
         "files": dict(files),
+        "long_input": {
+            "window_seconds": LONG_INPUT_WINDOW,
+            "method": "an input up to the window is one graph run; a longer one is split "
+                      "into speech segments (Silero VAD, edgeser stream's settings, "
+                      "max_segment = the window), each classified, and the probabilities "
+                      "(and dimensions) averaged weighted by segment duration; with no "
+                      "speech, the first window is classified and status is no_speech",
+        },
+        "status": {
+            "too_short_seconds": TOO_SHORT_SECONDS,
+            "values": {"ok": "speech found", "too_short": "less audio after the trim "
+                       "than too_short_seconds", "no_speech": "the VAD finds no speech "
+                       "(silence, stationary noise)"},
+        },
         **dims,
         **extra,
     }
@@ -152,6 +170,13 @@ def _card_problem(card: dict[str, Any]) -> str | None:
     if not isinstance(files, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         return "\"files\" must map names to file names"
+    for section, key, low, high in (("long_input", "window_seconds", 1.0, 60.0),
+                                    ("status", "too_short_seconds", 0.0, 10.0)):
+        part = card.get(section, {})
+        value = part.get(key, low) if isinstance(part, dict) else None
+        if (not isinstance(value, int | float) or isinstance(value, bool)
+                or not low <= value <= high):
+            return f"\"{section}\" must hold \"{key}\", a number in [{low:g}, {high:g}]"
     dims = card.get("dimensions")
     if dims is not None:
         names = dims.get("names") if isinstance(dims, dict) else None

@@ -18,9 +18,13 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeser.core.errors import EdgeserError
 from edgeser.core.executor import add_executor_arguments
+
+if TYPE_CHECKING:
+    from edgeser.runtime.model import Analysis
 
 
 def _stdout_closed() -> int:
@@ -59,6 +63,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("model", type=Path, help="model.onnx or model.int8.onnx (model.json beside)")
     p.add_argument("files", type=Path, nargs="*", help="audio files")
     p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.add_argument("--vad", choices=["silero", "webrtc"], default="silero",
+                   help="the VAD that splits inputs longer than the model's window (10 s) "
+                   "into speech segments and decides status=no_speech (default silero)")
     p.add_argument("--threads", type=_threads, default=None,
                    help="onnxruntime threads (default 2; with --manifest 1 per worker)")
     archive = p.add_argument_group(
@@ -75,20 +82,23 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     return p
 
 
-def format_prediction(path: str, label: str, probs: dict[str, float], as_json: bool,
-                      dimensions: dict[str, float] | None = None) -> str:
-    """One output line of ``edgeser predict`` (a dimensional model's values last)."""
+def format_prediction(path: str, result: Analysis, as_json: bool) -> str:
+    """One output line of ``edgeser predict``: ``PATH<TAB>LABEL<TAB>label=p ...`` (then a
+    dimensional model's values) and ``status=...`` last; or one JSON object."""
+    probs, dimensions = result.probabilities, result.dimensions
     if as_json:
-        obj: dict[str, object] = {"path": path, "label": label,
+        obj: dict[str, object] = {"path": path, "label": result.label,
                                   "probabilities": {k: round(v, 6) for k, v in probs.items()}}
         if dimensions is not None:
             obj["dimensions"] = {k: round(v, 6) for k, v in dimensions.items()}
+        obj.update(status=result.status, segments=result.segments,
+                   speech_seconds=round(result.speech_seconds, 3))
         return json.dumps(obj)
     scores = " ".join(f"{k}={v:.4f}" for k, v in probs.items())
-    line = f"{path}\t{label}\t{scores}"
+    line = f"{path}\t{result.label}\t{scores}"
     if dimensions is not None:
         line += "\t" + " ".join(f"{k}={v:.4f}" for k, v in dimensions.items())
-    return line
+    return line + f"\tstatus={result.status}"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -101,7 +111,7 @@ def run_predict(args: argparse.Namespace) -> int:
                            "preds.parquet")
     from edgeser.runtime.model import OnnxEmotionModel
 
-    model = OnnxEmotionModel(args.model, threads=args.threads or 2)
+    model = OnnxEmotionModel(args.model, threads=args.threads or 2, vad=args.vad)
     failed = 0
     for path in args.files:
         try:
@@ -111,8 +121,7 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"edgeser: error: {e}", file=sys.stderr, flush=True)
             continue
         try:
-            print(format_prediction(str(path), result.label, result.probabilities, args.json,
-                                    result.dimensions), flush=True)
+            print(format_prediction(str(path), result, args.json), flush=True)
         except BrokenPipeError:
             return _stdout_closed()
     if failed:

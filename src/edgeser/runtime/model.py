@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,28 +26,71 @@ from typing import Any
 import numpy as np
 
 from edgeser.audio.frontend import trim_bounds
-from edgeser.audio.io import SAMPLE_RATE, audio_info, load_audio, resample, to_mono
+from edgeser.audio.io import (
+    SAMPLE_RATE,
+    audio_info,
+    check_sample_rate,
+    load_audio,
+    resample,
+    to_mono,
+)
 from edgeser.core.errors import AudioError, EdgeserError
-from edgeser.runtime.card import GRAPH_METADATA, graph_metadata, read_model_card
+from edgeser.runtime.card import (
+    GRAPH_METADATA,
+    LONG_INPUT_WINDOW,
+    TOO_SHORT_SECONDS,
+    graph_metadata,
+    read_model_card,
+)
+from edgeser.runtime.segments import array_blocks, file_blocks, speech_segments
 from edgeser.runtime.session import onnx_session, pad_batch
+from edgeser.runtime.vad import FrameVAD, SegmenterConfig, make_vad
 
 log = logging.getLogger(__name__)
-
-#: Sample rates an input may have; outside this range resampling is refused as absurd.
-MIN_INPUT_RATE = 1_000
-MAX_INPUT_RATE = 768_000
 
 Prediction = tuple[str, dict[str, float]]
 
 
+#: What :attr:`Analysis.status` can say besides ``ok``: ``too_short`` (less audio after
+#: the trim than the card's ``status.too_short_seconds``), ``no_speech`` (the VAD finds no
+#: speech: silence, stationary noise).
+STATUSES = ("ok", "too_short", "no_speech")
+
+
 @dataclass(frozen=True)
 class Analysis:
-    """Everything the model says of one utterance: the label, the class probabilities and,
-    for a dimensional model, ``{dimension: value on [0, 1]}`` (else ``None``)."""
+    """Everything the model says of one input: the label, the class probabilities, for a
+    dimensional model ``{dimension: value on [0, 1]}`` (else ``None``), and how far to
+    trust it: ``status`` (:data:`STATUSES`; the label is given whatever it says),
+    ``segments`` (graph runs combined: 1 for an input up to the model's window, else the
+    number of speech segments) and ``speech_seconds`` (the audio those runs saw)."""
 
     label: str
     probabilities: dict[str, float]
     dimensions: dict[str, float] | None = None
+    status: str = "ok"
+    segments: int = 1
+    speech_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class LongInputs:
+    """How an input longer than ``window`` seconds is classified (``model.json``
+    ``long_input``): its speech segments (the VAD with ``edgeser stream``'s settings, each
+    at most ``window`` long) one at a time, their probabilities (and dimensions) averaged
+    weighted by duration; with no speech, its first ``window`` seconds, status
+    ``no_speech``. Memory does not grow with the input's length."""
+
+    window: float = LONG_INPUT_WINDOW
+    too_short: float = TOO_SHORT_SECONDS
+
+
+def long_input_settings(card: dict[str, Any]) -> LongInputs:
+    """The window and the ``too_short`` limit a card states (defaults for older cards)."""
+    long = card.get("long_input") or {}
+    status = card.get("status") or {}
+    return LongInputs(window=float(long.get("window_seconds", LongInputs.window)),
+                      too_short=float(status.get("too_short_seconds", LongInputs.too_short)))
 
 
 @dataclass(frozen=True)
@@ -57,18 +100,6 @@ class TrimSettings:
     top_db: float = 20.0
     frame_length: int = 2048
     hop_length: int = 512
-
-
-def check_sample_rate(sample_rate: int, what: str = "input") -> int:
-    """Return ``sample_rate`` as an int, or raise :class:`AudioError` if it cannot be resampled."""
-    try:
-        sr = int(sample_rate)
-    except (TypeError, ValueError):
-        raise AudioError(f"{what}: invalid sample rate {sample_rate!r}") from None
-    if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
-        raise AudioError(f"{what}: cannot resample from {sample_rate} Hz (supported: "
-                         f"{MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz)")
-    return sr
 
 
 def trim_settings(card: dict[str, Any]) -> TrimSettings | None:
@@ -129,15 +160,20 @@ class OnnxEmotionModel:
     """An exported emotion model: ``predict_waveform``, ``predict_batch``, ``predict_file``.
 
     ``path`` is ``model.onnx`` or ``model.int8.onnx`` (with ``model.json`` beside it), or
-    the model folder. ``threads`` sets onnxruntime's intra-op threads (CPU only).
+    the model folder. ``threads`` sets onnxruntime's intra-op threads (CPU only); ``vad``
+    (``silero`` or ``webrtc``) finds the speech in long inputs and decides ``no_speech``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 2) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, threads: int = 2,
+                 vad: str = "silero") -> None:
         self.path, self.card = read_model_card(path)
         self.labels: list[str] = list(self.card["labels"])
         self.sample_rate: int = SAMPLE_RATE
         self.min_samples: int = max(1, int(self.card.get("min_samples", 400)))
         self.trim: TrimSettings | None = trim_settings(self.card)
+        self.long: LongInputs = long_input_settings(self.card)
+        self.vad_kind = vad
+        self._vad: FrameVAD | None = None
         #: Names of the dimensional output (empty: the graph has none).
         self.dimension_names: list[str] = list(
             (self.card.get("dimensions") or {}).get("names") or [])
@@ -228,20 +264,28 @@ class OnnxEmotionModel:
         probs = {lab: float(p) for lab, p in zip(self.labels, row, strict=True)}
         return self.labels[int(np.argmax(row))], probs
 
-    def _analysis(self, row: np.ndarray, dims: np.ndarray | None) -> Analysis:
+    def _analysis(self, row: np.ndarray, dims: np.ndarray | None, **info: Any) -> Analysis:
         label, probs = self._named(row)
         named = (None if dims is None else
                  {d: float(v) for d, v in zip(self.dimension_names, dims, strict=True)})
-        return Analysis(label, probs, named)
+        return Analysis(label, probs, named, **info)
 
     def predict_waveform(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Prediction:
         """Classify one waveform: ``(label, {label: probability})``."""
-        return self._named(self.run([self.prepare(wave, sample_rate)])[0])
+        a = self.analyse_waveform(wave, sample_rate)
+        return a.label, a.probabilities
 
     def analyse_waveform(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Analysis:
-        """Label, probabilities and (for a dimensional model) dimensions of one waveform."""
-        probs, dims = self.run_outputs([self.prepare(wave, sample_rate)])
-        return self._analysis(probs[0], None if dims is None else dims[0])
+        """Label, probabilities, (for a dimensional model) dimensions and status of one
+        waveform; one longer than the window is classified by speech segments
+        (:class:`LongInputs`)."""
+        x = to_mono(np.asarray(wave, dtype=np.float32))
+        sr = check_sample_rate(sample_rate)
+        if x.shape[0] <= self.long.window * sr:
+            return self.analyse_prepared(self.prepare(x, sr))
+        if not np.all(np.isfinite(x)):
+            raise AudioError("audio contains NaN or infinite samples")
+        return self._analyse_long(array_blocks(resample(x, sr, SAMPLE_RATE)))
 
     def predict_batch(
         self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE, *,
@@ -250,10 +294,18 @@ class OnnxEmotionModel:
         """Classify several waveforms (all at ``sample_rate``), ``batch_size`` per graph run.
 
         Items are grouped by length to limit padding; results come back in input order.
+        An item longer than the window is classified alone by speech segments.
         """
-        prepared = [self.prepare(w, sample_rate) for w in waves]
-        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i]))
-        out: list[Prediction | None] = [None] * len(prepared)
+        sr = check_sample_rate(sample_rate)
+        out: list[Prediction | None] = [None] * len(waves)
+        short = []
+        for i, w in enumerate(waves):
+            if to_mono(np.asarray(w, dtype=np.float32)).shape[0] <= self.long.window * sr:
+                short.append(i)
+            else:
+                out[i] = self.predict_waveform(w, sr)
+        prepared = {i: self.prepare(waves[i], sr) for i in short}
+        order = sorted(short, key=lambda i: len(prepared[i]))
         step = max(1, int(batch_size))
         for k in range(0, len(order), step):
             idx = order[k: k + step]
@@ -267,10 +319,77 @@ class OnnxEmotionModel:
         return a.label, a.probabilities
 
     def analyse_file(self, path: str | os.PathLike[str]) -> Analysis:
-        """:meth:`predict_file` with the dimensional output (:class:`Analysis`)."""
-        wave, _ = read_prepared(path, self.trim)
-        probs, dims = self.run_outputs([wave])
-        return self._analysis(probs[0], None if dims is None else dims[0])
+        """:meth:`predict_file` with dimensions and status (:class:`Analysis`); a file longer
+        than the window is read in blocks and classified by speech segments."""
+        p = Path(path)
+        if not p.is_file():
+            raise AudioError(f"{p}: no such audio file")
+        info = audio_info(p)
+        check_sample_rate(info.sample_rate, what=str(p))
+        if info.duration > self.long.window:
+            return self._analyse_long(file_blocks(p))
+        wave, _ = read_prepared(p, self.trim)
+        return self.analyse_prepared(wave)
+
+    # ------------------------------------------------------------------ status, long inputs
+    def vad(self) -> FrameVAD:
+        """The VAD this model finds speech with (Silero's bundled ONNX file by default)."""
+        if self._vad is None:
+            self._vad = make_vad(self.vad_kind)
+        return self._vad
+
+    def speech_in(self, wave: np.ndarray) -> bool:
+        """Whether the VAD finds a speech segment in a 16 kHz waveform."""
+        config = SegmenterConfig(max_segment=self.long.window)
+        return next(speech_segments(array_blocks(wave), self.vad(), config), None) is not None
+
+    def status(self, prepared: np.ndarray) -> str:
+        """``too_short``, ``no_speech`` or ``ok`` for a prepared (trimmed) waveform."""
+        if prepared.shape[0] < self.long.too_short * SAMPLE_RATE:
+            return "too_short"
+        return "ok" if self.speech_in(prepared) else "no_speech"
+
+    def analyse_prepared(self, x: np.ndarray) -> Analysis:
+        """:class:`Analysis` of a waveform :meth:`prepare` made (up to the window)."""
+        probs, dims = self.run_outputs([x])
+        return self._analysis(probs[0], None if dims is None else dims[0],
+                              status=self.status(x), speech_seconds=x.shape[0] / SAMPLE_RATE)
+
+    def _analyse_long(self, blocks: Iterable[np.ndarray]) -> Analysis:
+        """Speech segments of a long 16 kHz block stream, each classified, combined
+        (:class:`LongInputs`); memory holds one segment and the first window."""
+        window = round(self.long.window * SAMPLE_RATE)
+        first: list[np.ndarray] = []
+        kept = 0
+
+        def keep_first(stream: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            nonlocal kept
+            for block in stream:
+                if kept < window:
+                    first.append(np.array(block[: window - kept], dtype=np.float32))
+                    kept += first[-1].shape[0]
+                yield block
+
+        config = SegmenterConfig(max_segment=self.long.window)
+        k = len(self.dimension_names)
+        acc_p, acc_d = np.zeros(len(self.labels)), np.zeros(k)
+        seconds, count = 0.0, 0
+        for a, b, audio in speech_segments(keep_first(blocks), self.vad(), config):
+            probs, dims = self.run_outputs([self.prepare(audio, SAMPLE_RATE)])
+            w = (b - a) / SAMPLE_RATE
+            acc_p += w * probs[0]
+            if dims is not None:
+                acc_d += w * dims[0]
+            seconds += w
+            count += 1
+        if count == 0:  # no speech anywhere: the first window, said to be no speech
+            x = self.prepare(np.concatenate(first), SAMPLE_RATE)
+            probs, dims = self.run_outputs([x])
+            return self._analysis(probs[0], None if dims is None else dims[0],
+                                  status="no_speech", segments=0, speech_seconds=0.0)
+        return self._analysis((acc_p / seconds).astype(np.float32),
+                              (acc_d / seconds).astype(np.float32) if k else None,
+                              status="ok", segments=count, speech_seconds=seconds)
 
     def __repr__(self) -> str:
         return f"OnnxEmotionModel({str(self.path)!r}, labels={self.labels})"

@@ -1,33 +1,33 @@
 """Streaming emotion recognition: audio blocks -> VAD segments -> one prediction each.
 
-Memory stays bounded whatever the input length: a file is read in blocks
-(:func:`file_blocks`, resampled chunk by chunk with a streaming ``soxr.ResampleStream``),
-stdin as raw 16 kHz 16-bit little-endian mono PCM (:func:`pcm_blocks`), and
-:func:`stream_segments` keeps only the audio of the open speech segment (at most
-``max_segment`` plus padding) and a short pre-roll.
+Memory stays bounded whatever the input length: the blocks and segments come from
+:mod:`edgeser.runtime.segments` (re-exported here), which holds at most the open segment.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from edgeser.audio.io import SAMPLE_RATE, error_summary
-from edgeser.core.errors import AudioError
-from edgeser.runtime.model import OnnxEmotionModel, check_sample_rate
-from edgeser.runtime.vad import FrameVAD, SegmenterConfig, SpeechSegmenter
+from edgeser.audio.io import SAMPLE_RATE
+from edgeser.runtime.model import OnnxEmotionModel
+from edgeser.runtime.segments import (
+    BLOCK_SECONDS,
+    array_blocks,
+    file_blocks,
+    pcm_blocks,
+    speech_segments,
+)
+from edgeser.runtime.vad import FrameVAD, SegmenterConfig
 
 log = logging.getLogger(__name__)
 
-#: Default block length read from the input, in seconds of input audio.
-BLOCK_SECONDS = 0.5
+__all__ = ["BLOCK_SECONDS", "Segment", "array_blocks", "file_blocks", "pcm_blocks",
+           "speech_segments", "stream_predictions"]
 
 
 @dataclass(frozen=True)
@@ -60,134 +60,6 @@ class Segment:
         if self.dimensions is not None:
             obj["dimensions"] = {k: round(v, 4) for k, v in self.dimensions.items()}
         return json.dumps(obj)
-
-
-# --------------------------------------------------------------------------- sources
-def file_blocks(
-    path: str | os.PathLike[str], block_seconds: float = BLOCK_SECONDS,
-    target_rate: int = SAMPLE_RATE,
-    reader: Callable[[object, int], np.ndarray] | None = None,
-) -> Iterator[np.ndarray]:
-    """Yield ``path`` as float32 mono blocks at ``target_rate``, never loading it whole.
-
-    Each read asks for at most ``block_seconds`` of input frames; channels are averaged
-    and a ``soxr.ResampleStream`` resamples across block boundaries. ``reader(sf_file,
-    frames)`` replaces ``SoundFile.read`` (tests use it to watch the request sizes).
-    Raises :class:`AudioError` for unreadable or empty files and unusable sample rates.
-    """
-    import soundfile as sf
-    import soxr
-
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"{p}: no such audio file")
-    try:
-        f = sf.SoundFile(os.fspath(p))
-    except (RuntimeError, sf.LibsndfileError, OSError) as e:
-        raise AudioError(f"{p}: unreadable audio ({error_summary(e)})") from None
-    with f:
-        sr = check_sample_rate(f.samplerate, what=str(p))
-        block = max(1, round(block_seconds * sr))
-        rs = (soxr.ResampleStream(sr, target_rate, 1, dtype="float32", quality="HQ")
-              if sr != target_rate else None)
-        total = 0
-        while True:
-            try:
-                data = (reader(f, block) if reader is not None
-                        else f.read(block, dtype="float32", always_2d=True))
-            except (RuntimeError, sf.LibsndfileError, OSError) as e:
-                raise AudioError(f"{p}: unreadable audio ({error_summary(e)})") from None
-            n = len(data)
-            total += n
-            last = n < block
-            x = np.asarray(data, dtype=np.float32)
-            if not np.isfinite(x).all():  # a float WAV can hold NaN: no phantom segment
-                at = (total - n + int(np.flatnonzero(~np.isfinite(x).all(axis=-1))[0])) / sr
-                raise AudioError(f"{p}: audio contains NaN or infinite samples (at {at:.2f} s)")
-            x = x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x
-            if rs is not None:
-                x = rs.resample_chunk(x, last=last)
-            if x.size:
-                yield np.ascontiguousarray(x, dtype=np.float32)
-            if last:
-                break
-        if total == 0:
-            raise AudioError(f"{p}: file holds no audio")
-
-
-def pcm_blocks(
-    stream: BinaryIO, block_seconds: float = BLOCK_SECONDS, name: str = "stdin",
-) -> Iterator[np.ndarray]:
-    """Yield raw 16 kHz 16-bit little-endian mono PCM from ``stream`` as float32 blocks.
-
-    A trailing odd byte is dropped with a warning. Raises :class:`AudioError` when the
-    stream holds no samples at all.
-    """
-    block_bytes = 2 * max(1, round(block_seconds * SAMPLE_RATE))
-    carry = b""
-    total = 0
-    while True:
-        chunk = stream.read(block_bytes - len(carry))
-        if not chunk:
-            break
-        data = carry + chunk
-        usable = len(data) - len(data) % 2
-        carry = data[usable:]
-        if usable:
-            total += usable // 2
-            yield np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
-    if carry:
-        log.warning("%s: dropped a trailing odd byte (input is not 16-bit PCM?)", name)
-    if total == 0:
-        raise AudioError(f"{name}: no audio (expected raw 16 kHz 16-bit little-endian mono "
-                         f"PCM)")
-
-
-# --------------------------------------------------------------------------- segmentation
-def speech_segments(
-    blocks: Iterable[np.ndarray], vad: FrameVAD, config: SegmenterConfig | None = None,
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Split a 16 kHz block stream into speech segments: ``(start, end, audio)`` in samples.
-
-    Only the audio a future segment can still use is buffered: the open segment (at most
-    ``max_segment``), a ``speech_pad`` pre-roll, and less than one VAD frame.
-    """
-    seg = SpeechSegmenter(vad.frame_size, config)
-    vad.reset()
-    fs = vad.frame_size
-    buf = np.zeros(0, dtype=np.float32)
-    buf_start = 0  # absolute sample index of buf[0]
-    total = 0
-
-    def cut(bounds: tuple[int, int]) -> tuple[int, int, np.ndarray]:
-        a, b = bounds
-        return a, b, buf[a - buf_start: b - buf_start].copy()
-
-    for block in blocks:
-        x = np.asarray(block, dtype=np.float32).reshape(-1)
-        if x.size == 0:
-            continue
-        buf = np.concatenate([buf, x])
-        total += x.size
-        while total - seg.position >= fs:
-            off = seg.position - buf_start
-            bounds = seg.push(vad(buf[off: off + fs]))
-            if bounds is not None:
-                yield cut(bounds)
-        keep = min(seg.keep_from(), seg.position)
-        if keep > buf_start:
-            buf = buf[keep - buf_start:]
-            buf_start = keep
-    if total - seg.position > 0:  # last partial frame, zero-padded as silero does
-        off = seg.position - buf_start
-        frame = np.zeros(fs, dtype=np.float32)
-        frame[: total - seg.position] = buf[off:]
-        bounds = seg.push(vad(frame))
-        if bounds is not None and min(bounds[1], total) > bounds[0]:
-            yield cut((bounds[0], min(bounds[1], total)))
-    bounds = seg.finish(total)
-    if bounds is not None:
-        yield cut(bounds)
 
 
 def stream_predictions(
