@@ -165,10 +165,10 @@ def fidelity(onnx_dir: Path, speech_dir: Path, threads: int) -> dict[str, dict[s
     return result
 
 
-def build(out: Path) -> tuple[Path, Path]:
-    """A full-size model folder (random DistilHuBERT + head) and its export with every
-    variant. An existing export in ``out`` is reused (delete it after changing the
-    quantiser)."""
+def build(out: Path, variants: tuple[str, ...] = EXTRA) -> tuple[Path, Path]:
+    """A full-size model folder (random DistilHuBERT + head) and its export with
+    ``variants`` (default: every one). An existing export in ``out`` is reused (delete it
+    after changing the quantiser)."""
     import torch
 
     from edgeser.config import TrainConfig
@@ -185,7 +185,7 @@ def build(out: Path) -> tuple[Path, Path]:
             model.head.classifier[-1].weight.mul_(30.0)
         save_model(model_dir, model, cfg, encoder, "pooled", {"name": "bench"})
         t0 = time.perf_counter()
-        export_model(model_dir, onnx_dir, encoder=encoder, extra_variants=EXTRA)
+        export_model(model_dir, onnx_dir, encoder=encoder, extra_variants=variants)
         print(f"export took {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return model_dir, onnx_dir
 

@@ -359,12 +359,15 @@ def test_block_size_does_not_change_segments() -> None:
         assert got == ref
 
 
-def test_silero_ships_inside_edgeser(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_silero_ships_inside_edgeser(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Silero's ONNX file comes with edgeser (MIT notice beside it), so the torch-free
-    runtime has it without the silero-vad package; it is the package's file, unchanged."""
+    runtime has it without the silero-vad package; it is the package's 16 kHz branch."""
     import hashlib
 
+    import onnxruntime as ort
+
     import edgeser.runtime.vad as vad_mod
+    from edgeser.export.silero import silero_16k
 
     path = find_silero_onnx()
     assert path == vad_mod.BUNDLED_SILERO and path.is_file()
@@ -373,8 +376,18 @@ def test_silero_ships_inside_edgeser(monkeypatch: pytest.MonkeyPatch) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest in notice  # the notice names the file it covers
     package = vad_mod.package_silero_onnx()
-    if package is not None:  # silero-vad installed (the dev extra): the very same bytes
-        assert hashlib.sha256(package.read_bytes()).hexdigest() == digest
+    if package is not None:  # silero-vad installed (the dev extra): derived from its file
+        assert hashlib.sha256(package.read_bytes()).hexdigest() in notice
+        silero_16k(package, tmp_path / "derived.onnx")
+        assert (tmp_path / "derived.onnx").read_bytes() == path.read_bytes()
+        ours, theirs = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                        for p in (path, package))
+        rng = np.random.default_rng(0)
+        feed = {"input": rng.standard_normal((1, 576)).astype(np.float32) * 0.1,
+                "state": rng.standard_normal((2, 1, 128)).astype(np.float32),
+                "sr": np.array(16000, np.int64)}
+        for a, b in zip(ours.run(None, feed), theirs.run(None, feed), strict=True):
+            np.testing.assert_array_equal(a, b)
     # without the silero-vad package, Silero is still what "silero" gives
     monkeypatch.setattr(vad_mod.importlib.util, "find_spec", lambda name: None)
     assert vad_mod.package_silero_onnx() is None

@@ -107,7 +107,11 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
         if node.op_type == "Conv" and (
                 attrs.get("group", 1) != 1 or len(attrs.get("kernel_shape", [0, 0])) != 1
                 or any(d != 1 for d in attrs.get("dilations", [1]))):
-            continue  # grouped (positional) conv: its Hessians are too large to be worth it
+            continue  # grouped conv
+        w_shape = next((list(i.dims) for i in fmodel.graph.initializer
+                        if i.name == node.input[pos]), [])
+        if node.op_type == "Conv" and len(w_shape) == 3 and w_shape[1] * w_shape[2] > 4096:
+            continue  # the positional conv's groups (48 x 128 taps): Hessians too large
         src = producer.get(qnode.input[pos])
         if src is None or src.op_type != "DequantizeLinear" or src.input[0] not in qinits:
             continue

@@ -255,12 +255,12 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
             numpy_helper.from_array(scale.reshape(-1), f"{base}_scale"),
             numpy_helper.from_array(np.zeros(scale.size, np.int8), f"{base}_zero"),
         ])
-        new_nodes.append(helper.make_node(
+        new_nodes.append((helper.make_node(
             "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [wname],
-            name=f"{base}{WEIGHT_ONLY}", axis=axis))
+            name=f"{base}{WEIGHT_ONLY}", axis=axis), node))
         converted += 1
-    for i, node in enumerate(new_nodes):
-        graph.node.insert(i, node)
+    for dq, consumer in new_nodes:  # each right before its node: widened weights live briefly
+        graph.node.insert(list(graph.node).index(consumer), dq)
     return converted
 
 
