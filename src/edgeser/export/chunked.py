@@ -7,8 +7,9 @@ most of the 341 MB a 10 s prediction peaked at. The extractor is local once its 
 GroupNorm is an affine map computed from the whole input
 (:class:`~edgeser.export.graph.ConvStack`): output frame ``t`` depends on samples
 ``[hop t, hop t + receptive)`` only. :func:`loop_feature_extractor` moves its nodes (and the
-constants and weights only they use, with their ``DequantizeLinear`` nodes, so onnxruntime
-fuses the body's 8-bit convolutions as it would at the top level) into the body of a
+constants and weights only they use, with the ``DequantizeLinear`` nodes of statically
+quantised weights, so onnxruntime fuses the body's 8-bit convolutions as it would at the
+top level; weight-only weights are widened once per run, outside) into the body of a
 ``Loop`` that computes ``chunk_frames`` frames per iteration from ``chunk_frames * hop +
 receptive - hop`` samples, and puts the chunks back together. Every output frame is the
 same computation as in the flat graph, so the two agree to float rounding; what is live at
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
-from edgeser.export.onnx_utils import _consumers, walk_nodes
+from edgeser.export.onnx_utils import WEIGHT_ONLY, _consumers, walk_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ def loop_feature_extractor(model: object, tensors: tuple[str, ...], *, context: 
     while changed:
         changed = False
         for node in graph.node:
-            if id(node) in moved or not constant(node):
-                continue
+            if id(node) in moved or not constant(node) or node.name.endswith(WEIGHT_ONLY):
+                continue  # weight-only weights are widened once per run, not per chunk
             outs = [u for o in node.output for u in users.get(o, [])]
             if outs and all(id(u) in moved for u in outs):
                 moved.add(id(node))

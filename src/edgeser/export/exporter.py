@@ -244,6 +244,7 @@ def _finish(graph: Any, flat: Path, out: Path, probe: Sequence[np.ndarray], *,
     model = onnx.load(str(flat))
     if loop and getattr(graph, "stack", None) is not None:
         loop_feature_extractor(model, STACK_TENSORS, context=graph.min_samples - graph.hop)
+    del model.graph.value_info[:]  # shapes onnxruntime infers itself: 33 kB of the file
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
         before, after = onnx_session(flat), onnx_session(tmp)

@@ -145,14 +145,15 @@ class _Layer(nn.Module):
         self.scale = self.head_dim**-0.5
 
     def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, t, d = h.shape
-        shape = (b, t, self.num_heads, self.head_dim)
-        q = self.q_proj(h).reshape(shape).transpose(1, 2)
-        k = self.k_proj(h).reshape(shape).transpose(1, 2)
-        v = self.v_proj(h).reshape(shape).transpose(1, 2)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale + bias
-        att = torch.matmul(torch.softmax(scores, dim=-1), v)
-        att = self.out_proj(att.transpose(1, 2).reshape(b, t, d))
+        # one head at a time: the [T, T] scores of a head are live at once, not those of
+        # all 12 (36 MB at 10 s of audio with their softmax; the same arithmetic)
+        bias = bias[:, 0]  # [B, 1, T]
+        qs, ks, vs = (proj(h).split(self.head_dim, dim=2)
+                      for proj in (self.q_proj, self.k_proj, self.v_proj))
+        heads = [torch.matmul(torch.softmax(
+                    torch.matmul(q, k.transpose(1, 2)) * self.scale + bias, dim=-1), v)
+                 for q, k, v in zip(qs, ks, vs, strict=True)]
+        att = self.out_proj(torch.cat(heads, dim=2))
         h = self.layer_norm(h + att)
         h = h + self.fc2(F.gelu(self.fc1(h)))
         return self.final_layer_norm(h)
@@ -222,9 +223,8 @@ class GroupedConv(nn.Module):
             self.convs.append(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.width
-        return torch.cat([conv(x[:, g * w: (g + 1) * w]) for g, conv in enumerate(self.convs)],
-                         dim=1)
+        parts = x.split(self.width, dim=1)
+        return torch.cat([conv(p) for p, conv in zip(parts, self.convs, strict=True)], dim=1)
 
 
 class ExportGraph(nn.Module):
@@ -368,10 +368,12 @@ class ExportGraph(nn.Module):
         mean = (frames * mask).sum(dim=2) / count  # [B, k]
         centred = (frames - mean[:, :, None]) * mask
         cov = torch.matmul(centred, centred.transpose(1, 2)) / count[:, :, None]  # [B, k, k]
-        w = self.stack.conv0.weight  # [C, k]
+        w = self.stack.conv0.weight  # [C, k], as the stack uses it (one initializer)
         bias = self.stack.conv0.bias
-        channel_mean = torch.matmul(mean, w.t()) + (bias if bias is not None else 0.0)
-        channel_var = (torch.matmul(cov, w.t()).transpose(1, 2) * w).sum(dim=2)  # [B, C]
+        channel_mean = torch.matmul(w, mean[:, :, None])[:, :, 0]  # [B, C]
+        if bias is not None:
+            channel_mean = channel_mean + bias
+        channel_var = (torch.matmul(w, cov) * w).sum(dim=2)  # diag(W Σ Wᵀ): [B, C]
         scale = self.gn_weight / torch.sqrt(torch.clamp(channel_var, min=0.0) + self.gn_eps)
         shift = self.gn_bias - channel_mean * scale
         return scale[:, :, None], shift[:, :, None]

@@ -191,7 +191,7 @@ def split_nodes(model: object, scheme: str = "mixed") -> tuple[list[str], list[s
         is_linear = name.startswith("/layers.") and any(
             f"/{lin}/" in name for lin in _STATIC_LINEARS
         )
-        is_conv = any(name.endswith(f"/convs.{i}/Conv") for i in convs)
+        is_conv = any(name in (f"/stack/convs.{i}/Conv", f"/convs.{i}/Conv") for i in convs)
         if is_linear or is_conv or (pos and name.startswith("/pos_conv/")):
             static.append(name)
         else:
@@ -250,13 +250,12 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
         q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
         base = wname.replace(":", "_")
         graph.initializer.remove(init)
-        graph.initializer.extend([
+        graph.initializer.extend([  # symmetric: no zero point (0 of the weight's type)
             numpy_helper.from_array(q, f"{base}_int8"),
             numpy_helper.from_array(scale.reshape(-1), f"{base}_scale"),
-            numpy_helper.from_array(np.zeros(scale.size, np.int8), f"{base}_zero"),
         ])
         new_nodes.append((helper.make_node(
-            "DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero"], [wname],
+            "DequantizeLinear", [f"{base}_int8", f"{base}_scale"], [wname],
             name=f"{base}{WEIGHT_ONLY}", axis=axis), node))
         converted += 1
     for dq, consumer in new_nodes:  # each right before its node: widened weights live briefly
