@@ -14,6 +14,7 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.export.exporter import add_export_parser, export_model, reference_probabilities
 from edgeser.models.ssl import Encoder, random_encoder, tiny_config
+from edgeser.runtime.model import OnnxEmotionModel
 from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone, write_wav
 from edgeser.train.folder import build_model, save_model
@@ -59,7 +60,7 @@ def tiny(tmp_path_factory) -> dict:
 
 def test_export_writes_the_files_and_model_json(tiny):
     paths = tiny["paths"]
-    assert set(paths) == {"float32", "int8", "json"}
+    assert set(paths) == {"float32", "int8", "int8_ort", "required_operators", "json"}
     doc = json.loads(paths["json"].read_text())
     assert doc["format"] == "edgeser-onnx" and doc["format_version"] == 1
     assert doc["labels"] == ["angry", "happy", "neutral", "sad"]
@@ -70,14 +71,16 @@ def test_export_writes_the_files_and_model_json(tiny):
     assert pre["outside_graph"]["trim"] == {"top_db": 20.0, "frame_length": 2048,
                                             "hop_length": 512}
     assert pre["inside_graph"] == {"preemphasis": 0.97, "peak_normalize": True}
-    assert doc["files"] == {"float32": "model.onnx", "int8": "model.int8.onnx"}
+    assert doc["files"] == {"float32": "model.onnx", "int8": "model.int8.onnx",
+                            "int8_ort": "model.int8.ort",
+                            "required_operators": "required_operators.config"}
     assert doc["sizes_bytes"]["int8"] < doc["sizes_bytes"]["float32"]
     assert doc["encoder"]["source"] == "random" and doc["metrics"] == {"accuracy": 0.5}
     assert doc["training"]["config"]["pooling"] == "mean"
     session = onnx_session(paths["float32"])
     assert [i.name for i in session.get_inputs()] == ["waveform", "lengths"]
     assert [o.name for o in session.get_outputs()] == ["probabilities"]
-    for kind in ("float32", "int8"):  # the graph names its labels: a swapped card is refused
+    for kind in ("float32", "int8", "int8_ort"):  # the graph names its labels
         meta = onnx_session(paths[kind]).get_modelmeta().custom_metadata_map
         assert json.loads(meta["edgeser.labels"]) == doc["labels"]
         assert json.loads(meta["edgeser.dimensions"]) == []
@@ -189,6 +192,23 @@ def test_full_size_parity_and_int8_size(full):
     assert np.abs(got - ref).max() <= TOL
     assert full["paths"]["int8"].stat().st_size <= 24_000_000
     assert full["paths"]["float32"].stat().st_size > 90_000_000
+
+
+@pytest.mark.slow
+def test_full_size_ort_file_stays_8_bit_and_answers_as_the_onnx(full):
+    """The ORT format file is what a phone loads: no weight widened (a Cast + Mul pair was
+    folded into float32 and made it 50 MB), the operators of onnxruntime's reduced build
+    listed, and the same numbers as model.int8.onnx through the runtime."""
+    ort_file = full["paths"]["int8_ort"]
+    assert ort_file.stat().st_size <= full["paths"]["int8"].stat().st_size + 300_000
+    config = full["paths"]["required_operators"].read_text(encoding="utf-8")
+    assert "# - model.int8.ort" in config
+    ops = {op for line in config.splitlines() if not line.startswith("#")
+           for op in line.split(";")[2].split(",")}
+    assert {"Loop", "MatMulIntegerToFloat", "QLinearConv", "DequantizeLinear"} <= ops
+    waves = [tone(1.3, seed=5), tone(11.0, freq=170.0, seed=6)]
+    a, b = OnnxEmotionModel(full["paths"]["int8"]), OnnxEmotionModel(ort_file)
+    np.testing.assert_allclose(a.run(waves), b.run(waves), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -383,6 +383,12 @@ def export_model(
             make(made_file)
             _finish(graph, made_file, paths[kind], probe, tolerance=_LOOP_TOLERANCE,
                     loop=from_flat)
+        if "int8" in paths:  # the mobile form: ORT format + the reduced build's operators
+            from edgeser.export.ortformat import write_ort
+
+            paths["int8_ort"] = out_dir / "model.int8.ort"
+            paths["required_operators"] = out_dir / "required_operators.config"
+            write_ort(paths["int8"], paths["int8_ort"], paths["required_operators"])
     doc = make_card(
         edgeser_version=__version__,
         labels=labels,
