@@ -264,9 +264,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket (not yet listening) for ``host:port``; :class:`EdgeserError`
-    when the address cannot be used."""
+def listen_socket(host: str, port: int, backlog: int = Limits.backlog) -> socket.socket:
+    """A bound, listening TCP socket for ``host:port`` (clients that connect before the
+    server loop starts wait in the kernel's queue); :class:`EdgeserError` when the address
+    cannot be used."""
     if not 0 <= int(port) <= 65535:
         raise EdgeserError(f"port must be in 0-65535, got {port}")
     try:
@@ -279,6 +280,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(backlog)
     except OSError as e:
         sock.close()
         raise EdgeserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -301,7 +303,7 @@ class AppServer:
         except ImportError:
             raise EdgeserError(f"edgeser web needs Starlette and uvicorn: {SERVE_EXTRA}") from None
         self.limits = limits or Limits()
-        self.socket = listen_socket(host, port)
+        self.socket = listen_socket(host, port, self.limits.backlog)
         config = uvicorn.Config(
             app, http=_guarded_protocol(self.limits.header_timeout),
             ws="websockets-sansio" if websockets else "none", lifespan="off",
