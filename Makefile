@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgeser-installed
 
-.PHONY: venv demo test lint bench clean web-deps
+.PHONY: venv demo test lint bench clean web-deps arm-env
 
 venv: $(STAMP)
 
@@ -30,12 +30,17 @@ web-deps:
 	else echo "npm not found: the browser page and its tests need Node.js and npm"; fi
 
 test: $(STAMP) web-deps
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
+
+# An aarch64 Python with edgeser's runtime under qemu (tools/arm64.py; the tests build it
+# themselves when qemu-user-static and debootstrap are installed).
+arm-env: $(STAMP)
+	$(BIN)/python tools/arm64.py build
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache web/node_modules
+	rm -rf $(VENV) runs .pytest_cache web/node_modules .arm64

@@ -134,20 +134,35 @@ def require_no_saturation(path: str | Path) -> list[IntegerOp]:
 def worst_case_probe(path: str | Path, node_name: str, *, threads: int = 1
                      ) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's result and the exact integer (int64) result of one statically
-    quantised ``MatMul`` or ``Conv`` of the QDQ model at ``path``, on its worst-case input.
+    quantised ``MatMul`` or ``Conv`` of the QDQ model at ``path``, on its worst-case input
+    (:func:`worst_case_model`, run here)."""
+    import onnxruntime as ort
+
+    model, codes, exact = worst_case_model(path, node_name)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": codes})[0]
+    return got.astype(np.float64), exact
+
+
+def worst_case_model(path: str | Path, node_name: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """``(one-operator model, input codes, exact result)`` for one statically quantised
+    ``MatMul`` or ``Conv`` of the QDQ model at ``path``: what :func:`worst_case_probe`
+    runs, to be run by any onnxruntime (another CPU, an emulated one).
 
     The node is cut out with its own quantisation parameters (activation scale and zero
     point, int8 weights and scales, for a ``Conv`` its output's too) into a one-operator
     model that onnxruntime fuses as in the full graph (``MatMulIntegerToFloat``,
     ``QLinearConv``). The input codes are 255 where a weight is positive and 0 elsewhere
     (for a ``Conv``: in every window of every output channel tried), so that every pair
-    of products adds up as far as the weights allow. Returns ``(onnxruntime, exact)``:
-    float outputs for a ``MatMul``, uint8 codes for a ``Conv`` (the exact requantisation
-    rounds half to even, as onnxruntime does; kernels may still differ by one code). On a
-    CPU whose kernels saturate, the two differ far more than that.
+    of products adds up as far as the weights allow. The exact result: float outputs for
+    a ``MatMul``, uint8 codes for a ``Conv`` (the exact requantisation rounds half to
+    even, as onnxruntime does; kernels may still differ by one code). On a CPU whose
+    kernels saturate, onnxruntime's result differs from it far more than that.
     """
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
@@ -221,10 +236,4 @@ def worst_case_probe(path: str | Path, node_name: str, *, threads: int = 1
                           [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)],
                           [helper.make_tensor_value_info("y", out_type, None)], inits),
         opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(sub.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {"x": codes})[0]
-    return got.astype(np.float64), np.asarray(exact, np.float64)
+    return sub.SerializeToString(), codes, np.asarray(exact, np.float64)
