@@ -182,3 +182,70 @@ def test_denied_microphone_says_so_and_files_still_work(site, ravdess_mini):
     assert out["micError"].startswith("Microphone access was denied: allow it for this page")
     assert out["batches"][0]["results"][0]["label"]  # the page went on working
     assert out["batches"][0]["error"] is None
+
+
+def _long_wav(ravdess_mini: Path, path: Path, minutes: float) -> Path:
+    """Real speech with pauses, repeated to ``minutes`` (16 kHz, 16-bit), written in blocks."""
+    import soundfile as sf
+
+    from edgeser.audio.io import load_audio
+
+    clips = [load_audio(f, 16000) for f in sorted(ravdess_mini.rglob("*.wav"))[:20]]
+    total, k = int(minutes * 60 * 16000), 0
+    with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16") as f:
+        written = 0
+        while written < total:
+            for part in (clips[k % len(clips)], np.zeros(12000, np.float32)):
+                n = min(len(part), total - written)
+                f.write(part[:n])
+                written += n
+            k += 1
+    return path
+
+
+def test_installed_page_works_offline_at_phone_size(site, ravdess_mini, tmp_path):
+    """Loaded once at phone size, the page installs (manifest, icons, service worker),
+    then with the server gone and the browser offline it reloads, classifies files as
+    `edgeser predict` does, listens to the fake microphone, and streams a 10-minute WAV
+    from disk without its memory growing with the file."""
+    from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.web.server import make_server
+
+    server = make_server(site["root"] / "onnx", "127.0.0.1", 0).start()
+    files = sorted(str(p) for p in ravdess_mini.rglob("*.wav"))[:3]
+    mic = tmp_path / "speech.wav"
+    seconds = _speech_with_pauses(ravdess_mini, mic)
+    long = _long_wav(ravdess_mini, tmp_path / "ten-minutes.wav", 10.0)
+    shot = site["root"] / "page-phone-offline.png"
+    job = {"url": server.url, "chromium": CHROMIUM, "files": files, "long": str(long),
+           "mic": {"wav": str(mic), "seconds": seconds + 1.5}, "screenshot": str(shot)}
+    proc = subprocess.Popen(["node", str(ROOT / "web" / "offline.mjs"), json.dumps(job)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT / "web")
+    try:
+        first = proc.stdout.readline()
+        assert first.strip() == "cached", first + proc.stderr.read()[-3000:]
+    finally:
+        server.stop()  # no network from here on
+    stdout, stderr = proc.communicate("go\n", timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert out["manifestErrors"] == [] and out["installabilityErrors"] == [], out
+    assert out["readyOffline"] and out["controlled"] and out["isolatedOffline"], out["logs"]
+    assert out["offlineNote"].startswith("Works offline"), out["offlineNote"]
+    native = OnnxEmotionModel(site["paths"]["int8"])
+    assert [r["label"] for r in out["files"]] == [native.analyse_file(f).label for f in files]
+    assert len(out["timeline"]) == 4 and out["error"] is None  # the microphone, offline
+    assert out["longSegments"] > 100 and out["longError"] is None
+    # the tab's memory (its renderers' resident memory) while the file streams: it settles
+    # (onnxruntime-web's heap grows to the longest segment's needs) and stays there
+    samples = np.asarray(out["memorySamples"]) / 1e6
+    half = len(samples) // 2
+    first, second = samples[:half].max(), samples[half:].max()
+    print(f"offline at 390 px: {len(out['files'])} files, {len(out['timeline'])} microphone "
+          f"segments; 10-minute WAV: {out['longSegments']} segments in "
+          f"{out['longSeconds']:.0f} s, tab memory {out['memoryBefore'] / 1e6:.0f} MB before, "
+          f"peak {first:.0f} MB in the first half and {second:.0f} MB in the second "
+          f"({len(samples)} samples)")
+    assert len(samples) >= 10 and second <= first + 10, samples.round()
+    assert shot.stat().st_size > 10_000

@@ -13,6 +13,9 @@ on a phone.
 A model folder is something people download from others, and whatever listens on a socket
 meets hostile input, so:
 
+- **An installable app that works offline.** ``manifest.webmanifest`` and icons make the
+  page installable; its service worker (``static/sw.js``) keeps the page, onnxruntime-web,
+  Silero and the model in a cache named by ``/version.json``, a digest of all of them.
 - **Only the page's files.** The URL map is fixed when the server starts (:func:`site_files`):
   a URL is served only if it is in the map, and a file only if it is a regular file that
   resolves, symlinks followed, inside its root (the page's folder, onnxruntime-web's folder,
@@ -37,6 +40,7 @@ imported).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import logging
 import os
@@ -160,6 +164,21 @@ def site_files(model_dir: str | os.PathLike[str]) -> dict[str, SiteFile]:
     return files
 
 
+def site_version(files: dict[str, SiteFile]) -> str:
+    """A digest of every file the page may load (contents): the offline cache's version,
+    so a new page, onnxruntime-web or model replaces the cached one."""
+    digest = hashlib.sha256()
+    for url in sorted(files):
+        real = files[url].resolve()
+        if real is None:
+            continue
+        digest.update(url.encode())
+        with open(real, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- the app
 def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
     """Whether a ``Host`` header names this server: an IP literal, ``localhost`` or one of
@@ -187,13 +206,19 @@ def create_app(model_dir: str | os.PathLike[str], *,
     try:
         from starlette.applications import Starlette
         from starlette.requests import Request
-        from starlette.responses import FileResponse, PlainTextResponse, Response
+        from starlette.responses import (
+            FileResponse,
+            JSONResponse,
+            PlainTextResponse,
+            Response,
+        )
         from starlette.routing import Route
     except ImportError:
         raise EdgeserError(f"edgeser web needs Starlette and uvicorn: {SERVE_EXTRA}") from None
 
     files = site_files(model_dir)
     allowed = tuple(allowed_hosts)
+    version = site_version(files)
 
     def refused(status: int, text: str) -> Response:
         return PlainTextResponse(text, status_code=status, headers=ISOLATION_HEADERS)
@@ -201,6 +226,9 @@ def create_app(model_dir: str | os.PathLike[str], *,
     async def page_file(request: Request) -> Response:
         if not host_allowed(request.headers.get("host", ""), allowed):
             return refused(400, "unknown Host header")
+        if request.url.path == "/version.json":  # what the service worker's cache is named by
+            return JSONResponse({"version": version},
+                                headers={**ISOLATION_HEADERS, "Cache-Control": "no-cache"})
         entry = files.get(request.url.path)
         real = entry.resolve() if entry is not None else None
         if real is None:

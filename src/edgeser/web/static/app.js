@@ -5,19 +5,24 @@
 //   segments as they close -> trimmed as model.json says -> the model. The timeline is
 //   window.edgeserResults: objects in `edgeser stream --json`'s format, in seconds from
 //   the start of listening. `?mic=1` starts listening on load.
-// - Files: a file up to LONG_FILE seconds is classified whole (window.edgeserFiles, in
-//   `edgeser predict --json`'s format); a longer one is streamed through the VAD like the
-//   microphone and its segments join window.edgeserFiles with the file's name as "path".
+// - Files: a file up to the model's window (model.json long_input.window_seconds, 10 s) is
+//   classified whole (window.edgeserFiles, in `edgeser predict --json`'s format); a longer
+//   one is streamed through the VAD like the microphone and its segments join
+//   window.edgeserFiles with the file's name as "path". A long WAV file is read from disk
+//   one second at a time, so a 10-minute recording never sits in the page's memory.
 // - "Download results": JSON lines of the timeline (or of the files, without one).
+// - Offline: a service worker (sw.js) caches the page, onnxruntime-web, Silero and the
+//   model, under the version /version.json names (else a digest of model.json), so the
+//   installed page works with no network. window.edgeserOffline turns true once it has.
 
-import { decodeWav, prepare, SAMPLE_RATE, StreamResampler, toMono } from "./dsp.js";
+import { decodeWav, prepare, SAMPLE_RATE, StreamResampler, toMono, wavBlocks } from "./dsp.js";
 import { EmotionModel } from "./model.js";
 import { SegmentStream, SileroVAD } from "./vad.js";
 
-const LONG_FILE = 20; // seconds
 const $ = (id) => document.getElementById(id);
 window.edgeserResults = [];
 window.edgeserFiles = [];
+window.edgeserFilesDone = 0; // files finished (a long one adds many results, then this)
 let model = null;
 let vad = null;
 let listening = null;
@@ -99,14 +104,18 @@ async function decode(file) {
   }
 }
 
-async function streamFile(name, channels, sampleRate) {
-  const mono = toMono(channels);
-  const rs = new StreamResampler(sampleRate, SAMPLE_RATE);
-  const stream = new SegmentStream(vad, async (a, b, audio) => {
+function fileStream(name) {
+  return new SegmentStream(vad, async (a, b, audio) => {
     const seg = { path: name, ...(await segmentResult(a, b, audio)) };
     window.edgeserFiles.push(seg);
     addRow(name, seg.start, seg.end, seg.label, seg.confidence);
   });
+}
+
+async function streamFile(name, channels, sampleRate) {
+  const mono = toMono(channels);
+  const rs = new StreamResampler(sampleRate, SAMPLE_RATE);
+  const stream = fileStream(name);
   const block = Math.round(0.5 * sampleRate);
   for (let i = 0; i < mono.length; i += block) {
     await stream.push(rs.push(mono.subarray(i, i + block), i + block >= mono.length));
@@ -114,12 +123,44 @@ async function streamFile(name, channels, sampleRate) {
   await stream.finish();
 }
 
+/** A long WAV file from disk, one second at a time: the VAD's segments, each classified. */
+async function streamWav(file, header, blocks) {
+  const rs = new StreamResampler(header.sampleRate, SAMPLE_RATE);
+  const stream = fileStream(file.name);
+  const frameBytes = (header.bits / 8) * header.channels;
+  const total = Math.floor(header.dataSize / frameBytes);
+  let done = 0;
+  for await (const channels of blocks) {
+    done += channels[0].length;
+    await stream.push(rs.push(toMono(channels), done >= total));
+  }
+  await stream.finish();
+}
+
+/** The header and the block reader of a WAV file longer than the model's window, or null. */
+async function longWav(file) {
+  try {
+    const blocks = wavBlocks(file);
+    const { header } = (await blocks.next()).value;
+    const seconds = header.dataSize / ((header.bits / 8) * header.channels) / header.sampleRate;
+    return seconds > model.window ? { header, blocks } : null;
+  } catch {
+    return null; // not a WAV this page reads block by block: decoded whole below
+  }
+}
+
 async function classifyFile(file) {
   clearError();
   try {
+    if (file.size === 0) throw new Error("the file is empty");
+    const long = await longWav(file);
+    if (long) {
+      await streamWav(file, long.header, long.blocks);
+      return;
+    }
     const { channels, sampleRate } = await decode(file);
     const seconds = channels[0].length / sampleRate;
-    if (seconds > LONG_FILE) {
+    if (seconds > model.window) {
       await streamFile(file.name, channels, sampleRate);
     } else {
       const r = await model.classify(channels, sampleRate);
@@ -132,6 +173,8 @@ async function classifyFile(file) {
   } catch (e) {
     showError(`${file.name}: ${e.message}`);
     window.edgeserFiles.push({ path: file.name, error: e.message });
+  } finally {
+    window.edgeserFilesDone += 1;
   }
 }
 
@@ -202,7 +245,44 @@ function download() {
   URL.revokeObjectURL(a.href);
 }
 
+/** The offline cache's version: /version.json (edgeser web); on a static host without it,
+ *  a digest of model.json; null when neither can be had (offline: keep the installed one). */
+async function offlineVersion() {
+  try {
+    const r = await fetch("version.json", { cache: "no-store" });
+    if (r.ok) return (await r.json()).version;
+  } catch { /* offline, or a static host without it */ }
+  if (navigator.serviceWorker.controller) return null;
+  const text = await (await fetch("model/model.json", { cache: "no-store" })).text();
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest).slice(0, 8), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+}
+
+/** Install the service worker (when the browser has one and the page is a secure
+ *  context); window.edgeserOffline turns true once everything is cached. */
+async function offline() {
+  window.edgeserOffline = false;
+  if (!("serviceWorker" in navigator) || !self.isSecureContext) return;
+  try {
+    const version = await offlineVersion();
+    if (version) await navigator.serviceWorker.register(`sw.js?v=${version}`);
+    const ready = await navigator.serviceWorker.ready;
+    if (!navigator.serviceWorker.controller) {
+      await new Promise((ok) => navigator.serviceWorker.addEventListener("controllerchange",
+                                                                        ok, { once: true }));
+    }
+    window.edgeserOffline = true;
+    document.body.dataset.offline = "1";
+    const name = new URL(ready.active.scriptURL).searchParams.get("v");
+    $("offline").textContent = `Works offline: everything is on this device (version ${name}).`;
+  } catch (e) {
+    $("offline").textContent = `Not available offline (${e.message}).`;
+  }
+}
+
 async function main() {
+  offline();
   try {
     [model, vad] = await Promise.all([EmotionModel.load("./model/"), SileroVAD.load()]);
   } catch (e) {

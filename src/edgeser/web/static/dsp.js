@@ -143,10 +143,10 @@ export function prepare(channels, sampleRate, trim) {
   return x;
 }
 
-/** Decode a RIFF/WAVE file (PCM 8/16/24/32-bit or IEEE float 32/64) exactly as
- *  libsndfile reads it into float: integer codes divided by 2^(bits-1). Returns
- *  {channels, sampleRate} or throws an Error with a one-line reason. */
-export function decodeWav(buffer) {
+/** The header of a RIFF/WAVE file in `buffer` (its first bytes at least): {format,
+ *  channels, sampleRate, bits, dataOffset, dataSize}; throws an Error with a one-line
+ *  reason. `fileSize` (default: the buffer's) bounds the data chunk. */
+export function wavHeader(buffer, fileSize = buffer.byteLength) {
   const v = new DataView(buffer);
   const tag = (o) => String.fromCharCode(v.getUint8(o), v.getUint8(o + 1), v.getUint8(o + 2),
                                          v.getUint8(o + 3));
@@ -154,39 +154,69 @@ export function decodeWav(buffer) {
     throw new Error("not a WAV file");
   }
   let fmt = null, data = null;
-  for (let o = 12; o + 8 <= buffer.byteLength;) {
+  for (let o = 12; o + 8 <= buffer.byteLength && !data;) {
     const id = tag(o), size = v.getUint32(o + 4, true);
-    if (id === "fmt ") fmt = { o: o + 8, size };
-    else if (id === "data") data = { o: o + 8, size: Math.min(size, buffer.byteLength - o - 8) };
+    if (id === "fmt " && o + 8 + 16 <= buffer.byteLength) fmt = { o: o + 8, size };
+    else if (id === "data") data = { o: o + 8, size: Math.min(size, fileSize - o - 8) };
     o += 8 + size + (size & 1);
   }
   if (!fmt || !data) throw new Error("WAV file without fmt or data chunk");
   let format = v.getUint16(fmt.o, true);
-  const nch = v.getUint16(fmt.o + 2, true);
-  const rate = v.getUint32(fmt.o + 4, true);
+  const channels = v.getUint16(fmt.o + 2, true);
+  const sampleRate = v.getUint32(fmt.o + 4, true);
   const bits = v.getUint16(fmt.o + 14, true);
   if (format === 0xfffe && fmt.size >= 26) format = v.getUint16(fmt.o + 24, true);
+  if (!channels || !sampleRate || ![8, 16, 24, 32, 64].includes(bits)) {
+    throw new Error("unsupported WAV format");
+  }
+  if (format !== 1 && format !== 3) throw new Error("unsupported WAV encoding");
+  return { format, channels, sampleRate, bits, dataOffset: data.o, dataSize: data.size };
+}
+
+/** Decode whole frames of sample data (`buffer` from its start) as libsndfile reads them
+ *  into float: integer codes divided by 2^(bits-1). Returns one Float32Array per channel. */
+export function wavSamples(buffer, header) {
+  const v = new DataView(buffer);
+  const { format, channels: nch, bits } = header;
   const bytes = bits / 8;
-  if (!nch || !rate || ![8, 16, 24, 32, 64].includes(bits)) throw new Error("unsupported WAV format");
-  const frames = Math.floor(data.size / (bytes * nch));
+  const frames = Math.floor(buffer.byteLength / (bytes * nch));
   const channels = Array.from({ length: nch }, () => new Float32Array(frames));
   for (let i = 0; i < frames; i++) {
     for (let c = 0; c < nch; c++) {
-      const o = data.o + (i * nch + c) * bytes;
+      const o = (i * nch + c) * bytes;
       let s;
       if (format === 3) s = bits === 32 ? v.getFloat32(o, true) : v.getFloat64(o, true);
-      else if (format === 1) {
-        if (bits === 8) s = (v.getUint8(o) - 128) / 128;
-        else if (bits === 16) s = v.getInt16(o, true) / 32768;
-        else if (bits === 24) {
-          const u = v.getUint8(o) | (v.getUint8(o + 1) << 8) | (v.getInt8(o + 2) << 16);
-          s = u / 8388608;
-        } else s = v.getInt32(o, true) / 2147483648;
-      } else throw new Error("unsupported WAV encoding");
+      else if (bits === 8) s = (v.getUint8(o) - 128) / 128;
+      else if (bits === 16) s = v.getInt16(o, true) / 32768;
+      else if (bits === 24) {
+        const u = v.getUint8(o) | (v.getUint8(o + 1) << 8) | (v.getInt8(o + 2) << 16);
+        s = u / 8388608;
+      } else s = v.getInt32(o, true) / 2147483648;
       channels[c][i] = s;
     }
   }
-  return { channels, sampleRate: rate };
+  return channels;
+}
+
+/** Decode a whole RIFF/WAVE file: {channels, sampleRate}. */
+export function decodeWav(buffer) {
+  const header = wavHeader(buffer);
+  const data = buffer.slice(header.dataOffset, header.dataOffset + header.dataSize);
+  return { channels: wavSamples(data, header), sampleRate: header.sampleRate };
+}
+
+/** A WAV file (a File or Blob) read block by block, never whole: yields {header} first,
+ *  then one array of channels per `seconds` of audio. Throws like wavHeader. */
+export async function* wavBlocks(file, seconds = 1) {
+  const head = await file.slice(0, Math.min(file.size, 1 << 16)).arrayBuffer();
+  const header = wavHeader(head, file.size);
+  yield { header };
+  const frameBytes = (header.bits / 8) * header.channels;
+  const step = Math.max(1, Math.round(seconds * header.sampleRate)) * frameBytes;
+  const end = header.dataOffset + header.dataSize - (header.dataSize % frameBytes);
+  for (let o = header.dataOffset; o < end; o += step) {
+    yield wavSamples(await file.slice(o, Math.min(o + step, end)).arrayBuffer(), header);
+  }
 }
 
 /** Block-by-block resampling to 16 kHz with the same kernel as resample(): output sample n

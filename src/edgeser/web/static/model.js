@@ -30,6 +30,8 @@ export class EmotionModel {
     this.labels = card.labels;
     this.dimensionNames = card.dimensions?.names ?? [];
     this.minSamples = Math.max(1, card.min_samples ?? 400);
+    // longer inputs go through the VAD, one speech segment at a time (as edgeser predict)
+    this.window = card.long_input?.window_seconds ?? 10;
     const outside = card.preprocessing?.outside_graph ?? {};
     this.trim = "trim" in outside ? outside.trim : { top_db: 20 };
   }
