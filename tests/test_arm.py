@@ -15,15 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from edgeser.config import TrainConfig
-from edgeser.export.exporter import export_model
 from edgeser.export.saturation import saturation_report, worst_case_model
-from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.runtime.model import OnnxEmotionModel
-from edgeser.testing import tone
-from edgeser.train.folder import build_model, save_model
+from edgeser.testing import export_tiny_model, tone
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("arm64", ROOT / "tools" / "arm64.py")
@@ -74,16 +69,7 @@ def arm_job(tmp_path_factory):
     except (subprocess.CalledProcessError, RuntimeError) as e:
         pytest.skip(f"could not build the ARM64 environment ({e})")
     root = tmp_path_factory.mktemp("arm")
-    encoder = random_encoder(tiny_config(), seed=0)
-    cfg = TrainConfig(encoder="random", precision="fp32")
-    model = build_model(cfg, encoder, "pooled")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        model.head.layer_logits.copy_(torch.randn(model.head.layer_logits.shape, generator=gen))
-        model.head.classifier[-1].weight.mul_(8.0)
-    save_model(root / "production", model, cfg, encoder, model.kind,
-               {"name": "production", "metrics": {}})
-    paths = export_model(root / "production", root / "onnx", encoder=encoder)
+    paths = export_tiny_model(root)
     integer_ops = saturation_report(paths["int8"])
     probes, exact = {}, {}
     for i, node in enumerate(_static_nodes(paths["int8"])):

@@ -11,13 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from edgeser.config import TrainConfig
-from edgeser.export.exporter import export_model
-from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.runtime.model import OnnxEmotionModel
-from edgeser.train.folder import build_model, save_model
+from edgeser.testing import export_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,16 +40,7 @@ def site(tmp_path_factory):
     from edgeser.web.server import make_server
 
     root = tmp_path_factory.mktemp("web")
-    encoder = random_encoder(tiny_config(), seed=0)
-    cfg = TrainConfig(encoder="random", precision="fp32")
-    model = build_model(cfg, encoder, "pooled")
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        model.head.layer_logits.copy_(torch.randn(model.head.layer_logits.shape, generator=gen))
-        model.head.classifier[-1].weight.mul_(8.0)
-    save_model(root / "production", model, cfg, encoder, model.kind,
-               {"name": "production", "metrics": {}})
-    paths = export_model(root / "production", root / "onnx", encoder=encoder)
+    paths = export_tiny_model(root)
     server = make_server(root / "onnx", "127.0.0.1", 0).start()
     yield {"url": server.url, "paths": paths, "root": root}
     server.stop()

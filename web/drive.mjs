@@ -3,16 +3,10 @@
 // deny: bool, screenshot, timeout (ms per file batch, default 120000)}. Prints one JSON
 // line: {ready, isolated, batches, timeline, error, logs}.
 import { chromium } from "playwright-core";
+import { chromiumArgs } from "./chromium.mjs";
 
 const job = JSON.parse(process.argv[2]);
-const args = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"];
-if (job.mic) {
-  args.push("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            `--use-file-for-fake-audio-capture=${job.mic.wav}%noloop`,
-            "--autoplay-policy=no-user-gesture-required");
-} else if (job.deny) {
-  args.push("--use-fake-device-for-media-stream");
-}
+const args = chromiumArgs(job);
 const browser = await chromium.launch({ executablePath: job.chromium, args });
 const out = { batches: [] };
 const errorText = () => {

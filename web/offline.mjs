@@ -10,14 +10,10 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as readline from "node:readline";
+import { chromiumArgs } from "./chromium.mjs";
 
 const job = JSON.parse(process.argv[2]);
-const args = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"];
-if (job.mic) {
-  args.push("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-            `--use-file-for-fake-audio-capture=${job.mic.wav}%noloop`,
-            "--autoplay-policy=no-user-gesture-required");
-}
+const args = chromiumArgs(job);
 // a persistent profile: an incognito context is never installable
 const profile = mkdtempSync(join(tmpdir(), "edgeser-pwa-"));
 const context = await chromium.launchPersistentContext(profile, {

@@ -272,3 +272,28 @@ def write_tiny_manifests(root: str | Path, duration: float) -> dict[str, Path]:
     write_manifest(ie, root / "ie.csv")
     write_manifest(rv, root / "rv.csv")
     return {"iemocap": root / "ie.csv", "ravdess": root / "rv.csv"}
+
+
+def export_tiny_model(root: str | Path, *, sharpen: float = 8.0) -> dict[str, Path]:
+    """A tiny randomly initialised model (DistilHuBERT's layout, small sizes; layer weights
+    drawn, the classifier's last layer multiplied by ``sharpen`` so its answers are
+    confident and labels meaningful), saved under ``root/production`` and exported to
+    ``root/onnx``: :func:`~edgeser.export.export_model`'s ``{kind: path}``. Needs torch."""
+    import torch
+
+    from edgeser.config import TrainConfig
+    from edgeser.export.exporter import export_model
+    from edgeser.models.ssl import random_encoder, tiny_config
+    from edgeser.train.folder import build_model, save_model
+
+    root = Path(root)
+    encoder = random_encoder(tiny_config(), seed=0)
+    cfg = TrainConfig(encoder="random", precision="fp32")
+    model = build_model(cfg, encoder, "pooled")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.head.layer_logits.copy_(torch.randn(model.head.layer_logits.shape, generator=gen))
+        model.head.classifier[-1].weight.mul_(sharpen)
+    save_model(root / "production", model, cfg, encoder, model.kind,
+               {"name": "production", "metrics": {}})
+    return export_model(root / "production", root / "onnx", encoder=encoder)

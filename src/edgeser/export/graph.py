@@ -47,6 +47,9 @@ __all__ = ["CHUNK_FRAMES", "STACK_TENSORS", "ConvStack", "ExportGraph", "check_e
 
 _MASK_BIAS = -1.0e4  # additive attention bias on padded keys (fp16-safe, exp() underflows)
 _PEAK_EPS = 1e-8  # as edgeser.audio.frontend.peak_normalize
+#: Attention heads computed together (12 / 4 = 3 groups for DistilHuBERT): memory of one
+#: group's scores against a few more, smaller operators (bench/README.md).
+HEAD_GROUP = 4
 #: Most output frames of the feature extractor computed per chunk (1 s of audio at 50
 #: frames/s); an input of T frames runs in n = ceil(T / 50) equal chunks of ceil(T / n).
 CHUNK_FRAMES = 50
@@ -145,15 +148,21 @@ class _Layer(nn.Module):
         self.scale = self.head_dim**-0.5
 
     def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        # one head at a time: the [T, T] scores of a head are live at once, not those of
-        # all 12 (36 MB at 10 s of audio with their softmax; the same arithmetic)
-        bias = bias[:, 0]  # [B, 1, T]
-        qs, ks, vs = (proj(h).split(self.head_dim, dim=2)
+        # HEAD_GROUP heads at a time: only their [T, T] scores are live at once, not those
+        # of all 12 (36 MB at 10 s of audio with the softmax's copy; the same arithmetic)
+        b, t, _ = h.shape
+        group = min(HEAD_GROUP, self.num_heads)
+        width = group * self.head_dim
+        shape = (b, t, group, self.head_dim)
+        qs, ks, vs = (proj(h).split(width, dim=2)
                       for proj in (self.q_proj, self.k_proj, self.v_proj))
-        heads = [torch.matmul(torch.softmax(
-                    torch.matmul(q, k.transpose(1, 2)) * self.scale + bias, dim=-1), v)
-                 for q, k, v in zip(qs, ks, vs, strict=True)]
-        att = self.out_proj(torch.cat(heads, dim=2))
+        parts = []
+        for q, k, v in zip(qs, ks, vs, strict=True):
+            q, k, v = (x.reshape(shape).transpose(1, 2) for x in (q, k, v))
+            scores = torch.matmul(q, k.transpose(2, 3)) * self.scale + bias
+            att = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, group, T, hd]
+            parts.append(att.transpose(1, 2).reshape(b, t, width))
+        att = self.out_proj(torch.cat(parts, dim=2))
         h = self.layer_norm(h + att)
         h = h + self.fc2(F.gelu(self.fc1(h)))
         return self.final_layer_norm(h)
