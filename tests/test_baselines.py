@@ -249,7 +249,9 @@ def test_light_sernet_trains_through_the_protocol_exports_and_predicts(manifests
     from edgeser.audio.io import load_audio
 
     waves = [trim_silence(load_audio(p, 16000), 16000) for p in df["path"][:3]]
-    graph = LightSERNetGraph(model.head, front.cfg)
+    temperature = meta["calibration"]["temperature"]  # fitted on the fold's validation
+    assert card["calibration"]["temperature"] == temperature and temperature > 0
+    graph = LightSERNetGraph(model.head, front.cfg, temperature=temperature)
     session = onnx_session(paths["float32"])
     for w in waves:
         got = session.run(None, pad_batch([w]))[0]

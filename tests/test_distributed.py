@@ -78,6 +78,21 @@ def _files(cache: Path) -> dict[str, str]:
             for p in sorted(cache.rglob("*.safetensors"))}
 
 
+def _same_entries(a: Path, b: Path) -> None:
+    """The same entries under the same keys, equal up to float rounding (an actor restarted
+    mid-run may run its batch with another thread count: the last bits may differ)."""
+    from safetensors.numpy import load_file
+
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*.safetensors"))
+    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*.safetensors"))
+    for name in names:
+        x, y = load_file(a / name), load_file(b / name)
+        assert sorted(x) == sorted(y), name
+        for key in x:
+            assert x[key].shape == y[key].shape and x[key].dtype == y[key].dtype, (name, key)
+            np.testing.assert_allclose(x[key], y[key], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 def _without_timings(obj):
     if isinstance(obj, dict):
         return {k: _without_timings(v) for k, v in obj.items() if "seconds" not in k}
@@ -179,7 +194,7 @@ def test_killed_actor_costs_a_retry_not_an_entry(ray_cluster, corpus, tmp_path):
     local = tmp_path / "local"
     extract(read_manifest(corpus), enc, FeatureStore(local, enc.identity), views=(0, 1, 2),
             batch_seconds=1.5, progress=False)
-    assert _files(cache) == _files(local)
+    _same_entries(cache, local)
 
 
 def test_executor_ray_without_ray_is_one_line(corpus, tmp_path, monkeypatch, capsys):

@@ -399,3 +399,33 @@ def test_a_folder_cannot_make_export_load_a_file_outside_it(tmp_path, caplog):
             recorded_source(bad, model_dir)
     for ok in ("random", "random:hubert-base", "distilhubert", "ntu-spml/distilhubert"):
         assert recorded_source(ok, model_dir) == ok
+
+
+def test_the_calibration_temperature_is_applied_inside_the_graph(tmp_path):
+    """A trained folder's temperature (fitted on its validation speakers) divides the
+    logits inside the exported graph; model.json states it and the low_confidence
+    threshold, and the runtime says low_confidence below it."""
+    from edgeser.evaluate.confidence import apply_temperature
+    from edgeser.train.checkpoint import load_weights, save_weights
+
+    encoder = random_encoder(tiny_config(), seed=0)
+    plain = _save(tmp_path / "plain", encoder, sharpen=3.0)
+    warm = _save(tmp_path / "warm", encoder, sharpen=3.0)
+    tensors, meta = load_weights(warm)
+    meta["calibration"] = {"method": "temperature", "temperature": 2.5, "n_val": 7,
+                           "low_confidence_below": 0.99, "val": {}}
+    save_weights(warm / "model.safetensors", tensors, meta)
+    a = export_model(plain, tmp_path / "a", int8=False, encoder=encoder)
+    b = export_model(warm, tmp_path / "b", int8=False, encoder=encoder)
+    card = json.loads(b["json"].read_text())
+    assert card["calibration"]["temperature"] == 2.5
+    assert card["calibration"]["low_confidence_below"] == 0.99
+    assert json.loads(a["json"].read_text())["calibration"]["method"] == "none"
+    waves = _waves()
+    raw = onnx_session(a["float32"]).run(None, pad_batch(waves))[0]
+    cooled = onnx_session(b["float32"]).run(None, pad_batch(waves))[0]
+    np.testing.assert_allclose(cooled, apply_temperature(raw, 2.5), atol=1e-5)
+    wav = write_wav(tmp_path / "x.wav", tone(1.0, seed=2))
+    assert OnnxEmotionModel(b["float32"], vad="webrtc").analyse_file(wav).status == \
+        "low_confidence"
+    assert OnnxEmotionModel(a["float32"], vad="webrtc").analyse_file(wav).status == "ok"

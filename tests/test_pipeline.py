@@ -211,6 +211,20 @@ def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp
     check_cremad_claims(disk, report, folds=5)  # the paired tests and their wording
     assert (out / "plots" / "confusion_ravdess.png").stat().st_size > 1000
     assert (out / "production" / "model.safetensors").is_file()
+    # calibration: a temperature per fold from its validation speakers, ECE/Brier/NLL on the
+    # test fold before and after, the labels untouched, and the report's table and diagram
+    for name, setting in disk["loso"].items():
+        cal = setting["calibration"]
+        assert len(cal["temperature"]) == 5 and all(t > 0 for t in cal["temperature"])
+        for f in setting["folds"]:
+            c = f["calibration"]
+            assert c["val"]["after"]["nll"] <= c["val"]["before"]["nll"] + 1e-9, name
+            assert set(c["test"]["before"]) == {"ece", "brier", "nll", "n"}
+            assert 0 <= c["low_confidence_below"] <= 1
+        assert sum(b["n"] for b in cal["pooled"]["reliability_after"]) == \
+            sum(f["n_test"] for f in setting["folds"])
+    assert "calibration" in disk["cross_corpus"]["ravdess"]
+    assert "## Calibration" in report and (out / "plots" / "reliability.png").is_file()
     assert res["loso"]["iemocap"]["mean"]["ua"] == disk["loso"]["iemocap"]["mean"]["ua"]
     # a second run reuses every finished fold and every cached feature
     fold_model = out / "loso" / "iemocap" / "fold1" / "model.safetensors"

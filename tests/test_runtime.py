@@ -547,8 +547,9 @@ def test_stream_cli_file_stdin_json(model_dir: Path, tmp_path: Path,
     objs = [json.loads(line) for line in out.splitlines()]
     assert len(objs) == 3  # the 2 s burst is cut at 1.5 s
     for o in objs:
-        assert set(o) == {"start", "end", "label", "confidence", "probabilities"}
+        assert set(o) == {"start", "end", "label", "confidence", "probabilities", "status"}
         assert o["confidence"] == pytest.approx(o["probabilities"][o["label"]], abs=1e-4)
+        assert o["status"] in ("ok", "too_short", "low_confidence")
         assert o["end"] - o["start"] <= 1.5 + 1e-6
 
 
@@ -599,6 +600,12 @@ def test_stream_cli_errors(model_dir: Path, tmp_path: Path,
     ("top_db nan", {"trim": {"top_db": float("nan")}}, "\"top_db\" must be a number"),
     ("files a list", {"files": ["model.onnx"]}, "\"files\" must map names"),
     ("dimension names", {"dimensions": {"names": "arousal"}}, "\"dimensions\" must hold"),
+    ("window 0 s", {"long_input": {"window_seconds": 0}},
+     r"\"long_input\" must hold \"window_seconds\", a number in \[1, 60\]"),
+    ("too_short a string", {"status": {"too_short_seconds": "0.25"}},
+     r"\"status\" must hold \"too_short_seconds\""),
+    ("low_confidence_below 2", {"calibration": {"low_confidence_below": 2}},
+     r"\"calibration\" must hold \"low_confidence_below\", a number in \[0, 1\]"),
 ])
 def test_bad_model_cards_are_one_line(model_dir: Path, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str], case: str,

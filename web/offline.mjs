@@ -75,20 +75,30 @@ try {
       }
       return bytes;
     };
-    out.memoryBefore = await tab();
+    // each sample follows a full garbage collection, so it measures what the page keeps,
+    // not what the collector has yet to free
+    const cdp = await context.newCDPSession(page);
+    const settle = async () => {
+      await cdp.send("HeapProfiler.collectGarbage");
+      return [await tab(), (await cdp.send("Runtime.getHeapUsage")).usedSize];
+    };
+    [out.memoryBefore, out.heapBefore] = await settle();
     const before = await page.evaluate(() => [window.edgeserFiles.length,
                                               window.edgeserFilesDone]);
     await page.setInputFiles("#file", [job.long]);
-    const samples = [];
+    const samples = [], heap = [];
     const t0 = Date.now();
     while (await page.evaluate((n) => window.edgeserFilesDone === n, before[1])) {
-      samples.push(await tab());
+      const [rss, used] = await settle();
+      samples.push(rss);
+      heap.push(used);
       await new Promise((ok) => setTimeout(ok, 500));
       if (Date.now() - t0 > 600000) throw new Error("the long file took over 10 minutes");
     }
     out.longSeconds = (Date.now() - t0) / 1000;
     out.longSegments = (await page.evaluate(() => window.edgeserFiles.length)) - before[0];
     out.memorySamples = samples;
+    out.heapSamples = heap;
     out.longError = await page.evaluate(errorText);
   }
   if (job.mic) {

@@ -137,6 +137,10 @@ class TrainConfig:
     bootstrap: int = 1000
     """Resamples behind every 95 % interval and paired test (see
     edgeser.evaluate.uncertainty)."""
+    calibrate: str = "temperature"
+    """'temperature': one temperature per model fitted on its validation speakers
+    (edgeser.evaluate.confidence), stored with the model and applied inside the exported
+    graph, with the low_confidence threshold; 'none' leaves the probabilities as trained."""
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -156,6 +160,7 @@ class TrainConfig:
             "loss": ("focal", "ce"),
             "optimizer": ("adamw", "adam"),
             "aug_mode": ("cached", "online"),
+            "calibrate": ("temperature", "none"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

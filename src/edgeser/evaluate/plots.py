@@ -28,6 +28,7 @@ __all__ = [
     "plot_fold_bars",
     "plot_pareto",
     "plot_per_class_recall",
+    "plot_reliability",
     "plot_valence_arousal",
 ]
 
@@ -179,6 +180,30 @@ def plot_per_class_recall(
     ax.set_ylabel("recall (%)")
     ax.set_title(title or "per-class recall")
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability(
+    curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str],
+    title: str = "",
+) -> Path:
+    """Reliability diagram: accuracy against mean confidence per bin of the top
+    probability (:func:`edgeser.evaluate.confidence.reliability` bins), one line per named
+    curve (e.g. before and after calibration), the diagonal for perfect calibration."""
+    fig = _new_figure(4.2, 4.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    for k, (name, bins) in enumerate(curves.items()):
+        full = [b for b in bins if b["n"]]
+        ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], marker="o",
+                color=f"C{k}", label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "reliability")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -22,6 +22,13 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text, write_json
 from edgeser.data.labels import LABELS, label_index
+from edgeser.evaluate.confidence import (
+    apply_temperature,
+    calibration_metrics,
+    fit_temperature,
+    low_confidence_threshold,
+    reliability,
+)
 from edgeser.evaluate.crosscorpus import error_analysis
 from edgeser.evaluate.dimensions import (
     DIMENSIONS,
@@ -163,7 +170,9 @@ def run_split(
     t0 = time.perf_counter()
     result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
     train_seconds = time.perf_counter() - t0
-    probs, d_pred = predict_outputs(result.model, test, cfg)
+    calibration = fit_calibration(cfg, result.model, val)
+    raw, d_pred = predict_outputs(result.model, test, cfg)
+    probs = calibrated(raw, calibration)
     y_pred = probs.argmax(1)
     metrics = compute_metrics(test.labels, y_pred)
     speakers = split.speakers(frame)
@@ -182,8 +191,12 @@ def run_split(
         "history": result.history,
         "metrics": metrics,
     }
+    if calibration is not None:
+        record["calibration"] = {**calibration, "test": {
+            "before": calibration_metrics(raw, test.labels),
+            "after": calibration_metrics(probs, test.labels)}}
     pred = {"ids": list(split.test), "y_true": test.labels.tolist(),
-            "y_pred": y_pred.tolist(), "probs": probs.tolist()}
+            "y_pred": y_pred.tolist(), "probs": probs.tolist(), "probs_raw": raw.tolist()}
     if dims:
         record["dimensions"] = dimension_metrics(test.dims, d_pred)
         pred["dims"] = d_pred.tolist()
@@ -191,6 +204,31 @@ def run_split(
     save_model(out_dir, result.model, cfg, encoder, kind, record)
     record["_pred"] = pred
     return record
+
+
+def fit_calibration(cfg: TrainConfig, model: Any, val: Any) -> dict[str, Any] | None:
+    """Temperature scaling of a trained model on its validation speakers
+    (``cfg.calibrate == "temperature"``; None without, or without validation data):
+    ``{"method", "temperature", "low_confidence_below", "n_val", "val": {"before",
+    "after"}}`` (:mod:`edgeser.evaluate.confidence`)."""
+    if cfg.calibrate != "temperature" or val is None or len(val.labels) == 0:
+        return None
+    raw, _ = predict_outputs(model, val, cfg)
+    temperature = fit_temperature(raw, val.labels)
+    fixed = apply_temperature(raw, temperature)
+    return {"method": "temperature", "temperature": round(temperature, 6),
+            "low_confidence_below": low_confidence_threshold(fixed, val.labels),
+            "n_val": len(val.labels),
+            "val": {"before": calibration_metrics(raw, val.labels),
+                    "after": calibration_metrics(fixed, val.labels)}}
+
+
+def calibrated(probs: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
+    """``probs`` under the calibration :func:`fit_calibration` found (as they are
+    without one)."""
+    if not calibration:
+        return np.asarray(probs)
+    return apply_temperature(probs, calibration["temperature"]).astype(np.float32)
 
 
 def _nan_to_none(a: np.ndarray) -> list[list[float | None]]:
@@ -230,6 +268,8 @@ def summarise_setting(records: list[dict[str, Any]]) -> dict[str, Any]:
                         [r["_pred"]["y_pred"] for r in records])
     folds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     out = {"folds": folds, "mean": summary["mean"], "std": summary["std"], "pooled": pooled}
+    if records and all("calibration" in r for r in records):
+        out["calibration"] = summarise_calibration(records)
     if all("dimensions" in r for r in records):
         out["dimensions"] = {
             **summarize_dimension_folds([r["dimensions"] for r in records]),
@@ -239,6 +279,26 @@ def summarise_setting(records: list[dict[str, Any]]) -> dict[str, Any]:
             ),
         }
     return out
+
+
+def summarise_calibration(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Calibration of a setting's folds: each fold's temperature and threshold, the mean
+    over folds of the test ECE, Brier and NLL before and after, and the same on the pooled
+    test predictions (with the reliability bins behind the report's diagram)."""
+    keys = ("ece", "brier", "nll")
+    mean = {when: {k: float(np.mean([r["calibration"]["test"][when][k] for r in records]))
+                   for k in keys} for when in ("before", "after")}
+    y = [t for r in records for t in r["_pred"]["y_true"]]
+    raw = np.array([p for r in records for p in r["_pred"]["probs_raw"]])
+    fixed = np.array([p for r in records for p in r["_pred"]["probs"]])
+    return {"temperature": [r["calibration"]["temperature"] for r in records],
+            "low_confidence_below": [r["calibration"]["low_confidence_below"]
+                                     for r in records],
+            "mean": mean,
+            "pooled": {"before": calibration_metrics(raw, y),
+                       "after": calibration_metrics(fixed, y),
+                       "reliability_before": reliability(raw, y),
+                       "reliability_after": reliability(fixed, y)}}
 
 
 def run_seeds(
@@ -351,20 +411,26 @@ def run_info(cfg: TrainConfig, encoder: FeatureEncoder) -> dict[str, Any]:
 
 def cross_corpus(
     cfg: TrainConfig, model: SERModel, feats: Features, frame: pd.DataFrame,
-    corpus: pd.DataFrame, name: str,
+    corpus: pd.DataFrame, name: str, calibration: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A trained model on every utterance of ``corpus`` (features from ``feats``):
     ``(analysis, record)`` with the error analysis (``n`` added) and a predictions record
-    for :func:`write_predictions`."""
+    for :func:`write_predictions`; with the model's ``calibration`` the probabilities are
+    its calibrated ones, and the analysis says how calibrated they are on this corpus."""
     ids = list(corpus["utt_id"])
     data = feats.feature_set(frame, ids, with_views=False)
-    probs, d_pred = predict_outputs(model, data, cfg)
+    raw, d_pred = predict_outputs(model, data, cfg)
+    probs = calibrated(raw, calibration)
     y_true = [label_index(x) for x in corpus["label"]]
     y_pred = probs.argmax(1).tolist()
     rows = corpus.reset_index(drop=True)
     analysis = error_analysis(rows, y_true, y_pred)
+    if calibration:
+        analysis["calibration"] = {"temperature": calibration["temperature"],
+                                   "before": calibration_metrics(raw, y_true),
+                                   "after": calibration_metrics(probs, y_true)}
     record = {"name": name, "_pred": {"ids": ids, "y_true": y_true, "y_pred": y_pred,
-                                      "probs": probs.tolist()}}
+                                      "probs": probs.tolist(), "probs_raw": raw.tolist()}}
     if d_pred is not None:
         d_true = dimension_targets(corpus, ids)
         dims = describe_unrated(d_pred, rows)

@@ -140,8 +140,9 @@ def reproduce(
                                                                        None else []),
          "ci95": record_interval(cfg, prod, frame)}
     if rv is not None:
-        model = load_trained(prod_dir, encoder).model
-        analysis, record = cross_corpus(cfg, model, feats, frame, rv, "ravdess")
+        trained = load_trained(prod_dir, encoder)
+        analysis, record = cross_corpus(cfg, trained.model, feats, frame, rv, "ravdess",
+                                        trained.meta.get("calibration"))
         results["cross_corpus"] = {"ravdess": {**analysis, "model": "production",
                                                "ci95": record_interval(cfg, record, frame)}}
         write_predictions(out / "cross_corpus_ravdess.csv", [record])

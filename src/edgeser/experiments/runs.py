@@ -20,6 +20,7 @@ from edgeser.evaluate.uncertainty import EvalSet
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
+    fit_calibration,
     record_interval,
     require_ratings,
     run_info,
@@ -88,6 +89,9 @@ def train_on_manifests(
     record: dict[str, Any] = {"name": "train", "n_train": len(train), "n_val": len(val),
                               "val_speakers": sorted(val_spk), "best_epoch": result.best_epoch,
                               "history": result.history}
+    calibration = fit_calibration(cfg, result.model, val_set)
+    if calibration is not None:
+        record["calibration"] = calibration
     if val_set is not None:
         probs, d_pred = predict_outputs(result.model, val_set, cfg)
         record["val_metrics"] = compute_metrics(val_set.labels, probs.argmax(1))
@@ -113,11 +117,11 @@ def evaluate_model(
     (``encoder`` / ``encoder_source``: as :func:`~edgeser.train.folder.load_trained`)."""
     out = Path(out)
     df = read_four_class(corpus)
-    model, cfg, encoder, _ = load_trained(model_dir, encoder, encoder_source=encoder_source)
+    model, cfg, encoder, meta = load_trained(model_dir, encoder, encoder_source=encoder_source)
     feats = compute_features(cfg, encoder, df, set(),
                              Path(cache_dir) if cache_dir else out / "cache", progress=progress)
     name = str(df["corpus"].iloc[0])
-    analysis, record = cross_corpus(cfg, model, feats, df, df, name)
+    analysis, record = cross_corpus(cfg, model, feats, df, df, name, meta.get("calibration"))
     analysis["ci95"] = record_interval(cfg, record, df)
     results = {**run_info(cfg, encoder), "model_dir": str(model_dir),
                "cross_corpus": {name: analysis}}

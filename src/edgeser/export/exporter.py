@@ -131,12 +131,14 @@ def build_export_graph(
             f"graph cannot carry them. Train with --feature-norm {other} to export"
         )
     front = meta.get("front_end") or {}
+    temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
     if meta.get("feature_kind") == FeatureKind.MFCC:
         from edgeser.export.lightsernet_graph import LightSERNetGraph
 
         graph = LightSERNetGraph(model.head, frozen.cfg,
                                  preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
-                                 peak_normalize=bool(front.get("normalize", True)))
+                                 peak_normalize=bool(front.get("normalize", True)),
+                                 temperature=temperature)
         return graph, frozen, meta
     ref = model.encoder if meta.get("feature_kind") == FeatureKind.CONV else frozen
     graph = ExportGraph(
@@ -145,6 +147,7 @@ def build_export_graph(
         preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
         peak_normalize=bool(front.get("normalize", True)),
         do_normalize=bool(getattr(ref, "do_normalize", False)),
+        temperature=temperature,
     )
     return graph, ref, meta
 
@@ -276,6 +279,20 @@ def _check_parity(graph: Any, path: Path, waves: Sequence[np.ndarray]) -> float:
     if not worst <= _PARITY_TOLERANCE:
         raise EdgeserError(f"{path}: exported graph differs from PyTorch by {worst:.2e}")
     return worst
+
+
+def _calibration_card(calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """``model.json``'s ``calibration``: the temperature (applied inside the graph) and the
+    ``low_confidence`` threshold the trained model's validation speakers gave."""
+    if not calibration:
+        return {"method": "none", "low_confidence_below": 0.0}
+    return {"method": calibration.get("method", "temperature"),
+            "temperature": calibration["temperature"],
+            "applied": "inside the graph: probabilities = softmax(logits / temperature)",
+            "low_confidence_below": calibration.get("low_confidence_below", 0.0),
+            "fitted_on": f"{calibration.get('n_val')} validation utterances (speakers held "
+                         "out of training)",
+            "validation": calibration.get("val")}
 
 
 def _training_info(meta: dict[str, Any], model_dir: Path) -> dict[str, Any]:
@@ -413,6 +430,7 @@ def export_model(
         encoder=meta.get("encoder"),
         training=_training_info(meta, model_dir),
         metrics=meta.get("metrics"),
+        calibration=_calibration_card(meta.get("calibration")),
         export={"opset": int(opset), "float32_parity_max_abs_diff": parity,
                    "calibration": [str(c) for c in calibration] if calibration
                    else "speech-like signals (edgeser.export.calibration.speech_like, seed 1234)",

@@ -246,6 +246,8 @@ class ExportGraph(nn.Module):
         preemphasis: pre-emphasis coefficient applied in the graph (0 disables it).
         peak_normalize: peak-normalise each row in the graph.
         do_normalize: standardise each row over its valid samples (HF ``do_normalize``).
+        temperature: the calibration temperature the logits are divided by before the
+            softmax (:mod:`edgeser.evaluate.confidence`; 1: as trained).
     """
 
     def __init__(
@@ -256,9 +258,11 @@ class ExportGraph(nn.Module):
         preemphasis: float = 0.97,
         peak_normalize: bool = True,
         do_normalize: bool = False,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         check_exportable(hf_model)
+        self.temperature = float(temperature)
         config = hf_model.config
         self.preemphasis = float(preemphasis)
         self.peak_normalize = bool(peak_normalize)
@@ -422,7 +426,7 @@ class ExportGraph(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         hidden, mask = self.hidden_states(waveform, lengths)
         z = self.head.embed(hidden, mask)
-        probs = torch.softmax(self.head.classifier(z), dim=-1)
+        probs = torch.softmax(self.head.classifier(z) / self.temperature, dim=-1)
         outputs = (probs, self.head.dimensions(z)) if self.has_dimensions else (probs,)
         if self.expose_stack and self.stack is not None:
             outputs = (*outputs, *self._exposed)

@@ -61,8 +61,10 @@ class LightSERNetGraph(nn.Module):
         *,
         preemphasis: float = 0.97,
         peak_normalize: bool = True,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
+        self.temperature = float(temperature)
         if net.cfg.mfcc.n_mfcc != mfcc_cfg.n_mfcc:
             raise EdgeserError(
                 f"the net takes {net.cfg.mfcc.n_mfcc} MFCC, the front end gives {mfcc_cfg.n_mfcc}"
@@ -88,7 +90,7 @@ class LightSERNetGraph(nn.Module):
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         feats = self.mfcc(self.front(waveform, lengths))
-        return torch.softmax(self.net(feats), dim=-1)
+        return torch.softmax(self.net(feats) / self.temperature, dim=-1)
 
 
 # ------------------------------------------------------------------------- int8

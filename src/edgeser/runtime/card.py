@@ -80,7 +80,9 @@ def make_card(
             "too_short_seconds": TOO_SHORT_SECONDS,
             "values": {"ok": "speech found", "too_short": "less audio after the trim "
                        "than too_short_seconds", "no_speech": "the VAD finds no speech "
-                       "(silence, stationary noise)"},
+                       "(silence, stationary noise)", "low_confidence": "speech, but the "
+                       "top (calibrated) probability is below calibration."
+                       "low_confidence_below"},
         },
         **dims,
         **extra,
@@ -171,7 +173,8 @@ def _card_problem(card: dict[str, Any]) -> str | None:
             isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         return "\"files\" must map names to file names"
     for section, key, low, high in (("long_input", "window_seconds", 1.0, 60.0),
-                                    ("status", "too_short_seconds", 0.0, 10.0)):
+                                    ("status", "too_short_seconds", 0.0, 10.0),
+                                    ("calibration", "low_confidence_below", 0.0, 1.0)):
         part = card.get(section, {})
         value = part.get(key, low) if isinstance(part, dict) else None
         if (not isinstance(value, int | float) or isinstance(value, bool)

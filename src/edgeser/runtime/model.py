@@ -53,8 +53,9 @@ Prediction = tuple[str, dict[str, float]]
 
 #: What :attr:`Analysis.status` can say besides ``ok``: ``too_short`` (less audio after
 #: the trim than the card's ``status.too_short_seconds``), ``no_speech`` (the VAD finds no
-#: speech: silence, stationary noise).
-STATUSES = ("ok", "too_short", "no_speech")
+#: speech: silence, stationary noise), ``low_confidence`` (speech, but the top calibrated
+#: probability is below the card's ``calibration.low_confidence_below``).
+STATUSES = ("ok", "too_short", "no_speech", "low_confidence")
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,17 @@ class LongInputs:
 
     window: float = LONG_INPUT_WINDOW
     too_short: float = TOO_SHORT_SECONDS
+    low_confidence: float = 0.0
 
 
 def long_input_settings(card: dict[str, Any]) -> LongInputs:
-    """The window and the ``too_short`` limit a card states (defaults for older cards)."""
+    """The window and the status limits a card states (defaults for older cards)."""
     long = card.get("long_input") or {}
     status = card.get("status") or {}
+    calibration = card.get("calibration") or {}
     return LongInputs(window=float(long.get("window_seconds", LongInputs.window)),
-                      too_short=float(status.get("too_short_seconds", LongInputs.too_short)))
+                      too_short=float(status.get("too_short_seconds", LongInputs.too_short)),
+                      low_confidence=float(calibration.get("low_confidence_below", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -343,17 +347,36 @@ class OnnxEmotionModel:
         config = SegmenterConfig(max_segment=self.long.window)
         return next(speech_segments(array_blocks(wave), self.vad(), config), None) is not None
 
-    def status(self, prepared: np.ndarray) -> str:
-        """``too_short``, ``no_speech`` or ``ok`` for a prepared (trimmed) waveform."""
+    def status(self, prepared: np.ndarray, probabilities: np.ndarray) -> str:
+        """``too_short``, ``no_speech``, ``low_confidence`` or ``ok`` for a prepared
+        (trimmed) waveform and the probabilities the model gave it."""
         if prepared.shape[0] < self.long.too_short * SAMPLE_RATE:
             return "too_short"
-        return "ok" if self.speech_in(prepared) else "no_speech"
+        if not self.speech_in(prepared):
+            return "no_speech"
+        return self.confidence_status(probabilities)
+
+    def confidence_status(self, probabilities: np.ndarray) -> str:
+        """``low_confidence`` or ``ok``: the top probability against the card's threshold."""
+        top = float(np.max(probabilities))
+        return "low_confidence" if top < self.long.low_confidence else "ok"
+
+    def analyse_speech(self, audio: np.ndarray) -> Analysis:
+        """:class:`Analysis` of a 16 kHz speech segment a VAD found (up to the window): as
+        :meth:`analyse_waveform` without running the VAD again."""
+        x = self.prepare(audio, SAMPLE_RATE)
+        probs, dims = self.run_outputs([x])
+        status = ("too_short" if x.shape[0] < self.long.too_short * SAMPLE_RATE
+                  else self.confidence_status(probs[0]))
+        return self._analysis(probs[0], None if dims is None else dims[0], status=status,
+                              speech_seconds=x.shape[0] / SAMPLE_RATE)
 
     def analyse_prepared(self, x: np.ndarray) -> Analysis:
         """:class:`Analysis` of a waveform :meth:`prepare` made (up to the window)."""
         probs, dims = self.run_outputs([x])
         return self._analysis(probs[0], None if dims is None else dims[0],
-                              status=self.status(x), speech_seconds=x.shape[0] / SAMPLE_RATE)
+                              status=self.status(x, probs[0]),
+                              speech_seconds=x.shape[0] / SAMPLE_RATE)
 
     def _analyse_long(self, blocks: Iterable[np.ndarray]) -> Analysis:
         """Speech segments of a long 16 kHz block stream, each classified, combined
@@ -387,9 +410,10 @@ class OnnxEmotionModel:
             probs, dims = self.run_outputs([x])
             return self._analysis(probs[0], None if dims is None else dims[0],
                                   status="no_speech", segments=0, speech_seconds=0.0)
-        return self._analysis((acc_p / seconds).astype(np.float32),
-                              (acc_d / seconds).astype(np.float32) if k else None,
-                              status="ok", segments=count, speech_seconds=seconds)
+        probs = (acc_p / seconds).astype(np.float32)
+        return self._analysis(probs, (acc_d / seconds).astype(np.float32) if k else None,
+                              status=self.confidence_status(probs), segments=count,
+                              speech_seconds=seconds)
 
     def __repr__(self) -> str:
         return f"OnnxEmotionModel({str(self.path)!r}, labels={self.labels})"

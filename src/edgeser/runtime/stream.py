@@ -41,13 +41,18 @@ class Segment:
     probabilities: dict[str, float] = field(default_factory=dict)
     #: ``{dimension: value on [0, 1]}`` for a dimensional model, else None.
     dimensions: dict[str, float] | None = None
+    #: ``ok``, ``too_short`` or ``low_confidence`` (the VAD found speech: never no_speech)
+    status: str = "ok"
 
     def to_line(self) -> str:
         """``start end label confidence`` (then ``arousal=… valence=… dominance=…`` for a
-        dimensional model), e.g. ``1.23 3.45 angry 0.81``."""
+        dimensional model, and the status when it is not ``ok``), e.g. ``1.23 3.45 angry
+        0.81`` or ``4.10 4.42 sad 0.31 low_confidence``."""
         line = f"{self.start:.2f} {self.end:.2f} {self.label} {self.confidence:.2f}"
         if self.dimensions:
             line += " " + " ".join(f"{k}={v:.2f}" for k, v in self.dimensions.items())
+        if self.status != "ok":
+            line += f" {self.status}"
         return line
 
     def to_json(self) -> str:
@@ -59,6 +64,7 @@ class Segment:
         }
         if self.dimensions is not None:
             obj["dimensions"] = {k: round(v, 4) for k, v in self.dimensions.items()}
+        obj["status"] = self.status
         return json.dumps(obj)
 
 
@@ -68,8 +74,8 @@ def stream_predictions(
 ) -> Iterator[Segment]:
     """Classify each speech segment of a 16 kHz block stream as soon as it closes."""
     for a, b, audio in speech_segments(blocks, vad, config):
-        r = model.analyse_waveform(audio, SAMPLE_RATE)
+        r = model.analyse_speech(audio)
         yield Segment(start=a / SAMPLE_RATE, end=b / SAMPLE_RATE, label=r.label,
                       confidence=r.probabilities[r.label], probabilities=r.probabilities,
-                      dimensions=r.dimensions)
+                      dimensions=r.dimensions, status=r.status)
 

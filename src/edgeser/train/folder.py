@@ -95,6 +95,8 @@ def save_model(
     }
     if cfg.dimensions:
         meta["dimension_metrics"] = record.get("dimensions")
+    if record.get("calibration"):  # temperature and low_confidence threshold (validation)
+        meta["calibration"] = {k: v for k, v in record["calibration"].items() if k != "test"}
     save_weights(out_dir / "model.safetensors", dict(model.state_dict()), meta)
 
 

@@ -57,9 +57,10 @@ function showBars(probabilities) {
   }
 }
 
-function addRow(source, start, end, label, confidence) {
+function addRow(source, start, end, label, confidence, status = "ok") {
   const tr = document.createElement("tr");
-  for (const text of [source, start.toFixed(2), end.toFixed(2), label, confidence.toFixed(2)]) {
+  const said = status === "ok" ? label : `${label} (${status.replace("_", " ")})`;
+  for (const text of [source, start.toFixed(2), end.toFixed(2), said, confidence.toFixed(2)]) {
     const td = document.createElement("td");
     td.textContent = text;
     tr.append(td);
@@ -81,6 +82,7 @@ async function segmentResult(a, b, audio) {
     out.dimensions = Object.fromEntries(Object.entries(r.dimensions)
       .map(([k, v]) => [k, round(v, 4)]));
   }
+  out.status = r.status; // a VAD segment: never no_speech
   showBars(r.probabilities);
   return out;
 }
@@ -108,7 +110,7 @@ function fileStream(name) {
   return new SegmentStream(vad, async (a, b, audio) => {
     const seg = { path: name, ...(await segmentResult(a, b, audio)) };
     window.edgeserFiles.push(seg);
-    addRow(name, seg.start, seg.end, seg.label, seg.confidence);
+    addRow(name, seg.start, seg.end, seg.label, seg.confidence, seg.status);
   });
 }
 
@@ -121,6 +123,18 @@ async function streamFile(name, channels, sampleRate) {
     await stream.push(rs.push(mono.subarray(i, i + block), i + block >= mono.length));
   }
   await stream.finish();
+}
+
+/** Whether Silero finds a speech segment in a prepared 16 kHz waveform (its own state:
+ *  the microphone's stream may be running). */
+async function hasSpeech(wave) {
+  let found = false;
+  const stream = new SegmentStream(new SileroVAD(vad.session), async () => { found = true; });
+  for (let i = 0; i < wave.length && !found; i += SAMPLE_RATE) {
+    await stream.push(wave.subarray(i, i + SAMPLE_RATE));
+  }
+  if (!found) await stream.finish();
+  return found;
 }
 
 /** A long WAV file from disk, one second at a time: the VAD's segments, each classified. */
@@ -166,9 +180,12 @@ async function classifyFile(file) {
       const r = await model.classify(channels, sampleRate);
       const result = { path: file.name, label: r.label, probabilities: r.probabilities };
       if (r.dimensions) result.dimensions = r.dimensions;
+      // as edgeser predict: too short, else no speech, else the confidence's say
+      result.status = r.status !== "too_short" && !(await hasSpeech(r.wave))
+        ? "no_speech" : r.status;
       window.edgeserFiles.push(result);
       showBars(r.probabilities);
-      addRow(file.name, 0, seconds, r.label, r.probabilities[r.label]);
+      addRow(file.name, 0, seconds, r.label, r.probabilities[r.label], result.status);
     }
   } catch (e) {
     showError(`${file.name}: ${e.message}`);
@@ -210,7 +227,7 @@ async function startListening() {
   const stream = new SegmentStream(vad, async (a, b, audio) => {
     const seg = await segmentResult(a, b, audio);
     window.edgeserResults.push(seg);
-    addRow("microphone", seg.start, seg.end, seg.label, seg.confidence);
+    addRow("microphone", seg.start, seg.end, seg.label, seg.confidence, seg.status);
   });
   node.port.onmessage = (ev) => { stream.push(rs.push(ev.data)); };
   ctx.createMediaStreamSource(media).connect(node);

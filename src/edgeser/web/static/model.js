@@ -32,6 +32,9 @@ export class EmotionModel {
     this.minSamples = Math.max(1, card.min_samples ?? 400);
     // longer inputs go through the VAD, one speech segment at a time (as edgeser predict)
     this.window = card.long_input?.window_seconds ?? 10;
+    // statuses, as edgeser.runtime.model.OnnxEmotionModel.status
+    this.tooShort = card.status?.too_short_seconds ?? 0.25;
+    this.lowConfidence = card.calibration?.low_confidence_below ?? 0;
     const outside = card.preprocessing?.outside_graph ?? {};
     this.trim = "trim" in outside ? outside.trim : { top_db: 20 };
   }
@@ -58,11 +61,15 @@ export class EmotionModel {
       dimensions = {};
       this.dimensionNames.forEach((d, i) => { dimensions[d] = out.dimensions.data[i]; });
     }
-    return { label: this.labels[best], probabilities, dimensions };
+    const status = wave.length < this.tooShort * 16000 ? "too_short"
+      : p[best] < this.lowConfidence ? "low_confidence" : "ok";
+    return { label: this.labels[best], probabilities, dimensions, status };
   }
 
-  /** Downmix, resample, trim (as model.json says) and classify. */
+  /** Downmix, resample, trim (as model.json says) and classify: the result and the
+   *  prepared waveform. */
   async classify(channels, sampleRate) {
-    return this.run(prepare(channels, sampleRate, this.trim));
+    const wave = prepare(channels, sampleRate, this.trim);
+    return { ...(await this.run(wave)), wave };
   }
 }
