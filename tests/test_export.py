@@ -121,6 +121,21 @@ def test_short_and_silent_inputs(tiny):
         assert np.abs(got - r).max() <= TOL
 
 
+def test_frame_count_in_closed_form_equals_layer_by_layer():
+    """The graph counts output frames as (samples - receptive) // hop + 1 (three operators
+    instead of three per layer): the same as the convolutions, layer by layer."""
+    from edgeser.export.graph import conv_frames
+
+    spec = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2  # DistilHuBERT: receptive 400, hop 320
+    n = torch.arange(400, 50_000, 3)
+    m = n.clone()
+    for kernel, stride in spec:
+        m = torch.div(m - kernel, stride, rounding_mode="floor") + 1
+    assert torch.equal(conv_frames(n, spec), m)
+    assert conv_frames(torch.tensor(400), spec) == 1 and conv_frames(torch.tensor(719), spec) == 1
+    assert conv_frames(torch.tensor(720), spec) == 2
+
+
 def test_int8_tiny_model_runs_and_is_close(tiny):
     f32 = onnx_session(tiny["paths"]["float32"])
     q = onnx_session(tiny["paths"]["int8"])

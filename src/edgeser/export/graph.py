@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -166,6 +167,25 @@ class _Layer(nn.Module):
         h = self.layer_norm(h + att)
         h = h + self.fc2(F.gelu(self.fc1(h)))
         return self.final_layer_norm(h)
+
+
+def size_div(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
+    """``a // b`` for sizes, which are never negative here (every input carries a tail of
+    at least the receptive field): truncation equals the floor, and exports as one ``Div``
+    where the floor's sign handling is eight operators (a smaller ``.ort`` file)."""
+    return torch.div(a, b, rounding_mode="trunc")
+
+
+def conv_frames(samples: torch.Tensor, spec: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Output frames of the stack of ``(kernel, stride)`` convolutions ``spec`` over
+    ``samples >= receptive field`` inputs, in closed form: ``(samples - receptive) // hop
+    + 1`` equals the layer-by-layer ``(n - kernel) // stride + 1`` exactly (nested floors
+    of integers), in three operators instead of three per layer."""
+    receptive, hop = 1, 1
+    for kernel, stride in spec:
+        receptive += (kernel - 1) * hop
+        hop *= stride
+    return size_div(samples - receptive, hop) + 1
 
 
 def _frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -312,10 +332,7 @@ class ExportGraph(nn.Module):
     # ------------------------------------------------------------------ pieces
 
     def _frames_after(self, samples: torch.Tensor, upto: int | None = None) -> torch.Tensor:
-        n = samples
-        for kernel, stride in self.conv_spec[:upto]:
-            n = torch.div(n - kernel, stride, rounding_mode="floor") + 1
-        return n
+        return conv_frames(samples, self.conv_spec[:upto])
 
     def _front(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask, (standardise), pre-emphasise and peak-normalise; append the zero tail."""
@@ -404,11 +421,9 @@ class ExportGraph(nn.Module):
         scale, shift = self._first_norm(x, eff)
         # n equal chunks of c frames need n * c * hop + (receptive - hop) samples (sizes as
         # tensors: the exported graph computes them from x's shape, and n is exposed)
-        total = shape_as_tensor(x)[1]
-        for kernel, stride in self.conv_spec:
-            total = torch.div(total - kernel, stride, rounding_mode="floor") + 1
-        n = torch.div(total + self.chunk_frames - 1, self.chunk_frames, rounding_mode="floor")
-        c = torch.div(total + n - 1, n, rounding_mode="floor")
+        total = conv_frames(shape_as_tensor(x)[1], self.conv_spec)
+        n = size_div(total + self.chunk_frames - 1, self.chunk_frames)
+        c = size_div(total + n - 1, n)
         need = n * c * self.hop + (self.min_samples - self.hop)
         pad = torch.zeros((x.shape[0], self.chunk_frames * self.hop), dtype=x.dtype)
         padded = torch.cat([x, pad], dim=1)[:, :need]

@@ -24,20 +24,16 @@ __all__ = ["write_ort"]
 def write_ort(onnx_path: str | Path, ort_path: str | Path, config_path: str | Path) -> None:
     """Write ``onnx_path`` as an ORT format file ``ort_path`` and the operators it needs
     to ``config_path`` (both atomically)."""
-    import onnxruntime as ort
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
     ort_path, config_path = Path(ort_path), Path(config_path)
     with atomic_path(ort_path) as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        opts.optimized_model_filepath = str(tmp)
-        opts.add_session_config_entry("session.save_model_format", "ORT")
-        for key, value in NBITS_OPTIONS.items():
-            opts.add_session_config_entry(key, value)
-        ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["NchwcTransformer"])
+        compact = tmp.with_name(tmp.name + ".onnx")
+        try:
+            compact_names(onnx_path, compact)
+            _convert(compact, tmp)
+        finally:
+            compact.unlink(missing_ok=True)
     with atomic_path(config_path) as tmp:
         create_config_from_models([ort_path], tmp, False)
         text = tmp.read_text(encoding="utf-8").splitlines()
@@ -45,3 +41,54 @@ def write_ort(onnx_path: str | Path, ort_path: str | Path, config_path: str | Pa
         tmp.write_text("\n".join(
             f"# - {ort_path.name}" if line.startswith("# - ") else line for line in text)
             + "\n", encoding="utf-8")
+
+
+def _convert(onnx_path: Path, out: Path) -> None:
+    """onnxruntime's optimiser, saving the optimised graph as ORT format to ``out``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(out)
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    for key, value in NBITS_OPTIONS.items():
+        opts.add_session_config_entry(key, value)
+    ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=["NchwcTransformer"])
+
+
+def compact_names(src: str | Path, dst: str | Path) -> None:
+    """``src`` with every node name and doc string dropped and every internal value renamed
+    to a short one (the graph's inputs and outputs and its metadata kept): the ORT format
+    stores each name with every use, and the exporter's names (``/layers.0/attention/
+    MatMul_3_output_0``) cost more than the graph's structure. Same arithmetic."""
+    import onnx
+
+    model = onnx.load(str(src))
+    keep = {v.name for v in (*model.graph.input, *model.graph.output)}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names):x}")
+
+    def walk(graph: onnx.GraphProto, top: bool) -> None:
+        for t in graph.initializer:
+            t.name = short(t.name)
+        values = [*graph.value_info] + ([] if top else [*graph.input, *graph.output])
+        for v in values:
+            v.name = short(v.name)
+        for node in graph.node:
+            node.name, node.doc_string = "", ""
+            node.input[:] = [short(x) for x in node.input]
+            node.output[:] = [short(x) for x in node.output]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    walk(attr.g, False)
+                for g in attr.graphs:
+                    walk(g, False)
+
+    walk(model.graph, True)
+    onnx.save(model, str(dst))

@@ -229,16 +229,24 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
     wanted = set(node_names)
     inits = {i.name: i for i in graph.initializer}
     users = _consumers(graph)
+    order = {id(n): i for i, n in enumerate(graph.node)}
+
+    def first_user(name: str, node: object) -> object:
+        """The weight's first consumer in graph order (its other users, such as the first
+        GroupNorm's statistics beside the first convolution, read the same widened copy)."""
+        return min(users.get(name, [node]), key=lambda n: order.get(id(n), 0))
+
     new_nodes = []
     converted = 0
+    done: set[str] = set()
     for node in graph.node:
         if node.name not in wanted:
             continue
         position = 1 if node.input[1] in inits else 0
         wname = node.input[position]
         init = inits.get(wname)
-        if init is None or len(users.get(wname, [])) != 1:
-            continue
+        if init is None or wname in done:
+            continue  # not an initializer, or widened already for an earlier user
         w = numpy_helper.to_array(init).astype(np.float32)
         if w.size < min_elements:
             continue
@@ -256,7 +264,8 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
         ])
         new_nodes.append((helper.make_node(
             "DequantizeLinear", [f"{base}_int8", f"{base}_scale"], [wname],
-            name=f"{base}{WEIGHT_ONLY}", axis=axis), node))
+            name=f"{base}{WEIGHT_ONLY}", axis=axis), first_user(wname, node)))
+        done.add(wname)
         converted += 1
     for dq, consumer in new_nodes:  # each right before its node: widened weights live briefly
         graph.node.insert(list(graph.node).index(consumer), dq)
