@@ -341,11 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from edgeser.export.exporter import add_export_parser
     from edgeser.runtime.cli import add_predict_parser, add_stream_parser
+    from edgeser.serve.cli import add_serve_parser
     from edgeser.web.server import add_web_parser
 
     for add in (_add_prepare, _add_validate, _add_synth, _add_train, _add_evaluate,
                 _add_reproduce, _add_compare, _add_demo, add_export_parser, add_predict_parser,
-                add_stream_parser, add_web_parser):
+                add_stream_parser, add_web_parser, add_serve_parser):
         add(sub)
     return parser
 

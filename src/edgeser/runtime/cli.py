@@ -157,9 +157,17 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         "lines with --json. INPUT is an audio file of any length (read in blocks) or '-' for "
         "raw 16 kHz 16-bit little-endian mono PCM on stdin.",
     )
-    p.add_argument("model", type=Path, help="model.onnx or model.int8.onnx (model.json beside)")
-    p.add_argument("input", help="audio file, or - for raw 16 kHz s16le mono PCM on stdin")
+    p.add_argument("model", type=Path, help="model.onnx or model.int8.onnx (model.json beside); "
+                   "with --server, leave it out")
+    p.add_argument("input", nargs="?", default=None,
+                   help="audio file, or - for raw 16 kHz s16le mono PCM on stdin")
     p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="classify on an `edgeser serve` server (ws://HOST:PORT/v1/stream) "
+                   "instead of a local model: the same output")
+    p.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
+                   help="with --server: the API key (first line of FILE; default "
+                   "$EDGESER_API_KEY)")
     p.add_argument("--vad", choices=["silero", "webrtc"], default="silero",
                    help="silero (default; WebRTC if the silero-vad package is missing) "
                    "or webrtc")
@@ -183,6 +191,19 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_stream(args: argparse.Namespace) -> int:
+    if args.server is not None:
+        if args.input is not None:
+            raise EdgeserError("stream --server URL INPUT takes no MODEL (the server has it)")
+        if args.vad != "silero":
+            raise EdgeserError("stream --server: the server's VAD is Silero (no --vad)")
+        args.input = str(args.model)
+        from edgeser.serve.client import run_remote_stream
+
+        return run_remote_stream(args)
+    if args.input is None:
+        raise EdgeserError("stream: give MODEL and INPUT (or --server URL INPUT)")
+    if args.api_key_file is not None:
+        raise EdgeserError("--api-key-file goes with --server")
     from edgeser.runtime.model import OnnxEmotionModel
     from edgeser.runtime.stream import file_blocks, pcm_blocks, stream_predictions
     from edgeser.runtime.vad import SegmenterConfig, make_vad

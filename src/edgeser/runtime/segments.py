@@ -117,6 +117,82 @@ def array_blocks(wave: np.ndarray, block_seconds: float = BLOCK_SECONDS
         yield x[i:i + step]
 
 
+class SpeechSplitter:
+    """:func:`speech_segments` driven by pushes: :meth:`push` a 16 kHz block, get the speech
+    segments it closed; :meth:`finish` at the end of the stream closes the last one.
+
+    Holds what :func:`speech_segments` holds: the open segment (at most ``max_segment``),
+    a ``speech_pad`` pre-roll and less than one VAD frame. ``vad`` is reset here and must
+    not be shared with another stream while this one is open.
+    """
+
+    def __init__(self, vad: FrameVAD, config: SegmenterConfig | None = None) -> None:
+        self.vad = vad
+        self.segmenter = SpeechSegmenter(vad.frame_size, config)
+        vad.reset()
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # absolute sample index of _buf[0]
+        self.total = 0  # samples pushed so far
+        self.finished = False
+
+    def _cut(self, bounds: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+        a, b = bounds
+        return a, b, self._buf[a - self._buf_start: b - self._buf_start].copy()
+
+    def push(self, block: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """Consume a block; the ``(start, end, audio)`` segments it closed, in order."""
+        if self.finished:
+            raise ValueError("push after finish")
+        x = np.asarray(block, dtype=np.float32).reshape(-1)
+        if x.size == 0:
+            return []
+        seg, fs, out = self.segmenter, self.vad.frame_size, []
+        self._buf = np.concatenate([self._buf, x])
+        self.total += x.size
+        while self.total - seg.position >= fs:
+            off = seg.position - self._buf_start
+            bounds = seg.push(self.vad(self._buf[off: off + fs]))
+            if bounds is not None:
+                out.append(self._cut(bounds))
+        keep = min(seg.keep_from(), seg.position)
+        if keep > self._buf_start:
+            self._buf = self._buf[keep - self._buf_start:]
+            self._buf_start = keep
+        return out
+
+    def finish(self) -> list[tuple[int, int, np.ndarray]]:
+        """End of stream: the last partial frame (zero-padded, as silero does) and the
+        segment still open, if any."""
+        if self.finished:
+            return []
+        self.finished = True
+        seg, fs, total, out = self.segmenter, self.vad.frame_size, self.total, []
+        if total - seg.position > 0:
+            off = seg.position - self._buf_start
+            frame = np.zeros(fs, dtype=np.float32)
+            frame[: total - seg.position] = self._buf[off:]
+            bounds = seg.push(self.vad(frame))
+            if bounds is not None and min(bounds[1], total) > bounds[0]:
+                out.append(self._cut((bounds[0], min(bounds[1], total))))
+        bounds = seg.finish(total)
+        if bounds is not None:
+            out.append(self._cut(bounds))
+        self._buf = np.zeros(0, dtype=np.float32)
+        return out
+
+    def open_start(self) -> int | None:
+        """The start sample of the open segment once it is sure to be returned (it has
+        lasted more than ``min_speech`` and is not in a silence run; a continuation of a
+        segment cut at ``max_segment`` after its first frame), else None."""
+        seg = self.segmenter
+        if not seg.triggered or self.finished:
+            return None
+        lasted = seg.position - seg.start
+        if (lasted > 0 and seg.forced) or (not seg.temp_end and lasted > seg.min_speech):
+            return seg._padded_start()
+        return None
+
+
 def speech_segments(
     blocks: Iterable[np.ndarray], vad: FrameVAD, config: SegmenterConfig | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -125,41 +201,7 @@ def speech_segments(
     Only the audio a future segment can still use is buffered: the open segment (at most
     ``max_segment``), a ``speech_pad`` pre-roll, and less than one VAD frame.
     """
-    seg = SpeechSegmenter(vad.frame_size, config)
-    vad.reset()
-    fs = vad.frame_size
-    buf = np.zeros(0, dtype=np.float32)
-    buf_start = 0  # absolute sample index of buf[0]
-    total = 0
-
-    def cut(bounds: tuple[int, int]) -> tuple[int, int, np.ndarray]:
-        a, b = bounds
-        return a, b, buf[a - buf_start: b - buf_start].copy()
-
+    splitter = SpeechSplitter(vad, config)
     for block in blocks:
-        x = np.asarray(block, dtype=np.float32).reshape(-1)
-        if x.size == 0:
-            continue
-        buf = np.concatenate([buf, x])
-        total += x.size
-        while total - seg.position >= fs:
-            off = seg.position - buf_start
-            bounds = seg.push(vad(buf[off: off + fs]))
-            if bounds is not None:
-                yield cut(bounds)
-        keep = min(seg.keep_from(), seg.position)
-        if keep > buf_start:
-            buf = buf[keep - buf_start:]
-            buf_start = keep
-    if total - seg.position > 0:  # last partial frame, zero-padded as silero does
-        off = seg.position - buf_start
-        frame = np.zeros(fs, dtype=np.float32)
-        frame[: total - seg.position] = buf[off:]
-        bounds = seg.push(vad(frame))
-        if bounds is not None and min(bounds[1], total) > bounds[0]:
-            yield cut((bounds[0], min(bounds[1], total)))
-    bounds = seg.finish(total)
-    if bounds is not None:
-        yield cut(bounds)
-
-
+        yield from splitter.push(block)
+    yield from splitter.finish()

@@ -74,8 +74,15 @@ def stream_predictions(
 ) -> Iterator[Segment]:
     """Classify each speech segment of a 16 kHz block stream as soon as it closes."""
     for a, b, audio in speech_segments(blocks, vad, config):
-        r = model.analyse_speech(audio)
-        yield Segment(start=a / SAMPLE_RATE, end=b / SAMPLE_RATE, label=r.label,
-                      confidence=r.probabilities[r.label], probabilities=r.probabilities,
-                      dimensions=r.dimensions, status=r.status)
+        yield classify_segment(model, a, b, audio)
+
+
+def classify_segment(model: OnnxEmotionModel, start: int, end: int,
+                     audio: np.ndarray) -> Segment:
+    """One VAD segment (16 kHz sample bounds ``start``-``end``) classified as ``edgeser
+    stream`` does (the server's ``utterance.result`` is the same object)."""
+    r = model.analyse_speech(audio)
+    return Segment(start=start / SAMPLE_RATE, end=end / SAMPLE_RATE, label=r.label,
+                   confidence=r.probabilities[r.label], probabilities=r.probabilities,
+                   dimensions=r.dimensions, status=r.status)
 

@@ -49,7 +49,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,21 +200,23 @@ def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
         return host in LOCAL_NAMES or host in names
 
 
-def create_app(model_dir: str | os.PathLike[str], *,
-               allowed_hosts: Iterable[str] = ()) -> Any:
-    """The Starlette application serving the page and ``model_dir``'s exported model."""
+def _starlette() -> Any:
     try:
-        from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import (
-            FileResponse,
-            JSONResponse,
-            PlainTextResponse,
-            Response,
-        )
-        from starlette.routing import Route
+        import starlette.applications
+        import starlette.responses
+        import starlette.routing
     except ImportError:
         raise EdgeserError(f"edgeser web needs Starlette and uvicorn: {SERVE_EXTRA}") from None
+    return starlette
+
+
+def page_route(model_dir: str | os.PathLike[str], *, allowed_hosts: Iterable[str] = ()) -> Any:
+    """The Starlette route (``GET``/``HEAD`` of any path) serving the page and
+    ``model_dir``'s exported model (:func:`site_files`); ``edgeser serve`` puts its API
+    routes before it."""
+    starlette = _starlette()
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
     files = site_files(model_dir)
     allowed = tuple(allowed_hosts)
@@ -237,7 +239,16 @@ def create_app(model_dir: str | os.PathLike[str], *,
         return FileResponse(real, media_type=kind,
                             headers={**ISOLATION_HEADERS, "Cache-Control": "no-cache"})
 
-    return Starlette(routes=[Route("/{path:path}", page_file, methods=["GET", "HEAD"])])
+    return starlette.routing.Route("/{path:path}", page_file, methods=["GET", "HEAD"])
+
+
+def create_app(model_dir: str | os.PathLike[str], *,
+               allowed_hosts: Iterable[str] = ()) -> Any:
+    """The Starlette application serving the page and ``model_dir``'s exported model
+    (``edgeser serve``'s application without the API)."""
+    starlette = _starlette()
+    route = page_route(model_dir, allowed_hosts=allowed_hosts)
+    return starlette.applications.Starlette(routes=[route])
 
 
 # --------------------------------------------------------------------------- the server
@@ -262,6 +273,14 @@ def _guarded_protocol(header_timeout: float) -> type:
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            # The headers are in: the WebSocket protocol takes the connection over (its
+            # idle limits are the application's).
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().handle_websocket_upgrade(event)
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -316,6 +335,29 @@ def listen_socket(host: str, port: int, backlog: int = Limits.backlog) -> socket
     return sock
 
 
+def _draining_server(base: type, drain: Callable[[], Awaitable[None]] | None,
+                     timeout: float) -> type:
+    """``base`` (uvicorn's Server) that, on shutdown (SIGTERM, Ctrl-C, :meth:`AppServer.stop`),
+    stops accepting connections and awaits ``drain()`` (at most ``timeout`` seconds)
+    before uvicorn closes the connections still open."""
+    if drain is None:
+        return base
+
+    class _DrainingServer(base):  # type: ignore[misc, valid-type]
+        async def shutdown(self, sockets: Any = None) -> None:
+            import asyncio
+
+            for server in self.servers:
+                server.close()
+            try:
+                await asyncio.wait_for(drain(), timeout)
+            except TimeoutError:
+                log.warning("draining took more than %.0f s: closing the open streams", timeout)
+            await super().shutdown(sockets)
+
+    return _DrainingServer
+
+
 class AppServer:
     """An ASGI app on uvicorn, on a socket bound at construction (so ``port=0`` has its
     port, and a busy port is an :class:`EdgeserError` before anything starts).
@@ -325,7 +367,10 @@ class AppServer:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000,
-                 limits: Limits | None = None, *, websockets: bool = False) -> None:
+                 limits: Limits | None = None, *, websockets: bool = False,
+                 ws_max_size: int = 1 << 20,
+                 drain: Callable[[], Awaitable[None]] | None = None,
+                 drain_timeout: float = 10.0) -> None:
         try:
             import uvicorn
         except ImportError:
@@ -339,8 +384,9 @@ class AppServer:
             timeout_keep_alive=int(max(1, self.limits.keep_alive)),
             backlog=self.limits.backlog, log_config=None, access_log=False,
             server_header=False, timeout_graceful_shutdown=10,
+            ws_max_size=int(ws_max_size), ws_per_message_deflate=False,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _draining_server(uvicorn.Server, drain, drain_timeout)(config)
         self._thread: threading.Thread | None = None
 
     @property

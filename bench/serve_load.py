@@ -1,0 +1,320 @@
+"""Load on ``edgeser serve``: N concurrent real-time streams over loopback, and RSS over
+many connect/stream/disconnect cycles.
+
+    .venv/bin/python bench/serve_load.py --model DIR [--clients 8 16 32 48] [--seconds 30]
+                                         [--cycles 1000]
+
+Starts ``edgeser serve MODEL --no-page`` in its own process (``--workers``, ``--threads``;
+``--max-streams`` above the largest N, so refusals mean failures, not the limit). For
+each N, N clients each stream ``--seconds`` of real speech with pauses (the RAVDESS files
+of ``--speech``, ``ravdess-mini`` by default, concatenated with 0.4-1.2 s gaps; every
+client starts at another file and within the first second) at 1x real time in 100 ms
+``pcm_s16le`` frames. Latency of an utterance: from sending the frame that holds its last
+sample (the result's ``end``) to receiving its ``utterance.result``; it includes the
+``min_silence`` (0.1 s) the VAD waits before it closes an utterance. Per N: p50/p95/p99,
+the server's CPU (cores busy: its CPU time over the wall time) and RSS, refusals (errors,
+refused or failed connections) and drops (an ``utterance.start`` without its result, a
+session without ``session.end``). The knee is the largest N with p99 <= 500 ms and
+nothing refused or dropped. Then ``--cycles`` short sessions (1 s of speech, every other
+one cut off mid-utterance without a close frame), 8 at a time, with the server's RSS
+after each tenth of them. Clients run in this process (on the same CPU).
+
+Prints the hardware first, then markdown tables; measures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEECH = ROOT.parent / "shared" / "corpora" / "ravdess-mini"
+SR = 16_000
+FRAME = 1_600  # 100 ms
+
+
+def speech_track(folder: Path, seconds: float, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """Real speech with pauses, ``seconds`` long (16 kHz int16), and where each file starts."""
+    from edgeser.audio.io import load_audio
+
+    files = sorted(folder.glob("Actor_*/*.wav"))
+    if not files:
+        raise SystemExit(f"no RAVDESS files under {folder} (--speech DIR)")
+    rng = np.random.default_rng(seed)
+    parts, starts, n, i = [], [], 0, 0
+    total = round(seconds * SR)
+    while n < total:
+        x = load_audio(files[i % len(files)], SR)
+        gap = np.zeros(round(rng.uniform(0.4, 1.2) * SR), dtype=np.float32)
+        starts.append(n)
+        parts += [x, gap]
+        n += x.size + gap.size
+        i += 1
+    track = np.concatenate(parts)
+    pcm = (np.clip(track, -1, 1) * 32767).astype("<i2")
+    return pcm, starts
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """(CPU seconds, RSS MB, peak RSS MB) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = peak = 0.0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    return cpu, rss, peak
+
+
+async def client(
+    url: str, pcm: np.ndarray, offset: int, seconds: float, delay: float, out: dict
+) -> None:
+    """One real-time stream; appends latencies (s) and counts to ``out``."""
+    from websockets.asyncio.client import connect
+
+    await asyncio.sleep(delay)
+    audio = np.roll(pcm, -offset)[: round(seconds * SR)]
+    sent_at: list[float] = []
+    starts: set[float] = set()
+    results = 0
+    try:
+        async with connect(url, max_size=1 << 20, compression=None, open_timeout=30) as ws:
+            await ws.send(
+                json.dumps({"type": "session.start", "format": "pcm_s16le", "sample_rate": SR})
+            )
+            ready = json.loads(await ws.recv())
+            if ready["type"] != "session.ready":
+                out["refused"] += 1
+                return
+
+            async def send() -> None:
+                t0 = time.monotonic()
+                for k, i in enumerate(range(0, audio.size, FRAME)):
+                    wait = t0 + k * FRAME / SR - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    sent_at.append(time.monotonic())
+                    await ws.send(audio[i : i + FRAME].tobytes())
+                await ws.send(json.dumps({"type": "session.end"}))
+
+            sender = asyncio.create_task(send())
+            ended = False
+            async for message in ws:
+                now = time.monotonic()
+                event = json.loads(message)
+                kind = event["type"]
+                if kind == "utterance.start":
+                    starts.add(event["start"])
+                elif kind == "utterance.result":
+                    results += 1
+                    starts.discard(event["start"])
+                    frame = min(int(event["end"] * SR) // FRAME, len(sent_at) - 1)
+                    out["latency"].append(now - sent_at[frame])
+                elif kind == "session.end":
+                    ended = event["utterances"] == results
+                    break
+                elif kind == "error":
+                    out["refused"] += 1
+                    out["errors"].append(event["code"])
+                    break
+            await sender
+            out["utterances"] += results
+            out["dropped"] += len(starts) + (0 if ended else 1)
+    except Exception as e:  # a refused or failed connection counts; the run goes on
+        out["refused"] += 1
+        out["errors"].append(type(e).__name__)
+
+
+async def load_level(
+    url: str, pcm: np.ndarray, starts: list[int], n: int, seconds: float, seed: int
+) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {"latency": [], "refused": 0, "dropped": 0, "utterances": 0, "errors": []}
+    await asyncio.gather(
+        *(
+            client(url, pcm, starts[(i * 7) % len(starts)], seconds, float(rng.uniform(0, 1)), out)
+            for i in range(n)
+        )
+    )
+    return out
+
+
+async def cycles(
+    url: str, pcm: np.ndarray, starts: list[int], count: int, pid: int, concurrency: int = 8
+) -> list[tuple[int, float]]:
+    """``count`` short sessions; every other one is cut off mid-utterance."""
+    from websockets.asyncio.client import connect
+
+    done, rss = 0, []
+    step = max(1, count // 10)
+
+    async def one(k: int) -> None:
+        start = starts[k % len(starts)]
+        audio = pcm[start : start + SR]
+        async with connect(url, compression=None) as ws:
+            await ws.send(
+                json.dumps({"type": "session.start", "format": "pcm_s16le", "sample_rate": SR})
+            )
+            await ws.recv()
+            for i in range(0, audio.size, FRAME):
+                await ws.send(audio[i : i + FRAME].tobytes())
+            if k % 2:
+                ws.transport.abort()
+                return
+            await ws.send(json.dumps({"type": "session.end"}))
+            async for message in ws:
+                if json.loads(message)["type"] == "session.end":
+                    break
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def guarded(k: int) -> None:
+        nonlocal done
+        async with sem:
+            with contextlib.suppress(Exception):  # an aborted connection's own errors
+                await one(k)
+            done += 1
+            if done % step == 0:
+                at = done
+                await asyncio.sleep(0.5)  # let the server notice the aborted ones
+                rss.append((at, proc_stats(pid)[1]))
+
+    await asyncio.gather(*(guarded(k) for k in range(count)))
+    return rss
+
+
+def quantiles_ms(values: list[float], qs: tuple[float, ...]) -> list[float]:
+    """Nearest-rank quantiles of ``values`` (seconds) in milliseconds (NaN when empty)."""
+    v = sorted(values)
+    if not v:
+        return [float("nan")] * len(qs)
+    return [1000 * v[min(len(v) - 1, int(q * len(v)))] for q in qs]
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPUs"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="exported model folder")
+    ap.add_argument("--clients", type=int, nargs="+", default=[8, 16, 24, 32, 40, 48])
+    ap.add_argument("--seconds", type=float, default=30.0, help="audio per client and level")
+    ap.add_argument("--cycles", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--speech", type=Path, default=SPEECH)
+    args = ap.parse_args()
+
+    print(f"CPU: {cpu_model()}")
+    try:
+        from edgeser.core.cpu import format_hardware
+
+        print(format_hardware())
+    except Exception as e:  # the hardware line is informative only
+        print(f"(hardware summary unavailable: {e})")
+    pcm, starts = speech_track(args.speech, 120.0)
+    print(f"speech track: {pcm.size / SR:.0f} s, {len(starts)} utterances")
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeser.cli",
+        "-q",
+        "serve",
+        str(args.model),
+        "--port",
+        "0",
+        "--no-page",
+        "--max-streams",
+        str(max(args.clients) + 8),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+    ]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        base = line.split(" at ", 1)[1].split(" ", 1)[0]
+        url = base.replace("http://", "ws://") + "v1/stream"
+        cpu0, rss0, _ = proc_stats(server.pid)
+        print(f"server: {' '.join(cmd[2:])}; RSS at rest {rss0:.0f} MB\n")
+        rows = []
+        for n in args.clients:
+            cpu_a, _, _ = proc_stats(server.pid)
+            t0 = time.monotonic()
+            r = asyncio.run(load_level(url, pcm, starts, n, args.seconds, seed=n))
+            wall = time.monotonic() - t0
+            cpu_b, rss, peak = proc_stats(server.pid)
+            p50, p95, p99 = quantiles_ms(r["latency"], (0.5, 0.95, 0.99))
+            row = (
+                n,
+                p50,
+                p95,
+                p99,
+                (cpu_b - cpu_a) / wall,
+                rss,
+                peak,
+                r["refused"],
+                r["dropped"],
+                r["utterances"],
+            )
+            rows.append(row)
+            print(
+                f"N={n}: p50 {row[1]:.0f} ms, p95 {row[2]:.0f}, p99 {row[3]:.0f}; CPU "
+                f"{row[4]:.2f} cores; RSS {rss:.0f} MB (peak {peak:.0f}); refused "
+                f"{r['refused']} {sorted(set(r['errors']))}, dropped {r['dropped']}; "
+                f"{r['utterances']} utterances",
+                flush=True,
+            )
+        print(
+            "\n| N | p50 ms | p95 ms | p99 ms | server CPU (cores) | RSS MB (peak) | "
+            "refused | dropped | utterances |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for n, p50, p95, p99, cpu, rss, peak, refused, dropped, utts in rows:
+            print(
+                f"| {n} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {cpu:.2f} | {rss:.0f} "
+                f"({peak:.0f}) | {refused} | {dropped} | {utts} |"
+            )
+        good = [r[0] for r in rows if r[3] <= 500 and r[7] == 0 and r[8] == 0]
+        print(
+            f"\nknee (largest N with p99 <= 500 ms, nothing refused or dropped): "
+            f"{max(good) if good else 'none'}"
+        )
+        if args.cycles:
+            t0 = time.monotonic()
+            rss = asyncio.run(cycles(url, pcm, starts, args.cycles, server.pid))
+            print(
+                f"\n{args.cycles} connect/stream/disconnect cycles in "
+                f"{time.monotonic() - t0:.0f} s; server RSS MB after each tenth: "
+                + ", ".join(f"{k}: {v:.0f}" for k, v in rss)
+            )
+        cpu1, _, _ = proc_stats(server.pid)
+        print(f"server CPU time in all: {cpu1 - cpu0:.0f} s")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

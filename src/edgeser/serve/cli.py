@@ -1,0 +1,257 @@
+"""``edgeser serve MODEL`` (registered by :mod:`edgeser.cli`) and :func:`make_serve_server`.
+
+``edgeser web`` is this server without the API: the same page route, the same socket,
+Host check and connection limits (:mod:`edgeser.web.server`), no model loaded and no
+numpy or onnxruntime imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeser.core.errors import EdgeserError
+from edgeser.serve.app import ServeLimits
+from edgeser.web.server import (
+    SERVE_EXTRA,
+    AppServer,
+    Limits,
+    add_server_arguments,
+    is_loopback,
+    warn_if_exposed,
+)
+
+
+def make_serve_server(
+    model: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    limits: ServeLimits | None = None,
+    connections: Limits | None = None,
+    api_keys: tuple[bytes, ...] = (),
+    allowed_hosts: tuple[str, ...] = (),
+    page: bool = True,
+    workers: int = 2,
+    threads: int = 1,
+) -> AppServer:
+    """A bound ``edgeser serve`` server for an exported model (folder or ONNX file); not yet
+    serving (:meth:`AppServer.start` or :meth:`AppServer.serve`). SIGTERM, Ctrl-C and
+    :meth:`AppServer.stop` drain it: no new streams, the open ones get their results and a
+    ``session.end``, then it stops."""
+    from edgeser.serve.app import create_serve_app, load_serving_model
+
+    lim = (limits or ServeLimits()).validate()
+    conn = connections or Limits()
+    app = create_serve_app(
+        load_serving_model(model, threads=threads),
+        limits=lim,
+        api_keys=api_keys,
+        allowed_hosts=allowed_hosts,
+        page=page,
+        workers=workers,
+    )
+    state = app.state.serve
+    # uvicorn counts the WebSocket streams among its connections: HTTP keeps its own share.
+    conn = Limits(
+        max_connections=conn.max_connections + lim.max_streams,
+        header_timeout=conn.header_timeout,
+        keep_alive=conn.keep_alive,
+        backlog=conn.backlog,
+    )
+    server = AppServer(
+        app,
+        host,
+        port,
+        conn,
+        websockets=True,
+        ws_max_size=2 * lim.max_message_bytes + 64,
+        drain=state.drain,
+        drain_timeout=max(10.0, 2 * lim.idle_timeout),
+    )
+    server.app_state = state  # type: ignore[attr-defined]
+    return server
+
+
+def exposure_warning(host: str, keys: tuple[bytes, ...]) -> str | None:
+    """The warning for an address other machines reach without API keys (else None)."""
+    if keys or is_loopback(host):
+        return None
+    return (
+        f"edgeser: warning: listening on {host} without --api-key-file: anyone who "
+        "reaches this address can use the API"
+    )
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+
+    return parse
+
+
+def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``edgeser serve MODEL [--host H] [--port P] [--api-key-file F] ...``."""
+    d = ServeLimits()
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="a real-time emotion API: POST /v1/predict, WS /v1/stream, the page, metrics",
+        description="Serve an exported model over HTTP and WebSocket: POST /v1/predict (an "
+        "audio file -> predict --json's object), WS /v1/stream (real-time protocol, "
+        "docs/stream-protocol.md), GET /healthz, /readyz, /metrics (Prometheus) and the "
+        "browser page of `edgeser web`. Listens on 127.0.0.1 unless --host says otherwise. "
+        "WebSocket streams are counted by --max-streams, besides --max-connections. Needs "
+        + SERVE_EXTRA
+        + ".",
+    )
+    p.add_argument(
+        "model",
+        type=Path,
+        help="exported model folder (its 8-bit file) or an .onnx file with model.json beside it",
+    )
+    add_server_arguments(p)
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="API keys, one a line: every request but /healthz and /readyz needs "
+        "'Authorization: Bearer KEY' (WebSocket: or ?token=KEY)",
+    )
+    p.add_argument(
+        "--no-page",
+        dest="page",
+        action="store_false",
+        help="serve the API only, not the browser page",
+    )
+    lim = p.add_argument_group("limits")
+    lim.add_argument(
+        "--max-streams",
+        type=_positive(int),
+        default=d.max_streams,
+        metavar="N",
+        help=f"streams open at once (default {d.max_streams}; the next is "
+        "refused with close code 1013)",
+    )
+    lim.add_argument(
+        "--max-message-bytes",
+        type=_positive(int),
+        default=d.max_message_bytes,
+        metavar="B",
+        help=f"bytes per WebSocket message (default {d.max_message_bytes})",
+    )
+    lim.add_argument(
+        "--max-rate",
+        type=_positive(float),
+        default=d.max_rate,
+        metavar="X",
+        help=f"a stream's audio no faster than X times real time (default {d.max_rate:g}), ...",
+    )
+    lim.add_argument(
+        "--max-lead",
+        type=float,
+        default=d.max_lead,
+        metavar="SECONDS",
+        help=f"... plus this much audio ahead (default {d.max_lead:g})",
+    )
+    lim.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        default=d.idle_timeout,
+        metavar="SECONDS",
+        help=f"end a stream silent this long (default {d.idle_timeout:g})",
+    )
+    lim.add_argument(
+        "--max-session",
+        type=_positive(float),
+        default=d.max_session,
+        metavar="SECONDS",
+        help=f"longest stream, wall time (default {d.max_session:g})",
+    )
+    lim.add_argument(
+        "--max-upload-bytes",
+        type=_positive(int),
+        default=d.max_upload_bytes,
+        metavar="B",
+        help=f"POST /v1/predict body (default {d.max_upload_bytes}; 413 beyond)",
+    )
+    lim.add_argument(
+        "--max-upload-seconds",
+        type=_positive(float),
+        default=d.max_upload_seconds,
+        metavar="SECONDS",
+        help=f"audio in one upload (default {d.max_upload_seconds:g}; 413 beyond)",
+    )
+    lim.add_argument(
+        "--max-uploads",
+        type=_positive(int),
+        default=d.max_uploads,
+        metavar="N",
+        help=f"uploads analysed or waiting at once (default {d.max_uploads}; 503 beyond)",
+    )
+    run = p.add_argument_group("compute")
+    run.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=2,
+        metavar="N",
+        help="threads for VAD and for the model (default 2)",
+    )
+    run.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="onnxruntime threads per model run (default 1)",
+    )
+    p.set_defaults(func=run_serve)
+    return p
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from edgeser.serve.app import read_api_keys
+
+    limits = ServeLimits(
+        max_streams=args.max_streams,
+        max_message_bytes=args.max_message_bytes,
+        max_rate=args.max_rate,
+        max_lead=args.max_lead,
+        idle_timeout=args.idle_timeout,
+        max_session=args.max_session,
+        max_upload_bytes=args.max_upload_bytes,
+        max_upload_seconds=args.max_upload_seconds,
+        max_uploads=args.max_uploads,
+    ).validate()
+    if args.max_connections < 1:
+        raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
+    keys = read_api_keys(args.api_key_file) if args.api_key_file is not None else ()
+    server = make_serve_server(
+        args.model,
+        args.host,
+        args.port,
+        limits=limits,
+        connections=Limits(max_connections=args.max_connections),
+        api_keys=keys,
+        allowed_hosts=tuple(args.allow_host),
+        page=args.page,
+        workers=args.workers,
+        threads=args.threads,
+    )
+    warning = exposure_warning(args.host, keys)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
+    else:
+        warn_if_exposed(args.host, "the API (API keys required)")
+    print(f"serving {args.model} at {server.url} (API: {server.url}v1/; Ctrl-C stops)", flush=True)
+    server.serve()
+    print("stopped", file=sys.stderr)
+    return 0
