@@ -40,7 +40,7 @@ def trained(ravdess_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     record = train_on_manifests(cfg, [root / "rv.csv"], root / "model", encoder=encoder,
                                 progress=False, cache_dir=root / "cache")
     paths = export_model(root / "model", root / "onnx", encoder=encoder)
-    return {"record": record, "onnx": root / "onnx", **paths}
+    return {"record": record, "onnx": root / "onnx", "encoder": encoder, **paths}
 
 
 def test_a_model_trained_on_real_speech_says_ok_or_low_confidence(
@@ -70,3 +70,35 @@ def test_a_model_trained_on_real_speech_says_ok_or_low_confidence(
         top = max(r.probabilities.values())
         assert (r.status == "low_confidence") == (top < threshold), (r.status, top)
         assert np.isclose(sum(r.probabilities.values()), 1.0, atol=1e-4)
+
+
+def test_calibrate_none_keeps_the_probabilities_as_trained(
+    trained: dict, ravdess_mini: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--calibrate none``: no temperature in the trained folder or model.json, and nothing
+    is ever ``low_confidence``; an unknown method is one error line."""
+    from edgeser.cli import main
+    from edgeser.config import TrainConfig
+    from edgeser.experiments.runs import train_on_manifests
+    from edgeser.export.exporter import export_model
+    from edgeser.runtime.model import OnnxEmotionModel
+
+    root = trained["onnx"].parent
+    cfg = TrainConfig(encoder="random", precision="fp32", epochs=60, aug_views=0, seed=0,
+                      calibrate="none")
+    record = train_on_manifests(cfg, [root / "rv.csv"], tmp_path / "m",
+                                encoder=trained["encoder"], progress=False,
+                                cache_dir=root / "cache")
+    assert "calibration" not in record
+    assert json.loads((tmp_path / "m" / "train.json").read_text())["config"]["calibrate"] == (
+        "none")
+    paths = export_model(tmp_path / "m", tmp_path / "onnx", int8=False,
+                         encoder=trained["encoder"])
+    card = json.loads(paths["json"].read_text())
+    assert card["calibration"] == {"method": "none", "low_confidence_below": 0.0}
+    model = OnnxEmotionModel(paths["float32"])
+    statuses = {model.analyse_file(f).status for f in sorted(ravdess_mini.rglob("*.wav"))}
+    assert statuses == {"ok"}, statuses
+    assert main(["-q", "train", str(root / "rv.csv"), "--out", str(tmp_path / "x"),
+                 "--calibrate", "platt"]) == 2
+    assert "calibrate must be one of" in capsys.readouterr().err
