@@ -104,13 +104,14 @@ def _post(
         return e.code, json.loads(e.read())
 
 
-def _upgrade(url: str, host: str | None, key: str | None) -> str:
+def _upgrade(url: str, host: str | None, key: str | None, origin: str | None = None) -> str:
     """The status line of a WebSocket handshake sent by hand."""
     import socket
 
     addr = url.split("//", 1)[1].rstrip("/")
     h, port = addr.rsplit(":", 1)
     auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    auth += f"Origin: {origin}\r\n" if origin else ""
     with socket.create_connection((h, int(port)), timeout=30) as s:
         s.sendall(
             f"GET /v1/stream HTTP/1.1\r\nHost: {host or addr}\r\nUpgrade: websocket\r\n"
@@ -364,6 +365,58 @@ def test_api_keys_and_hosts(model_dir, tmp_path):
     assert exposure_warning("127.0.0.1", ()) is None
     assert exposure_warning("0.0.0.0", keys) is None
     assert "--api-key-file" in exposure_warning("0.0.0.0", ())
+
+
+def _request(url: str, path: str, method: str = "GET", headers: dict | None = None):
+    req = urllib.request.Request(url.rstrip("/") + path, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers
+
+
+def test_origins_cors_and_preflight(model_dir):
+    """Browsers' Origin: the server's own pages and --allow-origin ones (with CORS headers
+    and preflight answers, no key needed for the preflight); every other page is refused,
+    for HTTP and for the WebSocket handshake."""
+    page = "http://page.example:8080"
+    srv = make_serve_server(
+        model_dir, "127.0.0.1", 0, limits=FAST, api_keys=(KEY.encode(),),
+        allowed_origins=(page + "/",), page=False,
+    ).start()
+    url, own = srv.url, srv.url.rstrip("/")
+    try:
+        status, headers = _request(url, "/readyz", headers={"Origin": "http://evil.example"})
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers
+        status, headers = _request(url, "/readyz", headers={"Origin": page})
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == page
+        status, headers = _request(url, "/readyz", headers={"Origin": own})  # same origin
+        assert status == 200 and "Access-Control-Allow-Origin" not in headers
+        preflight = {"Origin": page, "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization"}
+        status, headers = _request(url, "/v1/predict", "OPTIONS", preflight)
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == page
+        assert "authorization" in headers["Access-Control-Allow-Headers"]
+        status, _ = _request(url, "/v1/predict", "OPTIONS",
+                             {**preflight, "Origin": "http://evil.example"})
+        assert status == 403
+        # an allowed page without the key: 401 it can read (CORS headers on the error too)
+        status, headers = _request(url, "/metrics", headers={"Origin": page})
+        assert status == 401 and headers["Access-Control-Allow-Origin"] == page
+        assert _upgrade(url, None, KEY, "http://evil.example").startswith("HTTP/1.1 403")
+        assert _upgrade(url, None, KEY, page).startswith("HTTP/1.1 101")
+        assert _upgrade(url, None, KEY, own).startswith("HTTP/1.1 101")
+        body = _get(url, "/metrics", key=KEY)[1].decode()
+        assert 'edgeser_rejected_total{reason="origin"} 3.0' in body
+    finally:
+        srv.stop()
+    from edgeser.serve.app import normal_origin
+
+    assert normal_origin("HTTPS://Example.org/") == "https://example.org"
+    for bad in ("example.org", "https://example.org/page", "ftp://x", "https://"):
+        with pytest.raises(EdgeserError):
+            normal_origin(bad)
 
 
 # --------------------------------------------------------------------------- abuse

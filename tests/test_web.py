@@ -47,9 +47,10 @@ def site(tmp_path_factory):
 
 
 def _drive(site: dict, batches: list[list[str]], screenshot: Path | None = None, *,
-           mic: dict | None = None, deny: bool = False) -> dict:
+           mic: dict | None = None, deny: bool = False, query: dict | None = None) -> dict:
     job = {"url": site["url"], "chromium": CHROMIUM, "files": batches, "mic": mic,
-           "deny": deny, "screenshot": str(screenshot) if screenshot else None}
+           "deny": deny, "query": query or {},
+           "screenshot": str(screenshot) if screenshot else None}
     run = subprocess.run(["node", str(ROOT / "web" / "drive.mjs"), json.dumps(job)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT / "web")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -244,3 +245,54 @@ def test_installed_page_works_offline_at_phone_size(site, ravdess_mini, tmp_path
     assert second <= first + file_mb / 4, samples.round()
     assert heap.max() <= out["heapBefore"] / 1e6 + file_mb / 4, heap.round(1)
     assert shot.stat().st_size > 10_000
+
+
+def test_page_with_server_equals_predict_and_stream(site, ravdess_mini, tmp_path):
+    """?server=ws://HOST:PORT/v1/stream&token=KEY: the page, served by `edgeser web` on
+    another origin (allowed by the server's --allow-origin), sends files to the server's
+    POST /v1/predict (answers: `edgeser predict --json`'s objects) and the fake microphone
+    over WS /v1/stream (segments and labels of `edgeser stream`), loading no model itself."""
+    from edgeser.runtime.cli import format_prediction
+    from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.stream import file_blocks, stream_predictions
+    from edgeser.runtime.vad import make_vad
+    from edgeser.serve.cli import make_serve_server
+
+    key = "w" * 24 + "-page-key"
+    origin = site["url"].rstrip("/")
+    server = make_serve_server(site["root"] / "onnx", "127.0.0.1", 0, api_keys=(key.encode(),),
+                               allowed_origins=(origin,), page=False).start()
+    files = sorted(str(p) for p in ravdess_mini.rglob("*.wav"))[::5]
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all", encoding="utf-8")
+    wav = tmp_path / "speech.wav"
+    seconds = _speech_with_pauses(ravdess_mini, wav)
+    ws = server.url.replace("http://", "ws://") + "v1/stream"
+    try:
+        out = _drive(site, [[str(empty)], [str(text)], files],
+                     mic={"wav": str(wav), "seconds": seconds + 1.5},
+                     query={"server": ws, "token": key})
+        streams = server.app_state.metrics.registry.get_sample_value("edgeser_streams_total")
+    finally:
+        server.stop()
+    assert out["ready"], out.get("logs")
+    assert streams == 1  # the microphone went to the server
+    bad_empty, bad_text, good = out["batches"]
+    assert bad_empty["error"] == "empty.wav: the file is empty"
+    assert bad_text["error"].startswith("notes.wav: "), bad_text["error"]
+    assert good["error"] is None
+    native = OnnxEmotionModel(site["paths"]["int8"])
+    for path, got in zip(files, good["results"], strict=True):
+        name = Path(path).name
+        assert got == json.loads(format_prediction(name, native.analyse_file(path), True))
+    ref = list(stream_predictions(native, file_blocks(wav), make_vad("silero")))
+    got = out["timeline"]
+    print("stream:", [(round(s.start, 2), round(s.end, 2), s.label) for s in ref])
+    print("page via the server:", [(g["start"], g["end"], g["label"]) for g in got])
+    assert len(got) == len(ref) == 4
+    for g, r in zip(got, ref, strict=True):
+        assert abs(g["start"] - r.start) <= 0.1 and abs(g["end"] - r.end) <= 0.1, (g, r)
+        assert g["label"] == r.label and g["status"] == r.status
+        assert set(g) == {"start", "end", "label", "confidence", "probabilities", "status"}

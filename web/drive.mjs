@@ -1,6 +1,7 @@
 // Drives the edgeser page in headless Chromium for tests/test_web.py (playwright-core).
 // argv[2]: JSON {url, chromium, files: [[path, ...], ...], mic: {wav, seconds} | null,
-// deny: bool, screenshot, timeout (ms per file batch, default 120000)}. Prints one JSON
+// deny: bool, query: {name: value} (more query parameters, e.g. server, token), screenshot,
+// timeout (ms per file batch, default 120000)}. Prints one JSON
 // line: {ready, isolated, batches, timeline, error, logs}.
 import { chromium } from "playwright-core";
 import { chromiumArgs } from "./chromium.mjs";
@@ -19,7 +20,9 @@ try {
   page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
   out.logs = logs;
-  await page.goto(job.url + (job.mic || job.deny ? "?mic=1" : ""));
+  const query = new URLSearchParams(job.query ?? {});
+  if (job.mic || job.deny) query.set("mic", "1");
+  await page.goto(job.url + (query.toString() ? `?${query}` : ""));
   await page.waitForFunction(() => document.body.dataset.ready === "1" ||
                              !document.getElementById("error").hidden, null, { timeout: 60000 });
   out.ready = await page.evaluate(() => document.body.dataset.ready === "1");

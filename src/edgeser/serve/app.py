@@ -10,7 +10,10 @@ browser page and the model's files exactly as ``edgeser web`` serves them
 
 Whatever reaches it may be hostile, so every limit is in :class:`ServeLimits` and the
 checks come before any work: the ``Host`` header (:func:`~edgeser.web.server.host_allowed`:
-no DNS rebinding), then the API key (``Authorization: Bearer KEY``; for the WebSocket also
+no DNS rebinding), then the ``Origin`` header a browser sends (its own origin, or one of
+``allowed_origins``, which also get CORS headers and preflight answers; any other page is
+refused, so no web site can use a server on this machine behind its user's back), then the
+API key (``Authorization: Bearer KEY``; for the WebSocket also
 ``?token=KEY``; compared in constant time against every key) for everything but
 ``/healthz`` and ``/readyz``, then the route's own limits. Model inference runs on worker
 threads, never on the event loop; uploads are analysed one at a time on one thread (the
@@ -147,8 +150,12 @@ class ServeState:
     metrics: Metrics
     keys: tuple[bytes, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     vad_kind: str = "silero"
     workers: int = 2
+    instance: str = ""
+    """Names this server process in ``/readyz`` and ``session.ready`` (Ray Serve: the
+    replica); random when not given."""
     sessions: set[Any] = field(default_factory=set)
     draining: bool = False
     uploads: int = 0
@@ -156,6 +163,7 @@ class ServeState:
     def __post_init__(self) -> None:
         from edgeser.runtime.vad import SileroVAD, make_vad
 
+        self.instance = self.instance or os.urandom(4).hex()
         self.vad_pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="vad")
         self.infer_pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="infer")
         self.predict_pool = ThreadPoolExecutor(1, thread_name_prefix="predict")
@@ -214,9 +222,22 @@ class AccessGuard:
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
         }
         st = self.state
-        if not host_allowed(headers.get("host", ""), st.allowed_hosts):
+        host = headers.get("host", "")
+        if not host_allowed(host, st.allowed_hosts):
             st.metrics.rejected.labels("host").inc()
             return await self._deny(scope, receive, send, 400, "bad_host", "unknown Host header")
+        origin = headers.get("origin")
+        if origin is not None and not same_origin(origin, host):
+            if not origin_allowed(origin, st.allowed_origins):
+                st.metrics.rejected.labels("origin").inc()
+                return await self._deny(
+                    scope, receive, send, 403, "bad_origin", "requests from this page's origin "
+                    "are not allowed (edgeser serve --allow-origin)"
+                )
+            if scope["type"] == "http":
+                send = _with_cors(send, origin)
+                if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                    return await _preflight(send)
         if st.keys and scope["path"] not in OPEN_PATHS:
             supplied = None
             auth = headers.get("authorization", "")
@@ -267,6 +288,68 @@ class AccessGuard:
             await send({"type": "websocket.close", "code": 1008})
 
 
+def normal_origin(text: str) -> str:
+    """An ``--allow-origin`` value as browsers send it: ``scheme://host[:port]``
+    lowercased, or ``*`` (any page); :class:`EdgeserError` for anything else."""
+    from urllib.parse import urlsplit
+
+    value = text.strip().rstrip("/").lower()
+    if value == "*":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise EdgeserError(
+            f"--allow-origin takes an origin such as https://example.org or "
+            f"http://127.0.0.1:8080 (scheme, host, port; no path), or '*'; got {text!r}"
+        )
+    return value
+
+
+def same_origin(origin: str, host_header: str) -> bool:
+    """Whether an ``Origin`` header names the host and port the request was sent to (the
+    page was served by this server)."""
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(origin.strip()).netloc.lower()
+    except ValueError:
+        return False
+    return bool(netloc) and netloc == host_header.strip().lower()
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    return "*" in allowed or origin.strip().rstrip("/").lower() in allowed
+
+
+def _with_cors(send: Any, origin: str) -> Any:
+    """``send`` that adds ``Access-Control-Allow-Origin: ORIGIN`` to the response."""
+    extra = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
+
+
+async def _preflight(send: Any) -> None:
+    """The answer to a CORS preflight from an allowed origin (no API key needed: browsers
+    send none with it)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [
+                (b"access-control-allow-methods", b"GET, POST"),
+                (b"access-control-allow-headers", b"authorization, content-type"),
+                (b"access-control-max-age", b"600"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
 # --------------------------------------------------------------------------- routes
 async def healthz(request: Any) -> Any:
     from starlette.responses import JSONResponse
@@ -292,6 +375,7 @@ def _routes(state: ServeState) -> list[Any]:
                 "status": "ready",
                 "labels": state.model.labels,
                 "model": state.model.path.name,
+                "instance": state.instance,
                 "open_streams": len(state.sessions),
             },
             headers=ISOLATION_HEADERS,
@@ -510,11 +594,14 @@ def create_serve_app(
     limits: ServeLimits | None = None,
     api_keys: tuple[bytes, ...] = (),
     allowed_hosts: tuple[str, ...] = (),
+    allowed_origins: tuple[str, ...] = (),
     page: bool = True,
     workers: int = 2,
+    instance: str = "",
 ) -> Any:
     """The ``edgeser serve`` application for a loaded ``OnnxEmotionModel``; its
-    :class:`ServeState` is ``app.state.serve``."""
+    :class:`ServeState` is ``app.state.serve``. ``allowed_origins``: other pages' origins
+    (``scheme://host:port``, or ``*``) that may call the API from a browser."""
     try:
         from starlette.applications import Starlette
         from starlette.middleware import Middleware
@@ -526,7 +613,9 @@ def create_serve_app(
         metrics=make_metrics(),
         keys=tuple(api_keys),
         allowed_hosts=tuple(allowed_hosts),
+        allowed_origins=tuple(normal_origin(o) for o in allowed_origins),
         workers=workers,
+        instance=instance,
     )
     routes = _routes(state)
     if page:

@@ -34,6 +34,7 @@ def make_serve_server(
     connections: Limits | None = None,
     api_keys: tuple[bytes, ...] = (),
     allowed_hosts: tuple[str, ...] = (),
+    allowed_origins: tuple[str, ...] = (),
     page: bool = True,
     workers: int = 2,
     threads: int = 1,
@@ -51,6 +52,7 @@ def make_serve_server(
         limits=lim,
         api_keys=api_keys,
         allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
         page=page,
         workers=workers,
     )
@@ -126,6 +128,15 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="API keys, one a line: every request but /healthz and /readyz needs "
         "'Authorization: Bearer KEY' (WebSocket: or ?token=KEY)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page's origin (e.g. https://example.org, http://127.0.0.1:8080) whose "
+        "scripts may call the API from a browser: CORS (repeatable; '*': any page). Pages "
+        "served by this server are always allowed; other pages are refused (403)",
     )
     p.add_argument(
         "--no-page",
@@ -213,6 +224,31 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="onnxruntime threads per model run (default 1)",
     )
+    scale = p.add_argument_group("scale-out on Ray Serve (pip install 'edgeser[distributed]')")
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run the app as a Ray Serve deployment: --ray starts Ray here, --ray=auto joins "
+        "this machine's cluster, --ray=HOST:PORT that one (--port is Ray Serve's HTTP port). "
+        "Each WebSocket session stays on the replica that accepted it; limits are per replica",
+    )
+    scale.add_argument(
+        "--replicas",
+        type=_positive(int),
+        default=1,
+        metavar="N",
+        help="replicas of the model with --ray (default 1)",
+    )
+    scale.add_argument(
+        "--replica-cpus",
+        type=_positive(float),
+        default=1.0,
+        metavar="X",
+        help="CPUs Ray reserves for each replica (default 1)",
+    )
     p.set_defaults(func=run_serve)
     return p
 
@@ -234,6 +270,33 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_connections < 1:
         raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
     keys = read_api_keys(args.api_key_file) if args.api_key_file is not None else ()
+    from edgeser.serve.app import normal_origin
+
+    origins = tuple(normal_origin(o) for o in args.allow_origin)
+    if args.ray is not None:
+        from edgeser.serve.rayserve import RayServeOptions, run_ray_serve
+
+        options = RayServeOptions(
+            limits=limits,
+            api_keys=keys,
+            allowed_hosts=tuple(args.allow_host),
+            allowed_origins=origins,
+            page=args.page,
+            workers=args.workers,
+            threads=args.threads,
+        )
+        return run_ray_serve(
+            args.model,
+            options,
+            address=args.ray or None,
+            host=args.host,
+            port=args.port,
+            replicas=args.replicas,
+            replica_cpus=args.replica_cpus,
+            warning=exposure_warning(args.host, keys),
+        )
+    if args.replicas != 1:
+        raise EdgeserError("--replicas needs --ray (one process serves without it)")
     server = make_serve_server(
         args.model,
         args.host,
@@ -242,6 +305,7 @@ def run_serve(args: argparse.Namespace) -> int:
         connections=Limits(max_connections=args.max_connections),
         api_keys=keys,
         allowed_hosts=tuple(args.allow_host),
+        allowed_origins=origins,
         page=args.page,
         workers=args.workers,
         threads=args.threads,

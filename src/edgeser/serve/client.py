@@ -17,6 +17,7 @@ sees. Frames are paced to stay within the server's rate limit (``session.ready``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -135,9 +136,14 @@ async def stream_blocks(
         )
         async for message in ws:
             event = _event(message)
-            yield event
             if event["type"] == "session.end":
+                # the server closes the connection after session.end: let it (closing from
+                # here at the same time makes the two close frames cross)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ws.wait_closed(), 5.0)
+                yield event
                 break
+            yield event
         else:
             if sender.done() and sender.exception() is not None:
                 raise sender.exception()  # type: ignore[misc]

@@ -176,8 +176,12 @@ class StreamSession:
                 break
             message = await self._receive(min(lim.idle_timeout, left))
             if message is None:
-                if self.ended is None and time.monotonic() - t0 < lim.max_session:
+                # which deadline passed is decided by which was nearer, not by reading the
+                # clock again (the event loop may wake a timeout a clock tick early)
+                if self.ended is None and lim.idle_timeout <= left:
                     raise ProtocolError("idle_timeout", f"no message for {lim.idle_timeout:g} s")
+                if self.ended is None:
+                    self.ended = "max_duration"
                 continue
             received = time.monotonic()
             data = message.get("bytes")
@@ -243,6 +247,7 @@ class StreamSession:
             "type": "session.ready",
             "protocol": PROTOCOL,
             "session_id": self.id,
+            "instance": self.state.instance,
             "format": start.format,
             "sample_rate": start.sample_rate,
             "options": asdict(start.options),

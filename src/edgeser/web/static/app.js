@@ -14,9 +14,13 @@
 // - Offline: a service worker (sw.js) caches the page, onnxruntime-web, Silero and the
 //   model, under the version /version.json names (else a digest of model.json), so the
 //   installed page works with no network. window.edgeserOffline turns true once it has.
+// - ?server=URL (remote.js): the model runs on an `edgeser serve` server instead: files go
+//   to its POST /v1/predict, the microphone's 16 kHz samples over WS /v1/stream; the same
+//   results, statuses and timeline. ?token=KEY is its API key. Nothing is cached offline.
 
 import { decodeWav, prepare, SAMPLE_RATE, StreamResampler, toMono, wavBlocks } from "./dsp.js";
 import { EmotionModel } from "./model.js";
+import { serverFromQuery } from "./remote.js";
 import { SegmentStream, SileroVAD } from "./vad.js";
 
 const $ = (id) => document.getElementById(id);
@@ -26,8 +30,10 @@ window.edgeserFilesDone = 0; // files finished (a long one adds many results, th
 let model = null;
 let vad = null;
 let listening = null;
+let remote = null; // ?server=URL: a RemoteServer
 
 const round = (x, d) => Math.round(x * 10 ** d) / 10 ** d;
+const rounded = (obj, d) => Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, round(v, d)]));
 
 function showError(message) {
   const el = $("error");
@@ -60,13 +66,25 @@ function showBars(probabilities) {
 function addRow(source, start, end, label, confidence, status = "ok") {
   const tr = document.createElement("tr");
   const said = status === "ok" ? label : `${label} (${status.replace("_", " ")})`;
-  for (const text of [source, start.toFixed(2), end.toFixed(2), said, confidence.toFixed(2)]) {
+  const when = (t) => (t == null ? "" : t.toFixed(2));
+  for (const text of [source, when(start), when(end), said, confidence.toFixed(2)]) {
     const td = document.createElement("td");
     td.textContent = text;
     tr.append(td);
   }
   $("timeline").tBodies[0].prepend(tr);
   $("download").disabled = false;
+}
+
+/** A server's utterance.result in `edgeser stream --json`'s format (as segmentResult). */
+function remoteSegment(e) {
+  const out = {
+    start: round(e.start, 3), end: round(e.end, 3), label: e.label,
+    confidence: round(e.confidence, 4), probabilities: rounded(e.probabilities, 4),
+  };
+  if (e.dimensions) out.dimensions = rounded(e.dimensions, 4);
+  out.status = e.status;
+  return out;
 }
 
 /** A closed segment in `edgeser stream --json`'s format. */
@@ -163,10 +181,23 @@ async function longWav(file) {
   }
 }
 
+/** A file through the server's POST /v1/predict (`edgeser predict --json`'s object). */
+async function predictRemote(file) {
+  const r = await remote.predict(file);
+  const result = { ...r, path: file.name };
+  window.edgeserFiles.push(result);
+  showBars(r.probabilities);
+  addRow(file.name, null, null, r.label, r.probabilities[r.label], r.status);
+}
+
 async function classifyFile(file) {
   clearError();
   try {
     if (file.size === 0) throw new Error("the file is empty");
+    if (remote) {
+      await predictRemote(file);
+      return;
+    }
     const long = await longWav(file);
     if (long) {
       await streamWav(file, long.header, long.blocks);
@@ -224,21 +255,29 @@ async function startListening() {
     return;
   }
   const rs = new StreamResampler(ctx.sampleRate, SAMPLE_RATE);
-  const stream = new SegmentStream(vad, async (a, b, audio) => {
-    const seg = await segmentResult(a, b, audio);
+  const show = (seg) => {
     window.edgeserResults.push(seg);
     addRow("microphone", seg.start, seg.end, seg.label, seg.confidence, seg.status);
-  });
+  };
+  const stream = remote
+    ? remote.stream(SAMPLE_RATE, (e) => { showBars(e.probabilities); show(remoteSegment(e)); },
+                    (message) => {
+                      showError(message);
+                      if (listening) stopListening();
+                    })
+    : new SegmentStream(vad, async (a, b, audio) => show(await segmentResult(a, b, audio)));
   node.port.onmessage = (ev) => { stream.push(rs.push(ev.data)); };
   ctx.createMediaStreamSource(media).connect(node);
   if (ctx.state !== "running") await ctx.resume();
   listening = { ctx, media, stream, node };
   $("mic").textContent = "Stop listening";
-  $("status").textContent = `Listening (${ctx.sampleRate} Hz → 16 kHz, Silero VAD).`;
+  $("status").textContent = `Listening (${ctx.sampleRate} Hz → 16 kHz, Silero VAD` +
+    `${remote ? " and the model on the server" : ""}).`;
   document.body.dataset.listening = "1";
 }
 
 async function stopListening() {
+  if (!listening) return;
   const { ctx, media, stream, node } = listening;
   listening = null;
   node.port.onmessage = null;
@@ -298,19 +337,32 @@ async function offline() {
   }
 }
 
-async function main() {
+/** Load the model here (onnxruntime-web), or with ?server= ask the server for its own. */
+async function load() {
+  remote = serverFromQuery(new URLSearchParams(location.search));
+  if (remote) {
+    $("sub").textContent = `Speech emotion recognition on the server at ${remote.base}: ` +
+      "the audio you classify is sent there.";
+    const info = await remote.ready();
+    $("model").textContent = `${info.model}: ${info.labels.join(", ")} (on ${remote.base})`;
+    return;
+  }
   offline();
+  [model, vad] = await Promise.all([EmotionModel.load("./model/"), SileroVAD.load()]);
+  $("model").textContent = `${model.file}: ${model.labels.join(", ")}` +
+    (model.dimensionNames.length ? `; ${model.dimensionNames.join(", ")}` : "") +
+    ` (onnxruntime-web, ${self.crossOriginIsolated ? "threads" : "one thread"})`;
+}
+
+async function main() {
   try {
-    [model, vad] = await Promise.all([EmotionModel.load("./model/"), SileroVAD.load()]);
+    await load();
   } catch (e) {
     $("status").textContent = "";
     showError(`could not load the model: ${e.message}`);
     return;
   }
   $("status").textContent = "Ready.";
-  $("model").textContent = `${model.file}: ${model.labels.join(", ")}` +
-    (model.dimensionNames.length ? `; ${model.dimensionNames.join(", ")}` : "") +
-    ` (onnxruntime-web, ${self.crossOriginIsolated ? "threads" : "one thread"})`;
   $("file").addEventListener("change", (ev) => classifyFiles(ev.target.files));
   const drop = $("drop");
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });

@@ -8,8 +8,9 @@
 const VERSION = new URL(self.location.href).searchParams.get("v") || "unversioned";
 const CACHE = `edgeser-${VERSION}`;
 const PAGE = [
-  "./", "index.html", "app.js", "dsp.js", "model.js", "vad.js", "capture.js", "style.css",
-  "manifest.webmanifest", "icons/icon-192.png", "icons/icon-512.png", "icons/icon.svg",
+  "./", "index.html", "app.js", "dsp.js", "model.js", "remote.js", "vad.js", "capture.js",
+  "style.css", "manifest.webmanifest", "icons/icon-192.png", "icons/icon-512.png",
+  "icons/icon.svg",
   "vendor/ort/ort.wasm.min.mjs", "vendor/ort/ort-wasm-simd-threaded.mjs",
   "vendor/ort/ort-wasm-simd-threaded.wasm", "vad/silero_vad.onnx", "model/model.json",
 ];
