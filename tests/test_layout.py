@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgeser"
 #: Stages from the bottom up; a module may import from its own stage and those before it.
 #: ("edgeser" is the package root: its version string and lazy re-exports.)
 STAGES = ("edgeser", "core", "audio", "data", "split", "models", "config", "features",
-          "evaluate", "train", "runtime", "web", "export", "experiments", "testing", "cli")
+          "evaluate", "train", "runtime", "web", "serve", "export", "experiments", "testing", "cli")
 
 
 def _stage(module: str) -> str:
@@ -20,12 +20,19 @@ def _stage(module: str) -> str:
 
 
 def _imports() -> list[tuple[str, str, int]]:
-    """``(module, imported module, line)`` for every import of an edgeser module."""
+    """``(module, imported module, line)`` for every import of an edgeser module that runs
+    (imports under ``if TYPE_CHECKING:`` are for annotations only and never execute)."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(("edgeser", *path.relative_to(PACKAGE).with_suffix("").parts))
         module = module.removesuffix(".__init__")
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
             elif isinstance(node, ast.Import):

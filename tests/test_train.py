@@ -97,3 +97,60 @@ def test_refuses_empty_data_and_missing_classes(tmp_path) -> None:
     empty = FeatureSet(data.kind, [], np.zeros(0, np.int64), [])
     with pytest.raises(EdgeserError, match="empty"):
         fit(_cfg(), _model(), empty, None, tmp_path / "y", progress=False)
+
+
+def test_early_stopping_restores_the_best_epoch_and_stays_stopped(tmp_path) -> None:
+    """With patience P, training stops after P epochs without a better validation UA,
+    the best epoch's weights are the model's, and a resumed run does not train on."""
+    from safetensors.torch import load_file
+
+    train, val = _pooled(64, 7, noise=0.2), _pooled(24, 8, noise=0.2)
+    cfg = _cfg(epochs=40, patience=3)
+    result = fit(cfg, _model(), train, val, tmp_path / "run", progress=False)
+    n = len(result.history)
+    assert n < 40 and n == result.best_epoch + 1 + 3  # the best epoch, then 3 without gain
+    scores = [(h["val_ua"], -h["val_loss"]) for h in result.history]
+    assert result.best_epoch == max(range(n), key=lambda e: scores[e])
+    best = load_file(str(tmp_path / "run" / "best.safetensors"))
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, best[k])
+    again = fit(cfg, _model(), train, val, tmp_path / "run", progress=False)
+    assert len(again.history) == n and again.best_epoch == result.best_epoch
+    # the same run without early stopping trains every epoch and selects the same way
+    full = fit(_cfg(epochs=n + 2, patience=0), _model(), train, val, tmp_path / "full",
+               progress=False)
+    assert len(full.history) == n + 2
+    assert [h["train_loss"] for h in full.history[:n]] == pytest.approx(
+        [h["train_loss"] for h in result.history], rel=1e-6)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, caplog) -> None:
+    """Without a terminal, every epoch is a log line with the fold, the epoch, the
+    validation UA and an ETA (here at every update: EDGESER_PROGRESS_SECONDS=0)."""
+    import logging
+
+    from edgeser.core import progress
+
+    monkeypatch.setenv("EDGESER_PROGRESS_SECONDS", "0")
+    monkeypatch.setattr(progress, "is_terminal", lambda: False)
+    monkeypatch.setattr("edgeser.train.trainer.is_terminal", lambda: False)
+    with caplog.at_level(logging.INFO, logger="edgeser.progress"):
+        fit(_cfg(epochs=3), _model(), _pooled(32, 9), _pooled(16, 10), tmp_path / "fold2",
+            progress=True)
+        with progress.progress_bar(5, "encoding", unit="utt") as bar:
+            for _ in range(5):
+                bar.update(1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "edgeser.progress"]
+    epochs = [ln for ln in lines if ln.startswith("fold2: epoch")]
+    assert [ln.split(",")[0] for ln in epochs] == [
+        "fold2: epoch 1/3", "fold2: epoch 2/3", "fold2: epoch 3/3"]
+    assert all("val UA " in ln and "(best " in ln for ln in epochs)
+    assert "ETA " in epochs[0] and epochs[-1].endswith("done")
+    encoding = [ln for ln in lines if ln.startswith("encoding")]
+    assert encoding[0].startswith("encoding: 1/5 utt (20 %)") and "ETA" in encoding[0]
+    assert encoding[-1].startswith("encoding: 5/5 utt done in")
+    assert progress.format_seconds(3725) == "1h02m" and progress.format_seconds(65) == "1m05s"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="edgeser.progress"):  # progress off: silent
+        fit(_cfg(epochs=2), _model(), _pooled(32, 9), None, tmp_path / "q", progress=False)
+    assert not caplog.records

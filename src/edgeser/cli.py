@@ -107,7 +107,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     from edgeser.data.synth import synthesize_corpus
 
     root = synthesize_corpus(args.corpus, args.out, scale=args.scale, seed=args.seed,
-                             progress=sys.stderr.isatty())
+                             progress=True)
     print(f"{root}: synthetic {args.corpus} ({args.scale}, seed {args.seed})")
     return 0
 
@@ -138,7 +138,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     rec = train_on_manifests(cfg, args.manifests, args.out, cache_dir=args.cache_dir,
-                             progress=sys.stderr.isatty())
+                             progress=True)
     m = rec.get("val_metrics")
     extra = f"; validation UA {100 * m['ua']:.1f} %" if m else ""
     print(f"{args.out / 'model.safetensors'}: trained on {rec['n_train']} utterances{extra}")
@@ -185,7 +185,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                            "--protocol loso [--model NAME]")
     if trained is not None and not trained.is_dir():
         raise EdgeserError(f"--trained {trained}: no such model folder")
-    progress = sys.stderr.isatty()
+    progress = True
     if trained is not None:
         source = args.cfg_encoder if args.cfg_encoder not in (None, "auto") else None
         res = evaluate_model(trained, args.corpus, args.out, cache_dir=args.cache_dir,
@@ -227,7 +227,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     reproduce(cfg, iemocap=args.iemocap, cremad=args.cremad, ravdess=args.ravdess,
-              out=args.out, cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+              out=args.out, cache_dir=args.cache_dir, progress=True)
     print(f"report: {args.out / 'report.md'}")
     return 0
 
@@ -300,7 +300,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         extra = args.out / "manifests" / "cremad.csv"
     compare(args.models.split(","), corpus, args.out, base=cfg, folds=args.folds,
             extra_train=extra, cache_dir=args.cache_dir, export=not args.no_export,
-            latency_seconds=args.latency_seconds, progress=sys.stderr.isatty(),
+            latency_seconds=args.latency_seconds, progress=True,
             overrides=_per_model_settings(args.set))
     print(f"table: {args.out / 'compare.md'}")
     return 0
@@ -323,7 +323,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from edgeser.experiments.demo import demo_config, run_demo
 
     cfg = demo_config(args.seed, dimensions=args.dimensions, seeds=args.seeds)
-    report = run_demo(args.out, seed=args.seed, progress=sys.stderr.isatty(), config=cfg)
+    report = run_demo(args.out, seed=args.seed, progress=True, config=cfg)
     print(f"report: {report}")
     return 0
 
@@ -341,12 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from edgeser.export.exporter import add_export_parser
     from edgeser.runtime.cli import add_predict_parser, add_stream_parser
-    from edgeser.serve.cli import add_serve_parser
+    from edgeser.serve.cli import add_serve_parser, run_stream_command
     from edgeser.web.server import add_web_parser
+
+    def add_stream(s: argparse._SubParsersAction) -> None:  # local, or via --server
+        add_stream_parser(s).set_defaults(func=run_stream_command)
 
     for add in (_add_prepare, _add_validate, _add_synth, _add_train, _add_evaluate,
                 _add_reproduce, _add_compare, _add_demo, add_export_parser, add_predict_parser,
-                add_stream_parser, add_web_parser, add_serve_parser):
+                add_stream, add_web_parser, add_serve_parser):
         add(sub)
     return parser
 

@@ -30,8 +30,12 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "dropout": 0.2, "loss": "focal", "label_smoothing": 0.1, "class_weights": True,
     "optimizer": "adamw", "lr": 1e-3, "lr_decay_start": 0, "lr_decay_every": 1,
     "lr_decay_rate": 0.0, "weight_decay": 1e-2, "batch_size": 16, "epochs": 25,
-    "aug_views": 4,
+    "aug_views": 4, "patience": 0,
 }
+#: ``--recipe``: ``default`` (each model's defaults) or ``authors`` (LIGHT-SERNET as its
+#: authors train it: 300 epochs, no early stopping; other models' defaults already are
+#: their authors' recipe).
+RECIPES = ("default", "authors")
 
 
 @dataclass
@@ -62,7 +66,8 @@ class TrainConfig:
     """What is trained: 'head' (encoder frozen) or 'encoder' (conv extractor frozen,
     projection + positional conv + transformer fine-tuned with the head)."""
     feature_norm: str = "auto"
-    """Feature normalisation: 'auto' (pepino: speaker, egemaps: global, others: none),
+    """Feature normalisation: 'auto' (pepino and light-sernet: speaker, egemaps: global,
+    others: none),
     'none', 'global' (training-set statistics, stored in the model; SSL models and egemaps)
     or 'speaker' (each speaker's own statistics, test speakers' audio included; for
     light-sernet: per-speaker BatchNorm statistics, in training and at test)."""
@@ -111,7 +116,15 @@ class TrainConfig:
     batch_size: int | None = None
     """Unset: 16; light-sernet 32."""
     epochs: int | None = None
-    """Unset: 25; light-sernet 300."""
+    """Most epochs to train (unset: 25; light-sernet 60, with --recipe authors 300)."""
+    patience: int | None = None
+    """Early stopping: stop when validation UA has not improved for this many epochs and
+    keep the best epoch's weights; 0 trains every epoch and still keeps the best (unset: 0;
+    light-sernet 15, with --recipe authors 0). Needs validation speakers."""
+    recipe: str = "default"
+    """'default' (each model's defaults) or 'authors': light-sernet's settings left unset
+    take the authors' recipe instead (300 epochs, no early stopping); other models' defaults
+    are already their authors'."""
     # augmentation
     aug_views: int | None = None
     """Augmented views cached per training utterance; one is drawn per epoch.
@@ -145,7 +158,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise EdgeserError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        spec_defaults = model_spec(self.model).defaults
+        if self.recipe not in RECIPES:
+            raise EdgeserError(f"recipe must be one of {', '.join(RECIPES)}, "
+                               f"got {self.recipe!r}")
+        spec = model_spec(self.model)
+        spec_defaults = {**spec.defaults, **spec.recipes.get(self.recipe, {})}
         unset = [k for k in PAPER_DEFAULTS if getattr(self, k) is None]
         for name in unset:
             setattr(self, name, spec_defaults.get(name, PAPER_DEFAULTS[name]))
@@ -180,8 +197,8 @@ class TrainConfig:
                                f"interval), got {self.bootstrap}")
         if min(self.weight_decay, self.lr_decay_rate, self.lr_decay_start) < 0:
             raise EdgeserError("weight-decay, lr-decay-rate and lr-decay-start must be >= 0")
-        if self.aug_views < 0 or self.val_speakers < 0:
-            raise EdgeserError("aug-views and val-speakers must be >= 0")
+        if self.aug_views < 0 or self.val_speakers < 0 or self.patience < 0:
+            raise EdgeserError("aug-views, val-speakers and patience must be >= 0")
         if self.dimensions and model_spec(self.model).family != "ssl":
             raise EdgeserError(
                 f"--dimensions needs a model with an SSL-encoder head; {self.model} has no "

@@ -48,7 +48,7 @@ from edgeser.evaluate.uncertainty import (
 )
 from edgeser.features import FeatureStore, extract
 from edgeser.features.kinds import FeatureKind, feature_kind
-from edgeser.models.registry import FeatureEncoder, normalization
+from edgeser.models.registry import FeatureEncoder, normalization, signal_front_end
 from edgeser.split.protocols import Split
 from edgeser.train.folder import build_model, save_model
 from edgeser.train.normalize import group_stats, normalize_pooled, row_stats, standardize
@@ -107,15 +107,16 @@ def compute_features(
     """Clean features for every row, plus ``cfg.aug_views`` views for ``train_ids``."""
     kind = feature_kind(cfg)
     t0 = time.perf_counter()
+    front_end = signal_front_end(cfg)
     if kind == FeatureKind.WAVE:
         feats = Features(kind)
         for uid, path in zip(frame["utt_id"], frame["path"], strict=True):
-            feats.clean[uid] = cfg.front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
+            feats.clean[uid] = front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
         feats.seconds = time.perf_counter() - t0
         return feats
     precision = getattr(encoder, "precision", "fp32")  # what computed them (mfcc: fp32)
     store = FeatureStore(cache_dir, encoder.identity, kind=kind, precision=precision,
-                         front_end=cfg.front_end, augment=cfg.augment, aug_seed=cfg.seed)
+                         front_end=front_end, augment=cfg.augment, aug_seed=cfg.seed)
     k = cfg.aug_views
     views = {uid: (0, *range(1, k + 1)) if uid in train_ids else (0,)
              for uid in frame["utt_id"]}

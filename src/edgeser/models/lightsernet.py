@@ -42,7 +42,10 @@ schedule               constant, then x exp(-0.15) at every  ``callbacks.py``:
                        (first at epoch 60, 0-based)          ``LEARNING_RATE_DECAY_STRATPOINT =
                                                              50``, ``..._STEP = 20``,
                                                              ``..._PARAMETERS = -0.15``
-epochs                 300                                   ``EPOCHS = 300``
+epochs                 at most 60, early stopping after 15   ``EPOCHS = 300``
+                       epochs without a better validation
+                       UA (``--recipe authors``: 300, no
+                       stopping)
 batch size             32                                    ``BATCH_SIZE = 32`` (``dataio.py``:
                                                              reshuffled every epoch)
 L2 penalty             1e-6 · Σw² on the five body convs     ``models.py``: ``kernel_regularizer=
@@ -77,9 +80,14 @@ Where edgeser differs, on purpose:
   network ends in global average pooling, so where the speech sits in the window matters
   little.
 * Seed: the authors fix 42; here ``--seed`` (default 0).
+* Length: the authors' 300 epochs take about 5 hours for 6 folds of RAVDESS on a 2-core
+  CPU. The default stops on the validation speakers instead (``--patience 15`` within
+  ``--epochs 60``, the constant-rate part of their schedule; the best epoch's weights
+  restored); ``--recipe authors`` trains their 300 epochs.
 
-Per-speaker normalisation, an option (``--feature-norm speaker``; default ``none``, as the
-authors): the BatchNorm layers normalise with one speaker's statistics. Training batches
+Per-speaker normalisation, the default (``--feature-norm speaker``; ``none``, as the
+authors, gives the exportable network): the BatchNorm layers normalise with one speaker's
+statistics. Training batches
 are drawn from one speaker at a time, and at validation and test each speaker's
 statistics are recomputed exactly from that speaker's utterances (AdaBN,
 :func:`edgeser.train.trainer.adapt_batchnorm`). It is the network's counterpart of the
@@ -87,7 +95,9 @@ per-speaker standardisation of eGeMAPS and Pepino et al., transductive in the sa
 test speaker's audio, never its labels), so it needs a speaker's utterances before
 predicting and is not exported. Trained on one speaker, the network otherwise normalises a
 new speaker with the training speaker's statistics, and on RAVDESS' actors of the other
-gender predicts one or two classes (bench/README.md).
+gender predicts one or two classes (bench/README.md); on 12 actors with 9 training actors
+its validation UA stayed at 0.25-0.38 over the first 17 epochs of a fold (test UA 0.19),
+where per-speaker statistics reached 0.72 by epoch 6.
 """
 
 from __future__ import annotations

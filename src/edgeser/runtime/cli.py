@@ -191,15 +191,10 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    if args.server is not None:
-        if args.input is not None:
-            raise EdgeserError("stream --server URL INPUT takes no MODEL (the server has it)")
-        if args.vad != "silero":
-            raise EdgeserError("stream --server: the server's VAD is Silero (no --vad)")
-        args.input = str(args.model)
-        from edgeser.serve.client import run_remote_stream
-
-        return run_remote_stream(args)
+    """``edgeser stream MODEL INPUT`` on this machine (``--server``: see
+    :func:`edgeser.serve.cli.run_stream_command`, which the command line calls)."""
+    if getattr(args, "server", None) is not None:
+        raise EdgeserError("stream --server runs through edgeser.serve.cli.run_stream_command")
     if args.input is None:
         raise EdgeserError("stream: give MODEL and INPUT (or --server URL INPUT)")
     if args.api_key_file is not None:

@@ -319,3 +319,20 @@ def run_serve(args: argparse.Namespace) -> int:
     server.serve()
     print("stopped", file=sys.stderr)
     return 0
+
+
+def run_stream_command(args: argparse.Namespace) -> int:
+    """``edgeser stream``: through the server at ``--server`` (the same output as the local
+    command), else on this machine (:func:`edgeser.runtime.cli.run_stream`)."""
+    if args.server is None:
+        from edgeser.runtime.cli import run_stream
+
+        return run_stream(args)
+    if args.input is not None:
+        raise EdgeserError("stream --server URL INPUT takes no MODEL (the server has it)")
+    if args.vad != "silero":
+        raise EdgeserError("stream --server: the server's VAD is Silero (no --vad)")
+    args.input = str(args.model)
+    from edgeser.serve.client import run_remote_stream
+
+    return run_remote_stream(args)

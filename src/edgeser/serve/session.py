@@ -37,7 +37,7 @@ from edgeser.serve.protocol import (
 )
 
 if TYPE_CHECKING:
-    from edgeser.serve.app import ServeState
+    from edgeser.serve.state import ServeState
 
 log = logging.getLogger(__name__)
 

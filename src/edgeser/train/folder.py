@@ -23,7 +23,13 @@ from edgeser.features.kinds import FeatureKind
 from edgeser.models.egemaps import LinearClassifier
 from edgeser.models.head import EmotionHead
 from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
-from edgeser.models.registry import FeatureEncoder, make_encoder, model_spec, normalization
+from edgeser.models.registry import (
+    FeatureEncoder,
+    make_encoder,
+    model_spec,
+    normalization,
+    signal_front_end,
+)
 from edgeser.models.ssl import load_encoder, recorded_source
 from edgeser.train.checkpoint import load_weights, save_weights
 from edgeser.train.normalize import group_stats
@@ -75,6 +81,7 @@ def save_model(
     record: dict[str, Any],
 ) -> None:
     """``model.safetensors`` + ``model.json``: everything needed to rebuild and export."""
+    front = signal_front_end(cfg)  # what the model's features were computed on
     meta = {
         "edgeser_version": __version__,
         "model": cfg.model,
@@ -85,9 +92,8 @@ def save_model(
                     "is_random": encoder.is_random, "seed": cfg.encoder_seed,
                     "num_hidden_states": getattr(encoder, "num_hidden_states", None),
                     "hidden_size": getattr(encoder, "hidden_size", None)},
-        "front_end": {"trim": cfg.front_end.trim, "top_db": cfg.front_end.top_db,
-                      "preemphasis": cfg.front_end.preemphasis,
-                      "normalize": cfg.front_end.normalize},
+        "front_end": {"trim": front.trim, "top_db": front.top_db,
+                      "preemphasis": front.preemphasis, "normalize": front.normalize},
         "config": cfg.to_dict(),
         "split": {k: record.get(k) for k in ("name", "test_session", "n_train", "n_val",
                                                "n_test", "split_sha256")},

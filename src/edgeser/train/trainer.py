@@ -25,7 +25,9 @@ selection stays on validation UA (the paper's criterion), the validation CCC is 
 For cached kinds each training utterance has ``K`` augmented views and one is
 drawn per utterance per epoch (``K = 0``: clean features). Model selection keeps
 the epoch with the best validation UA (ties: lower validation loss); without a
-validation set the last epoch is kept. Training state is saved after each epoch
+validation set the last epoch is kept. With ``cfg.patience = P > 0`` training stops once
+P epochs in a row have not bettered the best validation UA (early stopping; the best
+epoch's weights are restored; LIGHT-SERNET's default). Training state is saved after each epoch
 and an interrupted run resumes where it stopped. Seeded and deterministic on CPU.
 """
 
@@ -50,7 +52,7 @@ from edgeser.audio.io import SAMPLE_RATE
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text
-from edgeser.core.progress import progress_bar
+from edgeser.core.progress import EpochLog, is_terminal, progress_bar
 from edgeser.data.labels import LABELS
 from edgeser.evaluate.dimensions import DIMENSIONS, dimension_metrics
 from edgeser.evaluate.metrics import compute_metrics
@@ -323,7 +325,7 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     # Everything that shapes the run except the epoch count, so a longer run resumes a
     # shorter one.
-    shape = {k: v for k, v in cfg.to_dict().items() if k != "epochs"}
+    shape = {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "patience", "recipe")}
     fingerprint = sha256_text(repr((shape, train.ids, val.ids if val else None,
                                     model.kind)))[:16]
     history: list[dict[str, float]] = []
@@ -349,9 +351,17 @@ def fit(
         steps_per_epoch = sum(math.ceil(len(r) / cfg.batch_size) for r in groups)
     else:
         steps_per_epoch = math.ceil(n / cfg.batch_size)
-    with progress_bar(total=(cfg.epochs - start) * steps_per_epoch, desc=out_dir.name,
-                      enabled=progress, unit="step") as bar:
+    has_val = val is not None and len(val) > 0
+    patience = cfg.patience if has_val else 0
+    name = _run_name(out_dir)
+    epochs = EpochLog(name, cfg.epochs, start, progress, early_stopping=patience > 0)
+    stopped = -1
+    with progress_bar(total=(cfg.epochs - start) * steps_per_epoch, desc=name,
+                      enabled=progress and is_terminal(), unit="step") as bar:
         for epoch in range(start, cfg.epochs):
+            if patience and best_epoch >= 0 and epoch - 1 - best_epoch >= patience:
+                stopped = epoch  # (also when resuming a run that had stopped)
+                break
             model.train()
             scale = cfg.learning_rate(epoch) / cfg.lr
             for group in optimizer.param_groups:
@@ -380,7 +390,7 @@ def fit(
                 seen += len(idx)
                 bar.update(1)
             record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
-            if val is not None and len(val):
+            if has_val:
                 probs, vloss, vdims = _infer(model, val, cfg, loss_fn)
                 m = compute_metrics(val.labels, probs.argmax(1))
                 record.update(val_loss=vloss, val_ua=m["ua"], val_wa=m["wa"])
@@ -399,12 +409,24 @@ def fit(
             save_state(out_dir, model, optimizer,
                        {"fingerprint": fingerprint, "history": history,
                         "best_epoch": best_epoch, "best": list(best)})
+            epochs.epoch(epoch, record, best_epoch, best[0])
+    if stopped >= 0:
+        log.info("%s: stopped after epoch %d/%d, validation UA %.3f at epoch %d not bettered "
+                 "for %d epochs", name, stopped, cfg.epochs, best[0], best_epoch + 1, patience)
+    if history:
+        epochs.epoch(len(history) - 1, history[-1], best_epoch, best[0], final=True)
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = cfg.epochs - 1
     return FitResult(model=model, history=history, best_epoch=best_epoch,
                      resumed_from=resumed_from)
+
+
+def _run_name(out_dir: Path) -> str:
+    """``fold3``, or ``seed1/fold3`` for a later seed's fold (its folder's parent)."""
+    parent = out_dir.parent.name
+    return f"{parent}/{out_dir.name}" if parent.startswith("seed") else out_dir.name
 
 
 def _optimizer(cfg: TrainConfig, model: SERModel) -> torch.optim.Optimizer:
