@@ -24,6 +24,25 @@ from edgeser.web.server import (
     warn_if_exposed,
 )
 
+#: ``edgeser serve``'s limit options: (:class:`ServeLimits` field, type, metavar, help
+#: with the default); ``--max-streams`` is ``max_streams`` and so on.
+LIMIT_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
+    ("max_streams", int, "N",
+     "streams open at once (default {default}; the next is refused with close code 1013)"),
+    ("max_message_bytes", int, "B", "bytes per WebSocket message (default {default})"),
+    ("max_rate", float, "X",
+     "a stream's audio no faster than X times real time (default {default}), ..."),
+    ("max_lead", float, "SECONDS", "... plus this much audio ahead (default {default})"),
+    ("idle_timeout", float, "SECONDS", "end a stream silent this long (default {default})"),
+    ("max_session", float, "SECONDS", "longest stream, wall time (default {default})"),
+    ("max_upload_bytes", int, "B",
+     "POST /v1/predict body (default {default}; 413 beyond)"),
+    ("max_upload_seconds", float, "SECONDS",
+     "audio in one upload (default {default}; 413 beyond)"),
+    ("max_uploads", int, "N",
+     "uploads analysed or waiting at once (default {default}; 503 beyond)"),
+)
+
 
 def make_serve_server(
     model: str | os.PathLike[str],
@@ -145,70 +164,15 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
         help="serve the API only, not the browser page",
     )
     lim = p.add_argument_group("limits")
-    lim.add_argument(
-        "--max-streams",
-        type=_positive(int),
-        default=d.max_streams,
-        metavar="N",
-        help=f"streams open at once (default {d.max_streams}; the next is "
-        "refused with close code 1013)",
-    )
-    lim.add_argument(
-        "--max-message-bytes",
-        type=_positive(int),
-        default=d.max_message_bytes,
-        metavar="B",
-        help=f"bytes per WebSocket message (default {d.max_message_bytes})",
-    )
-    lim.add_argument(
-        "--max-rate",
-        type=_positive(float),
-        default=d.max_rate,
-        metavar="X",
-        help=f"a stream's audio no faster than X times real time (default {d.max_rate:g}), ...",
-    )
-    lim.add_argument(
-        "--max-lead",
-        type=float,
-        default=d.max_lead,
-        metavar="SECONDS",
-        help=f"... plus this much audio ahead (default {d.max_lead:g})",
-    )
-    lim.add_argument(
-        "--idle-timeout",
-        type=_positive(float),
-        default=d.idle_timeout,
-        metavar="SECONDS",
-        help=f"end a stream silent this long (default {d.idle_timeout:g})",
-    )
-    lim.add_argument(
-        "--max-session",
-        type=_positive(float),
-        default=d.max_session,
-        metavar="SECONDS",
-        help=f"longest stream, wall time (default {d.max_session:g})",
-    )
-    lim.add_argument(
-        "--max-upload-bytes",
-        type=_positive(int),
-        default=d.max_upload_bytes,
-        metavar="B",
-        help=f"POST /v1/predict body (default {d.max_upload_bytes}; 413 beyond)",
-    )
-    lim.add_argument(
-        "--max-upload-seconds",
-        type=_positive(float),
-        default=d.max_upload_seconds,
-        metavar="SECONDS",
-        help=f"audio in one upload (default {d.max_upload_seconds:g}; 413 beyond)",
-    )
-    lim.add_argument(
-        "--max-uploads",
-        type=_positive(int),
-        default=d.max_uploads,
-        metavar="N",
-        help=f"uploads analysed or waiting at once (default {d.max_uploads}; 503 beyond)",
-    )
+    for field, kind, metavar, text in LIMIT_OPTIONS:
+        default = getattr(d, field)
+        lim.add_argument(
+            "--" + field.replace("_", "-"),
+            type=float if field == "max_lead" else _positive(kind),
+            default=default,
+            metavar=metavar,
+            help=text.format(default=f"{default:g}" if kind is float else default),
+        )
     run = p.add_argument_group("compute")
     run.add_argument(
         "--workers",
@@ -257,15 +221,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from edgeser.serve.app import read_api_keys
 
     limits = ServeLimits(
-        max_streams=args.max_streams,
-        max_message_bytes=args.max_message_bytes,
-        max_rate=args.max_rate,
-        max_lead=args.max_lead,
-        idle_timeout=args.idle_timeout,
-        max_session=args.max_session,
-        max_upload_bytes=args.max_upload_bytes,
-        max_upload_seconds=args.max_upload_seconds,
-        max_uploads=args.max_uploads,
+        **{field: getattr(args, field) for field, *_ in LIMIT_OPTIONS}
     ).validate()
     if args.max_connections < 1:
         raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
