@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeser.core.io import atomic_path
+from edgeser.export.onnx_utils import walk_graphs
 from edgeser.runtime.session import NBITS_OPTIONS
 
 __all__ = ["write_ort"]
@@ -74,21 +75,14 @@ def compact_names(src: str | Path, dst: str | Path) -> None:
             return name
         return names.setdefault(name, f"t{len(names):x}")
 
-    def walk(graph: onnx.GraphProto, top: bool) -> None:
+    for graph in walk_graphs(model.graph):
+        top = graph is model.graph
         for t in graph.initializer:
             t.name = short(t.name)
-        values = [*graph.value_info] + ([] if top else [*graph.input, *graph.output])
-        for v in values:
+        for v in [*graph.value_info] + ([] if top else [*graph.input, *graph.output]):
             v.name = short(v.name)
         for node in graph.node:
             node.name, node.doc_string = "", ""
             node.input[:] = [short(x) for x in node.input]
             node.output[:] = [short(x) for x in node.output]
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    walk(attr.g, False)
-                for g in attr.graphs:
-                    walk(g, False)
-
-    walk(model.graph, True)
     onnx.save(model, str(dst))

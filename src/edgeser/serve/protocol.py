@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
+from edgeser.runtime.vad import SegmenterConfig
 
 PROTOCOL = "edgeser.stream.v1"
 #: Sample formats of binary frames: bytes per sample.
@@ -62,15 +63,9 @@ def error_event(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
 
 
-@dataclass(frozen=True)
-class StreamOptions:
-    """The segmenter settings of one stream (``edgeser stream``'s defaults)."""
-
-    threshold: float = 0.5
-    min_speech: float = 0.25
-    min_silence: float = 0.1
-    speech_pad: float = 0.03
-    max_segment: float = 10.0
+#: The segmenter settings a stream may set in ``session.start``'s ``options``: those of
+#: ``edgeser stream`` (:class:`~edgeser.runtime.vad.SegmenterConfig`, its defaults too).
+OPTIONS = ("threshold", "min_speech", "min_silence", "speech_pad", "max_segment")
 
 
 @dataclass(frozen=True)
@@ -79,21 +74,7 @@ class SessionStart:
 
     format: str
     sample_rate: int
-    options: StreamOptions
-
-    @property
-    def sample_width(self) -> int:
-        return FORMATS[self.format]
-
-    def message(self) -> str:
-        return json.dumps(
-            {
-                "type": "session.start",
-                "format": self.format,
-                "sample_rate": self.sample_rate,
-                "options": asdict(self.options),
-            }
-        )
+    options: SegmenterConfig
 
 
 def _number(value: object, name: str) -> float:
@@ -142,14 +123,14 @@ def parse_session_start(text: str, window: float) -> SessionStart:
     raw = obj.get("options", {})
     if not isinstance(raw, dict):
         raise ProtocolError("bad_session", "options must be an object")
-    names = set(StreamOptions.__dataclass_fields__)
+    names = set(OPTIONS)
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ProtocolError(
             "bad_session", f"unknown options {unknown[:5]} (known: {', '.join(sorted(names))})"
         )
     values = {k: _number(v, k) for k, v in raw.items()}
-    opts = StreamOptions(**values)
+    opts = SegmenterConfig(**values)
     if not 0.0 < opts.threshold < 1.0:
         raise ProtocolError("bad_session", f"threshold must be in (0, 1), got {opts.threshold}")
     for name, (lo, hi) in OPTION_BOUNDS.items():

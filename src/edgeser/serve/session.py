@@ -293,17 +293,8 @@ class Pipeline:
 
     def __init__(self, start: SessionStart, new_vad: Callable[[], Any]) -> None:
         from edgeser.runtime.segments import SpeechSplitter
-        from edgeser.runtime.vad import SegmenterConfig
 
-        o = start.options
-        config = SegmenterConfig(
-            threshold=o.threshold,
-            min_speech=o.min_speech,
-            min_silence=o.min_silence,
-            speech_pad=o.speech_pad,
-            max_segment=o.max_segment,
-        )
-        self.splitter = SpeechSplitter(new_vad(), config)
+        self.splitter = SpeechSplitter(new_vad(), start.options)
         self.resampler = None
         if start.sample_rate != SAMPLE_RATE:
             import soxr
