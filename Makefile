@@ -31,6 +31,7 @@ web-deps:
 
 test: $(STAMP) web-deps
 	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

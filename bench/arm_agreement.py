@@ -29,7 +29,7 @@ from edgeser.runtime.model import OnnxEmotionModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT.parent / "shared" / "corpora" / "ravdess-mini"
-GUEST = r'''
+GUEST = r"""
 import json, sys
 import numpy as np
 from edgeser.runtime.model import OnnxEmotionModel
@@ -39,7 +39,7 @@ for kind, path in job["models"].items():
     model = OnnxEmotionModel(path, threads=1)
     out[kind] = [model.run([np.load(w)])[0].tolist() for w in job["waves"]]
 print(json.dumps(out))
-'''
+"""
 
 
 def main() -> int:
@@ -62,26 +62,33 @@ def main() -> int:
     arm64.build()
     _, onnx_dir = build(args.out / "export", variants=())
     files = sorted(args.speech.rglob("*.wav"))[::10][: args.files]
-    x86 = {k: OnnxEmotionModel(onnx_dir / f, threads=2)
-           for k, f in (("int8", "model.int8.onnx"), ("float32", "model.onnx"))}
+    x86 = {
+        k: OnnxEmotionModel(onnx_dir / f, threads=2)
+        for k, f in (("int8", "model.int8.onnx"), ("float32", "model.onnx"))
+    }
     waves = [x86["int8"].prepare(*_read(f)) for f in files]
     paths = []
     for i, w in enumerate(waves):
         np.save(args.out / f"wave{i}.npy", w)
         paths.append(str(args.out / f"wave{i}.npy"))
     ref = {k: np.stack([m.run([w])[0] for w in waves]) for k, m in x86.items()}
-    models = {"int8": str(onnx_dir / "model.int8.onnx"),
-              "int8_ort": str(onnx_dir / "model.int8.ort")}
+    models = {
+        "int8": str(onnx_dir / "model.int8.onnx"),
+        "int8_ort": str(onnx_dir / "model.int8.ort"),
+    }
     (args.out / "job.json").write_text(json.dumps({"models": models, "waves": paths}))
     (args.out / "guest.py").write_text(GUEST)
     seconds = sum(len(w) for w in waves) / 16000
-    print(f"{len(files)} files, {seconds:.1f} s of audio after the trim; the emulated runs "
-          "take long", flush=True)
+    print(
+        f"{len(files)} files, {seconds:.1f} s of audio after the trim; the emulated runs take long",
+        flush=True,
+    )
 
     def one(cpu: str) -> tuple[str, dict, float]:
         t0 = time.perf_counter()
-        run = arm64.run(cpu, [str(args.out / "guest.py"), str(args.out / "job.json")],
-                        timeout=6 * 3600)
+        run = arm64.run(
+            cpu, [str(args.out / "guest.py"), str(args.out / "job.json")], timeout=6 * 3600
+        )
         if run.returncode != 0:
             raise RuntimeError(f"{cpu}: {run.stderr[-2000:]}")
         return cpu, json.loads(run.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
@@ -98,8 +105,10 @@ def main() -> int:
                     cells.append(f"{100 * same:.0f} % | {d.mean():.2e} | {d.max():.2e}")
                 rows.append(f"| {cpu} | {kind} | " + " | ".join(cells) + f" | {took:.0f} |")
             print(f"{cpu} done in {took:.0f} s", flush=True)
-    print("\n| ARM64 CPU (qemu) | file | vs x86 int8: same label | mean \\|Δp\\| | max \\|Δp\\| "
-          "| vs x86 float32: same label | mean \\|Δp\\| | max \\|Δp\\| | emulated s |")
+    print(
+        "\n| ARM64 CPU (qemu) | file | vs x86 int8: same label | mean \\|Δp\\| | max \\|Δp\\| "
+        "| vs x86 float32: same label | mean \\|Δp\\| | max \\|Δp\\| | emulated s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0

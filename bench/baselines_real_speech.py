@@ -37,51 +37,72 @@ def _auc(predictions: Path) -> list[float]:
     from sklearn.metrics import roc_auc_score
 
     preds = pd.read_csv(predictions)
-    return [roc_auc_score(f["label"] == "angry", f["p_angry"] - f["p_sad"])
-            for _, f in preds[preds["label"].isin(["angry", "sad"])].groupby("fold")]
+    return [
+        roc_auc_score(f["label"] == "angry", f["p_angry"] - f["p_sad"])
+        for _, f in preds[preds["label"].isin(["angry", "sad"])].groupby("fold")
+    ]
 
 
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, default=here.parent / "shared" / "corpora" /
-                    "ravdess-mini")
+    ap.add_argument(
+        "--corpus", type=Path, default=here.parent / "shared" / "corpora" / "ravdess-mini"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--epochs", type=int, default=None,
-                    help="LIGHT-SERNET epochs (default: the authors' 300)")
+    ap.add_argument(
+        "--epochs", type=int, default=None, help="LIGHT-SERNET epochs (default: the authors' 300)"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="edgeser-baselines-"))
     frame = prepare_ravdess(args.corpus)
     write_manifest(frame, out / "corpus.csv")
     folds = int(frame["speaker"].nunique())
-    runs = [("egemaps (global)", "egemaps", {}, [0]),
-            ("egemaps (per speaker)", "egemaps", {"feature_norm": "speaker"}, [0]),
-            ("light-sernet", "light-sernet",
-             {"epochs": args.epochs} if args.epochs else {}, args.seeds),
-            ("light-sernet (per-speaker BatchNorm)", "light-sernet",
-             {"feature_norm": "speaker"} | ({"epochs": args.epochs} if args.epochs else {}),
-             args.seeds)]
+    runs = [
+        ("egemaps (global)", "egemaps", {}, [0]),
+        ("egemaps (per speaker)", "egemaps", {"feature_norm": "speaker"}, [0]),
+        (
+            "light-sernet",
+            "light-sernet",
+            {"epochs": args.epochs} if args.epochs else {},
+            args.seeds,
+        ),
+        (
+            "light-sernet (per-speaker BatchNorm)",
+            "light-sernet",
+            {"feature_norm": "speaker"} | ({"epochs": args.epochs} if args.epochs else {}),
+            args.seeds,
+        ),
+    ]
     print(f"{len(frame)} utterances, {folds} speakers, {folds} folds (one speaker tested each)")
-    print("| model | seed | UA per fold (tested speaker) | mean UA [95 % CI] | angry-vs-sad AUC "
-          "| s |")
+    print(
+        "| model | seed | UA per fold (tested speaker) | mean UA [95 % CI] | angry-vs-sad AUC | s |"
+    )
     print("|---|---:|---|---:|---:|---:|")
     for label, model, values, seeds in runs:
         for seed in seeds:
             run = out / f"{model}-{'-'.join(map(str, values.values())) or 'default'}-s{seed}"
             t0 = time.perf_counter()
-            res = evaluate_loso(TrainConfig(model=model, seed=seed, **values),
-                                out / "corpus.csv", run, folds=folds, progress=False,
-                                cache_dir=out / "cache")
+            res = evaluate_loso(
+                TrainConfig(model=model, seed=seed, **values),
+                out / "corpus.csv",
+                run,
+                folds=folds,
+                progress=False,
+                cache_dir=out / "cache",
+            )
             took = time.perf_counter() - t0
             s = res["loso"][next(iter(res["loso"]))]
-            per = [f"{f['metrics']['ua']:.3f} ({','.join(f['test_speakers'])})"
-                   for f in s["folds"]]
+            per = [f"{f['metrics']['ua']:.3f} ({','.join(f['test_speakers'])})" for f in s["folds"]]
             aucs = _auc(run / "loso" / "predictions.csv")
             lo, hi = s["ci95"]["mean"]["ua"]
-            print(f"| {label} | {seed} | {' / '.join(per)} | {s['mean']['ua']:.3f} "
-                  f"[{lo:.3f}, {hi:.3f}] | "
-                  f"{np.mean(aucs):.3f} | {took:.0f} |", flush=True)
+            print(
+                f"| {label} | {seed} | {' / '.join(per)} | {s['mean']['ua']:.3f} "
+                f"[{lo:.3f}, {hi:.3f}] | "
+                f"{np.mean(aucs):.3f} | {took:.0f} |",
+                flush=True,
+            )
     print()
     print(format_hardware())
 

@@ -61,27 +61,35 @@ def main() -> None:
     here = Path(__file__).resolve().parents[1]
     corpora = here.parent / "shared" / "corpora"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--corpus", type=Path, nargs="+",
-                    default=[corpora / "ravdess-mini", corpora / "ravdess-dev"])
+    ap.add_argument(
+        "--corpus",
+        type=Path,
+        nargs="+",
+        default=[corpora / "ravdess-mini", corpora / "ravdess-dev"],
+    )
     ap.add_argument("--folds", type=int, default=6)
-    ap.add_argument("--models", nargs="+", choices=sorted(MODELS),
-                    default=["egemaps-speaker", "egemaps-global"])
+    ap.add_argument(
+        "--models", nargs="+", choices=sorted(MODELS), default=["egemaps-speaker", "egemaps-global"]
+    )
     ap.add_argument("--epochs", type=int, default=30, help="LIGHT-SERNET epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="edgeser-calibration-"))
     out.mkdir(parents=True, exist_ok=True)
-    frame = pd.concat([prepare_ravdess(c) for c in args.corpus if c.is_dir()],
-                      ignore_index=True)
+    frame = pd.concat([prepare_ravdess(c) for c in args.corpus if c.is_dir()], ignore_index=True)
     if frame.empty:
         raise SystemExit(f"no RAVDESS actors under {', '.join(map(str, args.corpus))}")
     write_manifest(frame, out / "corpus.csv")
-    print(f"{len(frame)} utterances, {frame['speaker'].nunique()} speakers, "
-          f"{args.folds} speaker-disjoint folds; temperature fitted on each fold's "
-          "validation speakers")
-    print("| model | ECE before | ECE after | Brier before | Brier after | NLL before "
-          "| NLL after | T per fold | under threshold (wrong) | UA | s |")
+    print(
+        f"{len(frame)} utterances, {frame['speaker'].nunique()} speakers, "
+        f"{args.folds} speaker-disjoint folds; temperature fitted on each fold's "
+        "validation speakers"
+    )
+    print(
+        "| model | ECE before | ECE after | Brier before | Brier after | NLL before "
+        "| NLL after | T per fold | under threshold (wrong) | UA | s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     report: dict[str, object] = {}
     for key in args.models:
@@ -90,22 +98,35 @@ def main() -> None:
             values = {**values, "epochs": args.epochs}
         run = out / key
         t0 = time.perf_counter()
-        res = evaluate_loso(TrainConfig(model=name, seed=args.seed, **values),
-                            out / "corpus.csv", run, folds=args.folds, progress=False,
-                            cache_dir=out / "cache")
+        res = evaluate_loso(
+            TrainConfig(model=name, seed=args.seed, **values),
+            out / "corpus.csv",
+            run,
+            folds=args.folds,
+            progress=False,
+            cache_dir=out / "cache",
+        )
         took = time.perf_counter() - t0
         s = res["loso"][next(iter(res["loso"]))]
         cal = s["calibration"]
         n, under, wrong = _below_threshold(run, cal["low_confidence_below"])
         pooled = cal["pooled"]
         temps = "/".join(f"{t:.2f}" for t in cal["temperature"])
-        print(f"| {key} | {pooled['before']['ece']:.3f} | {pooled['after']['ece']:.3f} "
-              f"| {pooled['before']['brier']:.3f} | {pooled['after']['brier']:.3f} "
-              f"| {pooled['before']['nll']:.3f} | {pooled['after']['nll']:.3f} | {temps} "
-              f"| {under}/{n} ({wrong}) | {s['mean']['ua']:.3f} | {took:.0f} |", flush=True)
-        report[key] = {"calibration": cal, "ua": s["mean"]["ua"], "n": n,
-                       "under_threshold": under, "wrong_under_threshold": wrong,
-                       "seconds": took}
+        print(
+            f"| {key} | {pooled['before']['ece']:.3f} | {pooled['after']['ece']:.3f} "
+            f"| {pooled['before']['brier']:.3f} | {pooled['after']['brier']:.3f} "
+            f"| {pooled['before']['nll']:.3f} | {pooled['after']['nll']:.3f} | {temps} "
+            f"| {under}/{n} ({wrong}) | {s['mean']['ua']:.3f} | {took:.0f} |",
+            flush=True,
+        )
+        report[key] = {
+            "calibration": cal,
+            "ua": s["mean"]["ua"],
+            "n": n,
+            "under_threshold": under,
+            "wrong_under_threshold": wrong,
+            "seconds": took,
+        }
         for png in sorted(run.rglob("reliability.png"))[:1]:
             (out / f"reliability-{key}.png").write_bytes(png.read_bytes())
     (out / "calibration.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -42,8 +42,11 @@ from edgeser.export.exporter import VARIANTS as EXPORT_VARIANTS
 SR = 16_000
 DURATIONS = (1.0, 3.0, 10.0)
 EXTRA = tuple(EXPORT_VARIANTS)  # every optional export variant besides fp32/int8
-FILES = {"onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx",
-         **{f"onnx-{v}": name for v, (name, _) in EXPORT_VARIANTS.items()}}
+FILES = {
+    "onnx-fp32": "model.onnx",
+    "onnx-int8": "model.int8.onnx",
+    **{f"onnx-{v}": name for v, (name, _) in EXPORT_VARIANTS.items()},
+}
 TORCH_IMPLS = {"pytorch-fp32": "modules", "pytorch-direct": "direct"}
 VARIANTS = (*TORCH_IMPLS, *FILES)
 
@@ -146,7 +149,7 @@ def fidelity(onnx_dir: Path, speech_dir: Path, threads: int) -> dict[str, dict[s
         session = onnx_session(path, threads=threads)
         out = None
         for start in range(0, len(order), 8):
-            idx = order[start: start + 8]
+            idx = order[start : start + 8]
             p = session.run(None, pad_batch([waves[i] for i in idx]))[0]
             out = np.zeros((len(waves), p.shape[1]), np.float32) if out is None else out
             out[idx] = p
@@ -160,8 +163,11 @@ def fidelity(onnx_dir: Path, speech_dir: Path, threads: int) -> dict[str, dict[s
             continue
         p = probs(onnx_dir / name)
         delta = np.abs(p - ref)
-        result[variant] = {"agreement": float(np.mean(p.argmax(1) == ref.argmax(1))),
-                           "mean_abs_dp": float(delta.mean()), "max_abs_dp": float(delta.max())}
+        result[variant] = {
+            "agreement": float(np.mean(p.argmax(1) == ref.argmax(1))),
+            "mean_abs_dp": float(delta.mean()),
+            "max_abs_dp": float(delta.max()),
+        }
     return result
 
 
@@ -192,18 +198,25 @@ def build(out: Path, variants: tuple[str, ...] = EXTRA) -> tuple[Path, Path]:
 
 def _table(results: dict, sizes: dict) -> None:
     pt, fp = results["pytorch-fp32"]["latency_ms"], results["onnx-fp32"]["latency_ms"]
-    print("| variant | size MB | " + " | ".join(
-        f"{d:g} s: ms (RTF, ×PT, ×ONNX)" for d in DURATIONS) + " | peak RSS MB |")
+    print(
+        "| variant | size MB | "
+        + " | ".join(f"{d:g} s: ms (RTF, ×PT, ×ONNX)" for d in DURATIONS)
+        + " | peak RSS MB |"
+    )
     print("|" + "---|" * (len(DURATIONS) + 3))
     for variant in VARIANTS:
         r = results[variant]
         cells = []
         for d in DURATIONS:
             ms = r["latency_ms"][str(d)]
-            cells.append(f"{ms:.1f} ({ms / (1000 * d):.3f}, {pt[str(d)] / ms:.2f}×, "
-                         f"{fp[str(d)] / ms:.2f}×)")
-        print(f"| {variant} | {sizes[variant] / 1e6:.1f} | " + " | ".join(cells)
-              + f" | {r['peak_rss_mb']:.0f} |")
+            cells.append(
+                f"{ms:.1f} ({ms / (1000 * d):.3f}, {pt[str(d)] / ms:.2f}×, {fp[str(d)] / ms:.2f}×)"
+            )
+        print(
+            f"| {variant} | {sizes[variant] / 1e6:.1f} | "
+            + " | ".join(cells)
+            + f" | {r['peak_rss_mb']:.0f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,8 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="work folder (kept if given)")
-    parser.add_argument("--speech", type=Path, default=None,
-                        help="folder of real speech files: also report fidelity to float32")
+    parser.add_argument(
+        "--speech",
+        type=Path,
+        default=None,
+        help="folder of real speech files: also report fidelity to float32",
+    )
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--onnx-dir", type=Path, help=argparse.SUPPRESS)
@@ -225,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(tmp)
         model_dir, onnx_dir = build(out)
         torch_size = (model_dir / "model.safetensors").stat().st_size
-        sizes = {**{v: torch_size for v in TORCH_IMPLS},
-                 **{v: (onnx_dir / f).stat().st_size for v, f in FILES.items()}}
+        sizes = {
+            **{v: torch_size for v in TORCH_IMPLS},
+            **{v: (onnx_dir / f).stat().st_size for v, f in FILES.items()},
+        }
         load_before = os.getloadavg()
         runners = {v: runner(v, model_dir, onnx_dir, args.threads) for v in VARIANTS}
         latency = interleaved_latency(runners, args.runs)
@@ -235,8 +254,18 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--worker", variant, "--model-dir", str(model_dir),
-                   "--onnx-dir", str(onnx_dir), "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                "--model-dir",
+                str(model_dir),
+                "--onnx-dir",
+                str(onnx_dir),
+                "--threads",
+                str(args.threads),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
             results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             results[variant]["latency_ms"] = latency[variant]
@@ -245,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     for v in TORCH_IMPLS:
         sizes[v] += 23_491_968 * 4
     print(format_hardware())
-    print(f"threads={args.threads}, runs={args.runs} (median, variants interleaved), "
-          f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after timing")
+    print(
+        f"threads={args.threads}, runs={args.runs} (median, variants interleaved), "
+        f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after timing"
+    )
     print()
     _table(results, sizes)
     if fid:
@@ -258,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         for variant in FILES:
             if variant in fid:
                 f = fid[variant]
-                print(f"| {variant} | {100 * f['agreement']:.1f} % | {f['mean_abs_dp']:.4f} | "
-                      f"{f['max_abs_dp']:.4f} |")
+                print(
+                    f"| {variant} | {100 * f['agreement']:.1f} % | {f['mean_abs_dp']:.4f} | "
+                    f"{f['max_abs_dp']:.4f} |"
+                )
     return 0
 
 

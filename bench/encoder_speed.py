@@ -55,8 +55,10 @@ def main() -> None:
     if args.bf16 and auto != "bf16":
         variants["bf16"] = base.variant(precision="bf16")
     print(f"runs={args.runs}")
-    print(f"{'input':>6} {'frames':>6} " + " ".join(f"{v + ' ms':>18} {'ratio':>6} {'cos':>8}"
-                                                   for v in variants))
+    print(
+        f"{'input':>6} {'frames':>6} "
+        + " ".join(f"{v + ' ms':>18} {'ratio':>6} {'cos':>8}" for v in variants)
+    )
     for seconds in (1.0, 3.0, 10.0):
         wave = speech_like(seconds, np.random.default_rng(int(seconds)))
         cells, ref_time, ref_out = [], None, None
@@ -64,8 +66,7 @@ def main() -> None:
             t, out = median_time(enc, wave, args.runs)
             if ref_time is None:
                 ref_time, ref_out = t, out
-            cos = torch.nn.functional.cosine_similarity(ref_out[-1].mean(0), out[-1].mean(0),
-                                                        dim=0)
+            cos = torch.nn.functional.cosine_similarity(ref_out[-1].mean(0), out[-1].mean(0), dim=0)
             cells.append(f"{1e3 * t:>18.1f} {ref_time / t:>5.2f}x {float(cos):>8.5f}")
         print(f"{seconds:>5.0f}s {ref_out.shape[1]:>6d} " + " ".join(cells))
 

@@ -75,8 +75,10 @@ def workload(count: int, seed: int) -> list[np.ndarray]:
 
 def encoders(labels: list[str]) -> dict[str, Encoder]:
     base = random_encoder(seed=0)
-    return {label: base.variant(precision=VARIANTS[label][0], impl=VARIANTS[label][1])
-            for label in labels}
+    return {
+        label: base.variant(precision=VARIANTS[label][0], impl=VARIANTS[label][1])
+        for label in labels
+    }
 
 
 def matmul_peak(threads: int) -> float:
@@ -101,17 +103,26 @@ def speed(encs: dict[str, Encoder], waves: list[np.ndarray], runs: int, peak: fl
             start = time.perf_counter()
             enc.encode(waves)
             times[label].append(time.perf_counter() - start)
-    print(f"workload: {len(waves)} utterances, {seconds:.1f} s of audio, batch_size 8, "
-          f"{runs} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s")
-    print(f"{'variant':>18} {'ms/audio s':>11} {'GFLOP/s':>8} {'of peak':>8} "
-          f"{'vs modules':>11}  per round")
+    print(
+        f"workload: {len(waves)} utterances, {seconds:.1f} s of audio, batch_size 8, "
+        f"{runs} interleaved rounds; float32 matmul peak {peak:.0f} GFLOP/s"
+    )
+    print(
+        f"{'variant':>18} {'ms/audio s':>11} {'GFLOP/s':>8} {'of peak':>8} "
+        f"{'vs modules':>11}  per round"
+    )
     for label, values in times.items():
-        ratios = [b / t for b, t in zip(times[BASELINE], values, strict=True)] \
-            if BASELINE in times else [float("nan")] * len(values)
+        ratios = (
+            [b / t for b, t in zip(times[BASELINE], values, strict=True)]
+            if BASELINE in times
+            else [float("nan")] * len(values)
+        )
         ms = 1e3 * statistics.median(values) / seconds
         gflops = GFLOP_PER_AUDIO_SECOND / (ms / 1e3)
-        print(f"{label:>18} {ms:>11.1f} {gflops:>8.0f} {100 * gflops / peak:>7.0f}% "
-              f"{statistics.median(ratios):>10.2f}x  " + " ".join(f"{r:.2f}" for r in ratios))
+        print(
+            f"{label:>18} {ms:>11.1f} {gflops:>8.0f} {100 * gflops / peak:>7.0f}% "
+            f"{statistics.median(ratios):>10.2f}x  " + " ".join(f"{r:.2f}" for r in ratios)
+        )
 
 
 def pooled(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +143,10 @@ def fidelity(encs: dict[str, Encoder], folder: Path, every: dict[str, int]) -> N
     reference_encoder = next(iter(encs.values())).variant(precision="fp32", impl="modules")
     reference = [pooled(h) for h in reference_encoder.encode(waves)]
     cos = torch.nn.functional.cosine_similarity
-    print(f"fidelity vs fp32 modules on RAVDESS files ({sum(map(len, waves)) / SR:.0f} s in "
-          "all): lowest cosine over files, per hidden state (transformer input, layer 1, 2)")
+    print(
+        f"fidelity vs fp32 modules on RAVDESS files ({sum(map(len, waves)) / SR:.0f} s in "
+        "all): lowest cosine over files, per hidden state (transformer input, layer 1, 2)"
+    )
     for label, enc in encs.items():
         if label == BASELINE:
             continue
@@ -142,9 +155,12 @@ def fidelity(encs: dict[str, Encoder], folder: Path, every: dict[str, int]) -> N
         ref = reference[::step]
         mean = torch.stack([cos(r[0], g[0], dim=-1) for r, g in zip(ref, got, strict=True)])
         std = torch.stack([cos(r[1], g[1], dim=-1) for r, g in zip(ref, got, strict=True)])
-        print(f"{label:>18}  {len(got):>3} files  mean-pooled "
-              + " ".join(f"{x:.6f}" for x in mean.min(0).values)
-              + "   std-pooled " + " ".join(f"{x:.6f}" for x in std.min(0).values))
+        print(
+            f"{label:>18}  {len(got):>3} files  mean-pooled "
+            + " ".join(f"{x:.6f}" for x in mean.min(0).values)
+            + "   std-pooled "
+            + " ".join(f"{x:.6f}" for x in std.min(0).values)
+        )
 
 
 def main() -> None:
@@ -153,8 +169,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--utterances", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--all", action="store_true",
-                        help="also the bf16 variants where bfloat16 is not native (slow)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the bf16 variants where bfloat16 is not native (slow)",
+    )
     parser.add_argument("--ravdess", type=Path, default=RAVDESS)
     parser.add_argument("--no-fidelity", action="store_true")
     args = parser.parse_args()
@@ -163,8 +182,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(format_hardware())
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
-          f"load average {load}")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average {load}")
     native = bf16_check().native
     labels = [v for v in VARIANTS if native or args.all or not v.startswith("bf16")]
     utterances = args.utterances if native or not args.all else max(2, args.utterances // 5)

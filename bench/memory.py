@@ -74,17 +74,20 @@ def peak_rss(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, s
     """``(peak RSS MB, seconds, exit status, output tail, output lines)`` of ``argv``, read
     by a small parent process that reaps it with ``wait4`` (the child's own
     ``ru_maxrss``)."""
-    script = ("import os, subprocess, sys, json, time\n"
-              "t = time.perf_counter()\n"
-              "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, "
-              "stderr=subprocess.STDOUT)\n"
-              "data = p.stdout.read()\n"
-              "_, status, usage = os.wait4(p.pid, 0)\n"
-              "print(json.dumps([usage.ru_maxrss / 1024, time.perf_counter() - t, "
-              "os.waitstatus_to_exitcode(status), data.decode(errors='replace')[-2000:], "
-              "data.count(b'\\n')]))\n")
-    run = subprocess.run([sys.executable, "-c", script, *argv], env=env,
-                         capture_output=True, text=True, check=True)
+    script = (
+        "import os, subprocess, sys, json, time\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, "
+        "stderr=subprocess.STDOUT)\n"
+        "data = p.stdout.read()\n"
+        "_, status, usage = os.wait4(p.pid, 0)\n"
+        "print(json.dumps([usage.ru_maxrss / 1024, time.perf_counter() - t, "
+        "os.waitstatus_to_exitcode(status), data.decode(errors='replace')[-2000:], "
+        "data.count(b'\\n')]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, *argv], env=env, capture_output=True, text=True, check=True
+    )
     mb, seconds, code, out, lines = json.loads(run.stdout.strip().splitlines()[-1])
     return float(mb), float(seconds), int(code), str(out), int(lines)
 
@@ -113,19 +116,22 @@ def main() -> int:
     print(f"model: {model} ({os.path.getsize(model) / 1e6:.1f} MB)")
     floor = peak_rss([sys.executable, "-c", FLOOR], env)[0]
     cli = peak_rss([sys.executable, "-c", FLOOR + "; import edgeser.cli"], env)[0]
-    print(f"interpreter + numpy, soundfile, soxr, onnxruntime: {floor:.0f} MB; "
-          f"+ edgeser.cli: {cli:.0f} MB")
+    print(
+        f"interpreter + numpy, soundfile, soxr, onnxruntime: {floor:.0f} MB; "
+        f"+ edgeser.cli: {cli:.0f} MB"
+    )
     edgeser = [sys.executable, "-m", "edgeser.cli"]
     rows = []
     for seconds in args.lengths:
         wav = speech_file(args.out / f"speech-{seconds:g}s.wav", seconds, args.speech)
-        mb, took, code, out, _ = peak_rss([*edgeser, "predict", model, str(wav), "--json"],
-                                          env)
+        mb, took, code, out, _ = peak_rss([*edgeser, "predict", model, str(wav), "--json"], env)
         result = out.strip().splitlines()[-1] if out.strip() else ""
         try:
             obj = json.loads(result)
-            what = f"{obj['label']}, status {obj.get('status', '-')}, " \
-                   f"{obj.get('segments', 1)} segment(s)"
+            what = (
+                f"{obj['label']}, status {obj.get('status', '-')}, "
+                f"{obj.get('segments', 1)} segment(s)"
+            )
         except (json.JSONDecodeError, KeyError):
             what = f"exit {code}: " + result[-160:].replace("|", "/")
         rows.append(("predict", f"{seconds:g} s", mb, mb - cli, took, what))
@@ -136,8 +142,10 @@ def main() -> int:
         what = f"{segments} segments" if code == 0 else f"exit {code}: {out[-160:]}"
         rows.append(("stream", f"{minutes:g} min", mb, mb - cli, took, what))
         print(f"stream {minutes:g} min: peak {mb:.0f} MB ({took:.0f} s) {what}", flush=True)
-    print(f"\n| command | input | peak RSS MB | above interpreter + edgeser.cli ({cli:.0f} MB) "
-          "| wall s | result |")
+    print(
+        f"\n| command | input | peak RSS MB | above interpreter + edgeser.cli ({cli:.0f} MB) "
+        "| wall s | result |"
+    )
     print("|---|---|---|---|---|---|")
     for cmd, length, mb, share, took, what in rows:
         print(f"| {cmd} | {length} | {mb:.0f} | {share:.0f} | {took:.1f} | {what} |")

@@ -67,8 +67,14 @@ def make_corpus(root: Path, seconds: float) -> Path:
     return manifest
 
 
-def run_extract(manifest: Path, cache: Path, executor: str, workers: int | None,
-                threads: int | None, batch_seconds: float) -> dict[str, object]:
+def run_extract(
+    manifest: Path,
+    cache: Path,
+    executor: str,
+    workers: int | None,
+    threads: int | None,
+    batch_seconds: float,
+) -> dict[str, object]:
     """One extraction with an empty cache; timings and where each batch ran."""
     import pandas as pd
 
@@ -86,12 +92,19 @@ def run_extract(manifest: Path, cache: Path, executor: str, workers: int | None,
     def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
         def on_batch(index: int, node: str, pid: int) -> None:
             done.append((time.perf_counter(), node, pid, index))
+
         return original(*args, **kwargs, on_batch=on_batch)
 
     dist.ray_batches = recorded
     t0 = time.perf_counter()
-    extract(df, encoder, store, progress=False, batch_seconds=batch_seconds,
-            executor=parse_executor(executor, workers=workers, worker_threads=threads))
+    extract(
+        df,
+        encoder,
+        store,
+        progress=False,
+        batch_seconds=batch_seconds,
+        executor=parse_executor(executor, workers=workers, worker_threads=threads),
+    )
     wall = time.perf_counter() - t0
     audio = float(df["duration"].sum())
     out: dict[str, object] = {"audio_s": audio, "wall_s": wall, "precision": encoder.precision}
@@ -126,8 +139,7 @@ def inner(argv: list[str]) -> None:
     p.add_argument("--worker-threads", type=int, default=None)
     p.add_argument("--batch-seconds", type=float, default=30.0)
     a = p.parse_args(argv)
-    res = run_extract(a.manifest, a.cache, a.executor, a.workers, a.worker_threads,
-                      a.batch_seconds)
+    res = run_extract(a.manifest, a.cache, a.executor, a.workers, a.worker_threads, a.batch_seconds)
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -137,14 +149,33 @@ def _row(name: str, r: dict[str, object]) -> str:
     steady_txt = f"{1 / float(steady):7.1f} h/h" if steady else "      -"  # type: ignore[arg-type]
     nodes = r.get("batches_per_node")
     where = ", ".join(f"{n} {c}" for n, c in nodes.items()) if nodes else "this process"
-    return (f"| {name} | {audio / 60:.1f} min | {wall:.1f} s | {audio / wall:.1f} h/h | "
-            f"{steady_txt} | {where} |")
+    return (
+        f"| {name} | {audio / 60:.1f} min | {wall:.1f} s | {audio / wall:.1f} h/h | "
+        f"{steady_txt} | {where} |"
+    )
 
 
-def _in_cluster(cluster, manifest: Path, cache: Path, executor: str,  # type: ignore[no-untyped-def]
-                *extra: str) -> dict[str, object]:
-    res = cluster.run([sys.executable, __file__, "--inner", str(manifest), str(cache),
-                       executor, "--batch-seconds", str(BATCH_SECONDS), *extra], timeout=3600)
+def _in_cluster(
+    cluster,
+    manifest: Path,
+    cache: Path,
+    executor: str,  # type: ignore[no-untyped-def]
+    *extra: str,
+) -> dict[str, object]:
+    res = cluster.run(
+        [
+            sys.executable,
+            __file__,
+            "--inner",
+            str(manifest),
+            str(cache),
+            executor,
+            "--batch-seconds",
+            str(BATCH_SECONDS),
+            *extra,
+        ],
+        timeout=3600,
+    )
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -155,18 +186,24 @@ def estimate(hours: float = 10_000.0) -> str:
     """The written estimate for ``hours`` of audio: feature extraction (float32 direct
     path) and archive scoring (``model.int8.onnx``), from this CPU's measured figures."""
     lines = []
-    for what, ms in (("features, float32 direct path", MS_PER_AUDIO_SECOND_2_CORES),
-                     ("predict, model.int8.onnx", MS_PER_AUDIO_SECOND_INT8_2_THREADS)):
+    for what, ms in (
+        ("features, float32 direct path", MS_PER_AUDIO_SECOND_2_CORES),
+        ("predict, model.int8.onnx", MS_PER_AUDIO_SECOND_INT8_2_THREADS),
+    ):
         core_s = ms / 1000 * 2  # two cores busy for `ms` per audio second
         core_hours = hours * core_s
-        lines.append(f"{what}: {hours:,.0f} h x {ms} ms per audio second on 2 cores = "
-                     f"{core_s:.4f} core-s per audio s -> {core_hours:,.0f} core-hours")
+        lines.append(
+            f"{what}: {hours:,.0f} h x {ms} ms per audio second on 2 cores = "
+            f"{core_s:.4f} core-s per audio s -> {core_hours:,.0f} core-hours"
+        )
         for nodes, cores in ((1, 2), (8, 16), (32, 16), (64, 32)):
             h = core_hours / (nodes * cores)
             lines.append(f"  {nodes:3d} nodes x {cores:2d} cores: {h:8.1f} h")
     tb = hours * 3600 * SR * 2 / 1e12
-    lines.append(f"audio moved (16 kHz 16-bit mono): {tb:.2f} TB; at 1 GB/s into the driver "
-                 f"{tb * 1e3 / 3600:.2f} h (features: the driver ships every file's bytes)")
+    lines.append(
+        f"audio moved (16 kHz 16-bit mono): {tb:.2f} TB; at 1 GB/s into the driver "
+        f"{tb * 1e3 / 3600:.2f} h (features: the driver ships every file's bytes)"
+    )
     return "\n".join(lines)
 
 
@@ -187,21 +224,40 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="edgeser-ray-bench-"))
     try:
         manifest = make_corpus(root, args.seconds)
-        rows = [_row("local", run_extract(manifest, root / "c-local", "local", None, None,
-                                          BATCH_SECONDS))]
+        rows = [
+            _row(
+                "local", run_extract(manifest, root / "c-local", "local", None, None, BATCH_SECONDS)
+            )
+        ]
         with loopback_ray_cluster(num_cpus=os.cpu_count() or 2) as c:
             addr = f"ray:{c.address}"
-            rows.append(_row("ray, 1 actor x 2 threads",
-                             _in_cluster(c, manifest, root / "c-r1", addr, "--workers", "1")))
-            rows.append(_row("ray, 2 actors x 1 thread",
-                             _in_cluster(c, manifest, root / "c-r2", addr, "--workers", "2",
-                                         "--worker-threads", "1")))
+            rows.append(
+                _row(
+                    "ray, 1 actor x 2 threads",
+                    _in_cluster(c, manifest, root / "c-r1", addr, "--workers", "1"),
+                )
+            )
+            rows.append(
+                _row(
+                    "ray, 2 actors x 1 thread",
+                    _in_cluster(
+                        c, manifest, root / "c-r2", addr, "--workers", "2", "--worker-threads", "1"
+                    ),
+                )
+            )
         with loopback_ray_cluster(num_cpus=0, worker_nodes=args.nodes, worker_cpus=1) as c:
-            rows.append(_row(f"simulated cluster: {args.nodes} nodes x 1 CPU",
-                             _in_cluster(c, manifest, root / "c-sim", f"ray:{c.address}",
-                                         "--worker-threads", "1")))
-        print("\n| executor | audio | wall | wall throughput | steady throughput | "
-              "batches per node |\n|---|---|---|---|---|---|")
+            rows.append(
+                _row(
+                    f"simulated cluster: {args.nodes} nodes x 1 CPU",
+                    _in_cluster(
+                        c, manifest, root / "c-sim", f"ray:{c.address}", "--worker-threads", "1"
+                    ),
+                )
+            )
+        print(
+            "\n| executor | audio | wall | wall throughput | steady throughput | "
+            "batches per node |\n|---|---|---|---|---|---|"
+        )
         print("\n".join(rows))
         print(f"load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print("\n" + estimate())

@@ -79,8 +79,10 @@ def fidelity(frame, precision: str, n: int = 24) -> float:
     from edgeser.audio.frontend import FrontEnd
 
     rows = frame.sample(n=n, random_state=1)
-    waves = [load_waveform(Item(u, p, 0), FrontEnd(), None, 0)
-             for u, p in zip(rows["utt_id"], rows["path"], strict=True)]
+    waves = [
+        load_waveform(Item(u, p, 0), FrontEnd(), None, 0)
+        for u, p in zip(rows["utt_id"], rows["path"], strict=True)
+    ]
     worst = 1.0
     for a, b in zip(fp32.encode(waves), bf16.encode(waves), strict=True):
         va, vb = a.mean(dim=1).flatten(), b.mean(dim=1).flatten()
@@ -103,16 +105,25 @@ def main() -> None:
     print(format_hardware())
     data = args.out / "data"
     t0 = time.perf_counter()
-    roots = {name: synthesize_corpus(name, data / name, scale=args.scale, seed=0)
-             for name in ("iemocap", "cremad", "ravdess")}
+    roots = {
+        name: synthesize_corpus(name, data / name, scale=args.scale, seed=0)
+        for name in ("iemocap", "cremad", "ravdess")
+    }
     synth_s = time.perf_counter() - t0
     run = args.out / "run"
     if not args.keep_cache:
         shutil.rmtree(run, ignore_errors=True)
-    cfg = TrainConfig(encoder="random", precision=args.precision, aug_views=args.views,
-                      epochs=args.epochs)
-    res = reproduce(cfg, iemocap=roots["iemocap"], cremad=roots["cremad"],
-                    ravdess=roots["ravdess"], out=run, progress=True)
+    cfg = TrainConfig(
+        encoder="random", precision=args.precision, aug_views=args.views, epochs=args.epochs
+    )
+    res = reproduce(
+        cfg,
+        iemocap=roots["iemocap"],
+        cremad=roots["cremad"],
+        ravdess=roots["ravdess"],
+        out=run,
+        progress=True,
+    )
     t = res["timings_seconds"]
     ie = load_corpus("iemocap", roots["iemocap"], args.out / "scratch")
     n_train_total = sum(f["n_train"] for s in res["loso"].values() for f in s["folds"])
@@ -126,18 +137,23 @@ def main() -> None:
     print(f"| corpora ({args.scale}) | {sizes} utterances, {hours:.2f} h of audio |")
     print("|---|---|")
     print(f"| synthesis (not part of the protocol) | {synth_s:.0f} s |")
-    print(f"| feature extraction (clean + {args.views} views, {cfg.precision}) | "
-          f"{t['features']:.0f} s |")
+    print(
+        f"| feature extraction (clean + {args.views} views, {cfg.precision}) | "
+        f"{t['features']:.0f} s |"
+    )
     print(f"| all 10 LOSO trainings ({args.epochs} epochs) | {t['loso_training']:.0f} s |")
     print(f"| production model + RAVDESS | {t['production_and_cross_corpus']:.0f} s |")
     print(f"| whole reproduce | {t['total']:.0f} s ({t['total'] / 60:.1f} min) |")
-    print(f"| straightforward loop, measured | {per_utt * 1000:.0f} ms per utterance-epoch "
-          f"(slice of {args.slice}) |")
-    print(f"| straightforward loop, extrapolated | {baseline / 3600:.1f} h for "
-          f"{n_train_total} utterances x {args.epochs} epochs |")
+    print(
+        f"| straightforward loop, measured | {per_utt * 1000:.0f} ms per utterance-epoch "
+        f"(slice of {args.slice}) |"
+    )
+    print(
+        f"| straightforward loop, extrapolated | {baseline / 3600:.1f} h for "
+        f"{n_train_total} utterances x {args.epochs} epochs |"
+    )
     print(f"| speed-up | {baseline / t['total']:.0f}x |")
-    print(f"| feature fidelity (min cosine {cfg.precision} vs fp32 modules, 24 utts) | "
-          f"{cos:.5f} |")
+    print(f"| feature fidelity (min cosine {cfg.precision} vs fp32 modules, 24 utts) | {cos:.5f} |")
 
 
 if __name__ == "__main__":

@@ -45,8 +45,7 @@ def write_long_file(path: Path, minutes: float, seed: int = 0) -> str:
             if utterances:
                 x = utterances[i % len(utterances)]
             else:
-                x = tone(float(rng.uniform(0.8, 4.0)), freq=float(rng.uniform(100, 300)),
-                         seed=i)
+                x = tone(float(rng.uniform(0.8, 4.0)), freq=float(rng.uniform(100, 300)), seed=i)
             gap = np.zeros(round(rng.uniform(0.5, 2.0) * SR), dtype=np.float32)
             chunk = np.concatenate([x, gap])[: total - written]
             f.write(chunk)
@@ -80,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         source = write_long_file(path, args.minutes)
         duration = sf.info(str(path)).duration
         print(format_hardware(hardware_summary(with_torch=False)))
-        print(f"input: {duration / 60:.1f} min of {source}, 16 kHz; threads {args.threads}; "
-              f"median of {args.repeats}")
+        print(
+            f"input: {duration / 60:.1f} min of {source}, 16 kHz; threads {args.threads}; "
+            f"median of {args.repeats}"
+        )
         print(f"{'stage':<44} {'seconds':>8} {'x real time':>12} {'segments':>9}")
 
         def report(name: str, seconds: float, n: int) -> None:
@@ -91,14 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         report("read only (blocks of 0.5 s)", sec, 0)
         for kind in ("silero", "webrtc"):
             vad = make_vad(kind)
-            sec, n = time_run(lambda vad=vad: sum(1 for _ in speech_segments(
-                file_blocks(path), vad)), args.repeats)
+            sec, n = time_run(
+                lambda vad=vad: sum(1 for _ in speech_segments(file_blocks(path), vad)),
+                args.repeats,
+            )
             report(f"read + {kind} VAD + segmentation", sec, n)
             for model_path in [dummy, *args.models]:
                 model = OnnxEmotionModel(model_path, threads=args.threads)
                 name = "dummy" if model_path == dummy else model_path.name
-                sec, n = time_run(lambda m=model, vad=vad: sum(1 for _ in stream_predictions(
-                    m, file_blocks(path), vad)), args.repeats)
+                sec, n = time_run(
+                    lambda m=model, vad=vad: sum(
+                        1 for _ in stream_predictions(m, file_blocks(path), vad)
+                    ),
+                    args.repeats,
+                )
                 report(f"stream, {kind}, model {name}", sec, n)
     return 0
 

@@ -92,28 +92,48 @@ def kernel_site(onnx_dir: Path, out: Path) -> tuple[Path, list[dict]]:
     kernels = {
         # uint8 activations x 7-bit int8 weights -> int32, as the 8-bit model's linears
         "kernel-matmulinteger.onnx": (
-            helper.make_node("MatMulInteger", ["a", "w"], ["y"]), u8, [m, k], TensorProto.INT32,
-            rng.integers(-64, 65, size=(k, n)).astype(np.int8)),
+            helper.make_node("MatMulInteger", ["a", "w"], ["y"]),
+            u8,
+            [m, k],
+            TensorProto.INT32,
+            rng.integers(-64, 65, size=(k, n)).astype(np.int8),
+        ),
         "kernel-matmul.onnx": (
-            helper.make_node("MatMul", ["a", "w"], ["y"]), f32, [m, k], f32,
-            rng.standard_normal((k, n)).astype(np.float32)),
+            helper.make_node("MatMul", ["a", "w"], ["y"]),
+            f32,
+            [m, k],
+            f32,
+            rng.standard_normal((k, n)).astype(np.float32),
+        ),
         # DistilHuBERT's positional convolution: 768 channels, 16 groups, 128 taps
         "kernel-posconv.onnx": (
-            helper.make_node("Conv", ["a", "w"], ["y"], group=16, pads=[64, 64]), f32,
-            [1, 768, m], f32, (0.01 * rng.standard_normal((768, 48, 128))).astype(np.float32)),
+            helper.make_node("Conv", ["a", "w"], ["y"], group=16, pads=[64, 64]),
+            f32,
+            [1, 768, m],
+            f32,
+            (0.01 * rng.standard_normal((768, 48, 128))).astype(np.float32),
+        ),
     }
     items = []
     for name, (node, in_type, shape, out_type, weight) in kernels.items():
         graph = helper.make_graph(
-            [node], name, [helper.make_tensor_value_info("a", in_type, shape)],
+            [node],
+            name,
+            [helper.make_tensor_value_info("a", in_type, shape)],
             [helper.make_tensor_value_info("y", out_type, None)],
-            [numpy_helper.from_array(weight, "w")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                  ir_version=9)  # what onnxruntime-web 1.30 reads
+            [numpy_helper.from_array(weight, "w")],
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9
+        )  # what onnxruntime-web 1.30 reads
         onnx.save(model, site / name)
         card["files"][name.removesuffix(".onnx")] = name
-        items.append({"file": name, "inputs": {"a": {
-            "type": "uint8" if in_type == u8 else "float32", "shape": shape}}})
+        items.append(
+            {
+                "file": name,
+                "inputs": {"a": {"type": "uint8" if in_type == u8 else "float32", "shape": shape}},
+            }
+        )
     (site / "model.json").write_text(json.dumps(card, indent=1), encoding="utf-8")
     return site, items
 
@@ -137,8 +157,13 @@ def parity(url: str, chromium: str, int8: Path) -> str:
     runtime (``edgeser predict``'s code) on the same model."""
     files = sorted(str(p) for p in CORPUS.rglob("*.wav"))
     job = {"url": url, "chromium": chromium, "files": [files], "timeout": 3_600_000}
-    run = subprocess.run(["node", str(ROOT / "web" / "drive.mjs"), json.dumps(job)],
-                         capture_output=True, text=True, cwd=ROOT / "web", timeout=3700)
+    run = subprocess.run(
+        ["node", str(ROOT / "web" / "drive.mjs"), json.dumps(job)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "web",
+        timeout=3700,
+    )
     if run.returncode != 0:
         return f"parity run failed: {run.stderr[-2000:]}"
     got = json.loads(run.stdout.strip().splitlines()[-1])["batches"][0]["results"]
@@ -147,11 +172,14 @@ def parity(url: str, chromium: str, int8: Path) -> str:
     for path, page in zip(files, got, strict=True):
         ref = native.analyse_file(path)
         same += page["label"] == ref.label
-        deltas.append(np.mean([abs(page["probabilities"][k] - v)
-                               for k, v in ref.probabilities.items()]))
-    return (f"page vs edgeser predict, full-size model, {len(files)} real files: same label "
-            f"{same}/{len(files)} ({same / len(files):.1%}), mean |dp| {np.mean(deltas):.5f}, "
-            f"max {max(deltas):.5f}")
+        deltas.append(
+            np.mean([abs(page["probabilities"][k] - v) for k, v in ref.probabilities.items()])
+        )
+    return (
+        f"page vs edgeser predict, full-size model, {len(files)} real files: same label "
+        f"{same}/{len(files)} ({same / len(files):.1%}), mean |dp| {np.mean(deltas):.5f}, "
+        f"max {max(deltas):.5f}"
+    )
 
 
 def speech_loop(minutes: float, out: Path) -> Path:
@@ -173,8 +201,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/out/web"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--minutes", type=float, default=10.0, help="fake-microphone minutes")
-    ap.add_argument("--no-parity", dest="parity", action="store_false",
-                    help="skip classifying ravdess-mini in the page")
+    ap.add_argument(
+        "--no-parity",
+        dest="parity",
+        action="store_false",
+        help="skip classifying ravdess-mini in the page",
+    )
     args = ap.parse_args()
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -183,8 +215,10 @@ def main() -> int:
     print(format_hardware())
     version = subprocess.run([chromium, "--version"], capture_output=True, text=True)
     npm = json.loads((ROOT / "web" / "package.json").read_text(encoding="utf-8"))
-    print(f"browser: {version.stdout.strip()}; onnxruntime-web "
-          f"{npm['dependencies']['onnxruntime-web']}")
+    print(
+        f"browser: {version.stdout.strip()}; onnxruntime-web "
+        f"{npm['dependencies']['onnxruntime-web']}"
+    )
     sys.path.insert(0, str(ROOT / "bench"))
     from deploy_speed import build
 
@@ -193,27 +227,46 @@ def main() -> int:
     waves = {d: speech_like(d, np.random.default_rng(0)) for d in DURATIONS}
     site, kernels = kernel_site(onnx_dir, args.out.resolve())
     server = make_server(site, "127.0.0.1", 0).start()
-    job = {"url": server.url, "chromium": chromium, "runs": args.runs,
-           "threads": [1, 2], "kernels": kernels,
-           "waves": {f"{d:g}": waves[d].tolist() for d in DURATIONS},
-           "mic": ({"wav": str(speech_loop(args.minutes, args.out.resolve() / "loop.wav")),
-                    "minutes": args.minutes} if args.minutes > 0 else None)}
+    job = {
+        "url": server.url,
+        "chromium": chromium,
+        "runs": args.runs,
+        "threads": [1, 2],
+        "kernels": kernels,
+        "waves": {f"{d:g}": waves[d].tolist() for d in DURATIONS},
+        "mic": (
+            {
+                "wav": str(speech_loop(args.minutes, args.out.resolve() / "loop.wav")),
+                "minutes": args.minutes,
+            }
+            if args.minutes > 0
+            else None
+        ),
+    }
     job_file = (args.out / "web_job.json").resolve()  # the waveforms do not fit in argv
     job_file.write_text(json.dumps(job), encoding="utf-8")
-    run = subprocess.run(["node", str(ROOT / "web" / "bench.mjs"), str(job_file)],
-                         capture_output=True, text=True, cwd=ROOT / "web",
-                         timeout=600 + 90 * args.minutes)
+    run = subprocess.run(
+        ["node", str(ROOT / "web" / "bench.mjs"), str(job_file)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "web",
+        timeout=600 + 90 * args.minutes,
+    )
     if run.returncode != 0:
         server.shutdown()
         print(run.stderr[-3000:], file=sys.stderr)
         return 1
-    matched = (parity(job["url"], chromium, int8) if args.parity and CORPUS.is_dir()
-               else "parity: skipped (--no-parity, or no ../shared/corpora/ravdess-mini)")
+    matched = (
+        parity(job["url"], chromium, int8)
+        if args.parity and CORPUS.is_dir()
+        else "parity: skipped (--no-parity, or no ../shared/corpora/ravdess-mini)"
+    )
     server.shutdown()
     res = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"\nmodel.int8.onnx {int8.stat().st_size / 1e6:.1f} MB; median of {args.runs} runs\n")
-    print("| threads | " + " | ".join(f"{d:g} s: WASM ms / native ms (×)" for d in DURATIONS)
-          + " |")
+    print(
+        "| threads | " + " | ".join(f"{d:g} s: WASM ms / native ms (×)" for d in DURATIONS) + " |"
+    )
     print("|---|" + "---|" * len(DURATIONS))
     for threads in (1, 2):
         cells = []
@@ -222,18 +275,24 @@ def main() -> int:
             native = native_ms(int8, waves[d], threads, args.runs)
             cells.append(f"{wasm:.0f} / {native:.0f} ({wasm / native:.2f}×)")
         print(f"| {threads} | " + " | ".join(cells) + " |")
-    print(f"\nsingle operators, 1 thread, median of {args.runs} (GEMM {GEMM[0]}x{GEMM[1]} @ "
-          f"{GEMM[1]}x{GEMM[2]}: {2 * np.prod(GEMM) / 1e9:.2f} GFLOP)\n")
+    print(
+        f"\nsingle operators, 1 thread, median of {args.runs} (GEMM {GEMM[0]}x{GEMM[1]} @ "
+        f"{GEMM[1]}x{GEMM[2]}: {2 * np.prod(GEMM) / 1e9:.2f} GFLOP)\n"
+    )
     print("| operator | WASM ms | native ms | × |\n|---|---|---|---|")
     for item in kernels:
         wasm = res["kernels"][item["file"]]
         native = native_kernel_ms(site / item["file"], item["inputs"], args.runs)
-        print(f"| {item['file'].removeprefix('kernel-').removesuffix('.onnx')} | {wasm:.1f} | "
-              f"{native:.1f} | {wasm / native:.2f}× |")
+        print(
+            f"| {item['file'].removeprefix('kernel-').removesuffix('.onnx')} | {wasm:.1f} | "
+            f"{native:.1f} | {wasm / native:.2f}× |"
+        )
     print(f"\n{matched}")
     load = res["load"]
-    print(f"\npage load until ready: {load['ms'] / 1000:.2f} s, {load['bytes'] / 1e6:.1f} MB "
-          "transferred (from localhost, no cache)")
+    print(
+        f"\npage load until ready: {load['ms'] / 1000:.2f} s, {load['bytes'] / 1e6:.1f} MB "
+        "transferred (from localhost, no cache)"
+    )
     if res.get("memory"):
         print("\n| minute | tab memory MB | segments so far |\n|---|---|---|")
         for m in res["memory"]:

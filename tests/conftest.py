@@ -11,12 +11,16 @@ import pytest
 
 #: The real-speech sample: ``$EDGESER_RAVDESS_MINI``, else ``../shared/corpora/ravdess-mini``
 #: beside the checkout.
-RAVDESS_MINI = Path(os.environ.get("EDGESER_RAVDESS_MINI") or Path(__file__).resolve().parents[2]
-                    / "shared" / "corpora" / "ravdess-mini")
+RAVDESS_MINI = Path(
+    os.environ.get("EDGESER_RAVDESS_MINI")
+    or Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-mini"
+)
 #: Ten more real actors (03-12) for development: ``$EDGESER_RAVDESS_DEV``, else
 #: ``../shared/corpora/ravdess-dev`` beside the checkout.
-RAVDESS_DEV = Path(os.environ.get("EDGESER_RAVDESS_DEV") or Path(__file__).resolve().parents[2]
-                   / "shared" / "corpora" / "ravdess-dev")
+RAVDESS_DEV = Path(
+    os.environ.get("EDGESER_RAVDESS_DEV")
+    or Path(__file__).resolve().parents[2] / "shared" / "corpora" / "ravdess-dev"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +45,10 @@ def _restore_rng_state():
 def ravdess_mini() -> Path:
     """Two real RAVDESS actors (original 48 kHz files), when the checkout has them."""
     if not RAVDESS_MINI.is_dir():
-        pytest.skip(f"real RAVDESS sample not found at {RAVDESS_MINI} (set EDGESER_RAVDESS_MINI "
-                    "to a folder of RAVDESS Actor_XX folders)")
+        pytest.skip(
+            f"real RAVDESS sample not found at {RAVDESS_MINI} (set EDGESER_RAVDESS_MINI "
+            "to a folder of RAVDESS Actor_XX folders)"
+        )
     return RAVDESS_MINI
 
 
@@ -51,6 +57,8 @@ def ravdess_dev(ravdess_mini) -> tuple[Path, Path]:
     """Twelve real RAVDESS actors: ravdess-mini's two (01-02) and ravdess-dev's ten
     (03-12), as the two folders to prepare and concatenate, when the checkout has both."""
     if not RAVDESS_DEV.is_dir():
-        pytest.skip(f"real RAVDESS development actors not found at {RAVDESS_DEV} (set "
-                    "EDGESER_RAVDESS_DEV to a folder of RAVDESS Actor_XX folders)")
+        pytest.skip(
+            f"real RAVDESS development actors not found at {RAVDESS_DEV} (set "
+            "EDGESER_RAVDESS_DEV to a folder of RAVDESS Actor_XX folders)"
+        )
     return ravdess_mini, RAVDESS_DEV

@@ -25,7 +25,7 @@ _spec = importlib.util.spec_from_file_location("arm64", ROOT / "tools" / "arm64.
 arm64 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(arm64)
 
-GUEST = r'''
+GUEST = r"""
 import ctypes, json, sys
 import numpy as np
 import onnxruntime as ort
@@ -46,14 +46,16 @@ for kind, path in job["models"].items():
     model = OnnxEmotionModel(path, threads=2)
     out[kind] = model.run(waves).tolist()
 print(json.dumps(out))
-'''
+"""
 
 
 def _skip_reason() -> str | None:
     missing = arm64.missing_tools()
     if missing:
-        return f"ARM64 emulation needs {', '.join(missing)} (apt-get install " \
-               "qemu-user-static debootstrap)"
+        return (
+            f"ARM64 emulation needs {', '.join(missing)} (apt-get install "
+            "qemu-user-static debootstrap)"
+        )
     return None
 
 
@@ -76,14 +78,16 @@ def arm_job(tmp_path_factory):
         data, codes, exact[node] = worst_case_model(paths["int8"], node)
         (root / f"probe{i}.onnx").write_bytes(data)
         np.save(root / f"probe{i}.npy", codes)
-        probes[node] = {"model": str(root / f"probe{i}.onnx"),
-                        "codes": str(root / f"probe{i}.npy")}
+        probes[node] = {"model": str(root / f"probe{i}.onnx"), "codes": str(root / f"probe{i}.npy")}
     waves = [tone(1.2, freq=190.0, seed=2)]  # 2 chunks of the extractor's loop
     for i, w in enumerate(waves):
         np.save(root / f"wave{i}.npy", w)
     models = {k: str(paths[k]) for k in ("float32", "int8", "int8_ort")}
-    job = {"probes": probes, "waves": [str(root / f"wave{i}.npy") for i in range(len(waves))],
-           "models": models}
+    job = {
+        "probes": probes,
+        "waves": [str(root / f"wave{i}.npy") for i in range(len(waves))],
+        "models": models,
+    }
     (root / "job.json").write_text(json.dumps(job))
     (root / "guest.py").write_text(GUEST)
     x86 = {k: OnnxEmotionModel(p, threads=2).run(waves) for k, p in models.items()}
@@ -101,8 +105,12 @@ def _static_nodes(path: Path) -> list[str]:
     names = []
     for graph in walk_graphs(onnx.load(str(path)).graph):
         made = {o: n.op_type for n in graph.node for o in n.output}
-        names += [n.name for n in graph.node if n.op_type in ("MatMul", "Conv")
-                  and all(made.get(i) == "DequantizeLinear" for i in n.input[:2])]
+        names += [
+            n.name
+            for n in graph.node
+            if n.op_type in ("MatMul", "Conv")
+            and all(made.get(i) == "DequantizeLinear" for i in n.input[:2])
+        ]
     return names
 
 
@@ -113,8 +121,9 @@ def test_arm64_integer_kernels_are_exact_and_the_model_answers_as_on_x86(arm_job
     procs = {}
     for cpu in arm64.CPUS:
         cmd, env = arm64.command(cpu, [str(root / "guest.py"), str(root / "job.json")])
-        procs[cpu] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
+        procs[cpu] = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     for cpu, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=900)
         assert proc.returncode == 0, (cpu, stderr[-3000:])
@@ -123,9 +132,11 @@ def test_arm64_integer_kernels_are_exact_and_the_model_answers_as_on_x86(arm_job
 
 def _check(cpu: str, out: dict, arm_job: dict) -> None:
     # the emulated CPUs differ in what the 8-bit kernels dispatch on
-    assert (out["dotprod"], out["i8mm"]) == {"cortex-a53": (False, False),
-                                             "cortex-a76": (True, False),
-                                             "max": (True, True)}[cpu]
+    assert (out["dotprod"], out["i8mm"]) == {
+        "cortex-a53": (False, False),
+        "cortex-a76": (True, False),
+        "max": (True, True),
+    }[cpu]
     assert len(out["probes"]) >= 5  # linears and the extractor's 8-bit convolution
     for node, got in out["probes"].items():
         exact = arm_job["exact"][node]
@@ -138,10 +149,13 @@ def _check(cpu: str, out: dict, arm_job: dict) -> None:
         got = np.asarray(out[kind])
         assert (got.argmax(1) == ref.argmax(1)).all(), (cpu, kind)
         assert np.abs(got - ref).max() <= (1e-4 if kind == "float32" else 2e-3), (cpu, kind)
-    print(f"{cpu}: {len(out['probes'])} integer operators exact on worst-case inputs; "
-          f"max |Δp| vs x86: " + ", ".join(
-              f"{k} {np.abs(np.asarray(out[k]) - r).max():.1e}"
-              for k, r in arm_job["x86"].items()))
+    print(
+        f"{cpu}: {len(out['probes'])} integer operators exact on worst-case inputs; "
+        f"max |Δp| vs x86: "
+        + ", ".join(
+            f"{k} {np.abs(np.asarray(out[k]) - r).max():.1e}" for k, r in arm_job["x86"].items()
+        )
+    )
 
 
 def test_arm64_cpuinfo_names_each_model():

@@ -27,8 +27,9 @@ def _pooled(frames: np.ndarray) -> np.ndarray:
 
 def test_group_stats_are_frame_level_statistics():
     rng = np.random.default_rng(0)
-    utts = [rng.normal(3.0, 2.0, size=(2, 50, 4)) + rng.normal(0, 1, size=(2, 1, 4))
-            for _ in range(5)]  # equal lengths: equal weighting == frame weighting
+    utts = [
+        rng.normal(3.0, 2.0, size=(2, 50, 4)) + rng.normal(0, 1, size=(2, 1, 4)) for _ in range(5)
+    ]  # equal lengths: equal weighting == frame weighting
     mean, std = group_stats([_pooled(u) for u in utts])
     frames = np.concatenate(utts, axis=1)
     np.testing.assert_allclose(mean, frames.mean(1), rtol=1e-5, atol=1e-5)
@@ -36,8 +37,9 @@ def test_group_stats_are_frame_level_statistics():
     # normalising the pooled statistics == pooling the normalised frames
     for u in utts:
         expect = _pooled((u - mean[:, None, :]) / std[:, None, :])
-        np.testing.assert_allclose(normalize_pooled(_pooled(u), mean, std), expect,
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            normalize_pooled(_pooled(u), mean, std), expect, rtol=1e-4, atol=1e-5
+        )
     with pytest.raises(ValueError):
         group_stats([])
 
@@ -45,8 +47,9 @@ def test_group_stats_are_frame_level_statistics():
 @pytest.mark.parametrize("pooling", ["mean", "meanstd"])
 def test_head_normalisation_on_frames_equals_pooled_path(pooling):
     torch.manual_seed(0)
-    head = EmotionHead(HeadConfig(num_layers=3, hidden_size=8, pooling=pooling,
-                                  normalize=True)).eval()
+    head = EmotionHead(
+        HeadConfig(num_layers=3, hidden_size=8, pooling=pooling, normalize=True)
+    ).eval()
     head.set_normalization(torch.randn(3, 8), torch.rand(3, 8) + 0.5)
     hidden = torch.randn(3, 2, 11, 8) * 3 + 1
     mask = torch.ones(2, 11, dtype=torch.bool)
@@ -56,8 +59,7 @@ def test_head_normalisation_on_frames_equals_pooled_path(pooling):
     torch.testing.assert_close(from_frames, from_pooled, rtol=1e-4, atol=1e-5)
     # the statistics matter and travel in the state dict
     plain = EmotionHead(HeadConfig(num_layers=3, hidden_size=8, pooling=pooling)).eval()
-    plain.load_state_dict({k: v for k, v in head.state_dict().items()
-                           if not k.startswith("norm_")})
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("norm_")})
     assert not torch.allclose(plain(hidden, mask), from_frames)
     assert {"norm_mean", "norm_std"} <= set(head.state_dict())
     with pytest.raises(ValueError, match="normalize=True"):
@@ -70,8 +72,7 @@ def test_model_names_resolve_encoders_and_normalisation():
     assert encoder_source(TrainConfig(encoder="random")) == "random"
     pep = TrainConfig(model="pepino")
     assert (encoder_source(pep), normalization(pep)) == ("wav2vec2-base", "speaker")
-    assert encoder_source(TrainConfig(model="pepino", encoder="random")) == \
-        "random:wav2vec2-base"
+    assert encoder_source(TrainConfig(model="pepino", encoder="random")) == "random:wav2vec2-base"
     assert normalization(TrainConfig(model="pepino", feature_norm="global")) == "global"
     assert encoder_source(TrainConfig(model="pepino", encoder="/m/hubert")) == "/m/hubert"
     assert encoder_source(TrainConfig(model="light-sernet")) == "mfcc"
@@ -109,16 +110,28 @@ def test_pepino_speaker_normalisation_in_loso_and_evaluation(manifests, tmp_path
     from edgeser.experiments.runs import evaluate_loso, evaluate_model, train_on_manifests
 
     encoder = random_encoder(tiny_config(), seed=0)
-    out = evaluate_loso(_cfg(model="pepino"), manifests["iemocap"], tmp_path / "lo", folds=3,
-                        progress=False, encoder=encoder)
+    out = evaluate_loso(
+        _cfg(model="pepino"),
+        manifests["iemocap"],
+        tmp_path / "lo",
+        folds=3,
+        progress=False,
+        encoder=encoder,
+    )
     folds = out["loso"]["iemocap"]["folds"]
     assert len(folds) == 3 and out["model"] == "pepino"
     assert out["config"]["feature_norm"] == "auto"
     # a speaker-normalised model evaluates on a new corpus with that corpus's speakers
-    train_on_manifests(_cfg(model="pepino"), [manifests["iemocap"]], tmp_path / "m",
-                       progress=False, encoder=encoder)
-    res = evaluate_model(tmp_path / "m", manifests["ravdess"], tmp_path / "ev",
-                         progress=False, encoder=encoder)
+    train_on_manifests(
+        _cfg(model="pepino"),
+        [manifests["iemocap"]],
+        tmp_path / "m",
+        progress=False,
+        encoder=encoder,
+    )
+    res = evaluate_model(
+        tmp_path / "m", manifests["ravdess"], tmp_path / "ev", progress=False, encoder=encoder
+    )
     assert sum(map(sum, res["metrics"]["confusion"])) == 8
 
 
@@ -133,8 +146,9 @@ def test_speaker_normalised_features_have_zero_mean_per_speaker(manifests, tmp_p
     for _, ids in df.groupby("speaker")["utt_id"]:
         means = np.stack([feats.clean[u][:, :d] for u in ids])
         np.testing.assert_allclose(means.mean(0), 0.0, atol=1e-4)
-    raw = compute_features(_cfg(aug_views=0), encoder, df, set(), tmp_path / "cache",
-                           progress=False)
+    raw = compute_features(
+        _cfg(aug_views=0), encoder, df, set(), tmp_path / "cache", progress=False
+    )
     assert not np.allclose(raw.clean[df["utt_id"][0]], feats.clean[df["utt_id"][0]])
 
 
@@ -144,13 +158,19 @@ def test_global_normalisation_is_stored_in_the_model(manifests, tmp_path):
     from edgeser.experiments.runs import evaluate_model, train_on_manifests
 
     encoder = random_encoder(tiny_config(), seed=0)
-    train_on_manifests(_cfg(model="pepino", feature_norm="global"), [manifests["iemocap"]],
-                       tmp_path / "m", progress=False, encoder=encoder)
+    train_on_manifests(
+        _cfg(model="pepino", feature_norm="global"),
+        [manifests["iemocap"]],
+        tmp_path / "m",
+        progress=False,
+        encoder=encoder,
+    )
     weights = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert weights["head.norm_std"].shape == (encoder.num_hidden_states, encoder.hidden_size)
     assert not torch.all(weights["head.norm_mean"] == 0)
-    res = evaluate_model(tmp_path / "m", manifests["ravdess"], tmp_path / "ev",
-                         progress=False, encoder=encoder)
+    res = evaluate_model(
+        tmp_path / "m", manifests["ravdess"], tmp_path / "ev", progress=False, encoder=encoder
+    )
     assert sum(map(sum, res["metrics"]["confusion"])) == 8
 
 
@@ -160,8 +180,10 @@ def test_normalisation_needs_pooled_features():
     for bad in ({"pooling": "attention"}, {"train": "encoder"}, {"aug_mode": "online"}):
         with pytest.raises(EdgeserError, match="needs cached pooled features"):
             feature_kind(TrainConfig(model="pepino", **bad))
-    assert feature_kind(TrainConfig(model="pepino", feature_norm="none",
-                                    pooling="attention")) == "frames"
+    assert (
+        feature_kind(TrainConfig(model="pepino", feature_norm="none", pooling="attention"))
+        == "frames"
+    )
 
 
 def test_pareto_front():
@@ -177,10 +199,18 @@ def _tiny_w2v():
     from edgeser.models.ssl import Encoder
 
     torch.manual_seed(0)
-    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, conv_dim=(32, 32), conv_kernel=(10, 3),
-                         conv_stride=(5, 2), num_conv_pos_embeddings=16,
-                         num_conv_pos_embedding_groups=4, apply_spec_augment=False)
+    cfg = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        apply_spec_augment=False,
+    )
     return Encoder(Wav2Vec2Model(cfg), source="random", is_random=True, do_normalize=True)
 
 
@@ -190,16 +220,33 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
     from edgeser.experiments.compare import compare
 
     w2v = _tiny_w2v()
-    encoders = {"distilhubert": random_encoder(tiny_config(), seed=0), "wav2vec2-base": w2v,
-                "pepino": w2v}
-    doc = compare(["distilhubert", "wav2vec2-base", "pepino"], manifests["iemocap"],
-                  tmp_path / "cmp", base=_cfg(val_speakers=0), folds=2, latency_runs=1,
-                  latency_seconds=0.5, progress=False, encoders=encoders,
-                  overrides={"wav2vec2-base": {"epochs": 1}})
+    encoders = {
+        "distilhubert": random_encoder(tiny_config(), seed=0),
+        "wav2vec2-base": w2v,
+        "pepino": w2v,
+    }
+    doc = compare(
+        ["distilhubert", "wav2vec2-base", "pepino"],
+        manifests["iemocap"],
+        tmp_path / "cmp",
+        base=_cfg(val_speakers=0),
+        folds=2,
+        latency_runs=1,
+        latency_seconds=0.5,
+        progress=False,
+        encoders=encoders,
+        overrides={"wav2vec2-base": {"epochs": 1}},
+    )
     rows = {r["model"]: r for r in doc["models"]}
     assert rows["wav2vec2-base"]["config_overrides"] == {"epochs": 1}
-    assert len(json_load(tmp_path / "cmp" / "wav2vec2-base" / "results.json")["loso"]["iemocap"]
-               ["folds"][0]["history"]) == 1
+    assert (
+        len(
+            json_load(tmp_path / "cmp" / "wav2vec2-base" / "results.json")["loso"]["iemocap"][
+                "folds"
+            ][0]["history"]
+        )
+        == 1
+    )
     assert list(rows) == ["distilhubert", "wav2vec2-base", "pepino"]
     for name in ("distilhubert", "wav2vec2-base"):
         r = rows[name]
@@ -257,8 +304,7 @@ def test_light_sernet_trains_through_the_protocol_exports_and_predicts(manifests
     session = onnx_session(paths["float32"])
     for w in waves:
         got = session.run(None, pad_batch([w]))[0]
-        ref = graph(torch.from_numpy(pad_batch([w])["waveform"]),
-                    torch.tensor([len(w)])).numpy()
+        ref = graph(torch.from_numpy(pad_batch([w])["waveform"]), torch.tensor([len(w)])).numpy()
         np.testing.assert_allclose(got, ref, atol=1e-4)
     runtime = OnnxEmotionModel(paths["int8"])
     label, probs = runtime.predict_file(df["path"][0])
@@ -277,12 +323,18 @@ def _speaker_mfcc_set(n_per_speaker=(7, 5), seed=0):
     rng = np.random.default_rng(seed)
     clean, speakers = [], []
     for k, n in enumerate(n_per_speaker):  # speakers differ in level and spread
-        clean += [rng.normal(2.0 * k - 1.0, 1.0 + k, size=(47, 40)).astype(np.float32)
-                  for _ in range(n)]
+        clean += [
+            rng.normal(2.0 * k - 1.0, 1.0 + k, size=(47, 40)).astype(np.float32) for _ in range(n)
+        ]
         speakers += [f"s{k}"] * n
     total = len(clean)
-    return FeatureSet("mfcc", [f"u{i}" for i in range(total)],
-                      rng.integers(0, 4, total).astype(np.int64), clean, speakers=speakers)
+    return FeatureSet(
+        "mfcc",
+        [f"u{i}" for i in range(total)],
+        rng.integers(0, 4, total).astype(np.int64),
+        clean,
+        speakers=speakers,
+    )
 
 
 def test_speaker_batchnorm_statistics_are_the_speakers_own():
@@ -311,7 +363,8 @@ def test_speaker_batchnorm_statistics_are_the_speakers_own():
     data = _speaker_mfcc_set()
     cfg = TrainConfig(model="light-sernet", feature_norm="speaker")
     assert speaker_batchnorm(cfg, "mfcc") and not speaker_batchnorm(
-        TrainConfig(model="light-sernet", feature_norm="none"), "mfcc")
+        TrainConfig(model="light-sernet", feature_norm="none"), "mfcc"
+    )
     rows = np.arange(7)  # speaker s0
     small = adapt_batchnorm(model, data, rows, cfg, batch_size=3)
     whole = adapt_batchnorm(model, data, rows, cfg, batch_size=64)
@@ -324,11 +377,17 @@ def test_speaker_batchnorm_statistics_are_the_speakers_own():
     got, _ = predict(model, data, cfg)
     np.testing.assert_allclose(got[rows], expect, rtol=1e-4, atol=1e-5)
     # the adapted copy is a copy: the model keeps its statistics
-    assert not torch.allclose(model.head.body[0][1].running_mean,
-                              small.head.body[0][1].running_mean)
+    assert not torch.allclose(
+        model.head.body[0][1].running_mean, small.head.body[0][1].running_mean
+    )
     # speaker s0's predictions do not depend on s1 being predicted alongside
-    alone = FeatureSet("mfcc", [data.ids[i] for i in rows], data.labels[rows],
-                       [data.clean[i] for i in rows], speakers=["s0"] * len(rows))
+    alone = FeatureSet(
+        "mfcc",
+        [data.ids[i] for i in rows],
+        data.labels[rows],
+        [data.clean[i] for i in rows],
+        speakers=["s0"] * len(rows),
+    )
     np.testing.assert_allclose(predict(model, alone, cfg)[0], got[rows], rtol=1e-5, atol=1e-6)
     plain, _ = predict(model, data, TrainConfig(model="light-sernet", feature_norm="none"))
     assert np.abs(plain - got).max() > 1e-3  # the training statistics give other outputs
@@ -368,8 +427,18 @@ def test_light_sernet_with_speaker_batchnorm_through_the_protocol(manifests, tmp
     out = evaluate_loso(cfg, manifests["iemocap"], tmp_path / "lo", folds=3, progress=False)
     assert out["config"]["feature_norm"] == "speaker"
     assert len(out["loso"]["iemocap"]["folds"]) == 3
-    assert main(["-q", "export", str(tmp_path / "lo" / "loso" / "fold1"), "--out",
-                 str(tmp_path / "exp")]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "export",
+                str(tmp_path / "lo" / "loso" / "fold1"),
+                "--out",
+                str(tmp_path / "exp"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "exp" / "model.onnx").exists()
 
 
@@ -385,16 +454,30 @@ def test_light_sernet_refuses_encoder_modes():
 def test_compare_cli_per_model_settings(tmp_path):
     from edgeser.cli import _per_model_settings, main
 
-    assert _per_model_settings(["light-sernet:epochs=100", "light-sernet:batch-size=8",
-                                "pepino:feature_norm=global"]) == {
-        "light-sernet": {"epochs": 100, "batch_size": 8}, "pepino": {"feature_norm": "global"}}
+    assert _per_model_settings(
+        ["light-sernet:epochs=100", "light-sernet:batch-size=8", "pepino:feature_norm=global"]
+    ) == {"light-sernet": {"epochs": 100, "batch_size": 8}, "pepino": {"feature_norm": "global"}}
     for bad in ("epochs=3", "light-sernet:nope=1", "light-sernet:epochs=many"):
         with pytest.raises(EdgeserError):
             _per_model_settings([bad])
     csv = tmp_path / "m.csv"
     csv.write_text("x\n")
-    assert main(["compare", "--models", "distilhubert", "--corpus", str(csv), "--model",
-                 "pepino", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                "--models",
+                "distilhubert",
+                "--corpus",
+                str(csv),
+                "--model",
+                "pepino",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
 
 
 #: LIGHT-SERNET in the real-speech test: the authors' recipe (Adam 1e-4, batch 32, L2 1e-6,
@@ -409,12 +492,13 @@ def _angry_vs_sad_auc(predictions: Path) -> list[float]:
     from sklearn.metrics import roc_auc_score
 
     preds = pd.read_csv(predictions)
-    return [roc_auc_score(fold["label"] == "angry", fold["p_angry"] - fold["p_sad"])
-            for _, fold in preds[preds["label"].isin(["angry", "sad"])].groupby("fold")]
+    return [
+        roc_auc_score(fold["label"] == "angry", fold["p_angry"] - fold["p_sad"])
+        for _, fold in preds[preds["label"].isin(["angry", "sad"])].groupby("fold")
+    ]
 
 
-def test_light_sernet_and_egemaps_learn_real_speech_speaker_independently(ravdess_mini,
-                                                                         tmp_path):
+def test_light_sernet_and_egemaps_learn_real_speech_speaker_independently(ravdess_mini, tmp_path):
     """Two real RAVDESS actors (a man and a woman): train on one, test on the other, both
     ways, LIGHT-SERNET and the eGeMAPS baseline on the same folds, each model normalising
     per speaker (per-speaker BatchNorm statistics / per-speaker standardisation; eGeMAPS
@@ -433,15 +517,22 @@ def test_light_sernet_and_egemaps_learn_real_speech_speaker_independently(ravdes
     from edgeser.experiments.runs import evaluate_loso
 
     write_manifest(prepare_ravdess(ravdess_mini), tmp_path / "rv.csv")
-    settings = {"egemaps speaker": ("egemaps", {"feature_norm": "speaker"}),
-                "egemaps global": ("egemaps", {}),
-                "light-sernet": ("light-sernet", REAL_SPEECH_LIGHT_SERNET)}
+    settings = {
+        "egemaps speaker": ("egemaps", {"feature_norm": "speaker"}),
+        "egemaps global": ("egemaps", {}),
+        "light-sernet": ("light-sernet", REAL_SPEECH_LIGHT_SERNET),
+    }
     runs = {}
     for key, (name, values) in settings.items():
         cfg = TrainConfig(model=name, seed=0, **values)
-        runs[key] = evaluate_loso(cfg, tmp_path / "rv.csv", tmp_path / key, folds=2,
-                                  cache_dir=tmp_path / "cache",
-                                  progress=False)["loso"]["ravdess"]
+        runs[key] = evaluate_loso(
+            cfg,
+            tmp_path / "rv.csv",
+            tmp_path / key,
+            folds=2,
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )["loso"]["ravdess"]
     for s in runs.values():
         for fold in s["folds"]:
             assert len(fold["train_speakers"]) == 1 and fold["val_speakers"] == []
@@ -453,8 +544,7 @@ def test_light_sernet_and_egemaps_learn_real_speech_speaker_independently(ravdes
     ua = {key: s["mean"]["ua"] for key, s in runs.items()}
     ua["light-sernet"] = seeds["mean"]["ua"]  # over 2 seeds x 2 folds
     assert ua["light-sernet"] > 0.33 and min(ua["egemaps speaker"], ua["egemaps global"]) > 0.4, ua
-    auc = {key: _angry_vs_sad_auc(tmp_path / key / "loso" / "predictions.csv")
-           for key in runs}
+    auc = {key: _angry_vs_sad_auc(tmp_path / key / "loso" / "predictions.csv") for key in runs}
     for values in auc.values():
         assert len(values) == 2 and np.mean(values) >= 0.85, (auc, ua)
 
@@ -463,20 +553,81 @@ def test_evaluate_cli_selects_the_model_by_name(manifests, tmp_path, caplog):
     from edgeser.cli import main
 
     out = tmp_path / "ev"
-    assert main(["-q", "evaluate", "--protocol", "loso", "--corpus", str(manifests["iemocap"]),
-                 "--folds", "3", "--model", "light-sernet", "--epochs", "1", "--aug-views", "0",
-                 "--mfcc-seconds", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--protocol",
+                "loso",
+                "--corpus",
+                str(manifests["iemocap"]),
+                "--folds",
+                "3",
+                "--model",
+                "light-sernet",
+                "--epochs",
+                "1",
+                "--aug-views",
+                "0",
+                "--mfcc-seconds",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json_load(out / "results.json")
     assert res["model"] == "light-sernet" and len(res["loso"]["iemocap"]["folds"]) == 3
     assert "Model: `light-sernet`" in (out / "report.md").read_text()
     # a trained model folder is evaluated, not trained: --trained DIR, or the deprecated
     # --model DIR (with one warning line)
-    assert main(["-q", "evaluate", "--trained", str(out / "loso" / "fold1"), "--corpus",
-                 str(manifests["ravdess"]), "--out", str(tmp_path / "x")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--trained",
+                str(out / "loso" / "fold1"),
+                "--corpus",
+                str(manifests["ravdess"]),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 0
+    )
     with caplog.at_level(logging.WARNING, logger="edgeser"):
-        assert main(["-q", "evaluate", "--model", str(out / "loso" / "fold1"), "--corpus",
-                     str(manifests["ravdess"]), "--out", str(tmp_path / "x2")]) == 0
+        assert (
+            main(
+                [
+                    "-q",
+                    "evaluate",
+                    "--model",
+                    str(out / "loso" / "fold1"),
+                    "--corpus",
+                    str(manifests["ravdess"]),
+                    "--out",
+                    str(tmp_path / "x2"),
+                ]
+            )
+            == 0
+        )
     assert any("--model DIR is deprecated" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "x" / "results.json").read_text() != ""
-    assert main(["-q", "evaluate", "--model", "light-sernet", "--corpus",
-                 str(manifests["ravdess"]), "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--model",
+                "light-sernet",
+                "--corpus",
+                str(manifests["ravdess"]),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )

@@ -38,8 +38,15 @@ IEMOCAP_UTTS = [
 
 def test_summary_line_parses_real_format():
     e = parse_summary_line("[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]")
-    assert e == {"start": 6.2901, "end": 8.2357, "utt": "Ses01F_impro01_F000",
-                 "label_raw": "neu", "valence": 2.5, "arousal": 2.5, "dominance": 2.5}
+    assert e == {
+        "start": 6.2901,
+        "end": 8.2357,
+        "utt": "Ses01F_impro01_F000",
+        "label_raw": "neu",
+        "valence": 2.5,
+        "arousal": 2.5,
+        "dominance": 2.5,
+    }
     assert parse_summary_line("C-E2:\tNeutral;\t()") is None
     assert parse_summary_line("[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu") is None
 
@@ -55,8 +62,10 @@ def test_iemocap_manifest(tmp_path: Path):
     assert list(df.columns[: len(COLUMNS)]) == list(COLUMNS)
     rows = df.set_index("utt_id")
     assert set(rows.index) == {
-        "iemocap:Ses01F_impro01_F000", "iemocap:Ses01F_impro01_M013",
-        "iemocap:Ses01M_script02_2_F005", "iemocap:Ses01M_script02_2_M001",
+        "iemocap:Ses01F_impro01_F000",
+        "iemocap:Ses01F_impro01_M013",
+        "iemocap:Ses01M_script02_2_F005",
+        "iemocap:Ses01M_script02_2_M001",
         "iemocap:Ses02F_impro03_F002",
     }
     assert rows.loc["iemocap:Ses01F_impro01_M013", "speaker"] == "iemocap:Ses01M"
@@ -110,13 +119,28 @@ def test_iemocap_accepts_parent_folder_and_refuses_other_roots(tmp_path: Path):
 
 
 def test_cremad_manifest(tmp_path: Path):
-    names = ["1001_DFA_ANG_XX", "1001_IEO_HAP_HI", "1002_DFA_NEU_XX", "1002_TIE_SAD_XX",
-             "1002_TIE_DIS_XX", "1076_MTI_SAD_XX", "notes_about_it"]
-    root = make_cremad_tree(tmp_path, names, empty=["1076_MTI_SAD_XX"],
-                            demographics={"1001": "Male", "1002": "Female", "1076": "Female"})
+    names = [
+        "1001_DFA_ANG_XX",
+        "1001_IEO_HAP_HI",
+        "1002_DFA_NEU_XX",
+        "1002_TIE_SAD_XX",
+        "1002_TIE_DIS_XX",
+        "1076_MTI_SAD_XX",
+        "notes_about_it",
+    ]
+    root = make_cremad_tree(
+        tmp_path,
+        names,
+        empty=["1076_MTI_SAD_XX"],
+        demographics={"1001": "Male", "1002": "Female", "1076": "Female"},
+    )
     df = prepare_cremad(root)
-    assert sorted(df["utt_id"]) == ["cremad:1001_DFA_ANG_XX", "cremad:1001_IEO_HAP_HI",
-                                    "cremad:1002_DFA_NEU_XX", "cremad:1002_TIE_SAD_XX"]
+    assert sorted(df["utt_id"]) == [
+        "cremad:1001_DFA_ANG_XX",
+        "cremad:1001_IEO_HAP_HI",
+        "cremad:1002_DFA_NEU_XX",
+        "cremad:1002_TIE_SAD_XX",
+    ]
     rows = df.set_index("utt_id")
     assert rows.loc["cremad:1001_IEO_HAP_HI", "level"] == "HI"
     assert rows.loc["cremad:1001_IEO_HAP_HI", "sentence"] == "IEO"
@@ -133,9 +157,16 @@ def test_cremad_manifest(tmp_path: Path):
 
 
 def test_ravdess_manifest_stereo_48k_and_calm(tmp_path: Path):
-    names = ["03-01-01-01-01-01-01", "03-01-02-01-01-01-01", "03-01-03-02-01-01-01",
-             "03-01-04-01-02-02-02", "03-01-05-02-01-01-02", "03-01-06-01-01-01-02",
-             "03-02-05-01-01-01-01", "03-01-05-01-01-01-02"]  # song; actor mismatch
+    names = [
+        "03-01-01-01-01-01-01",
+        "03-01-02-01-01-01-01",
+        "03-01-03-02-01-01-01",
+        "03-01-04-01-02-02-02",
+        "03-01-05-02-01-01-02",
+        "03-01-06-01-01-01-02",
+        "03-02-05-01-01-01-01",
+        "03-01-05-01-01-01-02",
+    ]  # song; actor mismatch
     root = make_ravdess_tree(tmp_path, names[:-1], stereo=["03-01-05-02-01-01-02"])
     # the last file sits in the wrong actor's folder
     write_wav(root / "Actor_01" / f"{names[-1]}.wav", tone(0.5, 48000), 48000)
@@ -145,7 +176,12 @@ def test_ravdess_manifest_stereo_48k_and_calm(tmp_path: Path):
     assert "ravdess:03-01-02-01-01-01-01" not in rows.index  # calm is not neutral
     r = rows.loc["ravdess:03-01-05-02-01-01-02"]
     assert (r["speaker"], r["gender"], r["intensity"], r["channels"], r["sample_rate"]) == (
-        "ravdess:02", "F", "strong", 2, 48000)
+        "ravdess:02",
+        "F",
+        "strong",
+        2,
+        48000,
+    )
     assert rows.loc["ravdess:03-01-04-01-02-02-02", "statement"] == "02"
     assert rows.loc["ravdess:03-01-04-01-02-02-02", "repetition"] == 2
     assert rows.loc["ravdess:03-01-01-01-01-01-01", "gender"] == "M"
@@ -164,7 +200,9 @@ def test_custom_csv_import(tmp_path: Path):
         "a/x.wav,Angry,s1,day1\n"
         "a/y.flac,happy,s2,\n"
         "b.wav,bored,s1,day1\n"
-        "missing.wav,sad,s3,\n", encoding="utf-8")
+        "missing.wav,sad,s3,\n",
+        encoding="utf-8",
+    )
     df = prepare_csv(tmp_path / "list.csv", corpus="mine")
     rows = df.set_index("utt_id")
     assert sorted(rows.index) == ["mine:a/x", "mine:a/y"]
@@ -184,8 +222,9 @@ def test_custom_csv_files_that_differ_only_in_extension(tmp_path: Path):
     write_wav(tmp_path / "a.flac", tone(0.5))
     write_wav(tmp_path / "b.wav", tone(0.3))
     (tmp_path / "list.csv").write_text(
-        "path,label,speaker\na.wav,angry,s1\na.flac,sad,s1\nb.wav,happy,s2\n"
-        "./b.wav,happy,s2\n", encoding="utf-8")
+        "path,label,speaker\na.wav,angry,s1\na.flac,sad,s1\nb.wav,happy,s2\n./b.wav,happy,s2\n",
+        encoding="utf-8",
+    )
     df = prepare_csv(tmp_path / "list.csv", corpus="mine")
     assert sorted(df["utt_id"]) == ["mine:a.flac", "mine:a.wav", "mine:b"]
     assert sum(len(v) for v in df.attrs["skipped"].values()) == 1

@@ -74,11 +74,19 @@ def test_emulated_avx2_resolves_to_fp32_on_any_cpu() -> None:
     """Under the AVX2 caps, PyTorch takes its AVX2 kernels and ``auto`` picks fp32, on an
     AVX2 machine and on an AVX-512/bf16 one alike."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    code = ("import json, torch; from edgeser.core import cpu; "
-            "print(json.dumps([torch.backends.cpu.get_cpu_capability(), "
-            "cpu.resolve_precision('auto'), cpu.hardware_summary()['emulation']]))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, timeout=120)
+    code = (
+        "import json, torch; from edgeser.core import cpu; "
+        "print(json.dumps([torch.backends.cpu.get_cpu_capability(), "
+        "cpu.resolve_precision('auto'), cpu.hardware_summary()['emulation']]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     capability, precision, emulation = json.loads(out.stdout.strip().splitlines()[-1])
     assert capability == "AVX2" and precision == "fp32"
     assert emulation == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}

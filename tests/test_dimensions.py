@@ -27,8 +27,13 @@ from edgeser.train.losses import ccc_loss
 
 IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]
 #: Ratings (V, A, D) per IEMOCAP label, varied per utterance below.
-VAD = {"neu": (3.0, 2.4, 2.6), "ang": (1.8, 3.8, 3.9), "sad": (1.9, 2.1, 2.2),
-       "hap": (4.0, 3.2, 3.0), "exc": (4.1, 3.7, 3.3)}
+VAD = {
+    "neu": (3.0, 2.4, 2.6),
+    "ang": (1.8, 3.8, 3.9),
+    "sad": (1.9, 2.1, 2.2),
+    "hap": (4.0, 3.2, 3.0),
+    "exc": (4.1, 3.7, 3.3),
+}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -68,8 +73,14 @@ def test_ccc_loss_is_one_minus_ccc_on_rated_rows_only():
 
 
 def test_targets_are_rescaled_ratings_and_nan_without_them():
-    frame = pd.DataFrame({"utt_id": ["a", "b", "c"], "valence": [1.0, 5.0, np.nan],
-                          "arousal": [3.0, 2.0, np.nan], "dominance": [5.0, 1.0, np.nan]})
+    frame = pd.DataFrame(
+        {
+            "utt_id": ["a", "b", "c"],
+            "valence": [1.0, 5.0, np.nan],
+            "arousal": [3.0, 2.0, np.nan],
+            "dominance": [5.0, 1.0, np.nan],
+        }
+    )
     t = dimension_targets(frame, ["b", "a", "c"])
     assert DIMENSIONS == ("arousal", "valence", "dominance")
     np.testing.assert_allclose(t[0], [0.25, 1.0, 0.0])
@@ -84,17 +95,23 @@ def test_targets_are_rescaled_ratings_and_nan_without_them():
 
 
 def test_unrated_corpus_is_described_per_class_and_intensity():
-    frame = pd.DataFrame({
-        "label": ["angry", "happy", "neutral", "sad"] * 2,
-        "intensity": ["normal"] * 4 + ["strong"] * 4,
-    })
+    frame = pd.DataFrame(
+        {
+            "label": ["angry", "happy", "neutral", "sad"] * 2,
+            "intensity": ["normal"] * 4 + ["strong"] * 4,
+        }
+    )
     # arousal separates high from low perfectly; valence cannot tell happy from angry
     pred = np.array([[0.9, 0.3, 0.5], [0.8, 0.3, 0.5], [0.2, 0.5, 0.5], [0.1, 0.2, 0.5]] * 2)
     d = describe_unrated(pred, frame)
     assert d["arousal_auc"] == 1.0 and d["valence_auc_happy_vs_angry"] == 0.5
     assert d["by_class"]["angry"]["arousal"] == pytest.approx(0.9)
     assert d["by_class"]["angry"]["n"] == 2 and list(d["by_class"]) == [
-        "angry", "happy", "neutral", "sad"]
+        "angry",
+        "happy",
+        "neutral",
+        "sad",
+    ]
     assert set(d["by_intensity"]) == {"normal", "strong"}
     assert d["by_class_and_intensity"]["sad/strong"]["valence"] == pytest.approx(0.2)
 
@@ -131,12 +148,15 @@ def test_training_learns_the_dimensions_and_unrated_rows_only_train_classes(tmp_
     dims = 1 / (1 + np.exp(-(x[:, :, :d].mean(1) @ w.T) / 2))  # ratings: from the features
     dims = dims.astype(np.float32)
     dims[::3] = np.nan  # a third of the utterances without ratings (CREMA-D-like)
-    cfg = TrainConfig(encoder="random", dimensions=True, epochs=30, aug_views=0,
-                      batch_size=16, head_hidden=32)
-    train = FeatureSet("pooled", [f"u{i}" for i in range(200)], y[:200],
-                       list(x[:200]), dims=dims[:200])
-    test = FeatureSet("pooled", [f"t{i}" for i in range(40)], y[200:], list(x[200:]),
-                      dims=dims[200:])
+    cfg = TrainConfig(
+        encoder="random", dimensions=True, epochs=30, aug_views=0, batch_size=16, head_hidden=32
+    )
+    train = FeatureSet(
+        "pooled", [f"u{i}" for i in range(200)], y[:200], list(x[:200]), dims=dims[:200]
+    )
+    test = FeatureSet(
+        "pooled", [f"t{i}" for i in range(40)], y[200:], list(x[200:]), dims=dims[200:]
+    )
     head = EmotionHead(HeadConfig(num_layers=3, hidden_size=d, hidden=32, num_dimensions=3))
     result = fit(cfg, SERModel(head), train, None, tmp_path / "fit", progress=False)
     probs, pred = predict_outputs(result.model, test, cfg)
@@ -173,20 +193,33 @@ def run(tmp_path_factory) -> dict:
                 v, a, d = VAD[lab]
                 ratings[uid] = (v, a + 0.1 * (i % 3), d)
     cremad = [f"10{a:02d}_DFA_{e}_XX" for a in range(1, 5) for e in ("ANG", "HAP", "NEU", "SAD")]
-    ravdess = [f"03-01-0{e}-0{k}-01-01-0{a}" for a in (1, 2) for e in (1, 3, 4, 5)
-               for k in (1, 2) if not (e == 1 and k == 2)]
+    ravdess = [
+        f"03-01-0{e}-0{k}-01-01-0{a}"
+        for a in (1, 2)
+        for e in (1, 3, 4, 5)
+        for k in (1, 2)
+        if not (e == 1 and k == 2)
+    ]
     corpora = {
         "iemocap": make_iemocap_tree(root / "ie", utts, duration=0.3, ratings=ratings),
         "cremad": make_cremad_tree(root / "cr", cremad, duration=0.3),
         "ravdess": make_ravdess_tree(root / "rv", ravdess, duration=0.3),
     }
-    cfg = TrainConfig(encoder="random", dimensions=True, epochs=2, aug_views=1, batch_size=8,
-                      head_hidden=16)
+    cfg = TrainConfig(
+        encoder="random", dimensions=True, epochs=2, aug_views=1, batch_size=8, head_hidden=16
+    )
     encoder = random_encoder(tiny_config(), seed=0)
     out = root / "run"
-    res = reproduce(cfg, iemocap=corpora["iemocap"], cremad=corpora["cremad"],
-                    ravdess=corpora["ravdess"], out=out, encoder=encoder, progress=False,
-                    synthetic=True)
+    res = reproduce(
+        cfg,
+        iemocap=corpora["iemocap"],
+        cremad=corpora["cremad"],
+        ravdess=corpora["ravdess"],
+        out=out,
+        encoder=encoder,
+        progress=False,
+        synthetic=True,
+    )
     return {"out": out, "res": res, "encoder": encoder, "root": root}
 
 
@@ -222,9 +255,11 @@ def test_report_shows_the_dimensional_numbers_and_plots(run):
     assert "These corpora are synthetic" in report
     d = disk["loso"]["iemocap"]["dimensions"]
     m, sd = d["mean"]["valence"], d["std"]["valence"]
-    row = (f"| iemocap | valence | {m['ccc']:.3f} ± {sd['ccc']:.3f} | {m['pearson']:.3f} ± "
-           f"{sd['pearson']:.3f} | {m['mae']:.3f} ± {sd['mae']:.3f} | "
-           f"{d['pooled']['valence']['ccc']:.3f} |")
+    row = (
+        f"| iemocap | valence | {m['ccc']:.3f} ± {sd['ccc']:.3f} | {m['pearson']:.3f} ± "
+        f"{sd['pearson']:.3f} | {m['mae']:.3f} ± {sd['mae']:.3f} | "
+        f"{d['pooled']['valence']['ccc']:.3f} |"
+    )
     assert row in report
     cc = disk["cross_corpus"]["ravdess"]["dimensions"]
     assert f"AUC {cc['arousal_auc']:.3f}" in report
@@ -242,8 +277,10 @@ def test_export_has_both_outputs_and_the_runtime_prints_them(run, tmp_path, caps
 
     paths = export_model(run["out"] / "production", tmp_path / "onnx", encoder=run["encoder"])
     doc = json.loads(paths["json"].read_text())
-    assert doc["outputs"] == {"probabilities": "float32 [batch, classes]",
-                              "dimensions": "float32 [batch, 3]"}
+    assert doc["outputs"] == {
+        "probabilities": "float32 [batch, classes]",
+        "dimensions": "float32 [batch, 3]",
+    }
     assert doc["dimensions"]["names"] == list(DIMENSIONS)
     session = onnx_session(paths["float32"])
     assert [o.name for o in session.get_outputs()] == ["probabilities", "dimensions"]
@@ -266,14 +303,20 @@ def test_export_has_both_outputs_and_the_runtime_prints_them(run, tmp_path, caps
             feed = pad_batch([wave], model.min_samples)
             _, ref = graph(torch.from_numpy(feed["waveform"]), torch.from_numpy(feed["lengths"]))
         tol = 1e-4 if kind == "float32" else 0.02
-        np.testing.assert_allclose([a.dimensions[k] for k in DIMENSIONS], ref[0].numpy(),
-                                   atol=tol)
+        np.testing.assert_allclose([a.dimensions[k] for k in DIMENSIONS], ref[0].numpy(), atol=tol)
         label, probs = model.predict_file(wav)  # the two-value form still works
         assert label == a.label and probs == a.probabilities
     assert trained.model.has_dimensions
     line = json.loads(format_prediction("x.wav", a, True))
-    assert set(line) == {"path", "label", "probabilities", "dimensions", "status", "segments",
-                         "speech_seconds"}
+    assert set(line) == {
+        "path",
+        "label",
+        "probabilities",
+        "dimensions",
+        "status",
+        "segments",
+        "speech_seconds",
+    }
 
 
 def _read(path: Path) -> tuple[np.ndarray, int]:
@@ -287,15 +330,25 @@ def test_cli_flag_and_stream_json(run, tmp_path, capsys):
     from edgeser.cli import main
     from edgeser.runtime.stream import Segment
 
-    seg = Segment(0.0, 1.0, "angry", 0.8, {"angry": 0.8}, {"arousal": 0.7, "valence": 0.2,
-                                                           "dominance": 0.6})
+    seg = Segment(
+        0.0, 1.0, "angry", 0.8, {"angry": 0.8}, {"arousal": 0.7, "valence": 0.2, "dominance": 0.6}
+    )
     obj = json.loads(seg.to_json())
     assert obj["dimensions"] == {"arousal": 0.7, "valence": 0.2, "dominance": 0.6}
     assert seg.to_line().endswith("arousal=0.70 valence=0.20 dominance=0.60")
     assert "dimensions" not in json.loads(Segment(0.0, 1.0, "sad", 0.5).to_json())
     # --dimensions alone is the flag; with light-sernet it is one clear error
-    code = main(["train", str(tmp_path / "none.csv"), "--out", str(tmp_path / "t"),
-                 "--model", "light-sernet", "--dimensions"])
+    code = main(
+        [
+            "train",
+            str(tmp_path / "none.csv"),
+            "--out",
+            str(tmp_path / "t"),
+            "--model",
+            "light-sernet",
+            "--dimensions",
+        ]
+    )
     assert code == 2
     assert "--dimensions needs a model with an SSL-encoder head" in capsys.readouterr().err
 
@@ -304,14 +357,26 @@ def test_train_and_evaluate_commands_with_dimensions(run, tmp_path):
     from edgeser.experiments.runs import evaluate_model, train_on_manifests
 
     manifests = run["out"] / "manifests"
-    cfg = TrainConfig(encoder="random", dimensions=True, epochs=2, aug_views=0, batch_size=8,
-                      head_hidden=16)
-    rec = train_on_manifests(cfg, [manifests / "iemocap.csv", manifests / "cremad.csv"],
-                             tmp_path / "model", encoder=run["encoder"], progress=False)
+    cfg = TrainConfig(
+        encoder="random", dimensions=True, epochs=2, aug_views=0, batch_size=8, head_hidden=16
+    )
+    rec = train_on_manifests(
+        cfg,
+        [manifests / "iemocap.csv", manifests / "cremad.csv"],
+        tmp_path / "model",
+        encoder=run["encoder"],
+        progress=False,
+    )
     assert rec["dimensions"]["n"] == rec["n_val"] and set(DIMENSIONS) <= set(rec["dimensions"])
-    analysis = evaluate_model(tmp_path / "model", manifests / "ravdess.csv", tmp_path / "eval",
-                              encoder=run["encoder"], progress=False)
+    analysis = evaluate_model(
+        tmp_path / "model",
+        manifests / "ravdess.csv",
+        tmp_path / "eval",
+        encoder=run["encoder"],
+        progress=False,
+    )
     assert set(analysis["dimensions"]["by_intensity"]) == {"normal", "strong"}
     with pytest.raises(EdgeserError, match="no training utterance has arousal"):
-        train_on_manifests(cfg, [manifests / "cremad.csv"], tmp_path / "m2",
-                           encoder=run["encoder"], progress=False)
+        train_on_manifests(
+            cfg, [manifests / "cremad.csv"], tmp_path / "m2", encoder=run["encoder"], progress=False
+        )

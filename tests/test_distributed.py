@@ -74,8 +74,10 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
 
 
 def _files(cache: Path) -> dict[str, str]:
-    return {str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(cache.rglob("*.safetensors"))}
+    return {
+        str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(cache.rglob("*.safetensors"))
+    }
 
 
 def _same_entries(a: Path, b: Path) -> None:
@@ -102,9 +104,27 @@ def _without_timings(obj):
 
 
 def _evaluate_args(corpus: Path, encoder: Path, out: Path, cache: Path) -> list[str]:
-    return ["evaluate", "--corpus", str(corpus), "--protocol", "loso", "--folds", "2",
-            "--out", str(out), "--cache-dir", str(cache), "--encoder", str(encoder),
-            "--epochs", "2", "--aug-views", "1", "--batch-size", "4"]
+    return [
+        "evaluate",
+        "--corpus",
+        str(corpus),
+        "--protocol",
+        "loso",
+        "--folds",
+        "2",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--encoder",
+        str(encoder),
+        "--epochs",
+        "2",
+        "--aug-views",
+        "1",
+        "--batch-size",
+        "4",
+    ]
 
 
 # --------------------------------------------------------------------------- features
@@ -120,9 +140,14 @@ def test_ray_features_and_results_equal_local_and_resume_its_cache(
         (ray_cache / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(local_cache / rel, ray_cache / rel)
     stamps = {rel: (ray_cache / rel).stat().st_mtime_ns for rel in kept}
-    res = ray_cluster.run([str(Path(PYTHON).parent / "edgeser"), *_evaluate_args(
-        corpus, tiny_encoder_dir, tmp_path / "ray", ray_cache), "--executor",
-        f"ray:{ray_cluster.address}"])
+    res = ray_cluster.run(
+        [
+            str(Path(PYTHON).parent / "edgeser"),
+            *_evaluate_args(corpus, tiny_encoder_dir, tmp_path / "ray", ray_cache),
+            "--executor",
+            f"ray:{ray_cluster.address}",
+        ]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     n = len(local_files)
     assert f"{len(kept)} of {n} feature entries cached, encoding {n - len(kept)}" in res.stderr
@@ -182,8 +207,9 @@ def test_killed_actor_costs_a_retry_not_an_entry(ray_cluster, corpus, tmp_path):
 
     script, report, cache = tmp_path / "fault.py", tmp_path / "report.json", tmp_path / "c"
     script.write_text(FAULT_SCRIPT)
-    res = ray_cluster.run([PYTHON, str(script), str(corpus), str(cache), ray_cluster.address,
-                           str(report)])
+    res = ray_cluster.run(
+        [PYTHON, str(script), str(corpus), str(cache), ray_cluster.address, str(report)]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(report.read_text())
     assert out["killed"] and len(out["pids"]) >= 2  # a new actor process took over
@@ -192,8 +218,14 @@ def test_killed_actor_costs_a_retry_not_an_entry(ray_cluster, corpus, tmp_path):
     # every entry is the one a local run writes: read back through a local extraction
     enc = random_encoder(tiny_config(), seed=5)
     local = tmp_path / "local"
-    extract(read_manifest(corpus), enc, FeatureStore(local, enc.identity), views=(0, 1, 2),
-            batch_seconds=1.5, progress=False)
+    extract(
+        read_manifest(corpus),
+        enc,
+        FeatureStore(local, enc.identity),
+        views=(0, 1, 2),
+        batch_seconds=1.5,
+        progress=False,
+    )
     _same_entries(cache, local)
 
 
@@ -202,8 +234,7 @@ def test_executor_ray_without_ray_is_one_line(corpus, tmp_path, monkeypatch, cap
     code = main(["train", str(corpus), "--out", str(tmp_path / "m"), "--executor", "ray"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err == ["edgeser: error: --executor ray needs Ray: pip install "
-                   "'edgeser[distributed]'"]
+    assert err == ["edgeser: error: --executor ray needs Ray: pip install 'edgeser[distributed]'"]
 
 
 # --------------------------------------------------------------------------- predict
@@ -216,9 +247,11 @@ def archive(tmp_path_factory) -> tuple[Path, Path, int]:
     model = make_dummy_model(root / "model")
     lines = ["utt_id,path,label"]
     for i in range(29):
-        write_wav(root / "audio" / f"a{i:02d}.wav",
-                  tone(0.4 + 0.03 * i, freq=120 + 25 * i, seed=i, silence=0.1),
-                  16000 if i % 2 else 48000)
+        write_wav(
+            root / "audio" / f"a{i:02d}.wav",
+            tone(0.4 + 0.03 * i, freq=120 + 25 * i, seed=i, silence=0.1),
+            16000 if i % 2 else 48000,
+        )
         lines.append(f"u{i:02d},audio/a{i:02d}.wav,{['neutral', 'happy'][i % 2]}")
     (root / "audio" / "bad.wav").write_bytes(b"RIFF, but not audio")
     lines.append("bad,audio/bad.wav,sad")
@@ -237,8 +270,18 @@ def test_predict_manifest_local_rows_resume_and_error_row(archive, tmp_path, cap
 
     model, manifest, n = archive
     out = tmp_path / "preds.parquet"
-    args = ["predict", str(model), "--manifest", str(manifest), "--out", str(out),
-            "--part-rows", "8", "--workers", "2"]
+    args = [
+        "predict",
+        str(model),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--part-rows",
+        "8",
+        "--workers",
+        "2",
+    ]
     assert main(args) == 0
     df = _table(out)
     assert len(df) == n and df["utt_id"].is_unique
@@ -252,20 +295,22 @@ def test_predict_manifest_local_rows_resume_and_error_row(archive, tmp_path, cap
     row = good.iloc[3]
     a = m.analyse_file(row["path"])
     assert row["predicted"] == a.label
-    np.testing.assert_allclose([row[f"p_{c}"] for c in m.labels],
-                               [a.probabilities[c] for c in m.labels], rtol=1e-6)
+    np.testing.assert_allclose(
+        [row[f"p_{c}"] for c in m.labels], [a.probabilities[c] for c in m.labels], rtol=1e-6
+    )
     assert row["duration"] == pytest.approx(0.4 + 0.03 * 3 + 0.2, abs=1e-3)  # before trim
     # a re-run scores only the row that failed (and it fails again) and duplicates nothing
     capsys.readouterr()
     assert main(args) == 0
-    assert ("1 utterances scored (1 errors, 1 of them failed before), 29 already there"
-            in capsys.readouterr().out)
+    assert (
+        "1 utterances scored (1 errors, 1 of them failed before), 29 already there"
+        in capsys.readouterr().out
+    )
     again = _table(out)
     assert len(again) == n and again["utt_id"].is_unique
 
 
-def test_predict_manifest_error_rows_are_retried_when_the_file_appears(archive, tmp_path,
-                                                                      capsys):
+def test_predict_manifest_error_rows_are_retried_when_the_file_appears(archive, tmp_path, capsys):
     model, manifest, _ = archive
     audio = tmp_path / "late.wav"
     listing = tmp_path / "m.csv"
@@ -292,10 +337,18 @@ def test_predict_manifest_runs_into_one_out_lose_nothing(archive, tmp_path):
     model, manifest, _ = archive
     lines = manifest.read_text().splitlines()
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
-    first.write_text("\n".join([lines[0], *[ln.replace("audio/", f"{manifest.parent}/audio/")
-                                            for ln in lines[1:11]]]) + "\n")
-    second.write_text("\n".join([lines[0], *[ln.replace("audio/", f"{manifest.parent}/audio/")
-                                             for ln in lines[11:21]]]) + "\n")
+    first.write_text(
+        "\n".join(
+            [lines[0], *[ln.replace("audio/", f"{manifest.parent}/audio/") for ln in lines[1:11]]]
+        )
+        + "\n"
+    )
+    second.write_text(
+        "\n".join(
+            [lines[0], *[ln.replace("audio/", f"{manifest.parent}/audio/") for ln in lines[11:21]]]
+        )
+        + "\n"
+    )
     out = tmp_path / "preds.parquet"
     for m in (first, second):
         assert main(["-q", "predict", str(model), "--manifest", str(m), "--out", str(out)]) == 0
@@ -314,8 +367,10 @@ def test_predict_manifest_reads_a_byte_order_mark(archive, tmp_path, header):
     """A BOM (Excel's CSV) was part of the first column's name: ids silently replaced by
     paths, or 'no path column' printed with a name that looked like path."""
     model, manifest, _ = archive
-    rows = [dict(zip(["utt_id", "path", "label"], ln.split(","), strict=True))
-            for ln in manifest.read_text().splitlines()[1:4]]
+    rows = [
+        dict(zip(["utt_id", "path", "label"], ln.split(","), strict=True))
+        for ln in manifest.read_text().splitlines()[1:4]
+    ]
     names = header.split(",")
     text = header + "\n" + "".join(",".join(r[c] for c in names) + "\n" for r in rows)
     listing = manifest.parent / f"bom-{tmp_path.name}.csv"
@@ -329,9 +384,15 @@ def _big_manifest(manifest: Path, path: Path, copies: int) -> int:
     """The archive's files under ``copies`` x as many ids: a run long enough to disturb."""
     rows = manifest.read_text().splitlines()[1:]
     base = manifest.parent
-    path.write_text("utt_id,path\n" + "\n".join(
-        f"r{k}-{line.split(',')[0]},{base / line.split(',')[1]}"
-        for k in range(copies) for line in rows) + "\n")
+    path.write_text(
+        "utt_id,path\n"
+        + "\n".join(
+            f"r{k}-{line.split(',')[0]},{base / line.split(',')[1]}"
+            for k in range(copies)
+            for line in rows
+        )
+        + "\n"
+    )
     return copies * len(rows)
 
 
@@ -343,8 +404,20 @@ def _wait_for_part(out: Path, proc: subprocess.Popen) -> None:
 
 
 def _predict_cmd(model: Path, manifest: Path, out: Path, workers: int) -> list[str]:
-    return [str(Path(PYTHON).parent / "edgeser"), "-q", "predict", str(model), "--manifest",
-            str(manifest), "--out", str(out), "--part-rows", "16", "--workers", str(workers)]
+    return [
+        str(Path(PYTHON).parent / "edgeser"),
+        "-q",
+        "predict",
+        str(model),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--part-rows",
+        "16",
+        "--workers",
+        str(workers),
+    ]
 
 
 def test_predict_manifest_interrupted_leaves_readable_parts(archive, tmp_path):
@@ -354,8 +427,13 @@ def test_predict_manifest_interrupted_leaves_readable_parts(archive, tmp_path):
     cmd = _predict_cmd(model, tmp_path / "big.csv", out, 1)
     # Ctrl-C as in a terminal: a shell running the tests in the background starts them with
     # SIGINT ignored, which the command would inherit (and then never see the signal)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     _wait_for_part(out, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -386,8 +464,12 @@ def test_predict_manifest_survives_a_killed_worker(archive, tmp_path):
     model, manifest, _ = archive
     n = _big_manifest(manifest, tmp_path / "big.csv", 40)
     out = tmp_path / "preds.parquet"
-    proc = subprocess.Popen(_predict_cmd(model, tmp_path / "big.csv", out, 2),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _predict_cmd(model, tmp_path / "big.csv", out, 2),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_part(out, proc)
     workers = _spawned_workers(proc.pid)
     assert workers
@@ -415,18 +497,46 @@ def test_predict_manifest_on_ray_writes_the_local_rows(ray_cluster, archive, tmp
     big = manifest.parent / f"big-{tmp_path.name}.csv"  # same folder: same relative paths
     n = _big_manifest(manifest, big, 40)
     local, ray = tmp_path / "local.parquet", tmp_path / "ray.parquet"
-    assert main(["-q", "predict", str(model), "--manifest", str(big), "--out", str(local),
-                 "--part-rows", "16"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "predict",
+                str(model),
+                "--manifest",
+                str(big),
+                "--out",
+                str(local),
+                "--part-rows",
+                "16",
+            ]
+        )
+        == 0
+    )
     # a third of the rows are there already (a local run that stopped): Ray scores the rest
     half = manifest.parent / f"part-{tmp_path.name}.csv"
     half.write_text("\n".join(big.read_text().splitlines()[: 1 + n // 3]) + "\n")
     assert main(["-q", "predict", str(model), "--manifest", str(half), "--out", str(ray)]) == 0
-    cmd = ray_cluster.command([str(Path(PYTHON).parent / "edgeser"), "predict", str(model),
-                               "--manifest", str(big), "--out", str(ray), "--executor",
-                               f"ray:{ray_cluster.address}", "--workers", "2",
-                               "--part-rows", "16"])
-    proc = subprocess.Popen(cmd, env=ray_cluster.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = ray_cluster.command(
+        [
+            str(Path(PYTHON).parent / "edgeser"),
+            "predict",
+            str(model),
+            "--manifest",
+            str(big),
+            "--out",
+            str(ray),
+            "--executor",
+            f"ray:{ray_cluster.address}",
+            "--workers",
+            "2",
+            "--part-rows",
+            "16",
+        ]
+    )
+    proc = subprocess.Popen(
+        cmd, env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     killed = None  # one model actor dies mid-run
     deadline = time.monotonic() + 90
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
@@ -441,8 +551,10 @@ def test_predict_manifest_on_ray_writes_the_local_rows(ray_cluster, archive, tmp
     lines = big.read_text().splitlines()[1:]
     bad = sum(line.endswith("bad.wav") for line in lines)
     before = sum(line.endswith("bad.wav") for line in lines[: n // 3])  # failed, so retried
-    assert (f"{n - n // 3 + before} utterances scored ({bad} errors, {before} of them failed "
-            f"before), {n // 3 - before} already there") in out
+    assert (
+        f"{n - n // 3 + before} utterances scored ({bad} errors, {before} of them failed "
+        f"before), {n // 3 - before} already there"
+    ) in out
     a, b = _table(local), _table(ray)
     assert b["utt_id"].is_unique and len(b) == n  # nothing lost, nothing twice
     assert a.equals(b)  # same rows, same order, same numbers

@@ -65,8 +65,14 @@ def test_egemaps_features_are_88_functionals_and_cached(manifests, tmp_path):
     np.testing.assert_array_equal(again.clean[df["utt_id"][0]], arr)
     assert [p.name for p in (tmp_path / "cache" / front.identity).iterdir()] == ["functionals"]
     # global standardisation is the model's; per-speaker standardisation of the features
-    spk = compute_features(TrainConfig(model="egemaps", feature_norm="speaker"), front, df,
-                           set(), tmp_path / "cache", progress=False)
+    spk = compute_features(
+        TrainConfig(model="egemaps", feature_norm="speaker"),
+        front,
+        df,
+        set(),
+        tmp_path / "cache",
+        progress=False,
+    )
     for _, ids in df.groupby("speaker")["utt_id"]:
         rows = np.stack([spk.clean[u] for u in ids])
         np.testing.assert_allclose(rows.mean(0), 0.0, atol=1e-4)
@@ -80,9 +86,27 @@ def test_egemaps_loso_evaluate_trained_and_no_export(manifests, cache, tmp_path,
     from edgeser.cli import main
 
     out = tmp_path / "ev"
-    assert main(["-q", "evaluate", "--protocol", "loso", "--corpus", str(manifests["iemocap"]),
-                 "--folds", "3", "--model", "egemaps", "--out", str(out),
-                 "--cache-dir", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--protocol",
+                "loso",
+                "--corpus",
+                str(manifests["iemocap"]),
+                "--folds",
+                "3",
+                "--model",
+                "egemaps",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "egemaps" and res["encoder"]["source"] == "egemaps"
     assert res["config"]["aug_views"] == 0 and res["config"]["feature_norm"] == "auto"
@@ -99,9 +123,23 @@ def test_egemaps_loso_evaluate_trained_and_no_export(manifests, cache, tmp_path,
     assert not torch.all(weights["head.mean"] == 0)  # global standardisation stored
     assert not any(fold1.glob("*.pkl"))
     # the saved folder predicts again, through the same cache
-    assert main(["-q", "evaluate", "--trained", str(fold1), "--corpus",
-                 str(manifests["ravdess"]), "--out", str(tmp_path / "x"),
-                 "--cache-dir", str(cache)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--trained",
+                str(fold1),
+                "--corpus",
+                str(manifests["ravdess"]),
+                "--out",
+                str(tmp_path / "x"),
+                "--cache-dir",
+                str(cache),
+            ]
+        )
+        == 0
+    )
     cross = json.loads((tmp_path / "x" / "results.json").read_text())["cross_corpus"]
     assert sum(map(sum, cross["ravdess"]["metrics"]["confusion"])) == 8
     capsys.readouterr()
@@ -114,9 +152,17 @@ def test_egemaps_loso_evaluate_trained_and_no_export(manifests, cache, tmp_path,
 def test_egemaps_speaker_normalised_and_compare_row(manifests, cache, tmp_path):
     from edgeser.experiments.compare import compare
 
-    doc = compare(["egemaps"], manifests["iemocap"], tmp_path / "cmp",
-                  base=TrainConfig(feature_norm="speaker", val_speakers=0), folds=2,
-                  latency_runs=1, latency_seconds=0.5, progress=False, cache_dir=cache)
+    doc = compare(
+        ["egemaps"],
+        manifests["iemocap"],
+        tmp_path / "cmp",
+        base=TrainConfig(feature_norm="speaker", val_speakers=0),
+        folds=2,
+        latency_runs=1,
+        latency_seconds=0.5,
+        progress=False,
+        cache_dir=cache,
+    )
     (row,) = doc["models"]
     assert row["parameters"] == 88 * 4 + 4 and row["pareto"]
     assert "not exportable to ONNX" in row["export_error"] and row["pytorch_ms"] > 0
@@ -169,16 +215,27 @@ def test_light_sernet_schedule_and_l2_are_the_authors():
     shapes = sorted(tuple(p.shape) for p in decayed[0]["params"])
     assert len(shapes) == 5 and (320, 160, 1, 1) in shapes  # the five body convolutions
     assert model.head.dropout.p == 0.3
-    assert build_model(TrainConfig(model="light-sernet", dropout=0.1), MFCCFrontEnd(),
-                       "mfcc").head.dropout.p == 0.1
+    assert (
+        build_model(
+            TrainConfig(model="light-sernet", dropout=0.1), MFCCFrontEnd(), "mfcc"
+        ).head.dropout.p
+        == 0.1
+    )
 
 
 def test_egemaps_reproduce_writes_the_usual_results(manifests, cache, tmp_path):
     from edgeser.experiments.reproduce import reproduce
 
-    res = reproduce(TrainConfig(model="egemaps"), iemocap=manifests["iemocap"], cremad=None,
-                    ravdess=manifests["ravdess"], out=tmp_path / "rep", folds=2,
-                    progress=False, cache_dir=cache)
+    res = reproduce(
+        TrainConfig(model="egemaps"),
+        iemocap=manifests["iemocap"],
+        cremad=None,
+        ravdess=manifests["ravdess"],
+        out=tmp_path / "rep",
+        folds=2,
+        progress=False,
+        cache_dir=cache,
+    )
     assert res["model"] == "egemaps" and len(res["loso"]["iemocap"]["folds"]) == 2
     assert {"wa", "ua", "macro_f1"} <= set(res["loso"]["iemocap"]["mean"])
     assert res["cross_corpus"]["ravdess"]["n"] == 8 and "production" in res
@@ -192,11 +249,13 @@ def test_egemaps_signal_is_trimmed_only():
     from edgeser.audio.frontend import FrontEnd
     from edgeser.models.registry import signal_front_end
 
-    assert signal_front_end(TrainConfig(model="egemaps")) == FrontEnd(preemphasis=0.0,
-                                                                      normalize=False)
+    assert signal_front_end(TrainConfig(model="egemaps")) == FrontEnd(
+        preemphasis=0.0, normalize=False
+    )
     cfg = TrainConfig.from_dict({"model": "egemaps", "trim": False, "top_db": 30.0})
-    assert signal_front_end(cfg) == FrontEnd(trim=False, top_db=30.0, preemphasis=0.0,
-                                             normalize=False)
+    assert signal_front_end(cfg) == FrontEnd(
+        trim=False, top_db=30.0, preemphasis=0.0, normalize=False
+    )
     assert signal_front_end(TrainConfig(model="light-sernet")) == FrontEnd()
     t = np.arange(16000) / 16000
     quiet = (0.05 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
@@ -218,8 +277,13 @@ def test_linear_c_is_cross_validated_over_training_speakers():
         spk = np.repeat(speakers, n)
         x = rng.normal(size=(len(y), 88)) + np.eye(4, 88)[y] * 3.0  # class in 4 features
         x += np.array([sum(map(ord, s)) % 7 for s in spk])[:, None] * 0.3  # per-speaker offset
-        return FeatureSet("functionals", [f"u{i}" for i in range(len(y))], y,
-                          list(x.astype(np.float32)), speakers=list(spk))
+        return FeatureSet(
+            "functionals",
+            [f"u{i}" for i in range(len(y))],
+            y,
+            list(x.astype(np.float32)),
+            speakers=list(spk),
+        )
 
     train, val = part([f"s{i}" for i in range(6)], 16), part(["v"], 16)
     cfg = TrainConfig(model="egemaps")
@@ -227,8 +291,9 @@ def test_linear_c_is_cross_validated_over_training_speakers():
     history, best = fit_linear(cfg, head, train, val)
     assert [h["C"] for h in history] == list(C_GRID)
     assert all({"cv_ua", "cv_loss", "val_ua", "train_loss"} <= set(h) for h in history)
-    assert best == max(range(len(history)),
-                       key=lambda i: (history[i]["cv_ua"], -history[i]["cv_loss"]))
+    assert best == max(
+        range(len(history)), key=lambda i: (history[i]["cv_ua"], -history[i]["cv_loss"])
+    )
     assert history[best]["cv_ua"] > 0.7  # the classes are separable across speakers
     again = LinearClassifier()
     assert fit_linear(cfg, again, train, val) == (history, best)
@@ -236,7 +301,8 @@ def test_linear_c_is_cross_validated_over_training_speakers():
     # one training speaker: nothing to cross-validate, C is chosen on the validation one
     history, best = fit_linear(cfg, LinearClassifier(), part(["s0"], 16), val)
     assert "cv_ua" not in history[0] and best == max(
-        range(len(history)), key=lambda i: (history[i]["val_ua"], -history[i]["val_loss"]))
+        range(len(history)), key=lambda i: (history[i]["val_ua"], -history[i]["val_loss"])
+    )
 
 
 #: The plain eGeMAPS pipeline on the 12 development actors (6 folds of 2 actors): openSMILE
@@ -261,13 +327,18 @@ def test_egemaps_on_twelve_real_actors_is_at_least_the_plain_pipeline(ravdess_de
     write_manifest(frame, tmp_path / "r12.csv")
     for norm, plain in PLAIN_EGEMAPS_UA.items():
         cfg = TrainConfig(model="egemaps", feature_norm=norm, calibrate="none")
-        res = evaluate_loso(cfg, tmp_path / "r12.csv", tmp_path / norm, folds=6,
-                            cache_dir=tmp_path / "cache", progress=False)
+        res = evaluate_loso(
+            cfg,
+            tmp_path / "r12.csv",
+            tmp_path / norm,
+            folds=6,
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
         setting = res["loso"]["ravdess"]
         folds = setting["folds"]
         assert len(folds) == 6 and all(len(f["test_speakers"]) == 2 for f in folds)
-        assert all(len(f["train_speakers"]) >= 2 and "cv_ua" in f["history"][0]
-                   for f in folds)
+        assert all(len(f["train_speakers"]) >= 2 and "cv_ua" in f["history"][0] for f in folds)
         ua, sd = setting["mean"]["ua"], setting["std"]["ua"]
         spread = sd / np.sqrt(len(folds))
         assert 0.0 < spread < 0.05, (norm, sd)
@@ -285,16 +356,27 @@ def test_light_sernet_recipes():
     default = TrainConfig(model="light-sernet")
     assert (default.epochs, default.patience, default.lr) == (60, 15, 1e-4)
     authors = TrainConfig(model="light-sernet", recipe="authors")
-    assert (authors.epochs, authors.patience, authors.lr, authors.batch_size) == (
-        300, 0, 1e-4, 32)
+    assert (authors.epochs, authors.patience, authors.lr, authors.batch_size) == (300, 0, 1e-4, 32)
     assert TrainConfig(model="light-sernet", recipe="authors", epochs=30).epochs == 30
     assert (TrainConfig().epochs, TrainConfig().patience) == (25, 0)
     assert TrainConfig(recipe="authors").epochs == 25  # the paper's head: its own recipe
     assert TrainConfig.from_dict(authors.to_dict()) == authors
     assert authors.for_model("distilhubert").epochs == 25
-    args = build_parser().parse_args(["evaluate", "--protocol", "loso", "--corpus", "m.csv",
-                                      "--out", "o", "--model", "light-sernet",
-                                      "--recipe", "authors"])
+    args = build_parser().parse_args(
+        [
+            "evaluate",
+            "--protocol",
+            "loso",
+            "--corpus",
+            "m.csv",
+            "--out",
+            "o",
+            "--model",
+            "light-sernet",
+            "--recipe",
+            "authors",
+        ]
+    )
     assert config_from_args(args).epochs == 300
     with pytest.raises(EdgeserError, match="recipe must be one of default, authors"):
         TrainConfig(recipe="fast")

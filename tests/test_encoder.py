@@ -471,8 +471,12 @@ def write_published_s3prl_ckpt(path, model) -> Path:
         "Args": argparse.Namespace(mode="train", seed=1337, config="pretrain/distiller.yaml"),
         "Runner": {"n_epochs": -1, "total_steps": 200_000, "gradient_clipping": 10.0},
         "Distiller": distiller,
-        "Config": {"distiller": distiller_config(config), "teacher": {"model": "hubert_base"},
-                   "task": {"sequence_length": 250_000}, "audio": {"target_level": None}},
+        "Config": {
+            "distiller": distiller_config(config),
+            "teacher": {"model": "hubert_base"},
+            "task": {"sequence_length": 250_000},
+            "audio": {"target_level": None},
+        },
     }
     sys.modules.update({"s3prl": package, "s3prl.optimizers": module})
     try:
@@ -493,8 +497,7 @@ def test_published_s3prl_layout_loads_without_s3prl(tmp_path, caplog) -> None:
     reference = random_encoder(tiny_config(), seed=5)
     folder = tmp_path / "hf"
     reference.model.save_pretrained(folder)
-    path = write_published_s3prl_ckpt(tmp_path / "disilhubert_ls960_4-8-12.ckpt",
-                                      reference.model)
+    path = write_published_s3prl_ckpt(tmp_path / "disilhubert_ls960_4-8-12.ckpt", reference.model)
     assert "s3prl" not in sys.modules
     with pytest.raises(Exception, match="s3prl"):  # what a plain full unpickling meets
         torch.load(path, weights_only=False)
@@ -504,14 +507,19 @@ def test_published_s3prl_layout_loads_without_s3prl(tmp_path, caplog) -> None:
     schedule = obj["Optimizer"]["param_groups"][0]["schedule"]
     assert isinstance(schedule, InertObject)
     assert schedule.qualified_name == "s3prl.optimizers.WarmupLinearSchedule"
-    assert schedule.state == {"warmup": 0.07, "t_total": 200_000,
-                              "warned_for_t_total_at_progress": -1}
+    assert schedule.state == {
+        "warmup": 0.07,
+        "t_total": 200_000,
+        "warned_for_t_total_at_progress": -1,
+    }
     assert "s3prl" not in sys.modules  # nothing was imported
     with caplog.at_level(logging.INFO, logger="edgeser"):
         loaded = load_encoder(str(path))
     lines = [r.getMessage() for r in caplog.records if "ignored:" in r.getMessage()]
-    assert lines == [f"{path.name}: ignored: Optimizer (s3prl.optimizers.WarmupLinearSchedule),"
-                     " Step, Args, Runner"]
+    assert lines == [
+        f"{path.name}: ignored: Optimizer (s3prl.optimizers.WarmupLinearSchedule),"
+        " Step, Args, Runner"
+    ]
     from_folder = load_encoder(str(folder))
     assert loaded.identity == from_folder.identity == reference.identity
     waves = tiny_waves([300, 1234, 4000])
@@ -909,8 +917,10 @@ def test_conv_groups_equal_single_items(tiny_encoder: Encoder, monkeypatch, prec
     bf16 = tiny_encoder.variant(precision=precision)
     modules = tiny_encoder.variant(impl="modules")
     ulp = 2**-7 if precision == "bf16" else 1e-5
-    waves = [tiny_encoder._prepare(w, index=0) for w in tiny_waves(
-        [20, 64, 321, 999, 999, 2222, 4096, 5000, 7], seed=5)]
+    waves = [
+        tiny_encoder._prepare(w, index=0)
+        for w in tiny_waves([20, 64, 321, 999, 999, 2222, 4096, 5000, 7], seed=5)
+    ]
     with torch.inference_mode():
         alone = [bf16._conv_batch([w])[0] for w in waves]
         for group_samples in (10**9, 3000, 1):  # one group, a few, one wave per group
@@ -983,9 +993,11 @@ def test_identity_tags(tiny_encoder: Encoder) -> None:
     assert fp32["direct"] == fp32["modules"] == tiny_encoder.identity
     assert tiny_encoder.identity == _fingerprint(model, "fp32")
     assert fp32["direct+int8"] == _fingerprint(
-        model, "fp32", impl="direct+int8" if _int8_available() else None)
-    bf16 = {impl: Encoder(model, source="x", precision="bf16", impl=impl).identity
-            for impl in IMPLS}
+        model, "fp32", impl="direct+int8" if _int8_available() else None
+    )
+    bf16 = {
+        impl: Encoder(model, source="x", precision="bf16", impl=impl).identity for impl in IMPLS
+    }
     assert bf16["modules"] == _fingerprint(model, "bf16")  # identity of the autocast code
     assert bf16["direct"] == _fingerprint(model, "bf16", impl=BF16_IMPL)
     int8_tag = BF16_IMPL + ("+int8" if _int8_available() else "")
@@ -1012,8 +1024,9 @@ def test_weight_casts_follow_weight_updates(precision: str, impl: str) -> None:
     assert len(encoder.direct.casts) > 0
 
     def fresh(enc: Encoder) -> list[torch.Tensor]:
-        return Encoder(copy.deepcopy(enc.model), source="y", precision=precision,
-                       impl=impl).encode(waves)
+        return Encoder(copy.deepcopy(enc.model), source="y", precision=precision, impl=impl).encode(
+            waves
+        )
 
     with torch.no_grad():  # an in-place edit of a conv and of a transformer weight
         encoder.model.feature_extractor.conv_layers[1].conv.weight.mul_(1.5)
@@ -1023,8 +1036,9 @@ def test_weight_casts_follow_weight_updates(precision: str, impl: str) -> None:
         assert max_diff(a, b) > 1e-2
         assert max_diff(b, c) <= 1e-6
 
-    state = {k: v.clone() for k, v in random_encoder(tiny_config(), seed=4).model.state_dict()
-             .items()}
+    state = {
+        k: v.clone() for k, v in random_encoder(tiny_config(), seed=4).model.state_dict().items()
+    }
     encoder.model.load_state_dict(state)
     for b, c in zip(encoder.encode(waves), fresh(encoder), strict=True):
         assert max_diff(b, c) <= 1e-6

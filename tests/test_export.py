@@ -23,8 +23,14 @@ SR = 16_000
 TOL = 1e-4
 
 
-def _save(out: Path, encoder: Encoder, *, pooling: str = "mean", sharpen: float = 8.0,
-          dimensions: bool = False) -> Path:
+def _save(
+    out: Path,
+    encoder: Encoder,
+    *,
+    pooling: str = "mean",
+    sharpen: float = 8.0,
+    dimensions: bool = False,
+) -> Path:
     """A trained-model folder with a deterministic head whose outputs are far from uniform
     (``dimensions``: with the dimensional output, spread over [0, 1] as well)."""
     cfg = TrainConfig(encoder="random", precision="fp32", pooling=pooling, dimensions=dimensions)
@@ -36,8 +42,9 @@ def _save(out: Path, encoder: Encoder, *, pooling: str = "mean", sharpen: float 
         last.weight.mul_(sharpen)
         if dimensions:
             model.head.regressor[-1].weight.mul_(sharpen)
-    save_model(out, model, cfg, encoder, model.kind,
-               {"name": "production", "metrics": {"accuracy": 0.5}})
+    save_model(
+        out, model, cfg, encoder, model.kind, {"name": "production", "metrics": {"accuracy": 0.5}}
+    )
     return out
 
 
@@ -54,8 +61,13 @@ def tiny(tmp_path_factory) -> dict:
     from edgeser.train.folder import load_trained
 
     model, _, _, _ = load_trained(model_dir, encoder)
-    return {"encoder": encoder, "head": model.head, "paths": paths, "model_dir": model_dir,
-            "root": root}
+    return {
+        "encoder": encoder,
+        "head": model.head,
+        "paths": paths,
+        "model_dir": model_dir,
+        "root": root,
+    }
 
 
 def test_export_writes_the_files_and_model_json(tiny):
@@ -68,12 +80,14 @@ def test_export_writes_the_files_and_model_json(tiny):
     assert doc["inputs"] == {"waveform": "float32 [batch, samples]", "lengths": "int64 [batch]"}
     assert doc["outputs"] == {"probabilities": "float32 [batch, classes]"}
     pre = doc["preprocessing"]
-    assert pre["outside_graph"]["trim"] == {"top_db": 20.0, "frame_length": 2048,
-                                            "hop_length": 512}
+    assert pre["outside_graph"]["trim"] == {"top_db": 20.0, "frame_length": 2048, "hop_length": 512}
     assert pre["inside_graph"] == {"preemphasis": 0.97, "peak_normalize": True}
-    assert doc["files"] == {"float32": "model.onnx", "int8": "model.int8.onnx",
-                            "int8_ort": "model.int8.ort",
-                            "required_operators": "required_operators.config"}
+    assert doc["files"] == {
+        "float32": "model.onnx",
+        "int8": "model.int8.onnx",
+        "int8_ort": "model.int8.ort",
+        "required_operators": "required_operators.config",
+    }
     assert doc["sizes_bytes"]["int8"] < doc["sizes_bytes"]["float32"]
     assert doc["encoder"]["source"] == "random" and doc["metrics"] == {"accuracy": 0.5}
     assert doc["training"]["config"]["pooling"] == "mean"
@@ -106,7 +120,7 @@ def test_padded_batch_rows_equal_items_alone(tiny):
     # junk in the padding must not leak in either
     feed = pad_batch(waves)
     for i, w in enumerate(waves):
-        feed["waveform"][i, len(w):] = 0.5
+        feed["waveform"][i, len(w) :] = 0.5
     assert np.abs(session.run(None, feed)[0] - alone).max() <= TOL
 
 
@@ -176,8 +190,18 @@ def test_bad_input_is_one_clear_error(tmp_path):
 def test_cli_parser_and_handler(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="edgeser")
     add_export_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", str(tmp_path), "--out", str(tmp_path / "o"), "--no-int8",
-                              "--calibration", "a.wav", "b.wav"])
+    args = parser.parse_args(
+        [
+            "export",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-int8",
+            "--calibration",
+            "a.wav",
+            "b.wav",
+        ]
+    )
     assert args.int8 is False and args.calibration == [Path("a.wav"), Path("b.wav")]
     with pytest.raises(EdgeserError):
         args.func(args)
@@ -218,8 +242,12 @@ def test_full_size_ort_file_stays_8_bit_and_answers_as_the_onnx(full):
     assert ort_file.stat().st_size <= full["paths"]["int8"].stat().st_size + 300_000
     config = full["paths"]["required_operators"].read_text(encoding="utf-8")
     assert "# - model.int8.ort" in config
-    ops = {op for line in config.splitlines() if not line.startswith("#")
-           for op in line.split(";")[2].split(",")}
+    ops = {
+        op
+        for line in config.splitlines()
+        if not line.startswith("#")
+        for op in line.split(";")[2].split(",")
+    }
     assert {"Loop", "MatMulIntegerToFloat", "QLinearConv", "DequantizeLinear"} <= ops
     waves = [tone(1.3, seed=5), tone(11.0, freq=170.0, seed=6)]
     a, b = OnnxEmotionModel(full["paths"]["int8"]), OnnxEmotionModel(ort_file)
@@ -272,8 +300,9 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("node", ["/layers.0/q_proj/MatMul", "/layers.1/fc1/MatMul",
-                                  "/stack/convs.0/Conv"])
+@pytest.mark.parametrize(
+    "node", ["/layers.0/q_proj/MatMul", "/layers.1/fc1/MatMul", "/stack/convs.0/Conv"]
+)
 def test_full_size_int8_ops_are_exact_on_worst_case_input(full, node):
     """onnxruntime on this CPU against exact integer arithmetic, on the input that drives
     every pair of products as far as the weights allow (255 where a weight is positive)."""
@@ -303,8 +332,9 @@ def test_saturation_report_flags_full_range_weights(tiny, tmp_path):
     for init in model.graph.initializer:  # int8 weights behind DequantizeLinear, doubled
         if init.name.endswith("_quantized"):
             w = numpy_helper.to_array(init).astype(np.int16)
-            init.CopyFrom(numpy_helper.from_array(np.clip(2 * w, -127, 127).astype(np.int8),
-                                                  init.name))
+            init.CopyFrom(
+                numpy_helper.from_array(np.clip(2 * w, -127, 127).astype(np.int8), init.name)
+            )
             widened += 1
     assert widened
     bad = tmp_path / "full-range.onnx"
@@ -318,13 +348,21 @@ def test_extra_variants_and_unknown_variant(tmp_path):
     encoder = random_encoder(tiny_config(), seed=0)
     model_dir = _save(tmp_path / "m", encoder)
     cal = write_wav(tmp_path / "cal.wav", tone(0.5, seed=9))  # one short file: fast
-    paths = export_model(model_dir, tmp_path / "onnx", int8=False, encoder=encoder,
-                         extra_variants=("int8-fast", "float16", "float16-compute"),
-                         calibration=[cal])
+    paths = export_model(
+        model_dir,
+        tmp_path / "onnx",
+        int8=False,
+        encoder=encoder,
+        extra_variants=("int8-fast", "float16", "float16-compute"),
+        calibration=[cal],
+    )
     doc = json.loads(paths["json"].read_text())
-    assert doc["files"] == {"float32": "model.onnx", "int8-fast": "model.int8-fast.onnx",
-                            "float16": "model.float16.onnx",
-                            "float16-compute": "model.float16-compute.onnx"}
+    assert doc["files"] == {
+        "float32": "model.onnx",
+        "int8-fast": "model.int8-fast.onnx",
+        "float16": "model.float16.onnx",
+        "float16-compute": "model.float16-compute.onnx",
+    }
     assert doc["export"]["calibration"] == [str(cal)]
     feed = pad_batch(_waves())
     ref = onnx_session(paths["float32"]).run(None, feed)[0]
@@ -344,8 +382,9 @@ def test_cli_handler_exports_a_run_folder(full, tmp_path, capsys):
     """The real CLI path: the encoder is rebuilt from model.json (source 'random', seed 0)."""
     parser = argparse.ArgumentParser(prog="edgeser")
     add_export_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", str(full["model_dir"]), "--out", str(tmp_path / "o"),
-                              "--no-int8"])
+    args = parser.parse_args(
+        ["export", str(full["model_dir"]), "--out", str(tmp_path / "o"), "--no-int8"]
+    )
     assert args.func(args) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("exported") and "model.onnx" in line and "\n" not in line
@@ -386,8 +425,7 @@ def test_a_folder_cannot_make_export_load_a_file_outside_it(tmp_path, caplog):
     HubertModel(tiny_config()).save_pretrained(outside)
     encoder = load_encoder(str(outside), precision="fp32")
     model_dir = _save(tmp_path / "given", encoder)
-    assert json.loads((model_dir / "model.json").read_text())["encoder"]["source"] == str(
-        outside)
+    assert json.loads((model_dir / "model.json").read_text())["encoder"]["source"] == str(outside)
     with pytest.raises(EdgeserError, match=r"a path outside the folder; .*pass --encoder"):
         export_model(model_dir, tmp_path / "out", int8=False)
     from edgeser.experiments.runs import evaluate_model
@@ -398,8 +436,7 @@ def test_a_folder_cannot_make_export_load_a_file_outside_it(tmp_path, caplog):
         evaluate_model(model_dir, corpus, tmp_path / "eval")
     assert not (tmp_path / "out").exists()
     with caplog.at_level(logging.INFO, logger="edgeser.train.folder"):
-        paths = export_model(model_dir, tmp_path / "out", int8=False,
-                             encoder_source=str(outside))
+        paths = export_model(model_dir, tmp_path / "out", int8=False, encoder_source=str(outside))
     assert paths["float32"].is_file()
     assert f"encoder: {outside} (as named on the command line)" in caplog.text
     # inside the folder (relative or absolute, links resolved) is the folder's own
@@ -408,8 +445,15 @@ def test_a_folder_cannot_make_export_load_a_file_outside_it(tmp_path, caplog):
     assert recorded_source("encoder", model_dir) == str(inside.resolve())
     assert recorded_source(str(inside), model_dir) == str(inside.resolve())
     (model_dir / "link").symlink_to(outside)
-    for bad in ("link", "../somewhere/tiny-hubert", "/etc/passwd", "/data/x.ckpt",
-                "model.ckpt", "", "not a source"):
+    for bad in (
+        "link",
+        "../somewhere/tiny-hubert",
+        "/etc/passwd",
+        "/data/x.ckpt",
+        "model.ckpt",
+        "",
+        "not a source",
+    ):
         with pytest.raises(EdgeserError, match="pass --encoder"):
             recorded_source(bad, model_dir)
     for ok in ("random", "random:hubert-base", "distilhubert", "ntu-spml/distilhubert"):
@@ -427,8 +471,13 @@ def test_the_calibration_temperature_is_applied_inside_the_graph(tmp_path):
     plain = _save(tmp_path / "plain", encoder, sharpen=3.0)
     warm = _save(tmp_path / "warm", encoder, sharpen=3.0)
     tensors, meta = load_weights(warm)
-    meta["calibration"] = {"method": "temperature", "temperature": 2.5, "n_val": 7,
-                           "low_confidence_below": 0.99, "val": {}}
+    meta["calibration"] = {
+        "method": "temperature",
+        "temperature": 2.5,
+        "n_val": 7,
+        "low_confidence_below": 0.99,
+        "val": {},
+    }
     save_weights(warm / "model.safetensors", tensors, meta)
     a = export_model(plain, tmp_path / "a", int8=False, encoder=encoder)
     b = export_model(warm, tmp_path / "b", int8=False, encoder=encoder)
@@ -441,6 +490,5 @@ def test_the_calibration_temperature_is_applied_inside_the_graph(tmp_path):
     cooled = onnx_session(b["float32"]).run(None, pad_batch(waves))[0]
     np.testing.assert_allclose(cooled, apply_temperature(raw, 2.5), atol=1e-5)
     wav = write_wav(tmp_path / "x.wav", tone(1.0, seed=2))
-    assert OnnxEmotionModel(b["float32"], vad="webrtc").analyse_file(wav).status == \
-        "low_confidence"
+    assert OnnxEmotionModel(b["float32"], vad="webrtc").analyse_file(wav).status == "low_confidence"
     assert OnnxEmotionModel(a["float32"], vad="webrtc").analyse_file(wav).status == "ok"

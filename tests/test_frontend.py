@@ -51,16 +51,16 @@ def test_trim_matches_librosa_on_edge_lengths(n: int):
 
 def test_preemphasis_and_peak_normalisation():
     x = np.array([1.0, 2.0, -1.0, 0.5], dtype=np.float32)
-    np.testing.assert_allclose(preemphasis(x, SR), [1.0, 2.0 - 0.97, -1.0 - 1.94, 0.5 + 0.97],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        preemphasis(x, SR), [1.0, 2.0 - 0.97, -1.0 - 1.94, 0.5 + 0.97], rtol=1e-6
+    )
     y = peak_normalize(np.array([0.1, -0.4, 0.2], dtype=np.float32), SR)
     np.testing.assert_allclose(y, [0.25, -1.0, 0.5], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
     "signal",
-    [np.zeros(0), np.zeros(1), np.ones(1), np.zeros(16000), np.full(16000, 0.3),
-     np.full(3, 1e-12)],
+    [np.zeros(0), np.zeros(1), np.ones(1), np.zeros(16000), np.full(16000, 0.3), np.full(3, 1e-12)],
     ids=["empty", "one-zero", "one-sample", "silent", "constant", "tiny"],
 )
 def test_preprocess_edge_signals_are_defined(signal: np.ndarray):
@@ -146,8 +146,11 @@ def test_augmentations_follow_their_config():
     db = 20 * np.log10(peaks)
     assert db.min() >= -18.0 - 1e-3 and db.max() <= 6.0 + 1e-3
     assert db.max() - db.min() > 6  # not re-normalised afterwards
-    only_noise = Augmenter(AugmentConfig(gain_p=0, noise_p=1, pitch_p=0, polarity_p=0,
-                                         noise_min_snr_db=20, noise_max_snr_db=20))
+    only_noise = Augmenter(
+        AugmentConfig(
+            gain_p=0, noise_p=1, pitch_p=0, polarity_p=0, noise_min_snr_db=20, noise_max_snr_db=20
+        )
+    )
     noise = only_noise(x, SR, seed=2) - x
     snr = 10 * np.log10(np.mean(x**2) / np.mean(noise**2))
     assert abs(snr - 20) < 0.5

@@ -10,8 +10,25 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "edgeser"
 #: Stages from the bottom up; a module may import from its own stage and those before it.
 #: ("edgeser" is the package root: its version string and lazy re-exports.)
-STAGES = ("edgeser", "core", "audio", "data", "split", "models", "config", "features",
-          "evaluate", "train", "runtime", "web", "serve", "export", "experiments", "testing", "cli")
+STAGES = (
+    "edgeser",
+    "core",
+    "audio",
+    "data",
+    "split",
+    "models",
+    "config",
+    "features",
+    "evaluate",
+    "train",
+    "runtime",
+    "web",
+    "serve",
+    "export",
+    "experiments",
+    "testing",
+    "cli",
+)
 
 
 def _stage(module: str) -> str:
@@ -27,9 +44,15 @@ def _imports() -> list[tuple[str, str, int]]:
         module = ".".join(("edgeser", *path.relative_to(PACKAGE).with_suffix("").parts))
         module = module.removesuffix(".__init__")
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                       and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
-                       for stmt in block.body for n in ast.walk(stmt)}
+        typing_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If)
+            and isinstance(block.test, ast.Name)
+            and block.test.id == "TYPE_CHECKING"
+            for stmt in block.body
+            for n in ast.walk(stmt)
+        }
         for node in ast.walk(tree):
             if id(node) in typing_only:
                 continue
@@ -50,9 +73,11 @@ def test_every_module_belongs_to_a_stage() -> None:
 
 def test_imports_only_go_down_the_stages() -> None:
     rank = {s: i for i, s in enumerate(STAGES)}
-    upward = [f"{m}:{line} imports {target}" for m, target, line in _imports()
-              if _stage(m) != "edgeser"
-              and rank[_stage(target)] > rank[_stage(m)]]
+    upward = [
+        f"{m}:{line} imports {target}"
+        for m, target, line in _imports()
+        if _stage(m) != "edgeser" and rank[_stage(target)] > rank[_stage(m)]
+    ]
     assert not upward, "\n".join(upward)
 
 

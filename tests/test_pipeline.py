@@ -26,8 +26,12 @@ IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpora")
-    utts = [(f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", IEMO_LABELS[i % 5])
-            for s in range(1, 6) for spk in "FM" for i in range(6)]
+    utts = [
+        (f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", IEMO_LABELS[i % 5])
+        for s in range(1, 6)
+        for spk in "FM"
+        for i in range(6)
+    ]
     cremad = [f"10{a:02d}_DFA_{e}_XX" for a in range(1, 5) for e in ("ANG", "HAP", "NEU", "SAD")]
     ravdess = [f"03-01-0{e}-01-01-01-0{a}" for a in (1, 2) for e in (1, 3, 4, 5)]
     return {
@@ -71,8 +75,11 @@ def test_split_validator_refuses_leaks(corpora):
     cr = prepare_cremad(corpora["cremad"])
     both = pd.concat([ie, cr], ignore_index=True)
     with pytest.raises(SplitError, match="contains corpus cremad"):
-        validate_split(both, {"train": s.train, "test": [*s.test, cr["utt_id"].iloc[0]]},
-                       corpus_only={"test": ["iemocap"]})
+        validate_split(
+            both,
+            {"train": s.train, "test": [*s.test, cr["utt_id"].iloc[0]]},
+            corpus_only={"test": ["iemocap"]},
+        )
     with pytest.raises(SplitError, match="at least two sessions"):
         loso_splits(ie[ie["session"] == "iemocap:Ses01"])
 
@@ -107,12 +114,17 @@ def test_feature_cache_hits_rebuilds_corrupt_and_detects_stale(corpora, encoder,
     assert all(np.array_equal(again[k], first[k]) for k in first)
     assert all(f.stat().st_mtime_ns == mtimes[f] for f in files)  # nothing re-encoded
     files[0].write_bytes(b"\x00garbage")
-    item = next(Item(u, p, v) for u, p in zip(rv["utt_id"], rv["path"], strict=True)
-                for v in (0, 1) if store.path(store.key(Item(u, p, v))) == files[0])
+    item = next(
+        Item(u, p, v)
+        for u, p in zip(rv["utt_id"], rv["path"], strict=True)
+        for v in (0, 1)
+        if store.path(store.key(Item(u, p, v))) == files[0]
+    )
     assert store.get(item) is None and not files[0].exists()  # corrupt entry removed
     rebuilt = extract(rv, encoder, store, views=(0, 1), progress=False)
-    np.testing.assert_allclose(rebuilt[(item.utt_id, item.view)],
-                               first[(item.utt_id, item.view)], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        rebuilt[(item.utt_id, item.view)], first[(item.utt_id, item.view)], rtol=1e-5, atol=1e-6
+    )
     # a changed audio file is a cache miss (the key holds its size and mtime)
     import os
 
@@ -122,8 +134,9 @@ def test_feature_cache_hits_rebuilds_corrupt_and_detects_stale(corpora, encoder,
     os.utime(first_path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert store.key(Item(rv["utt_id"].iloc[0], first_path, 0)) != old_key
     assert store.get(Item(rv["utt_id"].iloc[0], first_path, 0)) is None
-    other = FeatureStore(tmp_path, encoder.identity, kind="pooled",
-                         augment=store.augment.__class__(gain_p=1.0))
+    other = FeatureStore(
+        tmp_path, encoder.identity, kind="pooled", augment=store.augment.__class__(gain_p=1.0)
+    )
     assert other.key(Item("x", "/nope", 1)) != store.key(Item("x", "/nope", 1))
     assert other.key(Item("x", "/nope", 0)) == store.key(Item("x", "/nope", 0))
 
@@ -146,8 +159,7 @@ def test_views_that_draw_no_transform_reuse_the_clean_features(corpora, encoder,
     out = extract(rv, Counting(), store, views=(0, 1, 2), progress=False)
     assert sum(calls) == len(rv)  # only the clean versions were encoded
     for u in rv["utt_id"]:
-        assert np.array_equal(out[(u, 1)], out[(u, 0)]) and np.array_equal(out[(u, 2)],
-                                                                            out[(u, 0)])
+        assert np.array_equal(out[(u, 1)], out[(u, 0)]) and np.array_equal(out[(u, 2)], out[(u, 0)])
     assert len(list((tmp_path / "a").rglob("*.safetensors"))) == 3 * len(rv)  # all cached
     calls.clear()
     polarity = AugmentConfig(gain_p=0.0, noise_p=0.0, pitch_p=0.0, polarity_p=1.0)
@@ -179,15 +191,30 @@ def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp
     from edgeser.experiments.reproduce import reproduce
 
     out = tmp_path / "run"
-    res = reproduce(_tiny_cfg(), iemocap=corpora["iemocap"], cremad=corpora["cremad"],
-                    ravdess=corpora["ravdess"], out=out, encoder=encoder, progress=False)
+    res = reproduce(
+        _tiny_cfg(),
+        iemocap=corpora["iemocap"],
+        cremad=corpora["cremad"],
+        ravdess=corpora["ravdess"],
+        out=out,
+        encoder=encoder,
+        progress=False,
+    )
     disk = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert set(disk["loso"]) == {"iemocap", "iemocap+cremad"}
     for setting in disk["loso"].values():
         assert len(setting["folds"]) == 5
         for f in setting["folds"]:
-            assert {"test_session", "train_speakers", "val_speakers", "test_speakers",
-                    "n_train", "n_val", "n_test", "metrics"} <= set(f)
+            assert {
+                "test_session",
+                "train_speakers",
+                "val_speakers",
+                "test_speakers",
+                "n_train",
+                "n_val",
+                "n_test",
+                "metrics",
+            } <= set(f)
             assert not set(f["test_speakers"]) & set(f["train_speakers"])
             m = f["metrics"]
             assert m["labels"] == list(LABELS) and len(m["confusion"]) == 4
@@ -196,8 +223,10 @@ def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp
         assert {"wa", "ua", "macro_f1"} <= set(setting["mean"]) <= set(setting["std"]) | {"n"}
     cremad_folds = disk["loso"]["iemocap+cremad"]["folds"]
     assert all(any(s.startswith("cremad:") for s in f["train_speakers"]) for f in cremad_folds)
-    assert all(not any(s.startswith("cremad:") for s in f["val_speakers"] + f["test_speakers"])
-               for f in cremad_folds)
+    assert all(
+        not any(s.startswith("cremad:") for s in f["val_speakers"] + f["test_speakers"])
+        for f in cremad_folds
+    )
     assert "metrics" in disk["production"] and disk["production"]["speaker_dependent"]
     cc = disk["cross_corpus"]["ravdess"]
     assert cc["n"] == 8 and "intensity" in cc["by"] and "happy_as_angry" in cc["high_arousal"]
@@ -221,16 +250,24 @@ def test_reproduce_writes_the_results_contract_and_resumes(corpora, encoder, tmp
             assert c["val"]["after"]["nll"] <= c["val"]["before"]["nll"] + 1e-9, name
             assert set(c["test"]["before"]) == {"ece", "brier", "nll", "n"}
             assert 0 <= c["low_confidence_below"] <= 1
-        assert sum(b["n"] for b in cal["pooled"]["reliability_after"]) == \
-            sum(f["n_test"] for f in setting["folds"])
+        assert sum(b["n"] for b in cal["pooled"]["reliability_after"]) == sum(
+            f["n_test"] for f in setting["folds"]
+        )
     assert "calibration" in disk["cross_corpus"]["ravdess"]
     assert "## Calibration" in report and (out / "plots" / "reliability.png").is_file()
     assert res["loso"]["iemocap"]["mean"]["ua"] == disk["loso"]["iemocap"]["mean"]["ua"]
     # a second run reuses every finished fold and every cached feature
     fold_model = out / "loso" / "iemocap" / "fold1" / "model.safetensors"
     stamp = fold_model.stat().st_mtime_ns
-    again = reproduce(_tiny_cfg(), iemocap=corpora["iemocap"], cremad=corpora["cremad"],
-                      ravdess=corpora["ravdess"], out=out, encoder=encoder, progress=False)
+    again = reproduce(
+        _tiny_cfg(),
+        iemocap=corpora["iemocap"],
+        cremad=corpora["cremad"],
+        ravdess=corpora["ravdess"],
+        out=out,
+        encoder=encoder,
+        progress=False,
+    )
     assert fold_model.stat().st_mtime_ns == stamp
     assert again["loso"]["iemocap"]["mean"] == res["loso"]["iemocap"]["mean"]
 
@@ -242,21 +279,26 @@ def test_training_is_deterministic_and_resumes_after_interruption(corpora, encod
     man = tmp_path / "ie.csv"
     write_manifest(prepare_iemocap(corpora["iemocap"]), man)
     cache = tmp_path / "cache"
-    full = train_on_manifests(_tiny_cfg(epochs=4), [man], tmp_path / "a", cache_dir=cache,
-                              progress=False, encoder=encoder)
+    full = train_on_manifests(
+        _tiny_cfg(epochs=4), [man], tmp_path / "a", cache_dir=cache, progress=False, encoder=encoder
+    )
     # interrupted after 2 epochs, then resumed to 4
-    train_on_manifests(_tiny_cfg(epochs=2), [man], tmp_path / "b", cache_dir=cache,
-                       progress=False, encoder=encoder)
+    train_on_manifests(
+        _tiny_cfg(epochs=2), [man], tmp_path / "b", cache_dir=cache, progress=False, encoder=encoder
+    )
     assert len(json.loads((tmp_path / "b" / "state.json").read_text())["history"]) == 2
-    resumed = train_on_manifests(_tiny_cfg(epochs=4), [man], tmp_path / "b", cache_dir=cache,
-                                 progress=False, encoder=encoder)
+    resumed = train_on_manifests(
+        _tiny_cfg(epochs=4), [man], tmp_path / "b", cache_dir=cache, progress=False, encoder=encoder
+    )
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3]
     for a, b in zip(full["history"], resumed["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
     from safetensors.torch import load_file
 
-    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(
-        str(tmp_path / "b" / "model.safetensors"))
+    wa, wb = (
+        load_file(str(tmp_path / "a" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model.safetensors")),
+    )
     assert all(np.allclose(wa[k].numpy(), wb[k].numpy(), atol=1e-6) for k in wa)
 
 
@@ -281,17 +323,25 @@ def test_evaluate_model_and_loso_on_any_corpus(corpora, encoder, tmp_path):
     train_on_manifests(_tiny_cfg(), [ie], tmp_path / "m", progress=False, encoder=encoder)
     res = evaluate_model(tmp_path / "m", rv, tmp_path / "ev", progress=False, encoder=encoder)
     assert sum(map(sum, res["metrics"]["confusion"])) == 8
-    out = evaluate_loso(_tiny_cfg(val_speakers=0), ie, tmp_path / "lo", folds=2,
-                        progress=False, encoder=encoder)
+    out = evaluate_loso(
+        _tiny_cfg(val_speakers=0), ie, tmp_path / "lo", folds=2, progress=False, encoder=encoder
+    )
     assert len(out["loso"]["iemocap"]["folds"]) == 2
     with pytest.raises(EdgeserError, match="not the one the model was trained with"):
-        evaluate_model(tmp_path / "m", rv, tmp_path / "ev2", progress=False,
-                       encoder=random_encoder(tiny_config(), seed=1))
+        evaluate_model(
+            tmp_path / "m",
+            rv,
+            tmp_path / "ev2",
+            progress=False,
+            encoder=random_encoder(tiny_config(), seed=1),
+        )
 
 
-@pytest.mark.parametrize("overrides", [{"train": "encoder"}, {"aug_mode": "online"},
-                                       {"pooling": "attention"}],
-                         ids=["fine-tune-encoder", "online-augmentation", "attention-frames"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{"train": "encoder"}, {"aug_mode": "online"}, {"pooling": "attention"}],
+    ids=["fine-tune-encoder", "online-augmentation", "attention-frames"],
+)
 def test_other_training_modes(corpora, encoder, tmp_path, overrides):
     import torch
 
@@ -302,8 +352,9 @@ def test_other_training_modes(corpora, encoder, tmp_path, overrides):
     write_manifest(prepare_iemocap(corpora["iemocap"]), ie)
     write_manifest(prepare_ravdess(corpora["ravdess"]), rv)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    rec = train_on_manifests(_tiny_cfg(epochs=2, **overrides), [ie], tmp_path / "m",
-                             progress=False, encoder=encoder)
+    rec = train_on_manifests(
+        _tiny_cfg(epochs=2, **overrides), [ie], tmp_path / "m", progress=False, encoder=encoder
+    )
     assert len(rec["history"]) == 2 and np.isfinite(rec["history"][-1]["train_loss"])
     # the shared encoder is untouched (fine-tuning works on a copy)
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())

@@ -30,8 +30,7 @@ from edgeser.testing import tone
 from edgeser.train.folder import build_model, save_model
 
 # four conv layers, so the schemes differ: convs.0-2 after the matmul-shaped first layer
-_CONFIG = {"conv_dim": (32, 32, 32, 32), "conv_kernel": (10, 3, 3, 2),
-           "conv_stride": (5, 2, 2, 2)}
+_CONFIG = {"conv_dim": (32, 32, 32, 32), "conv_kernel": (10, 3, 3, 2), "conv_stride": (5, 2, 2, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +54,11 @@ def _cal() -> list[np.ndarray]:
 
 
 def _waves() -> list[np.ndarray]:
-    return [tone(0.4, seed=1), tone(1.1, freq=180.0, seed=2), speech_like(
-        0.9, np.random.default_rng(5))]
+    return [
+        tone(0.4, seed=1),
+        tone(1.1, freq=180.0, seed=2),
+        speech_like(0.9, np.random.default_rng(5)),
+    ]
 
 
 def _run(path: Path | bytes, waves: list[np.ndarray]) -> np.ndarray:
@@ -110,10 +112,14 @@ def test_weight_only_int8_stays_8_bit_in_the_session(fp32, tmp_path):
     assert n >= 3
     dqs = [node for node in model.graph.node if node.op_type == "DequantizeLinear"]
     assert len(dqs) == n and all(node.name.endswith(WEIGHT_ONLY) for node in dqs)
-    assert not any(node.op_type == "Cast" and node.input[0].endswith("_int8")
-                   for node in model.graph.node)
-    int8 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
-            if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_int8")}
+    assert not any(
+        node.op_type == "Cast" and node.input[0].endswith("_int8") for node in model.graph.node
+    )
+    int8 = {
+        i.name: numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_int8")
+    }
     assert len(int8) == n and all(np.abs(w).max() <= 127 for w in int8.values())
     waves = _waves()
     a, b = _run(fp32, waves), _run(model.SerializeToString(), waves)
@@ -123,8 +129,11 @@ def test_weight_only_int8_stays_8_bit_in_the_session(fp32, tmp_path):
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     optimized = onnx.load(str(tmp_path / "optimized.onnx"))
-    eight_bit = sum(numpy_helper.to_array(i).nbytes for i in optimized.graph.initializer
-                    if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+    eight_bit = sum(
+        numpy_helper.to_array(i).nbytes
+        for i in optimized.graph.initializer
+        if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    )
     assert eight_bit >= sum(w.nbytes for w in int8.values())  # none widened
 
 
@@ -171,8 +180,11 @@ def test_quantize_int8_schemes_run_and_stay_close(fp32, tmp_path, scheme):
                 clipped += 1
     assert clipped == n_convs
     # the integer operators' weights are 7-bit, the weight-only ones keep 8 bits
-    int8 = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
-            if i.data_type == onnx.TensorProto.INT8}
+    int8 = {
+        i.name: numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8
+    }
     static_w = [v for k, v in int8.items() if k.endswith("_quantized")]
     other_w = [v for k, v in int8.items() if not k.endswith("_quantized") and v.size >= 1024]
     assert static_w and max(int(np.abs(v.astype(int)).max()) for v in static_w) <= 64
@@ -200,8 +212,7 @@ def test_quantize_int8_gptq_changes_only_rounding(fp32, tmp_path):
             np.testing.assert_array_equal(v, b[k])
     # deterministic
     again = onnx.load(str(quantize_int8(fp32, tmp_path / "again.onnx", cal)))
-    assert all(np.array_equal(numpy_helper.to_array(i), b[i.name])
-               for i in again.graph.initializer)
+    assert all(np.array_equal(numpy_helper.to_array(i), b[i.name]) for i in again.graph.initializer)
 
 
 def test_clip_gelu_inputs_ignores_other_outputs(fp32, tmp_path):
@@ -246,9 +257,15 @@ def test_store_float16_halves_the_weights(fp32, tmp_path):
     with pytest.raises(EdgeserError, match="mode"):
         convert_float16(fp32, tmp_path / "x.onnx", mode="bfloat16")
     big = onnx.load(str(fp32))
-    init = next(i for i in big.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
-                and numpy_helper.to_array(i).size >= 1024)
-    init.CopyFrom(numpy_helper.from_array(
-        np.full(numpy_helper.to_array(init).shape, 1e6, np.float32), init.name))
+    init = next(
+        i
+        for i in big.graph.initializer
+        if i.data_type == onnx.TensorProto.FLOAT and numpy_helper.to_array(i).size >= 1024
+    )
+    init.CopyFrom(
+        numpy_helper.from_array(
+            np.full(numpy_helper.to_array(init).shape, 1e6, np.float32), init.name
+        )
+    )
     with pytest.raises(EdgeserError, match="float16 range"):
         store_float16(big)

@@ -64,13 +64,20 @@ def _silence(seconds: float) -> np.ndarray:
 
 def _synthetic_speech() -> tuple[np.ndarray, list[tuple[float, float]]]:
     """silence 1.5 s / tone 2 s / silence 2 s / tone 1 s / silence 1 s, and the truth."""
-    x = np.concatenate([_silence(1.5), tone(2.0, freq=150, seed=1), _silence(2.0),
-                        tone(1.0, freq=260, seed=2), _silence(1.0)])
+    x = np.concatenate(
+        [
+            _silence(1.5),
+            tone(2.0, freq=150, seed=1),
+            _silence(2.0),
+            tone(1.0, freq=260, seed=2),
+            _silence(1.0),
+        ]
+    )
     return x, [(1.5, 3.5), (5.5, 6.5)]
 
 
 def _blocks(x: np.ndarray, size: int = 8000) -> list[np.ndarray]:
-    return [x[i: i + size] for i in range(0, len(x), size)]
+    return [x[i : i + size] for i in range(0, len(x), size)]
 
 
 def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -105,8 +112,7 @@ heavy = [k for k in ("torch", "pandas", "transformers", "librosa", "silero_vad",
          if k in sys.modules]
 print(",".join(heavy))
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "", f"heavy modules imported: {res.stdout}"
 
 
@@ -124,14 +130,18 @@ def test_predict_waveform_probabilities(model: OnnxEmotionModel) -> None:
     assert label == max(probs, key=probs.get)
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
     # distinct inputs, distinct outputs (the dummy is not constant)
-    labels = {model.predict_waveform(tone(d, freq=f), SR)[0]
-              for d, f in [(1, 100), (3, 150), (1, 800), (0.01, 100)]}
+    labels = {
+        model.predict_waveform(tone(d, freq=f), SR)[0]
+        for d, f in [(1, 100), (3, 150), (1, 800), (0.01, 100)]
+    }
     assert len(labels) >= 2
 
 
 def test_predict_batch_matches_single_items(model: OnnxEmotionModel) -> None:
-    waves = [tone(d, freq=f, seed=i) for i, (d, f) in
-             enumerate([(1.0, 150), (0.5, 300), (2.0, 220), (0.01, 100), (3.0, 900)])]
+    waves = [
+        tone(d, freq=f, seed=i)
+        for i, (d, f) in enumerate([(1.0, 150), (0.5, 300), (2.0, 220), (0.01, 100), (3.0, 900)])
+    ]
     batch = model.predict_batch(waves, SR, batch_size=3)
     for w, (label, probs) in zip(waves, batch, strict=True):
         ref_label, ref = model.predict_waveform(w, SR)
@@ -150,14 +160,18 @@ def test_prepare_downmix_resample_trim_pad(model: OnnxEmotionModel) -> None:
     assert label in model.labels
 
 
-@pytest.mark.parametrize("wave,rate,match", [
-    (np.zeros(0, dtype=np.float32), SR, "no samples"),
-    (np.array([0.1, np.nan] * 500, dtype=np.float32), SR, "NaN"),
-    (np.ones(1000, dtype=np.float32), 0, "cannot resample"),
-    (np.ones(1000, dtype=np.float32), 100_000_000, "cannot resample"),
-])
-def test_predict_waveform_bad_input(model: OnnxEmotionModel, wave: np.ndarray, rate: int,
-                                    match: str) -> None:
+@pytest.mark.parametrize(
+    "wave,rate,match",
+    [
+        (np.zeros(0, dtype=np.float32), SR, "no samples"),
+        (np.array([0.1, np.nan] * 500, dtype=np.float32), SR, "NaN"),
+        (np.ones(1000, dtype=np.float32), 0, "cannot resample"),
+        (np.ones(1000, dtype=np.float32), 100_000_000, "cannot resample"),
+    ],
+)
+def test_predict_waveform_bad_input(
+    model: OnnxEmotionModel, wave: np.ndarray, rate: int, match: str
+) -> None:
     with pytest.raises(AudioError, match=match):
         model.predict_waveform(wave, rate)
 
@@ -178,9 +192,11 @@ def test_not_an_edgeser_model(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(EdgeserError, match=r"is not an edgeser model: no model\.json"):
         OnnxEmotionModel(lone / "model.onnx")
     # model.json of another format / invalid JSON / wrong labels
-    for text, match in [('{"format": "other"}', "format"), ("{not json", "not valid JSON"),
-                        ('{"format": "edgeser-onnx", "format_version": 1, "labels": []}',
-                         "labels")]:
+    for text, match in [
+        ('{"format": "other"}', "format"),
+        ("{not json", "not valid JSON"),
+        ('{"format": "edgeser-onnx", "format_version": 1, "labels": []}', "labels"),
+    ]:
         (lone / "model.json").write_text(text)
         with pytest.raises(EdgeserError, match=match):
             OnnxEmotionModel(lone / "model.onnx")
@@ -194,8 +210,9 @@ def test_not_an_edgeser_model(model_dir: Path, tmp_path: Path) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "n"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "n"])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              wrong / "model.onnx")
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), wrong / "model.onnx"
+    )
     with pytest.raises(EdgeserError, match="graph inputs"):
         OnnxEmotionModel(wrong / "model.onnx")
     # label count that does not match the graph
@@ -209,15 +226,15 @@ def test_not_an_edgeser_model(model_dir: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- predict CLI
-def test_predict_cli_text_and_json(model_dir: Path, model: OnnxEmotionModel, tmp_path: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_cli_text_and_json(
+    model_dir: Path, model: OnnxEmotionModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = tmp_path / "a.wav"
     b = tmp_path / "b.flac"
     sf.write(a, tone(1.0, freq=150), SR)
     stereo = tone(1.5, sample_rate=44_100, freq=300, channels=2)
     sf.write(b, stereo, 44_100)
-    code, out, err = _run_cli(["predict", str(model_dir / "model.onnx"), str(a), str(b)],
-                              capsys)
+    code, out, err = _run_cli(["predict", str(model_dir / "model.onnx"), str(a), str(b)], capsys)
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert len(lines) == 2
@@ -229,13 +246,20 @@ def test_predict_cli_text_and_json(model_dir: Path, model: OnnxEmotionModel, tmp
     got = dict(s.split("=") for s in lines[1].split("\t")[2].split())
     assert all(abs(float(got[k]) - ref[k]) < 1e-3 for k in ref)
 
-    code, out, _ = _run_cli(["predict", str(model_dir / "model.int8.onnx"), str(a), str(b),
-                             "--json"], capsys)
+    code, out, _ = _run_cli(
+        ["predict", str(model_dir / "model.int8.onnx"), str(a), str(b), "--json"], capsys
+    )
     assert code == 0
     objs = [json.loads(line) for line in out.splitlines()]
     assert [o["path"] for o in objs] == [str(a), str(b)]
-    assert set(objs[0]) == {"path", "label", "probabilities", "status", "segments",
-                            "speech_seconds"}
+    assert set(objs[0]) == {
+        "path",
+        "label",
+        "probabilities",
+        "status",
+        "segments",
+        "speech_seconds",
+    }
     assert list(objs[1]["probabilities"]) == model.labels
 
 
@@ -255,16 +279,19 @@ def test_predict_cli_runs_without_torch(model_dir: Path, tmp_path: Path) -> None
     )
     model = str(model_dir / "model.int8.onnx")
     for args in (["predict", model, str(wav)], ["stream", model, str(wav), "--json"]):
-        run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                             text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+        )
         assert run.returncode == 0, run.stderr
         assert "WebRTC" not in run.stderr  # stream: Silero, from the file edgeser ships
-    assert subprocess.run([sys.executable, "-c", code, "predict", model, str(wav)],
-                          capture_output=True, text=True).stdout.startswith(str(wav))
+    assert subprocess.run(
+        [sys.executable, "-c", code, "predict", model, str(wav)], capture_output=True, text=True
+    ).stdout.startswith(str(wav))
 
 
-def test_predict_cli_bad_inputs(model_dir: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_cli_bad_inputs(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good.wav"
     sf.write(good, tone(1.0), SR)
     empty = tmp_path / "empty.wav"
@@ -276,8 +303,9 @@ def test_predict_cli_bad_inputs(model_dir: Path, tmp_path: Path,
     tiny = tmp_path / "tiny.wav"
     sf.write(tiny, tone(0.1), 100)
     bad = [empty, text, absurd, tiny, tmp_path / "missing.wav"]
-    code, out, err = _run_cli(["predict", str(model_dir / "model.onnx"), str(good),
-                               *map(str, bad)], capsys)
+    code, out, err = _run_cli(
+        ["predict", str(model_dir / "model.onnx"), str(good), *map(str, bad)], capsys
+    )
     assert code == 2
     assert out.splitlines()[0].startswith(f"{good}\t")  # the good file is still classified
     errors = err.splitlines()
@@ -293,13 +321,15 @@ def test_predict_cli_bad_inputs(model_dir: Path, tmp_path: Path,
     not_model.write_bytes(b"\x00" * 100)
     code, out, err = _run_cli(["predict", str(not_model), str(good)], capsys)
     assert code == 2 and out == ""
-    assert err.strip().splitlines() == [f"edgeser: error: {not_model} is not an edgeser "
-                                        "model: no model.json beside it"]
+    assert err.strip().splitlines() == [
+        f"edgeser: error: {not_model} is not an edgeser model: no model.json beside it"
+    ]
 
 
 # --------------------------------------------------------------------------- segmenter
-def _segments_from_probs(probs: list[float], frame: int = 512,
-                         **cfg: float) -> list[tuple[int, int]]:
+def _segments_from_probs(
+    probs: list[float], frame: int = 512, **cfg: float
+) -> list[tuple[int, int]]:
     seg = SpeechSegmenter(frame, SegmenterConfig(**cfg))
     out = [s for p in probs if (s := seg.push(p)) is not None]
     last = seg.finish(len(probs) * frame)
@@ -330,8 +360,12 @@ def test_segmenter_cuts_long_speech_contiguously() -> None:
 
 
 def test_segmenter_rejects_bad_settings() -> None:
-    for cfg in [dict(threshold=1.5), dict(min_silence=-1), dict(max_segment=0),
-                dict(max_segment=0.1, min_speech=0.25)]:
+    for cfg in [
+        dict(threshold=1.5),
+        dict(min_silence=-1),
+        dict(max_segment=0),
+        dict(max_segment=0.1, min_speech=0.25),
+    ]:
         with pytest.raises(EdgeserError):
             SegmenterConfig(**cfg).validate()
 
@@ -380,12 +414,16 @@ def test_silero_ships_inside_edgeser(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         assert hashlib.sha256(package.read_bytes()).hexdigest() in notice
         silero_16k(package, tmp_path / "derived.onnx")
         assert (tmp_path / "derived.onnx").read_bytes() == path.read_bytes()
-        ours, theirs = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                        for p in (path, package))
+        ours, theirs = (
+            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+            for p in (path, package)
+        )
         rng = np.random.default_rng(0)
-        feed = {"input": rng.standard_normal((1, 576)).astype(np.float32) * 0.1,
-                "state": rng.standard_normal((2, 1, 128)).astype(np.float32),
-                "sr": np.array(16000, np.int64)}
+        feed = {
+            "input": rng.standard_normal((1, 576)).astype(np.float32) * 0.1,
+            "state": rng.standard_normal((2, 1, 128)).astype(np.float32),
+            "sr": np.array(16000, np.int64),
+        }
         for a, b in zip(ours.run(None, feed), theirs.run(None, feed), strict=True):
             np.testing.assert_array_equal(a, b)
     # without the silero-vad package, Silero is still what "silero" gives
@@ -429,8 +467,9 @@ def test_silero_matches_reference_on_real_speech(ravdess_mini: Path) -> None:
         from silero_vad import get_speech_timestamps, load_silero_vad
     except ImportError:
         return
-    ref = get_speech_timestamps(torch.from_numpy(x), load_silero_vad(onnx=True),
-                                max_speech_duration_s=10)
+    ref = get_speech_timestamps(
+        torch.from_numpy(x), load_silero_vad(onnx=True), max_speech_duration_s=10
+    )
     assert got == [(d["start"], d["end"]) for d in ref]
 
 
@@ -458,7 +497,7 @@ def test_pcm_blocks_odd_reads_and_empty() -> None:
             self.data, self.pos = data, 0
 
         def read(self, n: int = -1) -> bytes:
-            out = self.data[self.pos: self.pos + min(7, n)]
+            out = self.data[self.pos : self.pos + min(7, n)]
             self.pos += len(out)
             return out
 
@@ -483,8 +522,7 @@ def test_file_blocks_bad_files(tmp_path: Path) -> None:
         list(file_blocks(absurd))
 
 
-def test_long_file_is_processed_in_bounded_chunks(model: OnnxEmotionModel,
-                                                  tmp_path: Path) -> None:
+def test_long_file_is_processed_in_bounded_chunks(model: OnnxEmotionModel, tmp_path: Path) -> None:
     """A 10-minute 8 kHz file: every read asks for one block, memory stays small."""
     rate, minutes = 8_000, 10
     path = tmp_path / "long.wav"
@@ -502,8 +540,11 @@ def test_long_file_is_processed_in_bounded_chunks(model: OnnxEmotionModel,
 
     tracemalloc.start()
     try:
-        segs = list(stream_predictions(
-            model, file_blocks(path, block_seconds=0.5, reader=reader), WebRtcVAD(2)))
+        segs = list(
+            stream_predictions(
+                model, file_blocks(path, block_seconds=0.5, reader=reader), WebRtcVAD(2)
+            )
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -517,9 +558,12 @@ def test_long_file_is_processed_in_bounded_chunks(model: OnnxEmotionModel,
 
 
 # --------------------------------------------------------------------------- stream CLI
-def test_stream_cli_file_stdin_json(model_dir: Path, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_cli_file_stdin_json(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     x, truth = _synthetic_speech()
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
     wav = tmp_path / "s.wav"
@@ -542,8 +586,10 @@ def test_stream_cli_file_stdin_json(model_dir: Path, tmp_path: Path,
     code, out_stdin, _ = _run_cli(["stream", model_path, "-", "--vad", "webrtc"], capsys)
     assert code == 0 and out_stdin == out  # stdin mode == file mode
 
-    code, out, _ = _run_cli(["stream", model_path, str(wav), "--vad", "webrtc", "--json",
-                             "--max-segment", "1.5"], capsys)
+    code, out, _ = _run_cli(
+        ["stream", model_path, str(wav), "--vad", "webrtc", "--json", "--max-segment", "1.5"],
+        capsys,
+    )
     objs = [json.loads(line) for line in out.splitlines()]
     assert len(objs) == 3  # the 2 s burst is cut at 1.5 s
     for o in objs:
@@ -553,9 +599,12 @@ def test_stream_cli_file_stdin_json(model_dir: Path, tmp_path: Path,
         assert o["end"] - o["start"] <= 1.5 + 1e-6
 
 
-def test_stream_cli_errors(model_dir: Path, tmp_path: Path,
-                           capsys: pytest.CaptureFixture[str],
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_cli_errors(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     model_path = str(model_dir / "model.onnx")
     junk = tmp_path / "junk.wav"
     junk.write_text("nope")
@@ -585,31 +634,55 @@ def test_stream_cli_errors(model_dir: Path, tmp_path: Path,
     code, _, err = _run_cli(["stream", model_path, "-"], capsys)
     assert code == 2 and err.strip().splitlines() == [
         "edgeser: error: stream -: standard input is closed (pipe raw 16 kHz 16-bit mono "
-        "PCM into it, or give an audio file)"]
+        "PCM into it, or give an audio file)"
+    ]
 
 
-@pytest.mark.parametrize("case,change,match", [
-    ("labels permuted", {"labels": ["happy", "neutral", "sad", "angry"]},
-     r"model\.json's labels \['happy', 'neutral', 'sad', 'angry'\] are not the graph's "
-     r"\['neutral', 'happy', 'sad', 'angry'\]"),
-    ("hop_length 0", {"trim": {"top_db": 20, "frame_length": 2048, "hop_length": 0}},
-     "trim \"hop_length\" must be an integer in 1-frame_length, got 0"),
-    ("min_samples 1e11", {"min_samples": 1e11}, "\"min_samples\" must be an integer"),
-    ("min_samples true", {"min_samples": True}, "\"min_samples\" must be an integer"),
-    ("trim yes", {"trim": "yes"}, "\"trim\" must be null, true, false or an object"),
-    ("top_db nan", {"trim": {"top_db": float("nan")}}, "\"top_db\" must be a number"),
-    ("files a list", {"files": ["model.onnx"]}, "\"files\" must map names"),
-    ("dimension names", {"dimensions": {"names": "arousal"}}, "\"dimensions\" must hold"),
-    ("window 0 s", {"long_input": {"window_seconds": 0}},
-     r"\"long_input\" must hold \"window_seconds\", a number in \[1, 60\]"),
-    ("too_short a string", {"status": {"too_short_seconds": "0.25"}},
-     r"\"status\" must hold \"too_short_seconds\""),
-    ("low_confidence_below 2", {"calibration": {"low_confidence_below": 2}},
-     r"\"calibration\" must hold \"low_confidence_below\", a number in \[0, 1\]"),
-])
-def test_bad_model_cards_are_one_line(model_dir: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str], case: str,
-                                      change: dict, match: str) -> None:
+@pytest.mark.parametrize(
+    "case,change,match",
+    [
+        (
+            "labels permuted",
+            {"labels": ["happy", "neutral", "sad", "angry"]},
+            r"model\.json's labels \['happy', 'neutral', 'sad', 'angry'\] are not the graph's "
+            r"\['neutral', 'happy', 'sad', 'angry'\]",
+        ),
+        (
+            "hop_length 0",
+            {"trim": {"top_db": 20, "frame_length": 2048, "hop_length": 0}},
+            'trim "hop_length" must be an integer in 1-frame_length, got 0',
+        ),
+        ("min_samples 1e11", {"min_samples": 1e11}, '"min_samples" must be an integer'),
+        ("min_samples true", {"min_samples": True}, '"min_samples" must be an integer'),
+        ("trim yes", {"trim": "yes"}, '"trim" must be null, true, false or an object'),
+        ("top_db nan", {"trim": {"top_db": float("nan")}}, '"top_db" must be a number'),
+        ("files a list", {"files": ["model.onnx"]}, '"files" must map names'),
+        ("dimension names", {"dimensions": {"names": "arousal"}}, '"dimensions" must hold'),
+        (
+            "window 0 s",
+            {"long_input": {"window_seconds": 0}},
+            r"\"long_input\" must hold \"window_seconds\", a number in \[1, 60\]",
+        ),
+        (
+            "too_short a string",
+            {"status": {"too_short_seconds": "0.25"}},
+            r"\"status\" must hold \"too_short_seconds\"",
+        ),
+        (
+            "low_confidence_below 2",
+            {"calibration": {"low_confidence_below": 2}},
+            r"\"calibration\" must hold \"low_confidence_below\", a number in \[0, 1\]",
+        ),
+    ],
+)
+def test_bad_model_cards_are_one_line(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    change: dict,
+    match: str,
+) -> None:
     """Each was a traceback, or (permuted labels) wrong labels with exit 0."""
     folder = _copy_model(model_dir, tmp_path / "m")
     card = json.loads((folder / "model.json").read_text())
@@ -666,17 +739,23 @@ def test_inputs_up_to_the_window_are_one_graph_run(tone_model: OnnxEmotionModel)
 
 
 def test_a_long_input_is_its_speech_segments_weighted_by_duration(
-        tone_model: OnnxEmotionModel, tmp_path: Path) -> None:
+    tone_model: OnnxEmotionModel, tmp_path: Path
+) -> None:
     model = tone_model
     x, _ = _synthetic_speech()
     long = np.concatenate([x, x, x, _silence(4.0)])  # 26.5 s: longer than the window
     a = model.analyse_waveform(long, SR)
-    segs = list(stream_predictions(model, _blocks(long), model.vad(),
-                                   SegmenterConfig(max_segment=model.long.window)))
+    segs = list(
+        stream_predictions(
+            model, _blocks(long), model.vad(), SegmenterConfig(max_segment=model.long.window)
+        )
+    )
     assert a.segments == len(segs) == 6 and a.status == "ok"
     weights = np.array([s.end - s.start for s in segs])
-    mean = {c: float(np.dot(weights, [s.probabilities[c] for s in segs]) / weights.sum())
-            for c in model.labels}
+    mean = {
+        c: float(np.dot(weights, [s.probabilities[c] for s in segs]) / weights.sum())
+        for c in model.labels
+    }
     assert a.speech_seconds == pytest.approx(weights.sum(), abs=1e-6)
     for c in model.labels:
         assert a.probabilities[c] == pytest.approx(mean[c], abs=1e-6)
@@ -689,31 +768,39 @@ def test_a_long_input_is_its_speech_segments_weighted_by_duration(
     assert all(abs(b.probabilities[c] - a.probabilities[c]) < 1e-5 for c in model.labels)
 
 
-def test_long_silence_is_a_status_not_a_traceback(model_dir: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_long_silence_is_a_status_not_a_traceback(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Digital silence is never trimmed away: 3 minutes of it went whole into the graph."""
     path = tmp_path / "silent.wav"
     with sf.SoundFile(path, "w", samplerate=SR, channels=1, subtype="PCM_16") as f:
         for _ in range(180):
             f.write(np.zeros(SR, dtype=np.float32))
-    code, out, err = _run_cli(["predict", str(model_dir / "model.int8.onnx"), str(path),
-                               "--json"], capsys)
+    code, out, err = _run_cli(
+        ["predict", str(model_dir / "model.int8.onnx"), str(path), "--json"], capsys
+    )
     assert code == 0 and err == ""
     obj = json.loads(out)
     assert obj["status"] == "no_speech" and obj["segments"] == 0
     assert obj["label"] in obj["probabilities"]
 
 
-@pytest.mark.parametrize("case,wave", [
-    ("one sample", np.array([0.3], np.float32)),
-    ("50 ms of clipping", np.sign(np.sin(np.arange(800) / 3.0)).astype(np.float32)),
-    ("digital silence", np.zeros(SR, np.float32)),
-    ("white noise", np.random.default_rng(0).uniform(-1, 1, SR).astype(np.float32)),
-    ("-80 dBFS dither", 1e-4 * np.random.default_rng(1).uniform(-1, 1, 2 * SR)
-     .astype(np.float32)),
-])
-def test_inputs_that_are_not_speech_say_so(model: OnnxEmotionModel, case: str,
-                                           wave: np.ndarray) -> None:
+@pytest.mark.parametrize(
+    "case,wave",
+    [
+        ("one sample", np.array([0.3], np.float32)),
+        ("50 ms of clipping", np.sign(np.sin(np.arange(800) / 3.0)).astype(np.float32)),
+        ("digital silence", np.zeros(SR, np.float32)),
+        ("white noise", np.random.default_rng(0).uniform(-1, 1, SR).astype(np.float32)),
+        (
+            "-80 dBFS dither",
+            1e-4 * np.random.default_rng(1).uniform(-1, 1, 2 * SR).astype(np.float32),
+        ),
+    ],
+)
+def test_inputs_that_are_not_speech_say_so(
+    model: OnnxEmotionModel, case: str, wave: np.ndarray
+) -> None:
     """Each got a confident-looking label and nothing else."""
     a = model.analyse_waveform(wave, SR)
     assert a.status in ("too_short", "no_speech"), case
@@ -721,8 +808,9 @@ def test_inputs_that_are_not_speech_say_so(model: OnnxEmotionModel, case: str,
     assert a.label in model.labels
 
 
-def test_real_speech_is_never_said_to_be_no_speech(model: OnnxEmotionModel,
-                                                   ravdess_mini: Path) -> None:
+def test_real_speech_is_never_said_to_be_no_speech(
+    model: OnnxEmotionModel, ravdess_mini: Path
+) -> None:
     files = sorted(ravdess_mini.rglob("*.wav"))
     assert len(files) >= 100
     statuses = [model.analyse_file(f).status for f in files]

@@ -382,8 +382,13 @@ def test_origins_cors_and_preflight(model_dir):
     for HTTP and for the WebSocket handshake."""
     page = "http://page.example:8080"
     srv = make_serve_server(
-        model_dir, "127.0.0.1", 0, limits=FAST, api_keys=(KEY.encode(),),
-        allowed_origins=(page + "/",), page=False,
+        model_dir,
+        "127.0.0.1",
+        0,
+        limits=FAST,
+        api_keys=(KEY.encode(),),
+        allowed_origins=(page + "/",),
+        page=False,
     ).start()
     url, own = srv.url, srv.url.rstrip("/")
     try:
@@ -393,13 +398,17 @@ def test_origins_cors_and_preflight(model_dir):
         assert status == 200 and headers["Access-Control-Allow-Origin"] == page
         status, headers = _request(url, "/readyz", headers={"Origin": own})  # same origin
         assert status == 200 and "Access-Control-Allow-Origin" not in headers
-        preflight = {"Origin": page, "Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "authorization"}
+        preflight = {
+            "Origin": page,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        }
         status, headers = _request(url, "/v1/predict", "OPTIONS", preflight)
         assert status == 204 and headers["Access-Control-Allow-Origin"] == page
         assert "authorization" in headers["Access-Control-Allow-Headers"]
-        status, _ = _request(url, "/v1/predict", "OPTIONS",
-                             {**preflight, "Origin": "http://evil.example"})
+        status, _ = _request(
+            url, "/v1/predict", "OPTIONS", {**preflight, "Origin": "http://evil.example"}
+        )
         assert status == 403
         # an allowed page without the key: 401 it can read (CORS headers on the error too)
         status, headers = _request(url, "/metrics", headers={"Origin": page})

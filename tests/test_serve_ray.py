@@ -117,12 +117,31 @@ def test_ray_serve_replicas_answer_as_local_and_drain(ray_cluster, speech, tmp_p
     keyfile.write_text(KEY + "\n", encoding="utf-8")
     edgeser = str(Path(sys.executable).parent / "edgeser")
     server = subprocess.Popen(
-        ray_cluster.command([
-            edgeser, "serve", str(model_dir), f"--ray={ray_cluster.address}", "--replicas",
-            "2", "--replica-cpus", "0.5", "--port", str(PORT), "--no-page", "--max-rate",
-            "20", "--max-lead", "10", "--api-key-file", str(keyfile),
-        ]),
-        env=ray_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ray_cluster.command(
+            [
+                edgeser,
+                "serve",
+                str(model_dir),
+                f"--ray={ray_cluster.address}",
+                "--replicas",
+                "2",
+                "--replica-cpus",
+                "0.5",
+                "--port",
+                str(PORT),
+                "--no-page",
+                "--max-rate",
+                "20",
+                "--max-lead",
+                "10",
+                "--api-key-file",
+                str(keyfile),
+            ]
+        ),
+        env=ray_cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = server.stdout.readline()
@@ -133,7 +152,9 @@ def test_ray_serve_replicas_answer_as_local_and_drain(ray_cluster, speech, tmp_p
                 [sys.executable, "-c", CLIENT, url, str(wav), str(flac), str(server.pid)]
             ),
             env={**ray_cluster.env, "EDGESER_API_KEY": KEY},
-            capture_output=True, text=True, timeout=180,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert client.returncode == 0, client.stderr[-3000:]
         out = json.loads(client.stdout.strip().splitlines()[-1])
@@ -154,8 +175,9 @@ def test_ray_serve_replicas_answer_as_local_and_drain(ray_cluster, speech, tmp_p
         assert end["utterances"] == len(local_stream)
     # the requests reached both replicas
     replicas = set(out["readyz"])
-    print(f"replicas: /readyz {sorted(replicas)}; streams on "
-          f"{sorted({s[0] for s in out['streams']})}")
+    print(
+        f"replicas: /readyz {sorted(replicas)}; streams on {sorted({s[0] for s in out['streams']})}"
+    )
     assert len(replicas) == 2
     assert {s[0] for s in out["streams"]} <= replicas
     # SIGTERM drained the open stream: its open utterance got its result, then session.end

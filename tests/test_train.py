@@ -31,22 +31,27 @@ def _pooled(n: int, seed: int, *, views: int = 0, noise: float = 0.3) -> Feature
 
     clean = [sample(int(y)) for y in labels]
     view_list = [[sample(int(y)) for _ in range(views)] for y in labels] if views else []
-    return FeatureSet(FeatureKind.POOLED, [f"u{i}" for i in range(n)], labels, clean,
-                      view_list)
+    return FeatureSet(FeatureKind.POOLED, [f"u{i}" for i in range(n)], labels, clean, view_list)
 
 
 def _model(seed: int = 0) -> SERModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = EmotionHead(HeadConfig(num_layers=LAYERS, hidden_size=WIDTH,
-                                      num_classes=len(LABELS), pooling="meanstd",
-                                      hidden=16, dropout=0.0))
+        head = EmotionHead(
+            HeadConfig(
+                num_layers=LAYERS,
+                hidden_size=WIDTH,
+                num_classes=len(LABELS),
+                pooling="meanstd",
+                hidden=16,
+                dropout=0.0,
+            )
+        )
     return SERModel(head, kind=FeatureKind.POOLED)
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = {"precision": "fp32", "pooling": "meanstd", "epochs": 8, "batch_size": 8,
-            "lr": 3e-2}
+    base = {"precision": "fp32", "pooling": "meanstd", "epochs": 8, "batch_size": 8, "lr": 3e-2}
     return TrainConfig(**{**base, **kw})
 
 
@@ -63,8 +68,7 @@ def test_learns_and_selects_the_best_validation_epoch(tmp_path) -> None:
 
 
 def test_without_validation_the_last_epoch_is_kept(tmp_path) -> None:
-    result = fit(_cfg(epochs=3), _model(), _pooled(32, 3), None, tmp_path / "run",
-                 progress=False)
+    result = fit(_cfg(epochs=3), _model(), _pooled(32, 3), None, tmp_path / "run", progress=False)
     assert result.best_epoch == 2 and all("val_ua" not in h for h in result.history)
 
 
@@ -76,13 +80,16 @@ def test_resume_continues_where_it_stopped_and_matches_one_run(tmp_path) -> None
     second = fit(_cfg(epochs=6), _model(), train, val, tmp_path / "b", progress=False)
     assert second.resumed_from == 3
     assert [h["train_loss"] for h in second.history] == pytest.approx(
-        [h["train_loss"] for h in whole.history], rel=1e-6)
-    for a, b in zip(whole.model.state_dict().values(), second.model.state_dict().values(),
-                    strict=True):
+        [h["train_loss"] for h in whole.history], rel=1e-6
+    )
+    for a, b in zip(
+        whole.model.state_dict().values(), second.model.state_dict().values(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-6)
     # another split (other utterance ids) in the same folder starts over, not resumes
-    part = FeatureSet(train.kind, train.ids[:40], train.labels[:40], train.clean[:40],
-                      train.views[:40])
+    part = FeatureSet(
+        train.kind, train.ids[:40], train.labels[:40], train.clean[:40], train.views[:40]
+    )
     other = fit(_cfg(epochs=6), _model(), part, val, tmp_path / "b", progress=False)
     assert other.resumed_from == 0
 
@@ -90,8 +97,9 @@ def test_resume_continues_where_it_stopped_and_matches_one_run(tmp_path) -> None
 def test_refuses_empty_data_and_missing_classes(tmp_path) -> None:
     data = _pooled(8, 6)
     keep = [i for i, y in enumerate(data.labels) if y != 0]
-    no_angry = FeatureSet(data.kind, [data.ids[i] for i in keep], data.labels[keep],
-                          [data.clean[i] for i in keep])
+    no_angry = FeatureSet(
+        data.kind, [data.ids[i] for i in keep], data.labels[keep], [data.clean[i] for i in keep]
+    )
     with pytest.raises(EdgeserError, match="angry has no training examples"):
         fit(_cfg(), _model(), no_angry, None, tmp_path / "x", progress=False)
     empty = FeatureSet(data.kind, [], np.zeros(0, np.int64), [])
@@ -117,11 +125,13 @@ def test_early_stopping_restores_the_best_epoch_and_stays_stopped(tmp_path) -> N
     again = fit(cfg, _model(), train, val, tmp_path / "run", progress=False)
     assert len(again.history) == n and again.best_epoch == result.best_epoch
     # the same run without early stopping trains every epoch and selects the same way
-    full = fit(_cfg(epochs=n + 2, patience=0), _model(), train, val, tmp_path / "full",
-               progress=False)
+    full = fit(
+        _cfg(epochs=n + 2, patience=0), _model(), train, val, tmp_path / "full", progress=False
+    )
     assert len(full.history) == n + 2
     assert [h["train_loss"] for h in full.history[:n]] == pytest.approx(
-        [h["train_loss"] for h in result.history], rel=1e-6)
+        [h["train_loss"] for h in result.history], rel=1e-6
+    )
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, caplog) -> None:
@@ -135,15 +145,24 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, cap
     monkeypatch.setattr(progress, "is_terminal", lambda: False)
     monkeypatch.setattr("edgeser.train.trainer.is_terminal", lambda: False)
     with caplog.at_level(logging.INFO, logger="edgeser.progress"):
-        fit(_cfg(epochs=3), _model(), _pooled(32, 9), _pooled(16, 10), tmp_path / "fold2",
-            progress=True)
+        fit(
+            _cfg(epochs=3),
+            _model(),
+            _pooled(32, 9),
+            _pooled(16, 10),
+            tmp_path / "fold2",
+            progress=True,
+        )
         with progress.progress_bar(5, "encoding", unit="utt") as bar:
             for _ in range(5):
                 bar.update(1)
     lines = [r.getMessage() for r in caplog.records if r.name == "edgeser.progress"]
     epochs = [ln for ln in lines if ln.startswith("fold2: epoch")]
     assert [ln.split(",")[0] for ln in epochs] == [
-        "fold2: epoch 1/3", "fold2: epoch 2/3", "fold2: epoch 3/3"]
+        "fold2: epoch 1/3",
+        "fold2: epoch 2/3",
+        "fold2: epoch 3/3",
+    ]
     assert all("val UA " in ln and "(best " in ln for ln in epochs)
     assert "ETA " in epochs[0] and epochs[-1].endswith("done")
     encoding = [ln for ln in lines if ln.startswith("encoding")]

@@ -37,8 +37,14 @@ def trained(ravdess_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     write_manifest(prepare_ravdess(ravdess_mini), root / "rv.csv")
     encoder = random_encoder(tiny_config(), seed=0)
     cfg = TrainConfig(encoder="random", precision="fp32", epochs=60, aug_views=0, seed=0)
-    record = train_on_manifests(cfg, [root / "rv.csv"], root / "model", encoder=encoder,
-                                progress=False, cache_dir=root / "cache")
+    record = train_on_manifests(
+        cfg,
+        [root / "rv.csv"],
+        root / "model",
+        encoder=encoder,
+        progress=False,
+        cache_dir=root / "cache",
+    )
     paths = export_model(root / "model", root / "onnx", encoder=encoder)
     return {"record": record, "onnx": root / "onnx", "encoder": encoder, **paths}
 
@@ -63,8 +69,10 @@ def test_a_model_trained_on_real_speech_says_ok_or_low_confidence(
     assert len(files) == 120
     results = [model.analyse_file(f) for f in files]
     counts = Counter(r.status for r in results)
-    print(f"statuses on {len(files)} real files: {dict(counts)} "
-          f"(T={cal['temperature']:.3f}, threshold {threshold:.3f})")
+    print(
+        f"statuses on {len(files)} real files: {dict(counts)} "
+        f"(T={cal['temperature']:.3f}, threshold {threshold:.3f})"
+    )
     assert set(counts) <= {"ok", "low_confidence"}, counts
     for r in results:
         top = max(r.probabilities.values())
@@ -84,21 +92,39 @@ def test_calibrate_none_keeps_the_probabilities_as_trained(
     from edgeser.runtime.model import OnnxEmotionModel
 
     root = trained["onnx"].parent
-    cfg = TrainConfig(encoder="random", precision="fp32", epochs=60, aug_views=0, seed=0,
-                      calibrate="none")
-    record = train_on_manifests(cfg, [root / "rv.csv"], tmp_path / "m",
-                                encoder=trained["encoder"], progress=False,
-                                cache_dir=root / "cache")
+    cfg = TrainConfig(
+        encoder="random", precision="fp32", epochs=60, aug_views=0, seed=0, calibrate="none"
+    )
+    record = train_on_manifests(
+        cfg,
+        [root / "rv.csv"],
+        tmp_path / "m",
+        encoder=trained["encoder"],
+        progress=False,
+        cache_dir=root / "cache",
+    )
     assert "calibration" not in record
     assert json.loads((tmp_path / "m" / "train.json").read_text())["config"]["calibrate"] == (
-        "none")
-    paths = export_model(tmp_path / "m", tmp_path / "onnx", int8=False,
-                         encoder=trained["encoder"])
+        "none"
+    )
+    paths = export_model(tmp_path / "m", tmp_path / "onnx", int8=False, encoder=trained["encoder"])
     card = json.loads(paths["json"].read_text())
     assert card["calibration"] == {"method": "none", "low_confidence_below": 0.0}
     model = OnnxEmotionModel(paths["float32"])
     statuses = {model.analyse_file(f).status for f in sorted(ravdess_mini.rglob("*.wav"))}
     assert statuses == {"ok"}, statuses
-    assert main(["-q", "train", str(root / "rv.csv"), "--out", str(tmp_path / "x"),
-                 "--calibrate", "platt"]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                str(root / "rv.csv"),
+                "--out",
+                str(tmp_path / "x"),
+                "--calibrate",
+                "platt",
+            ]
+        )
+        == 2
+    )
     assert "calibrate must be one of" in capsys.readouterr().err

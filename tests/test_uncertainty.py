@@ -26,16 +26,21 @@ corpora = test_pipeline.corpora  # the tiny corpora and random encoder of the pi
 encoder = test_pipeline.encoder
 
 
-def _fold(rng: np.random.Generator, n: int, acc: float, prefix: str = "u",
-          speakers: int = 2, y_true: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _fold(
+    rng: np.random.Generator,
+    n: int,
+    acc: float,
+    prefix: str = "u",
+    speakers: int = 2,
+    y_true: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels and predictions correct with probability ``acc`` (errors uniform)."""
     t = rng.integers(0, 4, n) if y_true is None else y_true
     wrong = (t + rng.integers(1, 4, n)) % 4
     return t, np.where(rng.random(n) < acc, t, wrong)
 
 
-def _set(t: np.ndarray, preds: list[np.ndarray], prefix: str = "u",
-         speakers: int = 2) -> EvalSet:
+def _set(t: np.ndarray, preds: list[np.ndarray], prefix: str = "u", speakers: int = 2) -> EvalSet:
     ids = [f"{prefix}{i:04d}" for i in range(len(t))]
     return EvalSet.build(ids, t, preds, [f"spk{i % speakers}" for i in range(len(t))])
 
@@ -52,7 +57,8 @@ def test_scores_of_confusion_counts_equal_compute_metrics():
             assert float(scores(conf, key)) == pytest.approx(m[key])
         for lab in LABELS:
             assert float(scores(conf, f"recall:{lab}")) == pytest.approx(
-                m["per_class"][lab]["recall"])
+                m["per_class"][lab]["recall"]
+            )
             assert float(scores(conf, f"f1:{lab}")) == pytest.approx(m["per_class"][lab]["f1"])
     with pytest.raises(ValueError, match="unknown metric"):
         scores(conf, "auc")
@@ -81,8 +87,9 @@ def test_intervals_are_deterministic_and_shared_by_settings_on_the_same_folds():
     # the same utterances listed in another order are resampled identically
     order = rng.permutation(80)
     ids = [f"u{i:04d}" for i in range(80)]
-    shuffled = EvalSet.build([ids[i] for i in order], t[order], [p[order]],
-                             [f"spk{i % 2}" for i in order])
+    shuffled = EvalSet.build(
+        [ids[i] for i in order], t[order], [p[order]], [f"spk{i % 2}" for i in order]
+    )
     assert bootstrap_ci([shuffled], n_resamples=200, seed=4) == a
     assert bootstrap_ci([_set(t, [p])], n_resamples=200, seed=5) != a
     assert set(a) >= {"level", "method", "mean", "pooled", "folds"} and a["level"] == 0.95
@@ -109,11 +116,12 @@ def test_paired_test_finds_a_real_difference_and_not_a_null_one():
         assert m["ci95"][0] < 0 < m["ci95"][1] and not m["supported"]
         assert m["p_bootstrap"] > 0.05 and m["p_permutation"] > 0.05
     same = paired_test(a_sets, a_sets, n_resamples=200, seed=0)
-    assert same["metrics"]["ua"]["ci95"] == [0.0, 0.0] and same["metrics"]["ua"][
-        "p_permutation"] == 1.0
+    assert (
+        same["metrics"]["ua"]["ci95"] == [0.0, 0.0]
+        and same["metrics"]["ua"]["p_permutation"] == 1.0
+    )
     # 5 folds cannot establish a fold-variance change
-    assert real["variance_change"]["wa"]["ci95"][0] < 0 < real["variance_change"]["wa"][
-        "ci95"][1]
+    assert real["variance_change"]["wa"]["ci95"][0] < 0 < real["variance_change"]["wa"]["ci95"][1]
     with pytest.raises(EdgeserError, match="same test utterances"):
         paired_test(a_sets, [_set(np.zeros(120, int), [a]), *b_sets[1:]], n_resamples=100)
 
@@ -127,15 +135,18 @@ def test_paired_test_rejects_rarely_under_the_null():
     for r in range(reps):
         t, a = _fold(rng, 150, 0.6)
         _, b = _fold(rng, 150, 0.6, y_true=t)
-        res = paired_test([_set(t, [a])], [_set(t, [b])], metrics=("ua",), n_resamples=300,
-                          seed=r, variance=False)
+        res = paired_test(
+            [_set(t, [a])], [_set(t, [b])], metrics=("ua",), n_resamples=300, seed=r, variance=False
+        )
         rejections += res["metrics"]["ua"]["supported"]
     assert rejections / reps <= 0.15
 
 
 def test_seed_summary_by_hand():
-    runs = [[{"wa": 0.5, "ua": 0.4, "macro_f1": 0.3}, {"wa": 0.7, "ua": 0.6, "macro_f1": 0.5}],
-            [{"wa": 0.6, "ua": 0.4, "macro_f1": 0.3}, {"wa": 0.8, "ua": 0.6, "macro_f1": 0.5}]]
+    runs = [
+        [{"wa": 0.5, "ua": 0.4, "macro_f1": 0.3}, {"wa": 0.7, "ua": 0.6, "macro_f1": 0.5}],
+        [{"wa": 0.6, "ua": 0.4, "macro_f1": 0.3}, {"wa": 0.8, "ua": 0.6, "macro_f1": 0.5}],
+    ]
     s = summarize_seeds([3, 4], runs)
     assert s["seeds"] == [3, 4] and s["runs"] == 4
     assert s["mean"]["wa"] == pytest.approx(0.65)
@@ -162,8 +173,9 @@ def test_interval_and_p_value_agree_when_resamples_tie_at_zero():
     rng = np.random.default_rng(0)
     for zeros in range(18, 32):
         for sign in (1, -1):
-            diffs = np.concatenate([np.zeros(zeros),
-                                    sign * rng.choice([0.03125, 0.0625, 0.125], 1000 - zeros)])
+            diffs = np.concatenate(
+                [np.zeros(zeros), sign * rng.choice([0.03125, 0.0625, 0.125], 1000 - zeros)]
+            )
             ci, p = _percentile(diffs), _two_sided(diffs)
             assert (verdict(ci) == "supported") == (p < 0.05), (zeros, sign, ci, p)
             assert set(ci) <= set(diffs.tolist())  # the ends are resampled values
@@ -182,8 +194,7 @@ def _counting(encoder):
             return getattr(encoder, name)
 
         def encode(self, waves, *a, **kw):
-            seen.extend(hashlib.sha1(np.ascontiguousarray(w).tobytes()).hexdigest()
-                        for w in waves)
+            seen.extend(hashlib.sha1(np.ascontiguousarray(w).tobytes()).hexdigest() for w in waves)
             return encoder.encode(waves, *a, **kw)
 
     return Counting(), seen
@@ -211,9 +222,11 @@ def test_seeds_share_the_features_and_report_their_spread(corpora, encoder, tmp_
     assert [p["seed"] for p in seeds["per_seed"]] == [0, 1]
     assert seeds["per_seed"][0]["mean"]["ua"] == pytest.approx(s["mean"]["ua"])
     assert seeds["mean"]["ua"] == pytest.approx(
-        np.mean([p["mean"]["ua"] for p in seeds["per_seed"]]))
+        np.mean([p["mean"]["ua"] for p in seeds["per_seed"]])
+    )
     assert seeds["sd_seed_means"]["ua"] == pytest.approx(
-        np.std([p["mean"]["ua"] for p in seeds["per_seed"]], ddof=1))
+        np.std([p["mean"]["ua"] for p in seeds["per_seed"]], ddof=1)
+    )
     for k in ("wa", "ua", "macro_f1"):
         lo, hi = seeds["ci95"]["mean"][k]
         assert 0 <= lo <= hi <= 1
@@ -235,7 +248,11 @@ def check_cremad_claims(disk: dict, report: str, folds: int) -> None:
 
     test = disk["paired"]["cremad"]
     assert (test["a"], test["b"], test["folds"], test["runs"]) == (
-        "iemocap", "iemocap+cremad", folds, [1, 1])
+        "iemocap",
+        "iemocap+cremad",
+        folds,
+        [1, 1],
+    )
     for key in ("wa", "ua", "macro_f1"):
         t = test["metrics"][key]
         assert t["diff"] == pytest.approx(disk["delta"][key])  # the delta results.json had
@@ -251,16 +268,17 @@ def check_cremad_claims(disk: dict, report: str, folds: int) -> None:
         assert all(set(f["ci95"]) == {"wa", "ua", "macro_f1"} for f in setting["folds"])
     assert set(disk["production"]["ci95"]) >= {"wa", "ua", "macro_f1"}
     assert set(disk["cross_corpus"]["ravdess"]["ci95"]) >= {"wa", "ua", "macro_f1"}
-    rows = {r[0]: r for r in _table_rows(report.split("## Effect of adding CREMA-D", 1)[1],
-                                         "| | ours |")}
+    rows = {
+        r[0]: r
+        for r in _table_rows(report.split("## Effect of adding CREMA-D", 1)[1], "| | ours |")
+    }
     for key, name in (("wa", "WA"), ("ua", "UA"), ("macro_f1", "macro-F1")):
         t = test["metrics"][key]
         row = rows[f"Δ {name} (points)"]
         assert row[1] == f"{100 * t['diff']:+.1f}"
         lo, hi = (f"{100 * v:+.1f}" for v in t["ci95"])
         assert row[2] == f"[{lo}, {hi}]"
-        assert row[5] == ("supported" if t["supported"] else
-                          "not supported (interval includes 0)")
+        assert row[5] == ("supported" if t["supported"] else "not supported (interval includes 0)")
     claim = rows["fold variance of WA"][5]
     if vc["supported"]:
         assert claim == "supported"
@@ -274,7 +292,7 @@ def check_compare_pairs(doc: dict, table: str) -> None:
     (called by test_baselines' compare test, which has the run)."""
     names = [r["model"] for r in doc["models"]]
     pairs = [(t["a"], t["b"]) for t in doc["paired"]]
-    assert pairs == [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    assert pairs == [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     rows = {r["model"]: r for r in doc["models"]}
     for t in doc["paired"]:
         assert t["folds"] == doc["folds"] and "variance_change" not in t
@@ -283,10 +301,12 @@ def check_compare_pairs(doc: dict, table: str) -> None:
         section = table.split(f"**{t['b']}** (B) vs **{t['a']}** (A):", 1)[1]
         line = next(x for x in section.splitlines() if x.startswith("| UA |"))
         assert line.startswith(f"| UA | {100 * ua['diff']:+.1f} |")
-        assert line.endswith("| supported |" if ua["supported"] else
-                             "| not supported (interval includes 0) |")
-    assert all(set(r["ci95"]) == {"wa", "ua", "macro_f1"} and r["seeds"] is None
-               for r in doc["models"])
+        assert line.endswith(
+            "| supported |" if ua["supported"] else "| not supported (interval includes 0) |"
+        )
+    assert all(
+        set(r["ci95"]) == {"wa", "ua", "macro_f1"} and r["seeds"] is None for r in doc["models"]
+    )
 
 
 def test_report_words_claims_by_their_intervals():
@@ -309,8 +329,10 @@ def test_report_words_claims_by_their_intervals():
         results = {
             "delta": {k: test["metrics"][k]["diff"] for k in SCALARS},
             "variance_change": {k: test["variance_change"][k]["value"] for k in SCALARS},
-            "loso": {name: {"folds": [{}] * 5, "mean": {"per_class": per_class}}
-                     for name in ("iemocap", "iemocap+cremad")},
+            "loso": {
+                name: {"folds": [{}] * 5, "mean": {"per_class": per_class}}
+                for name in ("iemocap", "iemocap+cremad")
+            },
             "paired": {"cremad": test},
         }
         lines = _cremad_lines(results)

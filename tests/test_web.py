@@ -46,13 +46,31 @@ def site(tmp_path_factory):
     server.stop()
 
 
-def _drive(site: dict, batches: list[list[str]], screenshot: Path | None = None, *,
-           mic: dict | None = None, deny: bool = False, query: dict | None = None) -> dict:
-    job = {"url": site["url"], "chromium": CHROMIUM, "files": batches, "mic": mic,
-           "deny": deny, "query": query or {},
-           "screenshot": str(screenshot) if screenshot else None}
-    run = subprocess.run(["node", str(ROOT / "web" / "drive.mjs"), json.dumps(job)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT / "web")
+def _drive(
+    site: dict,
+    batches: list[list[str]],
+    screenshot: Path | None = None,
+    *,
+    mic: dict | None = None,
+    deny: bool = False,
+    query: dict | None = None,
+) -> dict:
+    job = {
+        "url": site["url"],
+        "chromium": CHROMIUM,
+        "files": batches,
+        "mic": mic,
+        "deny": deny,
+        "query": query or {},
+        "screenshot": str(screenshot) if screenshot else None,
+    }
+    run = subprocess.run(
+        ["node", str(ROOT / "web" / "drive.mjs"), json.dumps(job)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT / "web",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -93,11 +111,14 @@ def test_page_equals_predict_on_real_speech_and_survives_bad_files(site, ravdess
         ref = native.analyse_file(path)
         assert got["status"] == ref.status, (path, got["status"], ref.status)
         same += got["label"] == ref.label
-        deltas.append(np.mean([abs(got["probabilities"][k] - v)
-                               for k, v in ref.probabilities.items()]))
+        deltas.append(
+            np.mean([abs(got["probabilities"][k] - v) for k, v in ref.probabilities.items()])
+        )
     agreement, mean_delta = same / len(files), float(np.mean(deltas))
-    print(f"browser vs predict on {len(files)} files: agreement {agreement:.3f}, "
-          f"mean |dp| {mean_delta:.5f}, max {max(deltas):.5f}")
+    print(
+        f"browser vs predict on {len(files)} files: agreement {agreement:.3f}, "
+        f"mean |dp| {mean_delta:.5f}, max {max(deltas):.5f}"
+    )
     assert agreement >= 0.99 and mean_delta <= 0.02
     assert shot.stat().st_size > 10_000
 
@@ -121,10 +142,25 @@ def _speech_with_pauses(ravdess_mini: Path, out: Path, rate: int = 48000) -> flo
     chosen = []
     for f in sorted(ravdess_mini.rglob("*.wav"))[::7]:
         x16 = load_audio(f, 16000)
-        counts = {len(list(speech_segments([np.concatenate([np.zeros(16000 + shift, np.float32),
-                                                            x16, np.zeros(24000, np.float32)])],
-                                           vad)))
-                  for shift in (0, 128, 256, 384)}
+        counts = {
+            len(
+                list(
+                    speech_segments(
+                        [
+                            np.concatenate(
+                                [
+                                    np.zeros(16000 + shift, np.float32),
+                                    x16,
+                                    np.zeros(24000, np.float32),
+                                ]
+                            )
+                        ],
+                        vad,
+                    )
+                )
+            )
+            for shift in (0, 128, 256, 384)
+        }
         if counts == {1}:
             chosen.append(f)
         if len(chosen) == 4:
@@ -206,11 +242,22 @@ def test_installed_page_works_offline_at_phone_size(site, ravdess_mini, tmp_path
     seconds = _speech_with_pauses(ravdess_mini, mic)
     long = _long_wav(ravdess_mini, tmp_path / "ten-minutes.wav", 10.0)
     shot = site["root"] / "page-phone-offline.png"
-    job = {"url": server.url, "chromium": CHROMIUM, "files": files, "long": str(long),
-           "mic": {"wav": str(mic), "seconds": seconds + 1.5}, "screenshot": str(shot)}
-    proc = subprocess.Popen(["node", str(ROOT / "web" / "offline.mjs"), json.dumps(job)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT / "web")
+    job = {
+        "url": server.url,
+        "chromium": CHROMIUM,
+        "files": files,
+        "long": str(long),
+        "mic": {"wav": str(mic), "seconds": seconds + 1.5},
+        "screenshot": str(shot),
+    }
+    proc = subprocess.Popen(
+        ["node", str(ROOT / "web" / "offline.mjs"), json.dumps(job)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT / "web",
+    )
     try:
         first = proc.stdout.readline()
         assert first.strip() == "cached", first + proc.stderr.read()[-3000:]
@@ -235,12 +282,14 @@ def test_installed_page_works_offline_at_phone_size(site, ravdess_mini, tmp_path
     heap = np.asarray(out["heapSamples"]) / 1e6
     half = len(samples) // 2
     first, second = samples[:half].max(), samples[half:].max()
-    print(f"offline at 390 px: {len(out['files'])} files, {len(out['timeline'])} microphone "
-          f"segments; 10-minute WAV ({file_mb:.1f} MB): {out['longSegments']} segments in "
-          f"{out['longSeconds']:.0f} s, tab memory {out['memoryBefore'] / 1e6:.0f} MB before, "
-          f"peak {first:.0f} MB in the first half and {second:.0f} MB in the second; JS heap "
-          f"{out['heapBefore'] / 1e6:.1f} MB before, {heap.max():.1f} MB at most "
-          f"({len(samples)} samples)")
+    print(
+        f"offline at 390 px: {len(out['files'])} files, {len(out['timeline'])} microphone "
+        f"segments; 10-minute WAV ({file_mb:.1f} MB): {out['longSegments']} segments in "
+        f"{out['longSeconds']:.0f} s, tab memory {out['memoryBefore'] / 1e6:.0f} MB before, "
+        f"peak {first:.0f} MB in the first half and {second:.0f} MB in the second; JS heap "
+        f"{out['heapBefore'] / 1e6:.1f} MB before, {heap.max():.1f} MB at most "
+        f"({len(samples)} samples)"
+    )
     assert len(samples) >= 10, samples
     assert second <= first + file_mb / 4, samples.round()
     assert heap.max() <= out["heapBefore"] / 1e6 + file_mb / 4, heap.round(1)
@@ -260,8 +309,14 @@ def test_page_with_server_equals_predict_and_stream(site, ravdess_mini, tmp_path
 
     key = "w" * 24 + "-page-key"
     origin = site["url"].rstrip("/")
-    server = make_serve_server(site["root"] / "onnx", "127.0.0.1", 0, api_keys=(key.encode(),),
-                               allowed_origins=(origin,), page=False).start()
+    server = make_serve_server(
+        site["root"] / "onnx",
+        "127.0.0.1",
+        0,
+        api_keys=(key.encode(),),
+        allowed_origins=(origin,),
+        page=False,
+    ).start()
     files = sorted(str(p) for p in ravdess_mini.rglob("*.wav"))[::5]
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
@@ -271,9 +326,12 @@ def test_page_with_server_equals_predict_and_stream(site, ravdess_mini, tmp_path
     seconds = _speech_with_pauses(ravdess_mini, wav)
     ws = server.url.replace("http://", "ws://") + "v1/stream"
     try:
-        out = _drive(site, [[str(empty)], [str(text)], files],
-                     mic={"wav": str(wav), "seconds": seconds + 1.5},
-                     query={"server": ws, "token": key})
+        out = _drive(
+            site,
+            [[str(empty)], [str(text)], files],
+            mic={"wav": str(wav), "seconds": seconds + 1.5},
+            query={"server": ws, "token": key},
+        )
         streams = server.app_state.metrics.registry.get_sample_value("edgeser_streams_total")
     finally:
         server.stop()

@@ -21,12 +21,14 @@ from edgeser.web.server import Limits, host_allowed, is_loopback, make_server, w
 ROOT = Path(__file__).resolve().parents[1]
 VENDOR = ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist"
 
-pytestmark = pytest.mark.skipif(not VENDOR.is_dir(), reason="the page's npm packages are not "
-                                "installed (npm ci --prefix web)")
+pytestmark = pytest.mark.skipif(
+    not VENDOR.is_dir(), reason="the page's npm packages are not installed (npm ci --prefix web)"
+)
 
 
-def _raw_get(url: str, path: str, host: str | None = None, timeout: float = 10.0
-             ) -> tuple[int, bytes]:
+def _raw_get(
+    url: str, path: str, host: str | None = None, timeout: float = 10.0
+) -> tuple[int, bytes]:
     """GET ``path`` exactly as written (no normalisation, as ``curl --path-as-is``)."""
     addr = url.split("//", 1)[1].rstrip("/")
     h, port = addr.rsplit(":", 1)
@@ -52,9 +54,16 @@ def hostile_model(tmp_path):
     (folder / "inside.onnx").symlink_to(folder / "model.onnx")
     (folder / "sub").mkdir()
     card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    card["files"].update({"x": "../../../../../../etc/passwd", "y": "/etc/passwd",
-                          "z": "../secret.txt", "link": "escape.onnx", "dir": "sub",
-                          "ok": "inside.onnx"})
+    card["files"].update(
+        {
+            "x": "../../../../../../etc/passwd",
+            "y": "/etc/passwd",
+            "z": "../secret.txt",
+            "link": "escape.onnx",
+            "dir": "sub",
+            "ok": "inside.onnx",
+        }
+    )
     (folder / "model.json").write_text(json.dumps(card), encoding="utf-8")
     return folder, secret
 
@@ -68,10 +77,17 @@ def test_only_the_pages_files_are_served(hostile_model, caplog):
         assert _raw_get(url, "/model/inside.onnx")[0] == 200  # a link that stays inside
         status, body = _raw_get(url, "/model/model.json")
         assert status == 200 and json.loads(body)["format"] == "edgeser-onnx"
-        for path in ("/model//etc/passwd", "/model/../../../../../../etc/passwd",
-                     "/model/../secret.txt", "/model/escape.onnx", "/model/sub",
-                     "/../../etc/passwd", "/model/%2e%2e/secret.txt", "/etc/passwd",
-                     "/model/42"):
+        for path in (
+            "/model//etc/passwd",
+            "/model/../../../../../../etc/passwd",
+            "/model/../secret.txt",
+            "/model/escape.onnx",
+            "/model/sub",
+            "/../../etc/passwd",
+            "/model/%2e%2e/secret.txt",
+            "/etc/passwd",
+            "/model/42",
+        ):
             status, body = _raw_get(url, path)
             assert status == 404, path
             assert b"do not serve" not in body and b"root:" not in body
@@ -94,8 +110,14 @@ def test_host_header_allow_list(hostile_model):
     server = make_server(folder, "127.0.0.1", 0, allowed_hosts=["box.lan"]).start()
     try:
         port = server.address[1]
-        for ok in (f"127.0.0.1:{port}", "localhost", f"localhost:{port}", "[::1]:80",
-                   "box.lan:8000", "10.0.0.5"):
+        for ok in (
+            f"127.0.0.1:{port}",
+            "localhost",
+            f"localhost:{port}",
+            "[::1]:80",
+            "box.lan:8000",
+            "10.0.0.5",
+        ):
             assert _raw_get(server.url, "/", host=ok)[0] == 200, ok
         for bad in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", ""):
             status, body = _raw_get(server.url, "/", host=bad)
@@ -113,9 +135,12 @@ def test_slow_readers_do_not_make_the_server_hold_the_file(tmp_path):
     make_dummy_model(folder)
     with open(folder / "model.onnx", "wb") as fh:
         fh.write(os.urandom(1 << 20) * 64)
-    proc = subprocess.Popen([sys.executable, "-m", "edgeser.cli", "web", str(folder),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeser.cli", "web", str(folder), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "serving" in line, proc.stderr.read()
@@ -164,8 +189,9 @@ def test_idle_and_slow_header_connections_are_closed(hostile_model):
 
 def test_connections_beyond_the_limit_get_503(hostile_model):
     folder, _ = hostile_model
-    server = make_server(folder, "127.0.0.1", 0,
-                         limits=Limits(max_connections=3, header_timeout=30)).start()
+    server = make_server(
+        folder, "127.0.0.1", 0, limits=Limits(max_connections=3, header_timeout=30)
+    ).start()
     try:
         host, port = server.address
         held = [socket.create_connection((host, port), timeout=5) for _ in range(3)]

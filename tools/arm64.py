@@ -43,16 +43,28 @@ CPUS = ("cortex-a53", "cortex-a76", "max")
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PYTHON_DEBS = "python3.11-minimal,libpython3.11-minimal,libpython3.11-stdlib,python3.11"
-PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64",
-             "manylinux_2_31_aarch64")
+PLATFORMS = (
+    "manylinux2014_aarch64",
+    "manylinux_2_17_aarch64",
+    "manylinux_2_28_aarch64",
+    "manylinux_2_31_aarch64",
+)
 _FEATURES = {
     "cortex-a53": ("0x0", "0xd03", "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),
-    "cortex-a76": ("0x4", "0xd0b", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp "
-                   "asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
-    "max": ("0x0", "0xd49", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp "
-            "cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm "
-            "dit uscat ilrcpc flagm ssbs sb paca pacg dcpodp sve2 sveaes svepmull svebitperm "
-            "svesha3 svesm4 flagm2 frint svei8mm svebf16 i8mm bf16 dgh rng bti"),
+    "cortex-a76": (
+        "0x4",
+        "0xd0b",
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp "
+        "asimdhp cpuid asimdrdm lrcpc dcpop asimddp",
+    ),
+    "max": (
+        "0x0",
+        "0xd49",
+        "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp "
+        "cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm "
+        "dit uscat ilrcpc flagm ssbs sb paca pacg dcpodp sve2 sveaes svepmull svebitperm "
+        "svesha3 svesm4 flagm2 frint svei8mm svebf16 i8mm bf16 dgh rng bti",
+    ),
 }
 
 
@@ -69,9 +81,11 @@ def missing_tools() -> list[str]:
 def cpuinfo(cpu: str) -> str:
     """An aarch64 ``/proc/cpuinfo`` for two cores of ``cpu``."""
     variant, part, features = _FEATURES[cpu]
-    core = (f"BogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
-            f"CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\n"
-            "CPU revision\t: 1\n\n")
+    core = (
+        f"BogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+        f"CPU architecture: 8\nCPU variant\t: {variant}\nCPU part\t: {part}\n"
+        "CPU revision\t: 1\n\n"
+    )
     return "".join(f"processor\t: {i}\n{core}" for i in range(2))
 
 
@@ -90,8 +104,9 @@ def build(where: Path | None = None, log=print) -> Path:
         return where
     missing = missing_tools()
     if missing:
-        raise RuntimeError(f"missing {', '.join(missing)} (apt-get install qemu-user-static "
-                           "debootstrap)")
+        raise RuntimeError(
+            f"missing {', '.join(missing)} (apt-get install qemu-user-static debootstrap)"
+        )
     where.mkdir(parents=True, exist_ok=True)
     with open(where / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time
@@ -101,9 +116,20 @@ def build(where: Path | None = None, log=print) -> Path:
         if not (root / "usr" / "bin" / "python3.11").is_file():
             shutil.rmtree(root, ignore_errors=True)
             log(f"debootstrap arm64 {SUITE} (first stage) into {root}")
-            subprocess.run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase",
-                            f"--include={PYTHON_DEBS}", SUITE, str(root), MIRROR],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    "debootstrap",
+                    "--arch=arm64",
+                    "--foreign",
+                    "--variant=minbase",
+                    f"--include={PYTHON_DEBS}",
+                    SUITE,
+                    str(root),
+                    MIRROR,
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             debs = sorted((root / "var" / "cache" / "apt" / "archives").glob("*.deb"))
             log(f"unpacking {len(debs)} packages")
             for deb in debs:
@@ -114,12 +140,32 @@ def build(where: Path | None = None, log=print) -> Path:
         shutil.rmtree(site, ignore_errors=True)
         log(f"aarch64 wheels into {site}")
         platforms = [a for p in PLATFORMS for a in ("--platform", p)]
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                        "--disable-pip-version-check", *platforms, "--python-version", "3.11",
-                        "--implementation", "cp", "--only-binary=:all:", "--target",
-                        str(site), "numpy", f"onnxruntime=={_onnxruntime_version()}",
-                        "soundfile", "soxr"], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *platforms,
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "--only-binary=:all:",
+                "--target",
+                str(site),
+                "numpy",
+                f"onnxruntime=={_onnxruntime_version()}",
+                "soundfile",
+                "soxr",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for cpu in CPUS:
             target = where / f"cpu-{cpu}"
             shutil.rmtree(target, ignore_errors=True)
@@ -137,20 +183,36 @@ def command(cpu: str, argv: list[str], where: Path | None = None) -> tuple[list[
     if cpu not in CPUS:
         raise ValueError(f"cpu must be one of {', '.join(CPUS)}")
     where = where or home()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(where), "LANG": "C.UTF-8",
-           "QEMU_CPU": cpu, "PYTHONDONTWRITEBYTECODE": "1",
-           "PYTHONPATH": f"{where / 'site'}:{ROOT / 'src'}"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(where),
+        "LANG": "C.UTF-8",
+        "QEMU_CPU": cpu,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": f"{where / 'site'}:{ROOT / 'src'}",
+    }
     qemu = shutil.which("qemu-aarch64-static") or "qemu-aarch64-static"
-    return [qemu, "-L", str(where / f"cpu-{cpu}"),
-            str(where / "root" / "usr" / "bin" / "python3.11"), *argv], env
+    return [
+        qemu,
+        "-L",
+        str(where / f"cpu-{cpu}"),
+        str(where / "root" / "usr" / "bin" / "python3.11"),
+        *argv,
+    ], env
 
 
-def run(cpu: str, argv: list[str], *, timeout: float = 1800, where: Path | None = None,
-        ) -> subprocess.CompletedProcess:
+def run(
+    cpu: str,
+    argv: list[str],
+    *,
+    timeout: float = 1800,
+    where: Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``python3.11 ARGV...`` emulated on ``cpu`` (output captured as text)."""
     cmd, env = command(cpu, argv, where)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def main() -> int:

@@ -25,14 +25,18 @@ def png(size: int) -> None:
 
 
 def svg() -> str:
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100">',
-             f'<rect width="100" height="100" rx="18" fill="{BG}"/>']
+    parts = [
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100">',
+        f'<rect width="100" height="100" rx="18" fill="{BG}"/>',
+    ]
     safe, width = 56.0, 56.0 / (2 * len(BARS) - 1)
     x = (100 - safe) / 2
     for h in BARS:
         top = 50 - h * safe / 2
-        parts.append(f'<rect x="{x:.2f}" y="{top:.2f}" width="{width:.2f}" '
-                     f'height="{100 - 2 * top:.2f}" rx="{width / 2:.2f}" fill="{FG}"/>')
+        parts.append(
+            f'<rect x="{x:.2f}" y="{top:.2f}" width="{width:.2f}" '
+            f'height="{100 - 2 * top:.2f}" rx="{width / 2:.2f}" fill="{FG}"/>'
+        )
         x += 2 * width
     return "".join(parts) + "</svg>\n"
 

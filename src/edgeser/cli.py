@@ -35,13 +35,24 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "(columns path,label,speaker[,session]).",
     )
     p.add_argument("corpus", choices=["iemocap", "cremad", "ravdess", "csv"])
-    p.add_argument("root", type=Path, help="corpus root (IEMOCAP_full_release/, the folder "
-                   "holding AudioWAV/, the folder holding Actor_XX/), or the CSV for 'csv'")
+    p.add_argument(
+        "root",
+        type=Path,
+        help="corpus root (IEMOCAP_full_release/, the folder "
+        "holding AudioWAV/, the folder holding Actor_XX/), or the CSV for 'csv'",
+    )
     p.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
-    p.add_argument("--all-labels", action="store_true",
-                   help="keep rows outside the four classes (with an empty label)")
-    p.add_argument("--ravdess-calm", choices=["neutral"], default=None,
-                   help="map RAVDESS calm onto this class (default: calm is left out)")
+    p.add_argument(
+        "--all-labels",
+        action="store_true",
+        help="keep rows outside the four classes (with an empty label)",
+    )
+    p.add_argument(
+        "--ravdess-calm",
+        choices=["neutral"],
+        default=None,
+        help="map RAVDESS calm onto this class (default: calm is left out)",
+    )
     p.add_argument("--name", default=None, help="corpus name for 'csv' (default: custom)")
     p.set_defaults(func=_run_prepare)
 
@@ -50,8 +61,13 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from edgeser.data.manifest import validate_manifest, write_manifest
     from edgeser.data.recipes import prepare
 
-    df = prepare(args.corpus, args.root, all_labels=args.all_labels,
-                 ravdess_calm=args.ravdess_calm, name=args.name)
+    df = prepare(
+        args.corpus,
+        args.root,
+        all_labels=args.all_labels,
+        ravdess_calm=args.ravdess_calm,
+        name=args.name,
+    )
     if df.empty:
         raise EdgeserError(f"{args.root}: no usable utterances found")
     validate_manifest(df, check_paths=False, allow_unlabelled=args.all_labels)
@@ -60,8 +76,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
     n_skipped = sum(len(v) for v in skipped.values())
     counts = df["label"].replace("", "(other)").value_counts().to_dict()
     counts_txt = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    print(f"{args.out}: {len(df)} utterances, {df['speaker'].nunique()} speakers "
-          f"({counts_txt}); {n_skipped} skipped")
+    print(
+        f"{args.out}: {len(df)} utterances, {df['speaker'].nunique()} speakers "
+        f"({counts_txt}); {n_skipped} skipped"
+    )
     return 0
 
 
@@ -69,8 +87,12 @@ def _run_prepare(args: argparse.Namespace) -> int:
 def _add_validate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a manifest (and optionally a split file)")
     p.add_argument("manifest", type=Path)
-    p.add_argument("--split", type=Path, default=None,
-                   help="split JSON: {part: [utt_id, ...]} or {\"folds\": [{part: [...]}, ...]}")
+    p.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help='split JSON: {part: [utt_id, ...]} or {"folds": [{part: [...]}, ...]}',
+    )
     p.add_argument("--all-labels", action="store_true", help="allow rows with an empty label")
     p.add_argument("--no-paths", action="store_true", help="do not check that audio files exist")
     p.set_defaults(func=_run_validate)
@@ -97,8 +119,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic corpus in a real corpus's layout")
     p.add_argument("corpus", choices=["iemocap", "cremad", "ravdess"])
     p.add_argument("out", type=Path, help="corpus root to write")
-    p.add_argument("--scale", choices=["small", "paper"], default="small",
-                   help="small (demo/tests) or paper (the real corpora's sizes)")
+    p.add_argument(
+        "--scale",
+        choices=["small", "paper"],
+        default="small",
+        help="small (demo/tests) or paper (the real corpora's sizes)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_synth)
 
@@ -106,8 +132,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from edgeser.data.synth import synthesize_corpus
 
-    root = synthesize_corpus(args.corpus, args.out, scale=args.scale, seed=args.seed,
-                             progress=True)
+    root = synthesize_corpus(args.corpus, args.out, scale=args.scale, seed=args.seed, progress=True)
     print(f"{root}: synthetic {args.corpus} ({args.scale}, seed {args.seed})")
     return 0
 
@@ -125,8 +150,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("manifests", type=Path, nargs="+", help="manifest CSVs (from prepare)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature cache (default: OUT/cache)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache (default: OUT/cache)"
+    )
     add_executor_arguments(p)
     add_config_arguments(p)
     p.set_defaults(func=_run_train)
@@ -137,8 +163,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from edgeser.experiments.runs import train_on_manifests
 
     cfg = config_from_args(args)
-    rec = train_on_manifests(cfg, args.manifests, args.out, cache_dir=args.cache_dir,
-                             progress=True)
+    rec = train_on_manifests(cfg, args.manifests, args.out, cache_dir=args.cache_dir, progress=True)
     m = rec.get("val_metrics")
     extra = f"; validation UA {100 * m['ua']:.1f} %" if m else ""
     print(f"{args.out / 'model.safetensors'}: trained on {rec['n_train']} utterances{extra}")
@@ -164,8 +189,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--trained", type=Path, default=None, metavar="DIR",
-                   help="a trained model folder (model.safetensors + model.json) to evaluate")
+    p.add_argument(
+        "--trained",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a trained model folder (model.safetensors + model.json) to evaluate",
+    )
     add_executor_arguments(p)
     add_config_arguments(p)  # includes --model NAME
     p.set_defaults(func=_run_evaluate)
@@ -177,27 +207,45 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     trained = args.trained
     if trained is None and args.cfg_model is not None and Path(args.cfg_model).is_dir():
-        log.warning("--model DIR is deprecated for a trained model folder: use --trained %s "
-                    "(--model names a model to train)", args.cfg_model)
+        log.warning(
+            "--model DIR is deprecated for a trained model folder: use --trained %s "
+            "(--model names a model to train)",
+            args.cfg_model,
+        )
         trained, args.cfg_model = Path(args.cfg_model), None
     if (trained is not None) == (args.protocol is not None):
-        raise EdgeserError("give either --trained DIR (a trained model folder) or "
-                           "--protocol loso [--model NAME]")
+        raise EdgeserError(
+            "give either --trained DIR (a trained model folder) or --protocol loso [--model NAME]"
+        )
     if trained is not None and not trained.is_dir():
         raise EdgeserError(f"--trained {trained}: no such model folder")
     progress = True
     if trained is not None:
         source = args.cfg_encoder if args.cfg_encoder not in (None, "auto") else None
-        res = evaluate_model(trained, args.corpus, args.out, cache_dir=args.cache_dir,
-                             progress=progress, encoder_source=source)
+        res = evaluate_model(
+            trained,
+            args.corpus,
+            args.out,
+            cache_dir=args.cache_dir,
+            progress=progress,
+            encoder_source=source,
+        )
         m = res["metrics"]
     else:
         cfg = config_from_args(args)
-        res = evaluate_loso(cfg, args.corpus, args.out, folds=args.folds,
-                            cache_dir=args.cache_dir, progress=progress)
+        res = evaluate_loso(
+            cfg,
+            args.corpus,
+            args.out,
+            folds=args.folds,
+            cache_dir=args.cache_dir,
+            progress=progress,
+        )
         m = next(iter(res["loso"].values()))["mean"]
-    print(f"{args.out / 'results.json'}: WA {100 * m['wa']:.1f} %, UA {100 * m['ua']:.1f} %, "
-          f"macro-F1 {100 * m['macro_f1']:.1f} %")
+    print(
+        f"{args.out / 'results.json'}: WA {100 * m['wa']:.1f} %, UA {100 * m['ua']:.1f} %, "
+        f"macro-F1 {100 * m['macro_f1']:.1f} %"
+    )
     return 0
 
 
@@ -214,8 +262,12 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cremad", type=Path, default=None)
     p.add_argument("--ravdess", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature cache, shared across runs (default: OUT/cache)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="feature cache, shared across runs (default: OUT/cache)",
+    )
     add_executor_arguments(p)
     add_config_arguments(p)
     p.set_defaults(func=_run_reproduce)
@@ -226,8 +278,15 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     from edgeser.experiments.reproduce import reproduce
 
     cfg = config_from_args(args)
-    reproduce(cfg, iemocap=args.iemocap, cremad=args.cremad, ravdess=args.ravdess,
-              out=args.out, cache_dir=args.cache_dir, progress=True)
+    reproduce(
+        cfg,
+        iemocap=args.iemocap,
+        cremad=args.cremad,
+        ravdess=args.ravdess,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        progress=True,
+    )
     print(f"report: {args.out / 'report.md'}")
     return 0
 
@@ -243,21 +302,29 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "(--iemocap: one fold per session; --corpus: --folds speaker-disjoint folds), "
         "export it, time it, and write OUT/compare.md, compare.json and pareto.png.",
     )
-    p.add_argument("--models", required=True,
-                   help="comma-separated model names, e.g. distilhubert,pepino,light-sernet")
+    p.add_argument(
+        "--models",
+        required=True,
+        help="comma-separated model names, e.g. distilhubert,pepino,light-sernet",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--iemocap", type=Path, help="IEMOCAP root or manifest CSV")
     src.add_argument("--corpus", type=Path, help="any manifest CSV")
-    p.add_argument("--cremad", type=Path, default=None,
-                   help="CREMA-D root or manifest, added to training only")
+    p.add_argument(
+        "--cremad", type=Path, default=None, help="CREMA-D root or manifest, added to training only"
+    )
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--no-export", action="store_true", help="skip ONNX export and timing")
     p.add_argument("--latency-seconds", type=float, default=3.0)
-    p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
-                   help="a config value for one model only, e.g. light-sernet:epochs=100 "
-                   "(repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="a config value for one model only, e.g. light-sernet:epochs=100 (repeatable)",
+    )
     add_executor_arguments(p)
     add_config_arguments(p)
     p.set_defaults(func=_run_compare)
@@ -298,10 +365,19 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.cremad is not None:
         load_corpus("cremad", args.cremad, args.out)
         extra = args.out / "manifests" / "cremad.csv"
-    compare(args.models.split(","), corpus, args.out, base=cfg, folds=args.folds,
-            extra_train=extra, cache_dir=args.cache_dir, export=not args.no_export,
-            latency_seconds=args.latency_seconds, progress=True,
-            overrides=_per_model_settings(args.set))
+    compare(
+        args.models.split(","),
+        corpus,
+        args.out,
+        base=cfg,
+        folds=args.folds,
+        extra_train=extra,
+        cache_dir=args.cache_dir,
+        export=not args.no_export,
+        latency_seconds=args.latency_seconds,
+        progress=True,
+        overrides=_per_model_settings(args.set),
+    )
     print(f"table: {args.out / 'compare.md'}")
     return 0
 
@@ -311,11 +387,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole protocol on synthetic corpora")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dimensions", action="store_true",
-                   help="also regress arousal, valence and dominance (a second head output)")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="train every fold's head with seeds seed..seed+N-1 on the same "
-                   "features and report the spread (default: 1)")
+    p.add_argument(
+        "--dimensions",
+        action="store_true",
+        help="also regress arousal, valence and dominance (a second head output)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train every fold's head with seeds seed..seed+N-1 on the same "
+        "features and report the spread (default: 1)",
+    )
     p.set_defaults(func=_run_demo)
 
 
@@ -335,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Speech emotion recognition small enough for a phone.",
     )
     parser.add_argument("--version", action="version", version=f"edgeser {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output (-vv for debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from edgeser.export.exporter import add_export_parser
@@ -347,17 +431,30 @@ def build_parser() -> argparse.ArgumentParser:
     def add_stream(s: argparse._SubParsersAction) -> None:  # local, or via --server
         add_stream_parser(s).set_defaults(func=run_stream_command)
 
-    for add in (_add_prepare, _add_validate, _add_synth, _add_train, _add_evaluate,
-                _add_reproduce, _add_compare, _add_demo, add_export_parser, add_predict_parser,
-                add_stream, add_web_parser, add_serve_parser):
+    for add in (
+        _add_prepare,
+        _add_validate,
+        _add_synth,
+        _add_train,
+        _add_evaluate,
+        _add_reproduce,
+        _add_compare,
+        _add_demo,
+        add_export_parser,
+        add_predict_parser,
+        add_stream,
+        add_web_parser,
+        add_serve_parser,
+    ):
         add(sub)
     return parser
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("numba", "matplotlib", "PIL", "urllib3", "filelock", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -27,10 +27,20 @@ from edgeser.models.registry import MODELS, NORMALIZATIONS, model_spec
 #: The paper's values of the settings a model may change (``ModelSpec.defaults``): what an
 #: unset field (``None``) resolves to unless the model says otherwise.
 PAPER_DEFAULTS: dict[str, Any] = {
-    "dropout": 0.2, "loss": "focal", "label_smoothing": 0.1, "class_weights": True,
-    "optimizer": "adamw", "lr": 1e-3, "lr_decay_start": 0, "lr_decay_every": 1,
-    "lr_decay_rate": 0.0, "weight_decay": 1e-2, "batch_size": 16, "epochs": 25,
-    "aug_views": 4, "patience": 0,
+    "dropout": 0.2,
+    "loss": "focal",
+    "label_smoothing": 0.1,
+    "class_weights": True,
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "lr_decay_start": 0,
+    "lr_decay_every": 1,
+    "lr_decay_rate": 0.0,
+    "weight_decay": 1e-2,
+    "batch_size": 16,
+    "epochs": 25,
+    "aug_views": 4,
+    "patience": 0,
 }
 #: ``--recipe``: ``default`` (each model's defaults) or ``authors`` (LIGHT-SERNET as its
 #: authors train it: 300 epochs, no early stopping; other models' defaults already are
@@ -159,8 +169,7 @@ class TrainConfig:
         if self.model not in MODELS:
             raise EdgeserError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.recipe not in RECIPES:
-            raise EdgeserError(f"recipe must be one of {', '.join(RECIPES)}, "
-                               f"got {self.recipe!r}")
+            raise EdgeserError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         spec = model_spec(self.model)
         spec_defaults = {**spec.defaults, **spec.recipes.get(self.recipe, {})}
         unset = [k for k in PAPER_DEFAULTS if getattr(self, k) is None]
@@ -193,8 +202,10 @@ class TrainConfig:
         if self.seeds < 1:
             raise EdgeserError(f"seeds must be >= 1, got {self.seeds}")
         if self.bootstrap < 100:
-            raise EdgeserError("bootstrap must be >= 100 (resamples behind each 95 % "
-                               f"interval), got {self.bootstrap}")
+            raise EdgeserError(
+                "bootstrap must be >= 100 (resamples behind each 95 % "
+                f"interval), got {self.bootstrap}"
+            )
         if min(self.weight_decay, self.lr_decay_rate, self.lr_decay_start) < 0:
             raise EdgeserError("weight-decay, lr-decay-rate and lr-decay-start must be >= 0")
         if self.aug_views < 0 or self.val_speakers < 0 or self.patience < 0:
@@ -219,8 +230,9 @@ class TrainConfig:
         """The config of one training run with ``seed``: the protocol-level fields
         (``seeds``, ``bootstrap``) at their defaults, so a fold's model, its resume state
         and its reuse key depend only on what shapes training."""
-        return dataclasses.replace(self, seed=seed, seeds=type(self).seeds,
-                                   bootstrap=type(self).bootstrap)
+        return dataclasses.replace(
+            self, seed=seed, seeds=type(self).seeds, bootstrap=type(self).bootstrap
+        )
 
     def for_model(self, name: str, **values: Any) -> TrainConfig:
         """This config for model ``name``: the values that were set are kept, the unset
@@ -333,8 +345,11 @@ _METAVAR = {int: "INT", float: "FLOAT", str: "STR"}
 
 def _model_defaults_text(name: str) -> str:
     """``"1e-3; light-sernet: 0.0001"``: the paper's value and the models that differ."""
-    others = [f"{m}: {spec.defaults[name]}" for m, spec in MODELS.items()
-              if name in spec.defaults and spec.defaults[name] != PAPER_DEFAULTS[name]]
+    others = [
+        f"{m}: {spec.defaults[name]}"
+        for m, spec in MODELS.items()
+        if name in spec.defaults and spec.defaults[name] != PAPER_DEFAULTS[name]
+    ]
     return "; ".join([str(PAPER_DEFAULTS[name]), *others])
 
 
@@ -357,9 +372,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 dest=f"cfg_{f.name}",
                 type=kind,
                 default=None,
-                metavar=(_METAVAR.get(kind, "VALUE") if f.name in PAPER_DEFAULTS
-                         else type(default).__name__.upper() if default is not None
-                         else "VALUE"),
+                metavar=(
+                    _METAVAR.get(kind, "VALUE")
+                    if f.name in PAPER_DEFAULTS
+                    else type(default).__name__.upper()
+                    if default is not None
+                    else "VALUE"
+                ),
                 help=f"(default: {default})",
                 **flag,
             )

@@ -28,8 +28,12 @@ import soundfile as sf
 
 
 def tone(
-    duration: float, sample_rate: int = 16_000, freq: float = 220.0, seed: int = 0,
-    channels: int = 1, silence: float = 0.0,
+    duration: float,
+    sample_rate: int = 16_000,
+    freq: float = 220.0,
+    seed: int = 0,
+    channels: int = 1,
+    silence: float = 0.0,
 ) -> np.ndarray:
     """A harmonic tone with a little noise, optionally padded with ``silence`` seconds."""
     rng = np.random.default_rng(seed)
@@ -59,8 +63,9 @@ def write_empty_wav(path: str | Path, sample_rate: int = 16_000) -> Path:
     return write_wav(path, np.zeros(0, dtype=np.float32), sample_rate)
 
 
-def iemocap_summary_line(start: float, end: float, utt: str, label: str,
-                         vad: Sequence[float] = (2.5, 2.5, 2.5)) -> str:
+def iemocap_summary_line(
+    start: float, end: float, utt: str, label: str, vad: Sequence[float] = (2.5, 2.5, 2.5)
+) -> str:
     """One EmoEvaluation summary line, tab-separated as in the release."""
     v = ", ".join(f"{x:.4f}" for x in vad)
     return f"[{start:.4f} - {end:.4f}]\t{utt}\t{label}\t[{v}]"
@@ -101,8 +106,9 @@ def make_iemocap_tree(
         t = 1.0
         for j, (utt, label) in enumerate(items):
             lines += [
-                iemocap_summary_line(t, t + duration, utt, label,
-                                     (ratings or {}).get(utt, (2.5, 2.5, 2.5))),
+                iemocap_summary_line(
+                    t, t + duration, utt, label, (ratings or {}).get(utt, (2.5, 2.5, 2.5))
+                ),
                 "C-E2:\tNeutral;\t()",
                 "C-E3:\tNeutral; Frustration;\t()",
                 "A-E3:\tval 3; act 2; dom  2;\t()",
@@ -120,12 +126,13 @@ def make_iemocap_tree(
         emo.mkdir(parents=True, exist_ok=True)
         (emo / f"{dialog}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         # Non-summary sub-folders: a naive glob("**/*.txt") would read these.
-        for sub, suffix in (("Categorical", "_e1_cat"), ("Attribute", "_e1_atr"),
-                            ("Self-evaluation", "")):
+        for sub, suffix in (
+            ("Categorical", "_e1_cat"),
+            ("Attribute", "_e1_atr"),
+            ("Self-evaluation", ""),
+        ):
             (emo / sub).mkdir(exist_ok=True)
-            body = "".join(
-                f"{iemocap_summary_line(0.0, 1.0, u, 'ang')}\n" for u, _ in items
-            )
+            body = "".join(f"{iemocap_summary_line(0.0, 1.0, u, 'ang')}\n" for u, _ in items)
             (emo / sub / f"{dialog}{suffix}.txt").write_text(body, encoding="utf-8")
     return r
 
@@ -167,8 +174,9 @@ def make_ravdess_tree(
     stereo = set(stereo)
     for i, name in enumerate(names):
         actor = name.rsplit("-", 1)[1]
-        sig = tone(duration, sample_rate, freq=200.0 + 5 * i, seed=i,
-                   channels=2 if name in stereo else 1)
+        sig = tone(
+            duration, sample_rate, freq=200.0 + 5 * i, seed=i, channels=2 if name in stereo else 1
+        )
         write_wav(r / f"Actor_{actor}" / f"{name}.wav", sig, sample_rate)
     return r
 
@@ -190,11 +198,13 @@ class LoopbackRayCluster:
         """``args`` run inside the namespace."""
         return ["ip", "netns", "exec", self.namespace, *args]
 
-    def run(self, args: Sequence[str], *, timeout: float = 300,
-            **kw: Any) -> subprocess.CompletedProcess:
+    def run(
+        self, args: Sequence[str], *, timeout: float = 300, **kw: Any
+    ) -> subprocess.CompletedProcess:
         """``args`` in the namespace, ``RAY_ADDRESS`` set to the cluster, output captured."""
-        return subprocess.run(self.command(args), env=self.env, capture_output=True,
-                              text=True, timeout=timeout, **kw)
+        return subprocess.run(
+            self.command(args), env=self.env, capture_output=True, text=True, timeout=timeout, **kw
+        )
 
 
 def _namespace_pids(ns: str) -> list[int]:
@@ -204,7 +214,11 @@ def _namespace_pids(ns: str) -> list[int]:
 
 @contextlib.contextmanager
 def loopback_ray_cluster(
-    num_cpus: int = 2, *, worker_nodes: int = 0, worker_cpus: int = 1, port: int = 6379,
+    num_cpus: int = 2,
+    *,
+    worker_nodes: int = 0,
+    worker_cpus: int = 1,
+    port: int = 6379,
 ) -> Iterator[LoopbackRayCluster]:
     """A local Ray cluster inside a new network namespace that has only ``lo``.
 
@@ -225,17 +239,33 @@ def loopback_ray_cluster(
     temp = Path(tempfile.mkdtemp(prefix="edgeser-ray-"))  # short: Ray's socket paths
     # HOME: a token file another cluster left in ~/.ray makes a head demand a token its
     # clients do not send; this cluster reads and writes Ray's files in its own folder
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": f"127.0.0.1:{port}",
-           "HOME": str(temp), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ADDRESS": f"127.0.0.1:{port}",
+        "HOME": str(temp),
+        "PYTHONUNBUFFERED": "1",
+    }
     cluster = LoopbackRayCluster(ns, f"127.0.0.1:{port}", env)
     ray_bin = str(Path(sys.executable).parent / "ray")
     common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     try:
         subprocess.run(cluster.command(["ip", "link", "set", "lo", "up"]), check=True)
-        starts = [[ray_bin, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
-                   "--include-dashboard=false", f"--temp-dir={temp}", *common]]
-        starts += [[ray_bin, "start", f"--address=127.0.0.1:{port}",
-                    f"--num-cpus={worker_cpus}", *common]] * worker_nodes
+        starts = [
+            [
+                ray_bin,
+                "start",
+                "--head",
+                f"--port={port}",
+                f"--num-cpus={num_cpus}",
+                "--include-dashboard=false",
+                f"--temp-dir={temp}",
+                *common,
+            ]
+        ]
+        starts += [
+            [ray_bin, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={worker_cpus}", *common]
+        ] * worker_nodes
         for args in starts:
             res = cluster.run(args, timeout=180)
             if res.returncode != 0:
@@ -263,8 +293,12 @@ def write_tiny_manifests(root: str | Path, duration: float) -> dict[str, Path]:
     from edgeser.data.recipes import prepare_iemocap, prepare_ravdess
 
     labels = ["neu", "ang", "sad", "hap", "exc"]
-    utts = [(f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", labels[i % 5])
-            for s in range(1, 4) for spk in "FM" for i in range(6)]
+    utts = [
+        (f"Ses0{s}{'FM'[i % 2]}_impro01_{spk}{i:03d}", labels[i % 5])
+        for s in range(1, 4)
+        for spk in "FM"
+        for i in range(6)
+    ]
     ravdess = [f"03-01-0{e}-01-01-01-0{a}" for a in (1, 2) for e in (1, 3, 4, 5)]
     root = Path(root)
     ie = prepare_iemocap(make_iemocap_tree(root / "ie", utts, duration=duration))
@@ -294,6 +328,7 @@ def export_tiny_model(root: str | Path, *, sharpen: float = 8.0) -> dict[str, Pa
     with torch.no_grad():
         model.head.layer_logits.copy_(torch.randn(model.head.layer_logits.shape, generator=gen))
         model.head.classifier[-1].weight.mul_(sharpen)
-    save_model(root / "production", model, cfg, encoder, model.kind,
-               {"name": "production", "metrics": {}})
+    save_model(
+        root / "production", model, cfg, encoder, model.kind, {"name": "production", "metrics": {}}
+    )
     return export_model(root / "production", root / "onnx", encoder=encoder)

@@ -110,8 +110,10 @@ class FrontEnd:
 
     def key(self) -> str:
         """A stable string naming these settings (for cache keys and sidecars)."""
-        return (f"trim={int(self.trim)},top_db={self.top_db:g},"
-                f"pre={self.preemphasis:g},peak={int(self.normalize)}")
+        return (
+            f"trim={int(self.trim)},top_db={self.top_db:g},"
+            f"pre={self.preemphasis:g},peak={int(self.normalize)}"
+        )
 
 
 def preprocess(signal: np.ndarray, sample_rate: int) -> np.ndarray:

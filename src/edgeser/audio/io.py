@@ -48,8 +48,9 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
         info = sf.info(os.fspath(path))
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
         raise AudioError(f"{path}: unreadable audio ({error_summary(e)})") from None
-    return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
-                     channels=int(info.channels))
+    return AudioInfo(
+        frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels)
+    )
 
 
 def check_sample_rate(sample_rate: int, what: str = "input") -> int:
@@ -59,8 +60,10 @@ def check_sample_rate(sample_rate: int, what: str = "input") -> int:
     except (TypeError, ValueError):
         raise AudioError(f"{what}: invalid sample rate {sample_rate!r}") from None
     if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
-        raise AudioError(f"{what}: cannot resample from {sample_rate} Hz (supported: "
-                         f"{MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz)")
+        raise AudioError(
+            f"{what}: cannot resample from {sample_rate} Hz (supported: "
+            f"{MIN_INPUT_RATE}-{MAX_INPUT_RATE} Hz)"
+        )
     return sr
 
 
@@ -99,7 +102,10 @@ def load_audio(
 
 
 def decode_audio(
-    data: bytes, name: str | os.PathLike[str], target_rate: int = SAMPLE_RATE, *,
+    data: bytes,
+    name: str | os.PathLike[str],
+    target_rate: int = SAMPLE_RATE,
+    *,
     allow_empty: bool = False,
 ) -> np.ndarray:
     """:func:`load_audio` of a file's bytes (read elsewhere: a worker without the file
@@ -108,9 +114,7 @@ def decode_audio(
     return _decode(io.BytesIO(data), Path(name), target_rate, allow_empty)
 
 
-def _decode(
-    source: str | io.BytesIO, p: Path, target_rate: int, allow_empty: bool
-) -> np.ndarray:
+def _decode(source: str | io.BytesIO, p: Path, target_rate: int, allow_empty: bool) -> np.ndarray:
     try:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError) as e:

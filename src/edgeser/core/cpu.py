@@ -54,13 +54,28 @@ PRECISION_CHOICES: tuple[str, ...] = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: CPU flags benchmarks report.
 REPORTED_FLAGS: tuple[str, ...] = (
-    "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
 )
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA) under which its bf16 kernels
 # are not native.
-_ONEDNN_NON_BF16_ISAS = frozenset({
-    "sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni",
-})
+_ONEDNN_NON_BF16_ISAS = frozenset(
+    {
+        "sse41",
+        "avx",
+        "avx2",
+        "avx2_vnni",
+        "avx2_vnni_2",
+        "avx512_core",
+        "avx512_core_vnni",
+    }
+)
 #: A bfloat16 product slower than this many times float32 counts as emulated.
 _BF16_SLOWDOWN_LIMIT = 2.0
 
@@ -135,7 +150,9 @@ def _bf16_slowdown() -> float:
 
 
 def _decide_bf16(
-    flags: frozenset[str], capability: str, onednn_cap: str | None,
+    flags: frozenset[str],
+    capability: str,
+    onednn_cap: str | None,
     slowdown: Callable[[], float],
 ) -> Bf16Check:
     """The decision of :func:`bf16_check` from its inputs (``slowdown`` is called only
@@ -143,16 +160,24 @@ def _decide_bf16(
     if not flags & NATIVE_BF16_FLAGS:
         return Bf16Check(False, "this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16)")
     if not capability.upper().startswith("AVX512"):
-        return Bf16Check(False, f"PyTorch runs its {capability} kernels here "
-                                "(ATEN_CPU_CAPABILITY), which have no native bfloat16")
+        return Bf16Check(
+            False,
+            f"PyTorch runs its {capability} kernels here "
+            "(ATEN_CPU_CAPABILITY), which have no native bfloat16",
+        )
     if onednn_cap is not None and onednn_cap in _ONEDNN_NON_BF16_ISAS:
-        return Bf16Check(False, f"oneDNN is capped at {onednn_cap} (ONEDNN_MAX_CPU_ISA), "
-                                "below its bfloat16 kernels")
+        return Bf16Check(
+            False,
+            f"oneDNN is capped at {onednn_cap} (ONEDNN_MAX_CPU_ISA), below its bfloat16 kernels",
+        )
     ratio = float(slowdown())
     if ratio > _BF16_SLOWDOWN_LIMIT:
         return Bf16Check(False, f"a bfloat16 product measured {ratio:.1f}x float32 time here")
-    return Bf16Check(True, f"native bfloat16 ({', '.join(sorted(flags & NATIVE_BF16_FLAGS))}; "
-                           f"bfloat16 product {ratio:.2f}x float32 time)")
+    return Bf16Check(
+        True,
+        f"native bfloat16 ({', '.join(sorted(flags & NATIVE_BF16_FLAGS))}; "
+        f"bfloat16 product {ratio:.2f}x float32 time)",
+    )
 
 
 @functools.cache
@@ -160,8 +185,9 @@ def bf16_check() -> Bf16Check:
     """Whether this process runs bfloat16 products natively (decided once per process)."""
     import torch
 
-    return _decide_bf16(cpu_info().flags, torch.backends.cpu.get_cpu_capability(),
-                        _onednn_cap(), _bf16_slowdown)
+    return _decide_bf16(
+        cpu_info().flags, torch.backends.cpu.get_cpu_capability(), _onednn_cap(), _bf16_slowdown
+    )
 
 
 _warned_bf16 = False
@@ -184,8 +210,11 @@ def resolve_precision(precision: str) -> str:
         return resolved
     if not check.native and not _warned_bf16:
         _warned_bf16 = True
-        log.warning("precision bf16 requested, but %s: bfloat16 will be slow here "
-                    "(precision auto picks fp32 on this CPU)", check.reason)
+        log.warning(
+            "precision bf16 requested, but %s: bfloat16 will be slow here "
+            "(precision auto picks fp32 on this CPU)",
+            check.reason,
+        )
     return precision
 
 
@@ -200,8 +229,9 @@ def hardware_summary(*, with_torch: bool = True) -> dict[str, object]:
         "cores": os.cpu_count(),
         "flags": {flag: info.has(flag) for flag in REPORTED_FLAGS},
     }
-    env = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-           if k in os.environ}
+    env = {
+        k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ
+    }
     if env:
         out["emulation"] = env
     try:
@@ -233,14 +263,18 @@ def format_hardware(summary: dict[str, object] | None = None) -> str:
     flags = s.get("flags", {})
     on = [f for f, v in flags.items() if v]  # type: ignore[union-attr]
     off = [f for f, v in flags.items() if not v]  # type: ignore[union-attr]
-    lines = [f"CPU: {s['cpu']} ({s['machine']}, {s['cores']} cores)",
-             f"flags: {' '.join(on) or '-'}; absent: {' '.join(off) or '-'}"]
+    lines = [
+        f"CPU: {s['cpu']} ({s['machine']}, {s['cores']} cores)",
+        f"flags: {' '.join(on) or '-'}; absent: {' '.join(off) or '-'}",
+    ]
     if "emulation" in s:
         lines.append("emulating: " + " ".join(f"{k}={v}" for k, v in s["emulation"].items()))
     if "torch" in s:
-        lines.append(f"torch {s['torch']} ({s['torch_capability']} kernels, "
-                     f"{s['torch_threads']} threads); bf16 native: {s['bf16_native']} "
-                     f"({s['bf16_reason']}); precision auto -> {s['precision_auto']}")
+        lines.append(
+            f"torch {s['torch']} ({s['torch_capability']} kernels, "
+            f"{s['torch_threads']} threads); bf16 native: {s['bf16_native']} "
+            f"({s['bf16_reason']}); precision auto -> {s['precision_auto']}"
+        )
     if "onnxruntime" in s:
         lines.append(f"onnxruntime {s['onnxruntime']}")
     return "\n".join(lines)

@@ -34,9 +34,17 @@ from edgeser.core.errors import EdgeserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RAY_EXTRA", "ExecutorSpec", "add_executor_arguments", "connect_ray",
-           "current_executor", "executor_from_args", "import_ray", "parse_executor",
-           "use_executor"]
+__all__ = [
+    "RAY_EXTRA",
+    "ExecutorSpec",
+    "add_executor_arguments",
+    "connect_ray",
+    "current_executor",
+    "executor_from_args",
+    "import_ray",
+    "parse_executor",
+    "use_executor",
+]
 
 #: What to install for ``--executor ray`` and Parquet output.
 RAY_EXTRA = "pip install 'edgeser[distributed]'"
@@ -66,8 +74,9 @@ class ExecutorSpec:
         return "ray" + (f":{self.address}" if self.address else "") if self.is_ray else "local"
 
 
-def parse_executor(text: str | None, *, workers: int | None = None,
-                   worker_threads: int | None = None) -> ExecutorSpec:
+def parse_executor(
+    text: str | None, *, workers: int | None = None, worker_threads: int | None = None
+) -> ExecutorSpec:
     """``"local"``, ``"ray"`` or ``"ray:ADDRESS"`` as an :class:`ExecutorSpec`."""
     value = (text or "local").strip()
     for name, n in (("workers", workers), ("worker-threads", worker_threads)):
@@ -79,8 +88,10 @@ def parse_executor(text: str | None, *, workers: int | None = None,
         return ExecutorSpec("ray", None, workers, worker_threads)
     if value.startswith("ray:") and value[4:].strip():
         return ExecutorSpec("ray", value[4:].strip(), workers, worker_threads)
-    raise EdgeserError(f"--executor {value!r}: use local, ray or ray:ADDRESS "
-                       "(ray:auto for the cluster this machine belongs to)")
+    raise EdgeserError(
+        f"--executor {value!r}: use local, ray or ray:ADDRESS "
+        "(ray:auto for the cluster this machine belongs to)"
+    )
 
 
 def _positive(text: str) -> int:
@@ -94,17 +105,31 @@ def add_executor_arguments(parser: argparse.ArgumentParser, *, processes: bool =
     """``--executor``, ``--workers`` and (feature extraction) ``--worker-threads``;
     ``processes``: without Ray, ``--workers`` counts local processes."""
     group = parser.add_argument_group("where the work runs")
-    group.add_argument("--executor", default="local", metavar="local|ray[:ADDRESS]",
-                       help="local (default), ray (a Ray instance on this machine), ray:auto "
-                       "(the cluster this machine belongs to) or ray:HOST:PORT; results are "
-                       "the same on every executor")
+    group.add_argument(
+        "--executor",
+        default="local",
+        metavar="local|ray[:ADDRESS]",
+        help="local (default), ray (a Ray instance on this machine), ray:auto "
+        "(the cluster this machine belongs to) or ray:HOST:PORT; results are "
+        "the same on every executor",
+    )
     local = "local processes or " if processes else ""
-    group.add_argument("--workers", type=_positive, default=None, metavar="N",
-                       help=f"{local}Ray actors at once (default: as many as the CPUs hold)")
+    group.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help=f"{local}Ray actors at once (default: as many as the CPUs hold)",
+    )
     if not processes:
-        group.add_argument("--worker-threads", type=_positive, default=None, metavar="T",
-                           help="torch threads per Ray actor (default: this process's, which "
-                           "keeps the features bitwise identical to a local run's)")
+        group.add_argument(
+            "--worker-threads",
+            type=_positive,
+            default=None,
+            metavar="T",
+            help="torch threads per Ray actor (default: this process's, which "
+            "keeps the features bitwise identical to a local run's)",
+        )
 
 
 def executor_from_args(args: argparse.Namespace) -> ExecutorSpec | None:
@@ -112,8 +137,9 @@ def executor_from_args(args: argparse.Namespace) -> ExecutorSpec | None:
     command has none)."""
     if not hasattr(args, "executor"):
         return None
-    spec = parse_executor(args.executor, workers=args.workers,
-                          worker_threads=getattr(args, "worker_threads", None))
+    spec = parse_executor(
+        args.executor, workers=args.workers, worker_threads=getattr(args, "worker_threads", None)
+    )
     if spec.is_ray and importlib.util.find_spec("ray") is None:  # fail before any work
         import_ray()
     return spec
@@ -121,7 +147,8 @@ def executor_from_args(args: argparse.Namespace) -> ExecutorSpec | None:
 
 _LOCAL = ExecutorSpec()
 _CURRENT: contextvars.ContextVar[ExecutorSpec | None] = contextvars.ContextVar(
-    "edgeser_executor", default=None)
+    "edgeser_executor", default=None
+)
 
 
 def current_executor() -> ExecutorSpec:
@@ -158,8 +185,11 @@ def connect_ray(spec: ExecutorSpec) -> ModuleType:
     ray = import_ray()
     if ray.is_initialized():
         return ray
-    options = {"include_dashboard": False, "logging_level": logging.WARNING,
-               "configure_logging": False}
+    options = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "configure_logging": False,
+    }
     try:
         if spec.address is None:
             ray.init(num_cpus=os.cpu_count() or 1, **options)
@@ -168,7 +198,8 @@ def connect_ray(spec: ExecutorSpec) -> ModuleType:
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = spec.address or "a local instance"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgeserError(f"--executor {spec}: cannot start or reach Ray at {where} "
-                           f"({first[:200]})") from None
+        raise EdgeserError(
+            f"--executor {spec}: cannot start or reach Ray at {where} ({first[:200]})"
+        ) from None
     log.info("ray: %s, %s CPUs", spec, int(ray.cluster_resources().get("CPU", 0)))
     return ray

@@ -82,22 +82,34 @@ class _LogLines:
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else math.inf
-        log.info("%s: %d/%d %s (%d %%), %.2f %s/s, elapsed %s, ETA %s%s", self.desc,
-                 self.done, self.total, self.unit, 100 * self.done // max(self.total, 1),
-                 rate, self.unit, format_seconds(elapsed),
-                 format_seconds(eta) if math.isfinite(eta) else "?",
-                 f" ({self.postfix})" if self.postfix else "")
+        log.info(
+            "%s: %d/%d %s (%d %%), %.2f %s/s, elapsed %s, ETA %s%s",
+            self.desc,
+            self.done,
+            self.total,
+            self.unit,
+            100 * self.done // max(self.total, 1),
+            rate,
+            self.unit,
+            format_seconds(elapsed),
+            format_seconds(eta) if math.isfinite(eta) else "?",
+            f" ({self.postfix})" if self.postfix else "",
+        )
 
     def close(self) -> None:
         if self.done:
-            log.info("%s: %d/%d %s done in %s", self.desc, self.done, self.total, self.unit,
-                     format_seconds(time.monotonic() - self.start))
+            log.info(
+                "%s: %d/%d %s done in %s",
+                self.desc,
+                self.done,
+                self.total,
+                self.unit,
+                format_seconds(time.monotonic() - self.start),
+            )
 
 
 @contextlib.contextmanager
-def progress_bar(
-    total: int, desc: str, enabled: bool = True, unit: str = "utt"
-) -> Iterator[Any]:
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "utt") -> Iterator[Any]:
     """A tqdm bar on a terminal, log lines elsewhere (when ``enabled`` and there is work),
     else an object that ignores updates."""
     if not enabled or total <= 0:
@@ -112,8 +124,15 @@ def progress_bar(
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-               mininterval=1.0, leave=False)
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=1.0,
+        leave=False,
+    )
     try:
         yield bar
     finally:
@@ -125,16 +144,23 @@ class EpochLog:
     always for the last): ``fold1: epoch 12/60, val UA 0.543 (best 0.561 at 9),
     6.1 s/epoch, ETA at most 4m52s``. With early stopping the ETA is an upper bound."""
 
-    def __init__(self, name: str, epochs: int, start: int, enabled: bool,
-                 early_stopping: bool = False) -> None:
+    def __init__(
+        self, name: str, epochs: int, start: int, enabled: bool, early_stopping: bool = False
+    ) -> None:
         self.name, self.epochs, self.start = name, epochs, start
         self.enabled = enabled and not is_terminal()
         self.bound = "at most " if early_stopping else ""
         self.t0 = self.last = time.monotonic()
         self.every = log_interval()
 
-    def epoch(self, epoch: int, record: dict[str, Any], best_epoch: int, best_ua: float,
-              final: bool = False) -> None:
+    def epoch(
+        self,
+        epoch: int,
+        record: dict[str, Any],
+        best_epoch: int,
+        best_ua: float,
+        final: bool = False,
+    ) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
@@ -146,6 +172,13 @@ class EpochLog:
         val = ""
         if "val_ua" in record:
             val = f", val UA {record['val_ua']:.3f} (best {best_ua:.3f} at {best_epoch + 1})"
-        log.info("%s: epoch %d/%d%s, train loss %.4f, %.1f s/epoch, %s", self.name,
-                 epoch + 1, self.epochs, val, record.get("train_loss", math.nan), per_epoch,
-                 "done" if final else f"ETA {self.bound}{format_seconds(per_epoch * remaining)}")
+        log.info(
+            "%s: epoch %d/%d%s, train loss %.4f, %.1f s/epoch, %s",
+            self.name,
+            epoch + 1,
+            self.epochs,
+            val,
+            record.get("train_loss", math.nan),
+            per_epoch,
+            "done" if final else f"ETA {self.bound}{format_seconds(per_epoch * remaining)}",
+        )

@@ -105,8 +105,12 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not p.is_file():
         raise SplitError(f"manifest not found: {p}")
     try:
-        df = pd.read_csv(p, dtype={k: v for k, v in _DTYPES.items() if k != "sample_rate"},
-                         keep_default_na=False, na_values={"duration": [""]})
+        df = pd.read_csv(
+            p,
+            dtype={k: v for k, v in _DTYPES.items() if k != "sample_rate"},
+            keep_default_na=False,
+            na_values={"duration": [""]},
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise SplitError(f"{p}: not a readable manifest CSV ({e})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
@@ -142,9 +146,11 @@ def validate_manifest(
     allowed = set(LABELS) | ({""} if allow_unlabelled else set())
     bad = sorted(set(labels) - allowed)
     if bad:
-        raise SplitError(f"unknown labels: {', '.join(repr(b) for b in bad[:5])} (a manifest "
-                         f"label is one of {', '.join(LABELS)}, or empty for a row outside "
-                         "the task; `edgeser prepare csv` maps names such as 'Angry')")
+        raise SplitError(
+            f"unknown labels: {', '.join(repr(b) for b in bad[:5])} (a manifest "
+            f"label is one of {', '.join(LABELS)}, or empty for a row outside "
+            "the task; `edgeser prepare csv` maps names such as 'Angry')"
+        )
     spk = df["speaker"].fillna("").astype(str)
     if (spk == "").any():
         raise SplitError(f"{int((spk == '').sum())} rows have no speaker")

@@ -25,8 +25,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BINS", "apply_temperature", "calibration_metrics", "fit_temperature",
-           "low_confidence_threshold", "reliability"]
+__all__ = [
+    "BINS",
+    "apply_temperature",
+    "calibration_metrics",
+    "fit_temperature",
+    "low_confidence_threshold",
+    "reliability",
+]
 
 #: Equal-width bins of the top probability for the ECE and the reliability diagram.
 BINS = 15
@@ -46,8 +52,9 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(p)))
 
 
-def fit_temperature(probs: np.ndarray, labels: Sequence[int], *, low: float = 0.05,
-                    high: float = 20.0) -> float:
+def fit_temperature(
+    probs: np.ndarray, labels: Sequence[int], *, low: float = 0.05, high: float = 20.0
+) -> float:
     """The ``T`` in ``[low, high]`` that minimises the NLL of ``labels`` under
     :func:`apply_temperature` (a bounded search over ``log T``)."""
     from scipy.optimize import minimize_scalar
@@ -56,14 +63,18 @@ def fit_temperature(probs: np.ndarray, labels: Sequence[int], *, low: float = 0.
     p = np.asarray(probs, np.float64)
     if len(y) == 0:
         return 1.0
-    res = minimize_scalar(lambda t: _nll(apply_temperature(p, float(np.exp(t))), y),
-                          bounds=(np.log(low), np.log(high)), method="bounded",
-                          options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda t: _nll(apply_temperature(p, float(np.exp(t))), y),
+        bounds=(np.log(low), np.log(high)),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
     return float(np.exp(res.x))
 
 
-def reliability(probs: np.ndarray, labels: Sequence[int], bins: int = BINS
-                ) -> list[dict[str, float]]:
+def reliability(
+    probs: np.ndarray, labels: Sequence[int], bins: int = BINS
+) -> list[dict[str, float]]:
     """Per equal-width bin of the top probability: ``lo``, ``hi``, ``n``, mean
     ``confidence`` and ``accuracy`` (empty bins have ``n`` 0 and no means)."""
     p = np.asarray(probs, np.float64)
@@ -76,30 +87,39 @@ def reliability(probs: np.ndarray, labels: Sequence[int], bins: int = BINS
     for b in range(bins):
         sel = which == b
         n = int(sel.sum())
-        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
-                    "confidence": float(conf[sel].mean()) if n else None,
-                    "accuracy": float(right[sel].mean()) if n else None})
+        out.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "n": n,
+                "confidence": float(conf[sel].mean()) if n else None,
+                "accuracy": float(right[sel].mean()) if n else None,
+            }
+        )
     return out
 
 
-def calibration_metrics(probs: np.ndarray, labels: Sequence[int], bins: int = BINS
-                        ) -> dict[str, float]:
+def calibration_metrics(
+    probs: np.ndarray, labels: Sequence[int], bins: int = BINS
+) -> dict[str, float]:
     """``{"ece", "brier", "nll", "n"}`` of probabilities ``[N, C]`` against ``labels``."""
     p = np.asarray(probs, np.float64)
     y = np.asarray(labels, dtype=np.int64)
     n = len(y)
     if n == 0:
         return {"ece": float("nan"), "brier": float("nan"), "nll": float("nan"), "n": 0}
-    ece = sum(b["n"] / n * abs(b["accuracy"] - b["confidence"])
-              for b in reliability(p, y, bins) if b["n"])
+    ece = sum(
+        b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability(p, y, bins) if b["n"]
+    )
     onehot = np.zeros_like(p)
     onehot[np.arange(n), y] = 1.0
     brier = float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
     return {"ece": float(ece), "brier": brier, "nll": _nll(p, y), "n": n}
 
 
-def low_confidence_threshold(probs: np.ndarray, labels: Sequence[int], bins: int = BINS,
-                             min_count: int = 5) -> float:
+def low_confidence_threshold(
+    probs: np.ndarray, labels: Sequence[int], bins: int = BINS, min_count: int = 5
+) -> float:
     """Where validation predictions start being right at least half the time: going up the
     ``bins`` equal-width bins of the top probability, the lower edge of the first bin
     (holding ``min_count`` predictions or more) whose accuracy is 50 % or more; 1.0 when

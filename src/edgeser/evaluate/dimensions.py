@@ -113,8 +113,11 @@ def dimension_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
         return out
     t, p = t[keep], p[keep]
     for j, dim in enumerate(DIMENSIONS):
-        out[dim] = {"ccc": ccc(t[:, j], p[:, j]), "pearson": _pearson(t[:, j], p[:, j]),
-                    "mae": float(np.abs(t[:, j] - p[:, j]).mean())}
+        out[dim] = {
+            "ccc": ccc(t[:, j], p[:, j]),
+            "pearson": _pearson(t[:, j], p[:, j]),
+            "mae": float(np.abs(t[:, j] - p[:, j]).mean()),
+        }
     return out
 
 
@@ -197,8 +200,9 @@ def describe_unrated(predicted: np.ndarray, frame: pd.DataFrame) -> dict[str, An
     if "intensity" in frame.columns:
         intensity = frame["intensity"].fillna("").astype(str)
         groups["intensity"] = intensity.tolist()
-        groups["label_intensity"] = [f"{a}/{b}" if b else "" for a, b in
-                                     zip(labels, intensity, strict=True)]
+        groups["label_intensity"] = [
+            f"{a}/{b}" if b else "" for a, b in zip(labels, intensity, strict=True)
+        ]
     order = list(LABELS) + [f"{c}/{i}" for c in LABELS for i in ("normal", "strong")]
     table = describe_by_group(pred, groups, order=order)
     out: dict[str, Any] = {"by_class": table["label"]}

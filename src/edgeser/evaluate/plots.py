@@ -185,7 +185,8 @@ def plot_per_class_recall(
 
 
 def plot_reliability(
-    curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str],
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike[str],
     title: str = "",
 ) -> Path:
     """Reliability diagram: accuracy against mean confidence per bin of the top
@@ -196,8 +197,13 @@ def plot_reliability(
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
     for k, (name, bins) in enumerate(curves.items()):
         full = [b for b in bins if b["n"]]
-        ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], marker="o",
-                color=f"C{k}", label=name)
+        ax.plot(
+            [b["confidence"] for b in full],
+            [b["accuracy"] for b in full],
+            marker="o",
+            color=f"C{k}",
+            label=name,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top probability)")
@@ -219,13 +225,17 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str])
         x, y, e = r["parameters"] / 1e6, 100 * r["mean"]["ua"], 100 * r["std"]["ua"]
         colour = "tab:red" if r.get("pareto") else "tab:grey"
         ax.errorbar([x], [y], yerr=[e], fmt="o", color=colour, capsize=3)
-        ax.annotate(str(r["model"]), (x, y), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
-    front = sorted((r["parameters"] / 1e6, 100 * r["mean"]["ua"]) for r in rows
-                   if r.get("pareto"))
+        ax.annotate(str(r["model"]), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    front = sorted((r["parameters"] / 1e6, 100 * r["mean"]["ua"]) for r in rows if r.get("pareto"))
     if len(front) > 1:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red",
-                alpha=0.6, label="Pareto front")
+        ax.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            color="tab:red",
+            alpha=0.6,
+            label="Pareto front",
+        )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (millions, log scale)")
@@ -257,10 +267,24 @@ def plot_valence_arousal(
     ax = fig.add_subplot()
     for i, c in enumerate(classes):
         sel = lab == c
-        ax.scatter(v[sel], a[sel], s=10, alpha=0.45, color=f"C{i}", label=f"{c} (n {sel.sum()})",
-                   edgecolors="none")
-        ax.scatter([v[sel].mean()], [a[sel].mean()], s=120, color=f"C{i}", marker="X",
-                   edgecolors="black", linewidths=0.8)
+        ax.scatter(
+            v[sel],
+            a[sel],
+            s=10,
+            alpha=0.45,
+            color=f"C{i}",
+            label=f"{c} (n {sel.sum()})",
+            edgecolors="none",
+        )
+        ax.scatter(
+            [v[sel].mean()],
+            [a[sel].mean()],
+            s=120,
+            color=f"C{i}",
+            marker="X",
+            edgecolors="black",
+            linewidths=0.8,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted valence (0 negative … 1 positive)")

@@ -57,16 +57,25 @@ import numpy as np
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
 
-__all__ = ["LEVEL", "EvalSet", "bootstrap_ci", "interval", "paired_test", "summarize_seeds",
-           "verdict"]
+__all__ = [
+    "LEVEL",
+    "EvalSet",
+    "bootstrap_ci",
+    "interval",
+    "paired_test",
+    "summarize_seeds",
+    "verdict",
+]
 
 #: Confidence level of every interval edgeser reports.
 LEVEL = 0.95
 #: Metrics with intervals (results.json's keys).
 SCALARS: tuple[str, ...] = ("wa", "ua", "macro_f1")
 #: How the intervals are made, as recorded beside them in results.json.
-METHOD = ("percentile bootstrap over test utterances, resampled within each test speaker "
-          "(each fold on its own; seeds share the resample)")
+METHOD = (
+    "percentile bootstrap over test utterances, resampled within each test speaker "
+    "(each fold on its own; seeds share the resample)"
+)
 
 
 @dataclass(frozen=True)
@@ -81,19 +90,30 @@ class EvalSet:
     groups: np.ndarray
 
     @classmethod
-    def build(cls, ids: Sequence[str], y_true: Sequence[int],
-              y_preds: Sequence[Sequence[int]], groups: Sequence[str]) -> EvalSet:
+    def build(
+        cls,
+        ids: Sequence[str],
+        y_true: Sequence[int],
+        y_preds: Sequence[Sequence[int]],
+        groups: Sequence[str],
+    ) -> EvalSet:
         """From per-run predictions over the same ``ids`` (in the order of ``ids``)."""
         n = len(ids)
         pred = np.asarray(y_preds, dtype=np.int64).reshape(len(y_preds), -1)
         if len(y_true) != n or len(groups) != n or pred.shape[1] != n or not len(pred):
-            raise ValueError(f"{n} ids, {len(y_true)} labels, {len(groups)} speakers and "
-                             f"predictions of shape {pred.shape} do not match")
+            raise ValueError(
+                f"{n} ids, {len(y_true)} labels, {len(groups)} speakers and "
+                f"predictions of shape {pred.shape} do not match"
+            )
         if len(set(ids)) != n:
             raise ValueError("a test set lists an utterance twice")
         order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-        return cls(tuple(ids[i] for i in order), np.asarray(y_true, np.int64)[order],
-                   pred[:, order], np.asarray(groups, dtype=object)[order])
+        return cls(
+            tuple(ids[i] for i in order),
+            np.asarray(y_true, np.int64)[order],
+            pred[:, order],
+            np.asarray(groups, dtype=object)[order],
+        )
 
     @property
     def runs(self) -> int:
@@ -120,8 +140,7 @@ def _confusions(ts: EvalSet, c: int) -> np.ndarray:
     return np.stack([np.bincount(row, minlength=k) for row in cells]).reshape(-1, c, c)
 
 
-def _resampled_confusions(ts: EvalSet, b: int, rng: np.random.Generator,
-                          c: int) -> np.ndarray:
+def _resampled_confusions(ts: EvalSet, b: int, rng: np.random.Generator, c: int) -> np.ndarray:
     """``(b, S, c, c)`` confusion counts of ``b`` resamples: each speaker's utterances
     drawn with replacement, as many as it has; every run (seed) on the same draw."""
     k = c * c
@@ -197,36 +216,47 @@ def _resample(folds: Sequence[EvalSet], n_resamples: int, seed: int, c: int) -> 
     return _Resampled(point, boot)
 
 
-def _fold_scores(r: _Resampled, metric: str, labels: Sequence[str]) -> tuple[np.ndarray,
-                                                                            np.ndarray]:
+def _fold_scores(
+    r: _Resampled, metric: str, labels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """``(F,)`` point and ``(b, F)`` resampled fold scores, averaged over seeds."""
     point = np.array([scores(p, metric, labels).mean() for p in r.point])
     boot = np.stack([scores(b, metric, labels).mean(-1) for b in r.boot], axis=1)
     return point, boot
 
 
-def _pooled_scores(r: _Resampled, metric: str, labels: Sequence[str]) -> tuple[float,
-                                                                              np.ndarray]:
+def _pooled_scores(r: _Resampled, metric: str, labels: Sequence[str]) -> tuple[float, np.ndarray]:
     """The metric of the folds' pooled confusion, per seed then averaged over seeds."""
     point = scores(sum(r.point), metric, labels).mean()
     boot = scores(sum(r.boot), metric, labels).mean(-1)
     return float(point), boot
 
 
-def bootstrap_ci(folds: Sequence[EvalSet], *, metrics: Sequence[str] = SCALARS,
-                 n_resamples: int = 1000, seed: int = 0,
-                 labels: Sequence[str] = LABELS) -> dict[str, Any]:
+def bootstrap_ci(
+    folds: Sequence[EvalSet],
+    *,
+    metrics: Sequence[str] = SCALARS,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    labels: Sequence[str] = LABELS,
+) -> dict[str, Any]:
     """95 % intervals of a setting's figures over its folds (and seeds)::
 
-        {"level", "method", "n_resamples",
-         "mean": {metric: [lo, hi]},      # the mean over folds (and seeds)
-         "pooled": {metric: [lo, hi]},    # the folds' pooled predictions
-         "folds": [{metric: [lo, hi]}]}   # each fold (mean over its seeds)
+    {"level", "method", "n_resamples",
+     "mean": {metric: [lo, hi]},      # the mean over folds (and seeds)
+     "pooled": {metric: [lo, hi]},    # the folds' pooled predictions
+     "folds": [{metric: [lo, hi]}]}   # each fold (mean over its seeds)
     """
     c = len(labels)
     r = _resample(folds, n_resamples, seed, c)
-    out: dict[str, Any] = {"level": LEVEL, "method": METHOD, "n_resamples": n_resamples,
-                           "mean": {}, "pooled": {}, "folds": [{} for _ in folds]}
+    out: dict[str, Any] = {
+        "level": LEVEL,
+        "method": METHOD,
+        "n_resamples": n_resamples,
+        "mean": {},
+        "pooled": {},
+        "folds": [{} for _ in folds],
+    }
     for m in metrics:
         _, fold_boot = _fold_scores(r, m, labels)
         out["mean"][m] = _percentile(fold_boot.mean(1))
@@ -236,8 +266,14 @@ def bootstrap_ci(folds: Sequence[EvalSet], *, metrics: Sequence[str] = SCALARS,
     return out
 
 
-def interval(ts: EvalSet, *, metrics: Sequence[str] = SCALARS, n_resamples: int = 1000,
-             seed: int = 0, labels: Sequence[str] = LABELS) -> dict[str, Any]:
+def interval(
+    ts: EvalSet,
+    *,
+    metrics: Sequence[str] = SCALARS,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    labels: Sequence[str] = LABELS,
+) -> dict[str, Any]:
     """95 % intervals of one test set's figures: ``{"level", "method", "n_resamples",
     metric: [lo, hi]}``."""
     ci = bootstrap_ci([ts], metrics=metrics, n_resamples=n_resamples, seed=seed, labels=labels)
@@ -250,8 +286,9 @@ def _check_paired(a: Sequence[EvalSet], b: Sequence[EvalSet]) -> None:
         raise EdgeserError(f"a paired comparison needs the same folds: {len(a)} vs {len(b)}")
     for k, (x, y) in enumerate(zip(a, b, strict=True)):
         if x.ids != y.ids or not np.array_equal(x.y_true, y.y_true):
-            raise EdgeserError(f"a paired comparison needs the same test utterances: fold "
-                               f"{k + 1} differs")
+            raise EdgeserError(
+                f"a paired comparison needs the same test utterances: fold {k + 1} differs"
+            )
 
 
 def _two_sided(diffs: np.ndarray) -> float:
@@ -264,9 +301,14 @@ def _two_sided(diffs: np.ndarray) -> float:
     return float(min(1.0, 2 * min(below, above)))
 
 
-def _permutation_p(a: Sequence[EvalSet], b: Sequence[EvalSet], observed: Mapping[str, float],
-                   n_resamples: int, seed: int,
-                   labels: Sequence[str]) -> dict[str, float | None]:
+def _permutation_p(
+    a: Sequence[EvalSet],
+    b: Sequence[EvalSet],
+    observed: Mapping[str, float],
+    n_resamples: int,
+    seed: int,
+    labels: Sequence[str],
+) -> dict[str, float | None]:
     """Approximate randomisation: each utterance's A and B predictions (all runs) swapped
     with probability ½; per metric, p = share of swapped differences at least as large as
     the ``observed`` one (+1 smoothing)."""
@@ -283,14 +325,16 @@ def _permutation_p(a: Sequence[EvalSet], b: Sequence[EvalSet], observed: Mapping
         conf_a = (hot_a.sum(1)[None] + delta).reshape(n_resamples, x.runs, c, c)
         conf_b = (hot_b.sum(1)[None] - delta).reshape(n_resamples, x.runs, c, c)
         for m in observed:
-            diffs[m] += (scores(conf_b, m, labels).mean(-1)
-                         - scores(conf_a, m, labels).mean(-1)) / len(a)
-    return {m: float((np.count_nonzero(np.abs(d) >= abs(observed[m]) - 1e-12) + 1)
-                     / (n_resamples + 1)) for m, d in diffs.items()}
+            diffs[m] += (
+                scores(conf_b, m, labels).mean(-1) - scores(conf_a, m, labels).mean(-1)
+            ) / len(a)
+    return {
+        m: float((np.count_nonzero(np.abs(d) >= abs(observed[m]) - 1e-12) + 1) / (n_resamples + 1))
+        for m, d in diffs.items()
+    }
 
 
-def _variance_change_ci(fa: np.ndarray, fb: np.ndarray, n_resamples: int,
-                        seed: int) -> list[float]:
+def _variance_change_ci(fa: np.ndarray, fb: np.ndarray, n_resamples: int, seed: int) -> list[float]:
     """Interval of ``var_b / var_a - 1`` over folds: the folds resampled (the same for both
     settings) on top of the utterance resamples ``fa``, ``fb`` ``(b, F)``."""
     f = fa.shape[1]
@@ -306,9 +350,16 @@ def _variance_change_ci(fa: np.ndarray, fb: np.ndarray, n_resamples: int,
     return _percentile(change)
 
 
-def paired_test(a: Sequence[EvalSet], b: Sequence[EvalSet], *,
-                metrics: Sequence[str] = SCALARS, n_resamples: int = 1000, seed: int = 0,
-                labels: Sequence[str] = LABELS, variance: bool = True) -> dict[str, Any]:
+def paired_test(
+    a: Sequence[EvalSet],
+    b: Sequence[EvalSet],
+    *,
+    metrics: Sequence[str] = SCALARS,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    labels: Sequence[str] = LABELS,
+    variance: bool = True,
+) -> dict[str, Any]:
     """Setting B against setting A on the same folds and utterances::
 
         {"level", "method", "n_resamples", "folds", "n", "runs": [S_a, S_b],
@@ -326,10 +377,15 @@ def paired_test(a: Sequence[EvalSet], b: Sequence[EvalSet], *,
     ra = _resample(a, n_resamples, seed, c)
     rb = _resample(b, n_resamples, seed, c)
     out: dict[str, Any] = {
-        "level": LEVEL, "n_resamples": n_resamples, "folds": len(a),
-        "n": int(sum(len(x.ids) for x in a)), "runs": [a[0].runs, b[0].runs],
-        "method": ("paired " + METHOD + "; p_permutation: approximate randomisation "
-                   "(per-utterance swaps of A's and B's predictions)"),
+        "level": LEVEL,
+        "n_resamples": n_resamples,
+        "folds": len(a),
+        "n": int(sum(len(x.ids) for x in a)),
+        "runs": [a[0].runs, b[0].runs],
+        "method": (
+            "paired " + METHOD + "; p_permutation: approximate randomisation "
+            "(per-utterance swaps of A's and B's predictions)"
+        ),
         "metrics": {},
     }
     for m in metrics:
@@ -338,8 +394,12 @@ def paired_test(a: Sequence[EvalSet], b: Sequence[EvalSet], *,
         boot = bb.mean(1) - ba.mean(1)
         ci = _percentile(boot)
         out["metrics"][m] = {
-            "a": float(pa.mean()), "b": float(pb.mean()), "diff": float(pb.mean() - pa.mean()),
-            "ci95": ci, "p_bootstrap": _two_sided(boot), "p_permutation": None,
+            "a": float(pa.mean()),
+            "b": float(pb.mean()),
+            "diff": float(pb.mean() - pa.mean()),
+            "ci95": ci,
+            "p_bootstrap": _two_sided(boot),
+            "p_permutation": None,
             "supported": excludes_zero(ci),
         }
         if variance and m in SCALARS:
@@ -348,10 +408,13 @@ def paired_test(a: Sequence[EvalSet], b: Sequence[EvalSet], *,
             value = float(var_b / var_a - 1) if var_a > 0 else None
             vci = _variance_change_ci(ba, bb, n_resamples, seed)
             out.setdefault("variance_change", {})[m] = {
-                "value": value, "ci95": vci,
-                "supported": value is not None and excludes_zero(vci)}
-    perm = _permutation_p(a, b, {m: t["diff"] for m, t in out["metrics"].items()},
-                          n_resamples, seed, labels)
+                "value": value,
+                "ci95": vci,
+                "supported": value is not None and excludes_zero(vci),
+            }
+    perm = _permutation_p(
+        a, b, {m: t["diff"] for m, t in out["metrics"].items()}, n_resamples, seed, labels
+    )
     for m, p in perm.items():
         out["metrics"][m]["p_permutation"] = p
     return out
@@ -369,15 +432,16 @@ def verdict(ci: Sequence[float]) -> str:
 
 
 # ------------------------------------------------------------------------------- seeds
-def summarize_seeds(seeds: Sequence[int],
-                    runs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+def summarize_seeds(
+    seeds: Sequence[int], runs: Sequence[Sequence[Mapping[str, Any]]]
+) -> dict[str, Any]:
     """Spread over seeds of per-fold metrics ``runs[seed][fold]``::
 
-        {"seeds": [...], "runs": S*F,
-         "mean": M,            # over all seed x fold runs
-         "sd_runs": M,         # sample sd over all seed x fold runs
-         "sd_seed_means": M,   # sample sd over seeds of each seed's mean over folds
-         "per_seed": [{"seed", "mean": M, "std": M}]}   # M: {"wa", "ua", "macro_f1"}
+    {"seeds": [...], "runs": S*F,
+     "mean": M,            # over all seed x fold runs
+     "sd_runs": M,         # sample sd over all seed x fold runs
+     "sd_seed_means": M,   # sample sd over seeds of each seed's mean over folds
+     "per_seed": [{"seed", "mean": M, "std": M}]}   # M: {"wa", "ua", "macro_f1"}
     """
     if len(seeds) != len(runs) or not runs:
         raise ValueError(f"{len(seeds)} seeds but {len(runs)} runs")
@@ -400,6 +464,8 @@ def summarize_seeds(seeds: Sequence[int],
         "mean": named(flat.mean(0)),
         "sd_runs": named(sd(flat, 0)),
         "sd_seed_means": named(sd(seed_means, 0)),
-        "per_seed": [{"seed": int(s), "mean": named(arr[i].mean(0)),
-                      "std": named(sd(arr[i], 0))} for i, s in enumerate(seeds)],
+        "per_seed": [
+            {"seed": int(s), "mean": named(arr[i].mean(0)), "std": named(sd(arr[i], 0))}
+            for i, s in enumerate(seeds)
+        ],
     }

@@ -66,7 +66,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     for i, (c, s) in enumerate(points):
         dominated = any(
             (c2 <= c and s2 >= s and (c2 < c or s2 > s))
-            for j, (c2, s2) in enumerate(points) if j != i
+            for j, (c2, s2) in enumerate(points)
+            if j != i
         )
         flags.append(not dominated)
     return flags
@@ -158,20 +159,30 @@ def compare(
     for name in names:
         values = dict((overrides or {}).get(name, {}))
         if base.dimensions and model_spec(name).family != "ssl":
-            logger.info("compare: %s has no dimensional output; trained on the classes only",
-                        name)
+            logger.info("compare: %s has no dimensional output; trained on the classes only", name)
             values["dimensions"] = False
-        if (model_spec(name).family == "cnn" and "feature_norm" not in values
-                and base.feature_norm == "global"):
+        if (
+            model_spec(name).family == "cnn"
+            and "feature_norm" not in values
+            and base.feature_norm == "global"
+        ):
             values["feature_norm"] = "auto"  # LIGHT-SERNET: none or per-speaker BatchNorm
         # settings left unset take each model's own defaults (LIGHT-SERNET: its authors')
         cfg = base.for_model(name, **values)
         encoder = (encoders or {}).get(name)
         run_dir = out / name
         logger.info("compare: %s", name)
-        res, sets[name] = run_loso(cfg, corpus, run_dir, folds=folds, extra_train=extra_train,
-                                   cache_dir=cache, progress=progress, encoder=encoder)
-        (setting, summary), = res["loso"].items()
+        res, sets[name] = run_loso(
+            cfg,
+            corpus,
+            run_dir,
+            folds=folds,
+            extra_train=extra_train,
+            cache_dir=cache,
+            progress=progress,
+            encoder=encoder,
+        )
+        ((setting, summary),) = res["loso"].items()
         model_dir = run_dir / "loso" / "fold1"
         model, _cfg, encoder, _meta = load_trained(model_dir, encoder)
         spec = model_spec(name)
@@ -186,9 +197,11 @@ def compare(
             "std": {k: summary["std"][k] for k in ("wa", "ua", "macro_f1")},
             "ci95": summary["ci95"]["mean"],
             "seeds": _seed_spread(summary.get("seeds")),
-            "dimensions": ({"mean": summary["dimensions"]["mean"],
-                            "std": summary["dimensions"]["std"]}
-                           if "dimensions" in summary else None),
+            "dimensions": (
+                {"mean": summary["dimensions"]["mean"], "std": summary["dimensions"]["std"]}
+                if "dimensions" in summary
+                else None
+            ),
             "reference": spec.paper,
             "reference_note": spec.paper_note,
             "parameters": _num_parameters(model, encoder),
@@ -203,10 +216,15 @@ def compare(
     front = pareto_front([(r["parameters"], (r["seeds"] or r)["mean"]["ua"]) for r in rows])
     for r, f in zip(rows, front, strict=True):
         r["pareto"] = f
-    doc = {"corpus": str(corpus), "extra_train": str(extra_train) if extra_train else None,
-           "folds": folds, "models": rows, "seeds": base.seeds,
-           "paired": paired_models(base, rows, sets),
-           "random_encoders": [r["model"] for r in rows if r["encoder"].get("is_random")]}
+    doc = {
+        "corpus": str(corpus),
+        "extra_train": str(extra_train) if extra_train else None,
+        "folds": folds,
+        "models": rows,
+        "seeds": base.seeds,
+        "paired": paired_models(base, rows, sets),
+        "random_encoders": [r["model"] for r in rows if r["encoder"].get("is_random")],
+    }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", doc)
 
@@ -221,22 +239,33 @@ def _seed_spread(seeds: dict[str, Any] | None) -> dict[str, Any] | None:
     if not seeds:
         return None
     return {k: seeds[k] for k in ("seeds", "runs", "mean", "sd_runs", "sd_seed_means")} | {
-        "ci95": seeds["ci95"]["mean"]}
+        "ci95": seeds["ci95"]["mean"]
+    }
 
 
-def paired_models(cfg: TrainConfig, rows: Sequence[dict[str, Any]],
-                  sets: dict[str, list[EvalSet]]) -> list[dict[str, Any]]:
+def paired_models(
+    cfg: TrainConfig, rows: Sequence[dict[str, Any]], sets: dict[str, list[EvalSet]]
+) -> list[dict[str, Any]]:
     """Every pair of models, the later against the earlier in ``--models`` order, tested
     paired on the same folds and utterances (every seed): the difference of WA/UA/macro-F1
     (B − A) with its 95 % interval and p-values (:func:`edgeser.evaluate.uncertainty.
     paired_test`)."""
     names = [r["model"] for r in rows]
-    return [paired_settings(cfg, (a, sets[a]), (b, sets[b]), variance=False)
-            for i, a in enumerate(names) for b in names[i + 1:]]
+    return [
+        paired_settings(cfg, (a, sets[a]), (b, sets[b]), variance=False)
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    ]
 
 
-def _export_row(row: dict[str, Any], model_dir: Path, export_dir: Path, encoder: FeatureEncoder,
-                wave: np.ndarray, runs: int) -> None:
+def _export_row(
+    row: dict[str, Any],
+    model_dir: Path,
+    export_dir: Path,
+    encoder: FeatureEncoder,
+    wave: np.ndarray,
+    runs: int,
+) -> None:
     try:
         paths = export_model(model_dir, export_dir, encoder=encoder)
     except EdgeserError as e:
@@ -275,25 +304,33 @@ def _markdown(doc: dict[str, Any]) -> str:
     rows = doc["models"]
     secs = rows[0]["latency_seconds"] if rows else 3.0
     lines = ["# Model comparison", ""]
-    lines.append(f"Protocol: speaker-independent folds on `{doc['corpus']}` "
-                 f"({rows[0]['setting'] if rows else ''}, {doc['folds']} folds"
-                 + (f", `{doc['extra_train']}` added to training" if doc["extra_train"] else "")
-                 + "). Metrics are mean ± sd over folds, in %. Latency: one "
-                 f"{secs:g} s utterance on this CPU, median of several runs; RTF = "
-                 "processing time / audio duration. ★ = on the Pareto front of parameters "
-                 "vs UA" + (" (mean over all seeds)" if doc.get("seeds", 1) > 1 else "")
-                 + ". " + CI_NOTE)
+    lines.append(
+        f"Protocol: speaker-independent folds on `{doc['corpus']}` "
+        f"({rows[0]['setting'] if rows else ''}, {doc['folds']} folds"
+        + (f", `{doc['extra_train']}` added to training" if doc["extra_train"] else "")
+        + "). Metrics are mean ± sd over folds, in %. Latency: one "
+        f"{secs:g} s utterance on this CPU, median of several runs; RTF = "
+        "processing time / audio duration. ★ = on the Pareto front of parameters "
+        "vs UA" + (" (mean over all seeds)" if doc.get("seeds", 1) > 1 else "") + ". " + CI_NOTE
+    )
     if doc["random_encoders"]:
-        lines += ["", "> **WARNING: RANDOM ENCODER WEIGHTS** for "
-                  + ", ".join(doc["random_encoders"]) + ": their accuracy figures say nothing "
-                  "about the pretrained models; sizes and speeds are those of the real "
-                  "architectures."]
+        lines += [
+            "",
+            "> **WARNING: RANDOM ENCODER WEIGHTS** for "
+            + ", ".join(doc["random_encoders"])
+            + ": their accuracy figures say nothing "
+            "about the pretrained models; sizes and speeds are those of the real "
+            "architectures.",
+        ]
     dims = any(r.get("dimensions") for r in rows)
-    lines += ["", "| model | params | fp32 MB | int8 MB | PyTorch ms | ONNX int8 ms | "
-              "int8 RTF | WA | UA | macro-F1 | " + ("CCC arousal / valence / dominance | "
-                                                  if dims else "") + "reference |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if dims else "")
-              + "---|"]
+    lines += [
+        "",
+        "| model | params | fp32 MB | int8 MB | PyTorch ms | ONNX int8 ms | "
+        "int8 RTF | WA | UA | macro-F1 | "
+        + ("CCC arousal / valence / dominance | " if dims else "")
+        + "reference |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if dims else "") + "---|",
+    ]
     for r in rows:
         mean, std = r["mean"], r["std"]
         ref = r.get("reference") or {}
@@ -307,40 +344,63 @@ def _markdown(doc: dict[str, Any]) -> str:
             f"| {'★ ' if r['pareto'] else ''}{r['model']} | {_params(r['parameters'])} | "
             f"{_mb(r.get('size_fp32_bytes'))} | {_mb(r.get('size_int8_bytes'))} | "
             f"{r['pytorch_ms']:.0f} | {ms_txt} | {rtf_txt} | "
-            + " | ".join(f"{_pct(mean[k])} ± {_pct(std[k])}{ci_text(r.get('ci95', {}).get(k))}"
-                         for k in ("wa", "ua", "macro_f1"))
+            + " | ".join(
+                f"{_pct(mean[k])} ± {_pct(std[k])}{ci_text(r.get('ci95', {}).get(k))}"
+                for k in ("wa", "ua", "macro_f1")
+            )
             + (f" | {_ccc(r.get('dimensions'))}" if dims else "")
-            + f" | {ref_txt or '—'} |")
+            + f" | {ref_txt or '—'} |"
+        )
     tuned = [r for r in rows if r.get("config_overrides")]
     if tuned:
         lines += ["", "Settings that differ from the shared config:"] + [
             f"- {r['model']}: " + ", ".join(f"{k}={v}" for k, v in r["config_overrides"].items())
-            for r in tuned]
+            for r in tuned
+        ]
     errors = [r for r in rows if r.get("export_error")]
     if errors:
         lines += ["", "Not exported:"] + [f"- {r['model']}: {r['export_error']}" for r in errors]
     seeded = [r for r in rows if r.get("seeds")]
     if seeded:
-        lines += ["", f"Over {doc['seeds']} seeds (the same features, each head retrained): "
-                  "mean ± sd over all seed × fold runs (%) [95 % interval of the mean]; seed "
-                  "sd: the sd of the fold mean from seed to seed.", "",
-                  "| model | runs | WA | UA | macro-F1 | seed sd WA / UA / macro-F1 |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Over {doc['seeds']} seeds (the same features, each head retrained): "
+            "mean ± sd over all seed × fold runs (%) [95 % interval of the mean]; seed "
+            "sd: the sd of the fold mean from seed to seed.",
+            "",
+            "| model | runs | WA | UA | macro-F1 | seed sd WA / UA / macro-F1 |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in seeded:
             sd = r["seeds"]
-            lines.append(f"| {r['model']} | {sd['runs']} | " + " | ".join(
-                f"{_pct(sd['mean'][k])} ± {_pct(sd['sd_runs'][k])}{ci_text(sd['ci95'].get(k))}"
-                for k in ("wa", "ua", "macro_f1")) + " | " + " / ".join(
-                _pct(sd["sd_seed_means"][k]) for k in ("wa", "ua", "macro_f1")) + " |")
+            lines.append(
+                f"| {r['model']} | {sd['runs']} | "
+                + " | ".join(
+                    f"{_pct(sd['mean'][k])} ± {_pct(sd['sd_runs'][k])}{ci_text(sd['ci95'].get(k))}"
+                    for k in ("wa", "ua", "macro_f1")
+                )
+                + " | "
+                + " / ".join(_pct(sd["sd_seed_means"][k]) for k in ("wa", "ua", "macro_f1"))
+                + " |"
+            )
     if doc.get("paired"):
-        lines += ["", "Paired differences, B − A on the same folds and test utterances"
-                  + (" (every seed)" if doc.get("seeds", 1) > 1 else "") + ": the 95 % "
-                  "interval of the difference from the paired bootstrap, p-values two-sided "
-                  "(bootstrap; approximate randomisation of A's and B's predictions per "
-                  "utterance). A difference is supported only when its interval excludes 0.",
-                  ""]
+        lines += [
+            "",
+            "Paired differences, B − A on the same folds and test utterances"
+            + (" (every seed)" if doc.get("seeds", 1) > 1 else "")
+            + ": the 95 % "
+            "interval of the difference from the paired bootstrap, p-values two-sided "
+            "(bootstrap; approximate randomisation of A's and B's predictions per "
+            "utterance). A difference is supported only when its interval excludes 0.",
+            "",
+        ]
         for t in doc["paired"]:
-            lines += [f"**{t['b']}** (B) vs **{t['a']}** (A):", "", *PAIRED_HEADER,
-                      *paired_rows(t), ""]
+            lines += [
+                f"**{t['b']}** (B) vs **{t['a']}** (A):",
+                "",
+                *PAIRED_HEADER,
+                *paired_rows(t),
+                "",
+            ]
     lines += ["", "![UA vs parameters](pareto.png)", ""]
     return "\n".join(lines)

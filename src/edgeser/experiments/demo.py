@@ -29,22 +29,41 @@ def demo_config(seed: int = 0, *, dimensions: bool = False, seeds: int = 1) -> T
     """The demo's settings: the paper's method with the random encoder and
     :data:`DEMO_AUG_VIEWS` cached augmented views per training utterance (``dimensions``:
     with the arousal/valence/dominance output; ``seeds``: heads trained per fold)."""
-    return TrainConfig(encoder="random", encoder_seed=seed, seed=seed, aug_views=DEMO_AUG_VIEWS,
-                       dimensions=dimensions, seeds=seeds)
+    return TrainConfig(
+        encoder="random",
+        encoder_seed=seed,
+        seed=seed,
+        aug_views=DEMO_AUG_VIEWS,
+        dimensions=dimensions,
+        seeds=seeds,
+    )
 
 
-def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True,
-             config: TrainConfig | None = None) -> Path:
+def run_demo(
+    out: str | Path, *, seed: int = 0, progress: bool = True, config: TrainConfig | None = None
+) -> Path:
     """Synthesise the corpora (if not there yet), run the protocol; returns report.md."""
     out = Path(out)
     data = out / "data"
     roots = {}
-    for name, folder in (("iemocap", "IEMOCAP_full_release"), ("cremad", "CREMA-D"),
-                         ("ravdess", "RAVDESS")):
+    for name, folder in (
+        ("iemocap", "IEMOCAP_full_release"),
+        ("cremad", "CREMA-D"),
+        ("ravdess", "RAVDESS"),
+    ):
         log.info("synthesising %s", name)
-        roots[name] = synthesize_corpus(name, data / folder, scale="small", seed=seed,
-                                        progress=progress)
+        roots[name] = synthesize_corpus(
+            name, data / folder, scale="small", seed=seed, progress=progress
+        )
     cfg = config or demo_config(seed)
-    reproduce(cfg, iemocap=roots["iemocap"], cremad=roots["cremad"], ravdess=roots["ravdess"],
-              out=out, cache_dir=out / "cache", progress=progress, synthetic=True)
+    reproduce(
+        cfg,
+        iemocap=roots["iemocap"],
+        cremad=roots["cremad"],
+        ravdess=roots["ravdess"],
+        out=out,
+        cache_dir=out / "cache",
+        progress=progress,
+        synthetic=True,
+    )
     return out / "report.md"

@@ -76,8 +76,15 @@ class Features:
         views = [self.views[u] for u in ids] if with_views and self.views else []
         targets = dimension_targets(df, ids) if dims else None
         speakers = dict(zip(df["utt_id"], df["speaker"].astype(str), strict=True))
-        return FeatureSet(self.kind, list(ids), y, [self.clean[u] for u in ids], views, targets,
-                          [speakers[u] for u in ids])
+        return FeatureSet(
+            self.kind,
+            list(ids),
+            y,
+            [self.clean[u] for u in ids],
+            views,
+            targets,
+            [speakers[u] for u in ids],
+        )
 
     def speaker_normalized(self, frame: pd.DataFrame) -> Features:
         """Every utterance standardised with its speaker's statistics (clean features of
@@ -115,13 +122,20 @@ def compute_features(
         feats.seconds = time.perf_counter() - t0
         return feats
     precision = getattr(encoder, "precision", "fp32")  # what computed them (mfcc: fp32)
-    store = FeatureStore(cache_dir, encoder.identity, kind=kind, precision=precision,
-                         front_end=front_end, augment=cfg.augment, aug_seed=cfg.seed)
+    store = FeatureStore(
+        cache_dir,
+        encoder.identity,
+        kind=kind,
+        precision=precision,
+        front_end=front_end,
+        augment=cfg.augment,
+        aug_seed=cfg.seed,
+    )
     k = cfg.aug_views
-    views = {uid: (0, *range(1, k + 1)) if uid in train_ids else (0,)
-             for uid in frame["utt_id"]}
-    arrays = extract(frame, encoder, store, views=views, progress=progress,
-                     desc=f"encoding ({kind}, {k} views)")
+    views = {uid: (0, *range(1, k + 1)) if uid in train_ids else (0,) for uid in frame["utt_id"]}
+    arrays = extract(
+        frame, encoder, store, views=views, progress=progress, desc=f"encoding ({kind}, {k} views)"
+    )
     feats = Features(kind)
     for (uid, view), arr in arrays.items():
         if view == 0:
@@ -193,11 +207,20 @@ def run_split(
         "metrics": metrics,
     }
     if calibration is not None:
-        record["calibration"] = {**calibration, "test": {
-            "before": calibration_metrics(raw, test.labels),
-            "after": calibration_metrics(probs, test.labels)}}
-    pred = {"ids": list(split.test), "y_true": test.labels.tolist(),
-            "y_pred": y_pred.tolist(), "probs": probs.tolist(), "probs_raw": raw.tolist()}
+        record["calibration"] = {
+            **calibration,
+            "test": {
+                "before": calibration_metrics(raw, test.labels),
+                "after": calibration_metrics(probs, test.labels),
+            },
+        }
+    pred = {
+        "ids": list(split.test),
+        "y_true": test.labels.tolist(),
+        "y_pred": y_pred.tolist(),
+        "probs": probs.tolist(),
+        "probs_raw": raw.tolist(),
+    }
     if dims:
         record["dimensions"] = dimension_metrics(test.dims, d_pred)
         pred["dims"] = d_pred.tolist()
@@ -217,11 +240,16 @@ def fit_calibration(cfg: TrainConfig, model: Any, val: Any) -> dict[str, Any] | 
     raw, _ = predict_outputs(model, val, cfg)
     temperature = fit_temperature(raw, val.labels)
     fixed = apply_temperature(raw, temperature)
-    return {"method": "temperature", "temperature": round(temperature, 6),
-            "low_confidence_below": low_confidence_threshold(fixed, val.labels),
-            "n_val": len(val.labels),
-            "val": {"before": calibration_metrics(raw, val.labels),
-                    "after": calibration_metrics(fixed, val.labels)}}
+    return {
+        "method": "temperature",
+        "temperature": round(temperature, 6),
+        "low_confidence_below": low_confidence_threshold(fixed, val.labels),
+        "n_val": len(val.labels),
+        "val": {
+            "before": calibration_metrics(raw, val.labels),
+            "after": calibration_metrics(fixed, val.labels),
+        },
+    }
 
 
 def calibrated(probs: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
@@ -238,15 +266,19 @@ def _nan_to_none(a: np.ndarray) -> list[list[float | None]]:
 
 
 def run_split_cached(
-    cfg: TrainConfig, encoder: FeatureEncoder, frame: pd.DataFrame, feats: Any, split: Split,
-    out: Path, progress: bool,
+    cfg: TrainConfig,
+    encoder: FeatureEncoder,
+    frame: pd.DataFrame,
+    feats: Any,
+    split: Split,
+    out: Path,
+    progress: bool,
 ) -> dict[str, Any]:
     """:func:`run_split`, reusing the fold's ``record.json`` when config and split match
     (the protocol-level ``seeds`` and ``bootstrap`` do not count, so folds finished
     before those settings existed are reused too)."""
     shape = {k: v for k, v in cfg.to_dict().items() if k not in ("seeds", "bootstrap")}
-    key = sha256_text(json.dumps([shape, encoder.identity, split.digest()],
-                                 sort_keys=True))[:16]
+    key = sha256_text(json.dumps([shape, encoder.identity, split.digest()], sort_keys=True))[:16]
     rec_path = out / "record.json"
     if rec_path.is_file():
         try:
@@ -265,8 +297,9 @@ def run_split_cached(
 def summarise_setting(records: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"folds", "mean", "std", "pooled"}`` for one LOSO setting."""
     summary = summarize_folds([r["metrics"] for r in records])
-    pooled = pool_folds([r["_pred"]["y_true"] for r in records],
-                        [r["_pred"]["y_pred"] for r in records])
+    pooled = pool_folds(
+        [r["_pred"]["y_true"] for r in records], [r["_pred"]["y_pred"] for r in records]
+    )
     folds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     out = {"folds": folds, "mean": summary["mean"], "std": summary["std"], "pooled": pooled}
     if records and all("calibration" in r for r in records):
@@ -287,24 +320,36 @@ def summarise_calibration(records: list[dict[str, Any]]) -> dict[str, Any]:
     over folds of the test ECE, Brier and NLL before and after, and the same on the pooled
     test predictions (with the reliability bins behind the report's diagram)."""
     keys = ("ece", "brier", "nll")
-    mean = {when: {k: float(np.mean([r["calibration"]["test"][when][k] for r in records]))
-                   for k in keys} for when in ("before", "after")}
+    mean = {
+        when: {
+            k: float(np.mean([r["calibration"]["test"][when][k] for r in records])) for k in keys
+        }
+        for when in ("before", "after")
+    }
     y = [t for r in records for t in r["_pred"]["y_true"]]
     raw = np.array([p for r in records for p in r["_pred"]["probs_raw"]])
     fixed = np.array([p for r in records for p in r["_pred"]["probs"]])
-    return {"temperature": [r["calibration"]["temperature"] for r in records],
-            "low_confidence_below": [r["calibration"]["low_confidence_below"]
-                                     for r in records],
-            "mean": mean,
-            "pooled": {"before": calibration_metrics(raw, y),
-                       "after": calibration_metrics(fixed, y),
-                       "reliability_before": reliability(raw, y),
-                       "reliability_after": reliability(fixed, y)}}
+    return {
+        "temperature": [r["calibration"]["temperature"] for r in records],
+        "low_confidence_below": [r["calibration"]["low_confidence_below"] for r in records],
+        "mean": mean,
+        "pooled": {
+            "before": calibration_metrics(raw, y),
+            "after": calibration_metrics(fixed, y),
+            "reliability_before": reliability(raw, y),
+            "reliability_after": reliability(fixed, y),
+        },
+    }
 
 
 def run_seeds(
-    cfg: TrainConfig, encoder: FeatureEncoder, frame: pd.DataFrame, feats: Any,
-    splits: Sequence[Split], out: Path, progress: bool,
+    cfg: TrainConfig,
+    encoder: FeatureEncoder,
+    frame: pd.DataFrame,
+    feats: Any,
+    splits: Sequence[Split],
+    out: Path,
+    progress: bool,
 ) -> list[list[dict[str, Any]]]:
     """Every split trained ``cfg.seeds`` times on the same features: ``runs[i][fold]`` for
     seed ``cfg.seed + i``. The first seed's folds live in ``out/<fold>`` (as with one
@@ -313,8 +358,14 @@ def run_seeds(
     for i in range(cfg.seeds):
         seed = cfg.seed + i
         base = out if i == 0 else out / f"seed{seed}"
-        runs.append([run_split_cached(cfg.run_config(seed), encoder, frame, feats, s,
-                                      base / s.name, progress) for s in splits])
+        runs.append(
+            [
+                run_split_cached(
+                    cfg.run_config(seed), encoder, frame, feats, s, base / s.name, progress
+                )
+                for s in splits
+            ]
+        )
     return runs
 
 
@@ -331,13 +382,14 @@ def eval_sets(runs: Sequence[Sequence[dict[str, Any]]], frame: pd.DataFrame) -> 
             if p["ids"] != ids:
                 raise EdgeserError(f"fold {first['name']}: seeds tested different utterances")
             preds.append(p["y_pred"])
-        sets.append(EvalSet.build(ids, first["_pred"]["y_true"], preds,
-                                  [speaker[u] for u in ids]))
+        sets.append(EvalSet.build(ids, first["_pred"]["y_true"], preds, [speaker[u] for u in ids]))
     return sets
 
 
 def summarise_runs(
-    cfg: TrainConfig, runs: Sequence[Sequence[dict[str, Any]]], frame: pd.DataFrame,
+    cfg: TrainConfig,
+    runs: Sequence[Sequence[dict[str, Any]]],
+    frame: pd.DataFrame,
 ) -> tuple[dict[str, Any], list[EvalSet]]:
     """:func:`summarise_setting` of the first seed with its 95 % intervals (``ci95`` of the
     setting and of each fold), and with more than one seed a ``seeds`` block (spread over
@@ -351,30 +403,35 @@ def summarise_runs(
         fold["ci95"] = fold_ci
     out["ci95"] = ci
     if len(runs) > 1:
-        seeds = summarize_seeds([cfg.seed + i for i in range(len(runs))],
-                                [[r["metrics"] for r in folds] for folds in runs])
+        seeds = summarize_seeds(
+            [cfg.seed + i for i in range(len(runs))],
+            [[r["metrics"] for r in folds] for folds in runs],
+        )
         all_ci = bootstrap_ci(sets, n_resamples=cfg.bootstrap, seed=cfg.seed)
         out["seeds"] = {**seeds, "ci95": {k: v for k, v in all_ci.items() if k != "folds"}}
     return out, sets
 
 
-def paired_settings(cfg: TrainConfig, a: tuple[str, Sequence[EvalSet]],
-                    b: tuple[str, Sequence[EvalSet]], **kw: Any) -> dict[str, Any]:
+def paired_settings(
+    cfg: TrainConfig, a: tuple[str, Sequence[EvalSet]], b: tuple[str, Sequence[EvalSet]], **kw: Any
+) -> dict[str, Any]:
     """The paired test of setting ``b`` against ``a`` (``(name, eval sets)``) on their
     shared folds, every seed included: ``{"a", "b", **paired_test(...)}``."""
     test = paired_test(a[1], b[1], n_resamples=cfg.bootstrap, seed=cfg.seed, **kw)
     return {"a": a[0], "b": b[0], **test}
 
 
-def record_interval(cfg: TrainConfig, record: dict[str, Any],
-                    frame: pd.DataFrame) -> dict[str, Any]:
+def record_interval(
+    cfg: TrainConfig, record: dict[str, Any], frame: pd.DataFrame
+) -> dict[str, Any]:
     """95 % intervals of one evaluation's WA/UA/macro-F1 (a record with ``_pred``)."""
     return interval(eval_sets([[record]], frame)[0], n_resamples=cfg.bootstrap, seed=cfg.seed)
 
 
 def _as_array(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
-    return np.array([[np.nan if v is None else v for v in row] for row in rows],
-                    np.float64).reshape(-1, len(DIMENSIONS))
+    return np.array(
+        [[np.nan if v is None else v for v in row] for row in rows], np.float64
+    ).reshape(-1, len(DIMENSIONS))
 
 
 def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
@@ -386,33 +443,55 @@ def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
         for i, (uid, t, y, pr) in enumerate(
             zip(p["ids"], p["y_true"], p["y_pred"], p["probs"], strict=True)
         ):
-            row = {"fold": r["name"], "utt_id": uid, "label": LABELS[t],
-                   "predicted": LABELS[y],
-                   **{f"p_{c}": round(v, 6) for c, v in zip(LABELS, pr, strict=True)}}
+            row = {
+                "fold": r["name"],
+                "utt_id": uid,
+                "label": LABELS[t],
+                "predicted": LABELS[y],
+                **{f"p_{c}": round(v, 6) for c, v in zip(LABELS, pr, strict=True)},
+            }
             if "dims" in p:
-                row.update({f"pred_{d}": round(v, 6)
-                            for d, v in zip(DIMENSIONS, p["dims"][i], strict=True)})
+                row.update(
+                    {
+                        f"pred_{d}": round(v, 6)
+                        for d, v in zip(DIMENSIONS, p["dims"][i], strict=True)
+                    }
+                )
                 true = p.get("dims_true") or [[None] * len(DIMENSIONS)] * len(p["ids"])
-                row.update({d: (None if v is None else round(v, 6))
-                            for d, v in zip(DIMENSIONS, true[i], strict=True)})
+                row.update(
+                    {
+                        d: (None if v is None else round(v, 6))
+                        for d, v in zip(DIMENSIONS, true[i], strict=True)
+                    }
+                )
             rows.append(row)
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
 def run_info(cfg: TrainConfig, encoder: FeatureEncoder) -> dict[str, Any]:
-    return {"edgeser_version": __version__, "model": cfg.model, "seed": cfg.seed,
-            "config": cfg.to_dict(),
-            "encoder": {"source": encoder.source, "identity": encoder.identity,
-                        "is_random": encoder.is_random,
-                        "precision": getattr(encoder, "precision", "fp32")}}
-
-
+    return {
+        "edgeser_version": __version__,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "encoder": {
+            "source": encoder.source,
+            "identity": encoder.identity,
+            "is_random": encoder.is_random,
+            "precision": getattr(encoder, "precision", "fp32"),
+        },
+    }
 
 
 def cross_corpus(
-    cfg: TrainConfig, model: SERModel, feats: Features, frame: pd.DataFrame,
-    corpus: pd.DataFrame, name: str, calibration: dict[str, Any] | None = None,
+    cfg: TrainConfig,
+    model: SERModel,
+    feats: Features,
+    frame: pd.DataFrame,
+    corpus: pd.DataFrame,
+    name: str,
+    calibration: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A trained model on every utterance of ``corpus`` (features from ``feats``):
     ``(analysis, record)`` with the error analysis (``n`` added) and a predictions record
@@ -427,11 +506,21 @@ def cross_corpus(
     rows = corpus.reset_index(drop=True)
     analysis = error_analysis(rows, y_true, y_pred)
     if calibration:
-        analysis["calibration"] = {"temperature": calibration["temperature"],
-                                   "before": calibration_metrics(raw, y_true),
-                                   "after": calibration_metrics(probs, y_true)}
-    record = {"name": name, "_pred": {"ids": ids, "y_true": y_true, "y_pred": y_pred,
-                                      "probs": probs.tolist(), "probs_raw": raw.tolist()}}
+        analysis["calibration"] = {
+            "temperature": calibration["temperature"],
+            "before": calibration_metrics(raw, y_true),
+            "after": calibration_metrics(probs, y_true),
+        }
+    record = {
+        "name": name,
+        "_pred": {
+            "ids": ids,
+            "y_true": y_true,
+            "y_pred": y_pred,
+            "probs": probs.tolist(),
+            "probs_raw": raw.tolist(),
+        },
+    }
     if d_pred is not None:
         d_true = dimension_targets(corpus, ids)
         dims = describe_unrated(d_pred, rows)

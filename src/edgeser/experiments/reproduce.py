@@ -95,8 +95,14 @@ def reproduce(
         encoder = make_encoder(cfg)
     frame = combine_manifests(ie, cr, rv)
     train_ids = set(ie["utt_id"]) | (set(cr["utt_id"]) if cr is not None else set())
-    feats = compute_features(cfg, encoder, frame, train_ids,
-                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    feats = compute_features(
+        cfg,
+        encoder,
+        frame,
+        train_ids,
+        Path(cache_dir) if cache_dir else out / "cache",
+        progress=progress,
+    )
     timings["features"] = feats.seconds
     info = run_info(cfg, encoder)
     write_text(out / "config.yaml", _yaml(cfg.to_dict()))
@@ -116,35 +122,51 @@ def reproduce(
     timings["loso_training"] = time.perf_counter() - t0
     results: dict[str, Any] = {**info, "loso": loso}
     if "iemocap+cremad" in loso:
-        results["variance_change"] = variance_change(loso["iemocap"]["std"],
-                                                     loso["iemocap+cremad"]["std"])
+        results["variance_change"] = variance_change(
+            loso["iemocap"]["std"], loso["iemocap+cremad"]["std"]
+        )
         results["delta"] = {
             m: loso["iemocap+cremad"]["mean"][m] - loso["iemocap"]["mean"][m]
             for m in ("wa", "ua", "macro_f1")
         }
         # the paper's claims, each with its paired test (every seed, the same folds)
-        results["paired"] = {"cremad": paired_settings(
-            cfg, ("iemocap", sets["iemocap"]), ("iemocap+cremad", sets["iemocap+cremad"]),
-            metrics=CREMAD_CLAIMS)}
+        results["paired"] = {
+            "cremad": paired_settings(
+                cfg,
+                ("iemocap", sets["iemocap"]),
+                ("iemocap+cremad", sets["iemocap+cremad"]),
+                metrics=CREMAD_CLAIMS,
+            )
+        }
 
     # production model + cross-corpus
     t0 = time.perf_counter()
-    prod_split = production_split(ie, cr, val_fraction=cfg.val_fraction,
-                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
+    prod_split = production_split(
+        ie, cr, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
+    )
     prod_dir = out / "production"
-    prod = run_split_cached(cfg.run_config(cfg.seed), encoder, frame, feats, prod_split,
-                            prod_dir, progress)
+    prod = run_split_cached(
+        cfg.run_config(cfg.seed), encoder, frame, feats, prod_split, prod_dir, progress
+    )
     results["production"] = {
         k: v for k, v in prod.items() if not k.startswith("_") and k != "history"
-    } | {"speaker_dependent": True, "training_corpora": ["iemocap"] + (["cremad"] if cr is not
-                                                                       None else []),
-         "ci95": record_interval(cfg, prod, frame)}
+    } | {
+        "speaker_dependent": True,
+        "training_corpora": ["iemocap"] + (["cremad"] if cr is not None else []),
+        "ci95": record_interval(cfg, prod, frame),
+    }
     if rv is not None:
         trained = load_trained(prod_dir, encoder)
-        analysis, record = cross_corpus(cfg, trained.model, feats, frame, rv, "ravdess",
-                                        trained.meta.get("calibration"))
-        results["cross_corpus"] = {"ravdess": {**analysis, "model": "production",
-                                               "ci95": record_interval(cfg, record, frame)}}
+        analysis, record = cross_corpus(
+            cfg, trained.model, feats, frame, rv, "ravdess", trained.meta.get("calibration")
+        )
+        results["cross_corpus"] = {
+            "ravdess": {
+                **analysis,
+                "model": "production",
+                "ci95": record_interval(cfg, record, frame),
+            }
+        }
         write_predictions(out / "cross_corpus_ravdess.csv", [record])
     timings["production_and_cross_corpus"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
@@ -152,10 +174,14 @@ def reproduce(
     if synthetic:
         results["synthetic_data"] = True
     results["data"] = {
-        name: {"n": len(d), "speakers": int(d["speaker"].nunique()),
-               "classes": {c: int((d["label"] == c).sum()) for c in LABELS},
-               "hours": round(float(d["duration"].sum()) / 3600, 3)}
-        for name, d in (("iemocap", ie), ("cremad", cr), ("ravdess", rv)) if d is not None
+        name: {
+            "n": len(d),
+            "speakers": int(d["speaker"].nunique()),
+            "classes": {c: int((d["label"] == c).sum()) for c in LABELS},
+            "hours": round(float(d["duration"].sum()) / 3600, 3),
+        }
+        for name, d in (("iemocap", ie), ("cremad", cr), ("ravdess", rv))
+        if d is not None
     }
     write_json(out / "results.json", results)
 

@@ -73,12 +73,22 @@ def train_on_manifests(
     dfs = [read_four_class(m) for m in manifests]
     main = dfs[0]
     frame = combine_manifests(*dfs)
-    split = speaker_holdout_split(main, combine_manifests(*dfs[1:]) if dfs[1:] else None,
-                                  val_speakers=cfg.val_speakers, seed=cfg.seed)
+    split = speaker_holdout_split(
+        main,
+        combine_manifests(*dfs[1:]) if dfs[1:] else None,
+        val_speakers=cfg.val_speakers,
+        seed=cfg.seed,
+    )
     train, val, val_spk = split.train, split.val, split.info["val_speakers"]
     encoder = encoder or _encoder(cfg)
-    feats = compute_features(cfg, encoder, frame, set(train),
-                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    feats = compute_features(
+        cfg,
+        encoder,
+        frame,
+        set(train),
+        Path(cache_dir) if cache_dir else out / "cache",
+        progress=progress,
+    )
     dims = cfg.dimensions
     if dims:
         require_ratings(frame, train)
@@ -86,9 +96,14 @@ def train_on_manifests(
     model = build_model(cfg, encoder, feats.kind, train_set)
     val_set = feats.feature_set(frame, val, with_views=False, dims=dims) if val else None
     result = fit(cfg, model, train_set, val_set, out, progress=progress)
-    record: dict[str, Any] = {"name": "train", "n_train": len(train), "n_val": len(val),
-                              "val_speakers": sorted(val_spk), "best_epoch": result.best_epoch,
-                              "history": result.history}
+    record: dict[str, Any] = {
+        "name": "train",
+        "n_train": len(train),
+        "n_val": len(val),
+        "val_speakers": sorted(val_spk),
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+    }
     calibration = fit_calibration(cfg, result.model, val_set)
     if calibration is not None:
         record["calibration"] = calibration
@@ -118,13 +133,17 @@ def evaluate_model(
     out = Path(out)
     df = read_four_class(corpus)
     model, cfg, encoder, meta = load_trained(model_dir, encoder, encoder_source=encoder_source)
-    feats = compute_features(cfg, encoder, df, set(),
-                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    feats = compute_features(
+        cfg, encoder, df, set(), Path(cache_dir) if cache_dir else out / "cache", progress=progress
+    )
     name = str(df["corpus"].iloc[0])
     analysis, record = cross_corpus(cfg, model, feats, df, df, name, meta.get("calibration"))
     analysis["ci95"] = record_interval(cfg, record, df)
-    results = {**run_info(cfg, encoder), "model_dir": str(model_dir),
-               "cross_corpus": {name: analysis}}
+    results = {
+        **run_info(cfg, encoder),
+        "model_dir": str(model_dir),
+        "cross_corpus": {name: analysis},
+    }
     write_json(out / "results.json", results)
     write_predictions(out / "predictions.csv", [record])
 
@@ -132,8 +151,9 @@ def evaluate_model(
     return {k: v for k, v in analysis.items() if k != "n"}
 
 
-def evaluate_loso(cfg: TrainConfig, corpus: str | Path, out: str | Path,
-                  **kw: Any) -> dict[str, Any]:
+def evaluate_loso(
+    cfg: TrainConfig, corpus: str | Path, out: str | Path, **kw: Any
+) -> dict[str, Any]:
     """Speaker-independent folds on any corpus (:func:`run_loso`); returns the
     ``results.json`` content."""
     return run_loso(cfg, corpus, out, **kw)[0]
@@ -165,11 +185,18 @@ def run_loso(
     if extra is not None:
         name += "+" + "+".join(sorted(extra["corpus"].astype(str).unique()))
         frame = combine_manifests(df, extra)
-    splits: list[Split] = loso_splits(df, extra, val_speakers=cfg.val_speakers,
-                                      sessions=group_sessions(df, folds))
+    splits: list[Split] = loso_splits(
+        df, extra, val_speakers=cfg.val_speakers, sessions=group_sessions(df, folds)
+    )
     encoder = encoder or _encoder(cfg)
-    feats = compute_features(cfg, encoder, frame, set(frame["utt_id"]),
-                             Path(cache_dir) if cache_dir else out / "cache", progress=progress)
+    feats = compute_features(
+        cfg,
+        encoder,
+        frame,
+        set(frame["utt_id"]),
+        Path(cache_dir) if cache_dir else out / "cache",
+        progress=progress,
+    )
     runs = run_seeds(cfg, encoder, frame, feats, splits, out / "loso", progress)
     summary, sets = summarise_runs(cfg, runs, frame)
     results = {**run_info(cfg, encoder), "loso": {name: summary}}

@@ -18,8 +18,15 @@ from edgeser.core.errors import EdgeserError
 __all__ = ["calibration_waves", "speech_like"]
 
 
-_VOWELS = ((730, 1090, 2440), (270, 2290, 3010), (530, 1840, 2480), (570, 840, 2410),
-           (300, 870, 2240), (660, 1720, 2410), (440, 1020, 2240))
+_VOWELS = (
+    (730, 1090, 2440),
+    (270, 2290, 3010),
+    (530, 1840, 2480),
+    (570, 840, 2410),
+    (300, 870, 2240),
+    (660, 1720, 2410),
+    (440, 1020, 2240),
+)
 
 
 def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -29,8 +36,10 @@ def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
     n = max(int(seconds * SAMPLE_RATE), 1)
     t = np.arange(n) / SAMPLE_RATE
     f0_base = rng.uniform(90.0, 260.0)
-    f0 = f0_base * 2 ** ((rng.uniform(2, 6) * np.sin(2 * np.pi * rng.uniform(0.3, 1.2) * t)
-                          + rng.normal(0, 0.5)) / 12)
+    f0 = f0_base * 2 ** (
+        (rng.uniform(2, 6) * np.sin(2 * np.pi * rng.uniform(0.3, 1.2) * t) + rng.normal(0, 0.5))
+        / 12
+    )
     phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
     rate = rng.uniform(3.0, 6.0)  # syllables per second
     syllable = np.floor(t * rate).astype(int)
@@ -40,8 +49,13 @@ def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
     voiced = np.zeros(n)
     for k in range(1, 60):
         freq = k * f0
-        gain = sum(np.exp(-(((freq - formants[:, j]) / (80.0 + 40 * j)) ** 2)) / (j + 1)
-                   for j in range(3)) + 0.02
+        gain = (
+            sum(
+                np.exp(-(((freq - formants[:, j]) / (80.0 + 40 * j)) ** 2)) / (j + 1)
+                for j in range(3)
+            )
+            + 0.02
+        )
         voiced += gain * np.sin(k * phase) * (freq < 7800) / k**0.5
     pos = t * rate - syllable  # position inside the syllable, 0..1
     envelope = np.sin(np.pi * np.clip((pos - 0.15) / 0.75, 0, 1)) ** 2
@@ -53,8 +67,12 @@ def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def calibration_waves(
-    paths: Sequence[str | Path] | None = None, *, trim: bool = True, top_db: float = 20.0,
-    count: int = 12, seed: int = 1234,
+    paths: Sequence[str | Path] | None = None,
+    *,
+    trim: bool = True,
+    top_db: float = 20.0,
+    count: int = 12,
+    seed: int = 1234,
 ) -> list[np.ndarray]:
     """Calibration audio as the runtime feeds it (16 kHz, trimmed), deterministic.
 

@@ -95,7 +95,8 @@ def loop_feature_extractor(model: object, tensors: tuple[str, ...], *, context: 
             const[key] = False  # cycles cannot happen; this guards re-entry only
             const[key] = all(
                 i == "" or i in inits or (i in producer and constant(producer[i]))
-                for i in node.input) and not any(i in inputs for i in node.input)
+                for i in node.input
+            ) and not any(i in inputs for i in node.input)
         return const[key]
 
     moved = set(core)
@@ -114,13 +115,17 @@ def loop_feature_extractor(model: object, tensors: tuple[str, ...], *, context: 
     for n in body_nodes:
         for o in n.output:
             if o != y_name and any(id(u) not in moved for u in users.get(o, [])):
-                raise EdgeserError(f"cannot loop the feature extractor: {o!r} is also used "
-                                   "outside it")
+                raise EdgeserError(
+                    f"cannot loop the feature extractor: {o!r} is also used outside it"
+                )
     outer_out = {o.name for o in graph.output}
-    body_inits = [init for name, init in inits.items()
-                  if any(name in n.input for n in body_nodes)
-                  and all(id(u) in moved for u in users.get(name, []))
-                  and name not in outer_out]
+    body_inits = [
+        init
+        for name, init in inits.items()
+        if any(name in n.input for n in body_nodes)
+        and all(id(u) in moved for u in users.get(name, []))
+        and name not in outer_out
+    ]
 
     def rename(name: str) -> str:
         if name == x_name:
@@ -130,15 +135,24 @@ def loop_feature_extractor(model: object, tensors: tuple[str, ...], *, context: 
     it, cond_in, cond_out = (f"{BODY_PREFIX}{n}" for n in ("iteration", "cond", "cond_out"))
     b = BODY_PREFIX
     nodes = [  # loop_step and loop_span: computed once, in the outer graph
-        helper.make_node("Constant", [], [f"{b}axes"],
-                         value=helper.make_tensor("axes", TensorProto.INT64, [1], [1])),
-        helper.make_node("Constant", [], [f"{b}zero_axis"],
-                         value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
+        helper.make_node(
+            "Constant",
+            [],
+            [f"{b}axes"],
+            value=helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        ),
+        helper.make_node(
+            "Constant",
+            [],
+            [f"{b}zero_axis"],
+            value=helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+        ),
         helper.make_node("Mul", [it, "loop_step"], [f"{b}start0"]),
         helper.make_node("Unsqueeze", [f"{b}start0", f"{b}zero_axis"], [f"{b}start"]),
         helper.make_node("Add", [f"{b}start", "loop_span"], [f"{b}end"]),
-        helper.make_node("Slice", [x_name, f"{b}start", f"{b}end", f"{b}axes"],
-                         [f"{b}input"], name=f"{b}Slice"),
+        helper.make_node(
+            "Slice", [x_name, f"{b}start", f"{b}end", f"{b}axes"], [f"{b}input"], name=f"{b}Slice"
+        ),
         helper.make_node("Identity", [cond_in], [cond_out]),
     ]
     for n in body_nodes:
@@ -150,31 +164,46 @@ def loop_feature_extractor(model: object, tensors: tuple[str, ...], *, context: 
         copy.output.extend(rename(o) for o in n.output)
         nodes.append(copy)
     body = helper.make_graph(
-        nodes, "feature_extractor_chunk",
-        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(rename(y_name), TensorProto.UNDEFINED, None)],
-        initializer=body_inits)
-    y_type = next((v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.output)
-                   if v.name == y_name), TensorProto.FLOAT)
+        nodes,
+        "feature_extractor_chunk",
+        [
+            helper.make_tensor_value_info(it, TensorProto.INT64, []),
+            helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+            helper.make_tensor_value_info(rename(y_name), TensorProto.UNDEFINED, None),
+        ],
+        initializer=body_inits,
+    )
+    y_type = next(
+        (
+            v.type.tensor_type.elem_type
+            for v in (*graph.value_info, *graph.output)
+            if v.name == y_name
+        ),
+        TensorProto.FLOAT,
+    )
     body.output[1].type.tensor_type.elem_type = y_type
 
-    consts = {"loop_context": np.array(context, np.int64),
-              "loop_context_1d": np.array([context], np.int64),
-              "loop_dim": np.array(1, np.int64),
-              "loop_shape": np.array([0, 0, -1], np.int64)}
-    outer = [helper.make_node("Shape", [x_name], ["loop_input_shape"]),
-             helper.make_node("Gather", ["loop_input_shape", "loop_dim"], ["loop_samples"],
-                              axis=0),
-             helper.make_node("Sub", ["loop_samples", "loop_context"], ["loop_body"]),
-             helper.make_node("Div", ["loop_body", n_name], ["loop_step"]),
-             helper.make_node("Add", ["loop_step", "loop_context_1d"], ["loop_span"]),
-             helper.make_node("Loop", [n_name, ""], ["loop_chunks"],
-                              name="FeatureExtractorLoop", body=body),
-             helper.make_node("Transpose", ["loop_chunks"], ["loop_chunks_t"],
-                              perm=[1, 2, 0, 3]),
-             helper.make_node("Reshape", ["loop_chunks_t", "loop_shape"], [y_name])]
+    consts = {
+        "loop_context": np.array(context, np.int64),
+        "loop_context_1d": np.array([context], np.int64),
+        "loop_dim": np.array(1, np.int64),
+        "loop_shape": np.array([0, 0, -1], np.int64),
+    }
+    outer = [
+        helper.make_node("Shape", [x_name], ["loop_input_shape"]),
+        helper.make_node("Gather", ["loop_input_shape", "loop_dim"], ["loop_samples"], axis=0),
+        helper.make_node("Sub", ["loop_samples", "loop_context"], ["loop_body"]),
+        helper.make_node("Div", ["loop_body", n_name], ["loop_step"]),
+        helper.make_node("Add", ["loop_step", "loop_context_1d"], ["loop_span"]),
+        helper.make_node(
+            "Loop", [n_name, ""], ["loop_chunks"], name="FeatureExtractorLoop", body=body
+        ),
+        helper.make_node("Transpose", ["loop_chunks"], ["loop_chunks_t"], perm=[1, 2, 0, 3]),
+        helper.make_node("Reshape", ["loop_chunks_t", "loop_shape"], [y_name]),
+    ]
     position = min(i for i, n in enumerate(graph.node) if id(n) in moved)
     kept = [n for n in graph.node if id(n) not in moved]
     del graph.node[:]
@@ -189,8 +218,11 @@ def loop_feature_extractor(model: object, tensors: tuple[str, ...], *, context: 
     del graph.output[:]
     graph.output.extend(outputs)
     _sort_topologically(graph)
-    logger.info("feature extractor looped over chunks: %d nodes, %d weights in the body",
-                len(body_nodes), len(body_inits))
+    logger.info(
+        "feature extractor looped over chunks: %d nodes, %d weights in the body",
+        len(body_nodes),
+        len(body_inits),
+    )
     return len(body_nodes)
 
 

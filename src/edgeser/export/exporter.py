@@ -56,19 +56,31 @@ FORMAT = MODEL_FORMAT
 SAMPLE_RATE = 16_000
 #: Optional extra files: variant name -> (file name, what it is).
 VARIANTS: dict[str, tuple[str, str]] = {
-    "int8-fast": ("model.int8-fast.onnx", "int8, more feature-extractor convolutions on uint8 "
-                  "activations: faster, less faithful"),
-    "float16": ("model.float16.onnx", "float16 weights widened to float32 when the session "
-                "is created: half the size of model.onnx, float32 speed and outputs"),
-    "float16-compute": ("model.float16-compute.onnx", "float16 weights and arithmetic, "
-                        "float32 inputs/outputs: for runtimes with float16 kernels (GPU, "
-                        "NNAPI, Core ML); no faster than float32 on an x86 CPU"),
+    "int8-fast": (
+        "model.int8-fast.onnx",
+        "int8, more feature-extractor convolutions on uint8 activations: faster, less faithful",
+    ),
+    "float16": (
+        "model.float16.onnx",
+        "float16 weights widened to float32 when the session "
+        "is created: half the size of model.onnx, float32 speed and outputs",
+    ),
+    "float16-compute": (
+        "model.float16-compute.onnx",
+        "float16 weights and arithmetic, "
+        "float32 inputs/outputs: for runtimes with float16 kernels (GPU, "
+        "NNAPI, Core ML); no faster than float32 on an x86 CPU",
+    ),
 }
 _PARITY_TOLERANCE = 1e-4
 #: Dynamic axes of the feature extractor's tensors (edgeser.export.graph.STACK_TENSORS)
-_STACK_AXES = {"stack_input": {0: "batch", 1: "padded"}, "stack_scale": {0: "batch"},
-               "stack_shift": {0: "batch"}, "stack_output": {0: "batch", 2: "frames"},
-               "stack_chunks": {}}
+_STACK_AXES = {
+    "stack_input": {0: "batch", 1: "padded"},
+    "stack_scale": {0: "batch"},
+    "stack_shift": {0: "batch"},
+    "stack_output": {0: "batch", 2: "frames"},
+    "stack_chunks": {},
+}
 #: Largest |Δp| between a quantised flat graph and the same graph with its extractor looped
 #: (the same arithmetic per frame, summed in another order: a uint8 code at a rounding edge
 #: can differ by one, which a sharp head turns into ~1e-3)
@@ -106,7 +118,9 @@ def _refuse_functionals(model_dir: Path) -> None:
 
 
 def build_export_graph(
-    model_dir: str | Path, encoder: FeatureEncoder | None = None, *,
+    model_dir: str | Path,
+    encoder: FeatureEncoder | None = None,
+    *,
     encoder_source: str | None = None,
 ) -> tuple[Any, Any, dict]:
     """Load a trained model folder; return ``(ExportGraph, reference Encoder, meta)``.
@@ -135,10 +149,13 @@ def build_export_graph(
     if meta.get("feature_kind") == FeatureKind.MFCC:
         from edgeser.export.lightsernet_graph import LightSERNetGraph
 
-        graph = LightSERNetGraph(model.head, frozen.cfg,
-                                 preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
-                                 peak_normalize=bool(front.get("normalize", True)),
-                                 temperature=temperature)
+        graph = LightSERNetGraph(
+            model.head,
+            frozen.cfg,
+            preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
+            peak_normalize=bool(front.get("normalize", True)),
+            temperature=temperature,
+        )
         return graph, frozen, meta
     ref = model.encoder if meta.get("feature_kind") == FeatureKind.CONV else frozen
     graph = ExportGraph(
@@ -153,12 +170,15 @@ def build_export_graph(
 
 
 def reference_probabilities(
-    encoder: FeatureEncoder, head: Any, waves: Sequence[np.ndarray], *, preemphasis: float = 0.97,
+    encoder: FeatureEncoder,
+    head: Any,
+    waves: Sequence[np.ndarray],
+    *,
+    preemphasis: float = 0.97,
     peak_normalize: bool = True,
 ) -> np.ndarray:
     """PyTorch reference: front end + :meth:`Encoder.encode` + ``EmotionHead``, ``[N, C]``."""
     import torch
-
 
     prepared = []
     for w in waves:
@@ -174,8 +194,9 @@ def reference_probabilities(
     return torch.cat(probs).numpy()
 
 
-def export_onnx(graph: Any, path: str | Path, opset: int = 17,
-                labels: Sequence[str] | None = None) -> None:
+def export_onnx(
+    graph: Any, path: str | Path, opset: int = 17, labels: Sequence[str] | None = None
+) -> None:
     """Write a graph with the edgeser contract to ``path`` atomically: inputs ``waveform``
     float32 ``[batch, samples]`` and ``lengths`` int64 ``[batch]``, output
     ``probabilities`` ``[batch, classes]``, dynamic batch and sample axes. ``labels`` are
@@ -185,8 +206,9 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17,
     import torch
 
     example = (torch.zeros(2, 8000), torch.tensor([8000, 5000], dtype=torch.int64))
-    outputs = ["probabilities"] + (["dimensions"] if getattr(graph, "has_dimensions", False)
-                                   else [])
+    outputs = ["probabilities"] + (
+        ["dimensions"] if getattr(graph, "has_dimensions", False) else []
+    )
     if getattr(graph, "expose_stack", False):  # for edgeser.export.chunked, then dropped
         from edgeser.export.graph import STACK_TENSORS
 
@@ -219,8 +241,9 @@ def export_onnx(graph: Any, path: str | Path, opset: int = 17,
             onnx.save(model, str(tmp))
 
 
-def export_flat(graph: Any, path: str | Path, opset: int = 17,
-                labels: Sequence[str] | None = None) -> None:
+def export_flat(
+    graph: Any, path: str | Path, opset: int = 17, labels: Sequence[str] | None = None
+) -> None:
     """:func:`export_onnx` with the feature extractor's tensors as extra outputs
     (:data:`~edgeser.export.graph.STACK_TENSORS`, when the graph has the chunked layout):
     the flat graph every exported file is made from (calibrated and quantised as is,
@@ -232,8 +255,15 @@ def export_flat(graph: Any, path: str | Path, opset: int = 17,
         graph.expose_stack = False
 
 
-def _finish(graph: Any, flat: Path, out: Path, probe: Sequence[np.ndarray], *,
-            tolerance: float, loop: bool = True) -> None:
+def _finish(
+    graph: Any,
+    flat: Path,
+    out: Path,
+    probe: Sequence[np.ndarray],
+    *,
+    tolerance: float,
+    loop: bool = True,
+) -> None:
     """Write ``flat`` (exported with the feature extractor's tensors exposed) to ``out``
     atomically with its extractor in a ``Loop`` over chunks
     (:func:`~edgeser.export.chunked.loop_feature_extractor`), after checking that both
@@ -258,8 +288,10 @@ def _finish(graph: Any, flat: Path, out: Path, probe: Sequence[np.ndarray], *,
             for a, b in zip(before.run(names, feed), after.run(names, feed), strict=True):
                 worst = max(worst, float(np.abs(a - b).max()))
         if not worst <= tolerance:
-            raise EdgeserError(f"{out.name}: the looped feature extractor differs from the "
-                               f"flat graph by {worst:.2e}")
+            raise EdgeserError(
+                f"{out.name}: the looped feature extractor differs from the "
+                f"flat graph by {worst:.2e}"
+            )
 
 
 def _check_parity(graph: Any, path: Path, waves: Sequence[np.ndarray]) -> float:
@@ -286,13 +318,15 @@ def _calibration_card(calibration: dict[str, Any] | None) -> dict[str, Any]:
     ``low_confidence`` threshold the trained model's validation speakers gave."""
     if not calibration:
         return {"method": "none", "low_confidence_below": 0.0}
-    return {"method": calibration.get("method", "temperature"),
-            "temperature": calibration["temperature"],
-            "applied": "inside the graph: probabilities = softmax(logits / temperature)",
-            "low_confidence_below": calibration.get("low_confidence_below", 0.0),
-            "fitted_on": f"{calibration.get('n_val')} validation utterances (speakers held "
-                         "out of training)",
-            "validation": calibration.get("val")}
+    return {
+        "method": calibration.get("method", "temperature"),
+        "temperature": calibration["temperature"],
+        "applied": "inside the graph: probabilities = softmax(logits / temperature)",
+        "low_confidence_below": calibration.get("low_confidence_below", 0.0),
+        "fitted_on": f"{calibration.get('n_val')} validation utterances (speakers held "
+        "out of training)",
+        "validation": calibration.get("val"),
+    }
 
 
 def _training_info(meta: dict[str, Any], model_dir: Path) -> dict[str, Any]:
@@ -344,15 +378,18 @@ def export_model(
     out_dir = Path(out_dir)
     unknown = sorted(set(extra_variants) - set(VARIANTS))
     if unknown:
-        raise EdgeserError(f"unknown export variant(s) {', '.join(unknown)}; "
-                           f"available: {', '.join(VARIANTS)}")
+        raise EdgeserError(
+            f"unknown export variant(s) {', '.join(unknown)}; available: {', '.join(VARIANTS)}"
+        )
     from edgeser.features.kinds import FeatureKind
 
     graph, _ref, meta = build_export_graph(model_dir, encoder, encoder_source=encoder_source)
     cnn = meta.get("feature_kind") == FeatureKind.MFCC
     if cnn and extra_variants:
-        raise EdgeserError(f"export variants {', '.join(extra_variants)} apply to SSL-encoder "
-                           "models, not LIGHT-SERNET")
+        raise EdgeserError(
+            f"export variants {', '.join(extra_variants)} apply to SSL-encoder "
+            "models, not LIGHT-SERNET"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"float32": out_dir / "model.onnx"}
     logger.info("exporting %s to %s", model_dir, paths["float32"])
@@ -384,22 +421,21 @@ def export_model(
             if variant == "int8-fast":
                 from edgeser.export.quantize import quantize_int8
 
-                made[variant] = (lambda out: quantize_int8(flat, out, waves, scheme="fast"),
-                                 True)
+                made[variant] = (lambda out: quantize_int8(flat, out, waves, scheme="fast"), True)
             else:  # float16 arithmetic: onnxruntime's converter handles the loop's body
                 from edgeser.export.halfprec import convert_float16
 
                 mode = "compute" if variant == "float16-compute" else "storage"
                 src = flat if mode == "storage" else paths["float32"]
-                made[variant] = (lambda out, mode=mode, src=src: convert_float16(
-                    src, out, mode=mode), mode == "storage")
+                made[variant] = (
+                    lambda out, mode=mode, src=src: convert_float16(src, out, mode=mode),
+                    mode == "storage",
+                )
         for kind, (make, from_flat) in made.items():
-            paths[kind] = out_dir / (VARIANTS[kind][0] if kind in VARIANTS
-                                     else "model.int8.onnx")
+            paths[kind] = out_dir / (VARIANTS[kind][0] if kind in VARIANTS else "model.int8.onnx")
             made_file = Path(tmp_dir) / f"{kind}.onnx"
             make(made_file)
-            _finish(graph, made_file, paths[kind], probe, tolerance=_LOOP_TOLERANCE,
-                    loop=from_flat)
+            _finish(graph, made_file, paths[kind], probe, tolerance=_LOOP_TOLERANCE, loop=from_flat)
         if "int8" in paths:  # the mobile form: ORT format + the reduced build's operators
             from edgeser.export.ortformat import write_ort
 
@@ -414,15 +450,21 @@ def export_model(
         outside_graph={
             "resample": SAMPLE_RATE,
             "mono": "mean of channels",
-            "trim": {"top_db": top_db, "frame_length": 2048, "hop_length": 512}
-            if trim else None,
+            "trim": {"top_db": top_db, "frame_length": 2048, "hop_length": 512} if trim else None,
         },
         inside_graph={
             "preemphasis": graph.preemphasis,
             "peak_normalize": graph.peak_normalize,
             **({"standardize": True} if getattr(graph, "do_normalize", False) else {}),
-            **({"window_seconds": graph.mfcc_cfg.seconds, "window": "first seconds, "
-                "zero-padded", "features": "MFCC (LIGHT-SERNET)"} if cnn else {}),
+            **(
+                {
+                    "window_seconds": graph.mfcc_cfg.seconds,
+                    "window": "first seconds, zero-padded",
+                    "features": "MFCC (LIGHT-SERNET)",
+                }
+                if cnn
+                else {}
+            ),
         },
         dimensions=DIMENSIONS if getattr(graph, "has_dimensions", False) else None,
         files={k: p.name for k, p in paths.items()},
@@ -431,18 +473,29 @@ def export_model(
         training=_training_info(meta, model_dir),
         metrics=meta.get("metrics"),
         calibration=_calibration_card(meta.get("calibration")),
-        export={"opset": int(opset), "float32_parity_max_abs_diff": parity,
-                   "calibration": [str(c) for c in calibration] if calibration
-                   else "speech-like signals (edgeser.export.calibration.speech_like, seed 1234)",
-                   "int8_scheme": None if not int8 else (
-                       "static QDQ (uint8 act, per-channel int8 weights) for the body "
-                       "convolutions; MFCC front end, input paths and classifier in float"
-                       if cnn else "static QDQ (uint8 act, per-channel int8 weights, GPTQ "
-                       "rounding) for the transformer linears and the second feature-extractor "
-                       "convolution; weight-only int8 (DequantizeLinear, float32 "
-                       "arithmetic) elsewhere"),
-                   **({"variants": {k: VARIANTS[k][1] for k in dict.fromkeys(extra_variants)}}
-                      if extra_variants else {})},
+        export={
+            "opset": int(opset),
+            "float32_parity_max_abs_diff": parity,
+            "calibration": [str(c) for c in calibration]
+            if calibration
+            else "speech-like signals (edgeser.export.calibration.speech_like, seed 1234)",
+            "int8_scheme": None
+            if not int8
+            else (
+                "static QDQ (uint8 act, per-channel int8 weights) for the body "
+                "convolutions; MFCC front end, input paths and classifier in float"
+                if cnn
+                else "static QDQ (uint8 act, per-channel int8 weights, GPTQ "
+                "rounding) for the transformer linears and the second feature-extractor "
+                "convolution; weight-only int8 (DequantizeLinear, float32 "
+                "arithmetic) elsewhere"
+            ),
+            **(
+                {"variants": {k: VARIANTS[k][1] for k in dict.fromkeys(extra_variants)}}
+                if extra_variants
+                else {}
+            ),
+        },
     )
     paths["json"] = out_dir / "model.json"
     write_json(paths["json"], doc)
@@ -463,28 +516,48 @@ def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("model_dir", type=Path, help="trained model folder (model.safetensors)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--no-int8", dest="int8", action="store_false",
-                        help="skip the 8-bit model")
-    parser.add_argument("--calibration", nargs="+", type=Path, default=None, metavar="FILE",
-                        help="audio files to calibrate the 8-bit model (default: synthetic speech)")
+    parser.add_argument("--no-int8", dest="int8", action="store_false", help="skip the 8-bit model")
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="audio files to calibrate the 8-bit model (default: synthetic speech)",
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    parser.add_argument("--encoder", default=None, metavar="SOURCE",
-                        help="the encoder to load (hub id, local folder, .ckpt) instead of "
-                        "the one model.json records; needed when that one is a path outside "
-                        "MODEL_DIR (a folder from elsewhere cannot make edgeser read a file "
-                        "you did not name)")
-    parser.add_argument("--variant", dest="variants", action="append", default=[],
-                        choices=sorted(VARIANTS),
-                        help="also write an optional variant (repeatable): "
-                        + "; ".join(f"{k}: {v[1]}" for k, v in VARIANTS.items()))
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        metavar="SOURCE",
+        help="the encoder to load (hub id, local folder, .ckpt) instead of "
+        "the one model.json records; needed when that one is a path outside "
+        "MODEL_DIR (a folder from elsewhere cannot make edgeser read a file "
+        "you did not name)",
+    )
+    parser.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        choices=sorted(VARIANTS),
+        help="also write an optional variant (repeatable): "
+        + "; ".join(f"{k}: {v[1]}" for k, v in VARIANTS.items()),
+    )
     parser.set_defaults(func=_run_export)
     return parser
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    paths = export_model(args.model_dir, args.out, int8=args.int8,
-                         calibration=args.calibration, opset=args.opset,
-                         extra_variants=args.variants, encoder_source=args.encoder)
+    paths = export_model(
+        args.model_dir,
+        args.out,
+        int8=args.int8,
+        calibration=args.calibration,
+        opset=args.opset,
+        extra_variants=args.variants,
+        encoder_source=args.encoder,
+    )
     parts = [f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for k, p in paths.items() if k != "json"]
     print(f"exported {args.model_dir}: " + ", ".join(parts) + f", {paths['json']}")
     return 0

@@ -18,9 +18,15 @@ from edgeser.runtime.session import pad_batch
 logger = logging.getLogger(__name__)
 
 
-
-def gptq_round(weight: np.ndarray, scale: np.ndarray, hessian: np.ndarray, *,
-               damp: float = 0.01, block: int = 128, qmax: int = 127) -> np.ndarray:
+def gptq_round(
+    weight: np.ndarray,
+    scale: np.ndarray,
+    hessian: np.ndarray,
+    *,
+    damp: float = 0.01,
+    block: int = 128,
+    qmax: int = 127,
+) -> np.ndarray:
     """GPTQ rounding of ``weight`` ``[rows, K]`` to int8 with fixed per-row ``scale``.
 
     ``hessian`` ``[K, K]`` is ``X Xᵀ`` of the layer's inputs (columns = samples). Columns
@@ -66,8 +72,11 @@ def _conv_gram(x: np.ndarray, kernel: int, stride: int, pad: tuple[int, int]) ->
     frames = (length - kernel) // stride + 1
     if frames <= 0:
         return np.zeros((channels * kernel,) * 2)
-    cols = np.stack([x[:, j: j + stride * (frames - 1) + 1: stride] for j in range(kernel)],
-                    axis=1).reshape(channels * kernel, frames).astype(np.float32)
+    cols = (
+        np.stack([x[:, j : j + stride * (frames - 1) + 1 : stride] for j in range(kernel)], axis=1)
+        .reshape(channels * kernel, frames)
+        .astype(np.float32)
+    )
     return (cols @ cols.T).astype(np.float64)
 
 
@@ -78,8 +87,14 @@ def _conv_gram(x: np.ndarray, kernel: int, stride: int, pad: tuple[int, int]) ->
 EXPORT_DAMP = 0.1
 
 
-def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.ndarray], *,
-              damp: float = EXPORT_DAMP, select: Callable[[str], bool] | None = None) -> int:
+def gptq_int8(
+    float_path: str | Path,
+    model: object,
+    calibration: Sequence[np.ndarray],
+    *,
+    damp: float = EXPORT_DAMP,
+    select: Callable[[str], bool] | None = None,
+) -> int:
     """Re-round the int8 weights of the quantised ``model`` (in place) with
     :func:`gptq_round`, Hessians from the float model at ``float_path`` on ``calibration``.
 
@@ -92,7 +107,6 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
-
 
     assert isinstance(model, onnx.ModelProto)
     fmodel = onnx.load(str(float_path))
@@ -112,11 +126,14 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
             continue
         attrs = {a.name: (list(a.ints) if a.ints else a.i) for a in node.attribute}
         if node.op_type == "Conv" and (
-                attrs.get("group", 1) != 1 or len(attrs.get("kernel_shape", [0, 0])) != 1
-                or any(d != 1 for d in attrs.get("dilations", [1]))):
+            attrs.get("group", 1) != 1
+            or len(attrs.get("kernel_shape", [0, 0])) != 1
+            or any(d != 1 for d in attrs.get("dilations", [1]))
+        ):
             continue  # grouped conv
-        w_shape = next((list(i.dims) for i in fmodel.graph.initializer
-                        if i.name == node.input[pos]), [])
+        w_shape = next(
+            (list(i.dims) for i in fmodel.graph.initializer if i.name == node.input[pos]), []
+        )
         if node.op_type == "Conv" and len(w_shape) == 3 and w_shape[1] * w_shape[2] > 4096:
             continue  # the positional conv's groups (48 x 128 taps): Hessians too large
         src = producer.get(qnode.input[pos])
@@ -134,11 +151,13 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
     for name in acts:
         if name not in have:
             fmodel.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(fmodel.SerializeToString(), opts,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        fmodel.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
     grams: dict[str, np.ndarray] = {}
     for wave in calibration:
         values = dict(zip(acts, session.run(acts, pad_batch([wave])), strict=True))
@@ -146,8 +165,12 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
             x = values[node.input[1 - pos]][0]
             if node.op_type == "Conv":
                 pads = attrs.get("pads", [0, 0])
-                g = _conv_gram(x, int(attrs["kernel_shape"][0]),
-                               int(attrs.get("strides", [1])[0]), (int(pads[0]), int(pads[1])))
+                g = _conv_gram(
+                    x,
+                    int(attrs["kernel_shape"][0]),
+                    int(attrs.get("strides", [1])[0]),
+                    (int(pads[0]), int(pads[1])),
+                )
             elif pos == 1:  # x [..., K] @ W [K, N]
                 x = x.reshape(-1, x.shape[-1]).astype(np.float32)
                 g = (x.T @ x).astype(np.float64)
@@ -162,8 +185,7 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
         if int(np.abs(old.astype(np.int32)).max()) > qmax:
             raise EdgeserError(f"GPTQ: {node.name} holds int8 weights beyond ±{qmax}")
         if node.op_type == "Conv":
-            q = gptq_round(w.reshape(w.shape[0], -1), scale, grams[node.name], damp=damp,
-                           qmax=qmax)
+            q = gptq_round(w.reshape(w.shape[0], -1), scale, grams[node.name], damp=damp, qmax=qmax)
             q = q.reshape(w.shape)
         elif pos == 1:
             q = gptq_round(w.T, scale, grams[node.name], damp=damp, qmax=qmax).T
@@ -172,6 +194,7 @@ def gptq_int8(float_path: str | Path, model: object, calibration: Sequence[np.nd
         if q.shape != old.shape:
             raise EdgeserError(f"GPTQ: weight of {node.name} has shape {old.shape}, not {q.shape}")
         qinits[qname].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q), qname))
-        logger.debug("GPTQ %s: %.1f %% of the weights changed", node.name,
-                     100.0 * float(np.mean(q != old)))
+        logger.debug(
+            "GPTQ %s: %.1f %% of the weights changed", node.name, 100.0 * float(np.mean(q != old))
+        )
     return len(layers)

@@ -43,8 +43,14 @@ from edgeser.core.errors import EdgeserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHUNK_FRAMES", "STACK_TENSORS", "ConvStack", "ExportGraph", "check_exportable",
-           "masked_front"]
+__all__ = [
+    "CHUNK_FRAMES",
+    "STACK_TENSORS",
+    "ConvStack",
+    "ExportGraph",
+    "check_exportable",
+    "masked_front",
+]
 
 _MASK_BIAS = -1.0e4  # additive attention bias on padded keys (fp16-safe, exp() underflows)
 _PEAK_EPS = 1e-8  # as edgeser.audio.frontend.peak_normalize
@@ -75,8 +81,10 @@ def check_exportable(hf_model: Any) -> None:
     ):
         hint = ""
         if model_type == "wavlm":
-            hint = ("; WavLM's gated relative position bias has no export graph: train "
-                    "--model distilhubert, hubert-base or wav2vec2-base to deploy")
+            hint = (
+                "; WavLM's gated relative position bias has no export graph: train "
+                "--model distilhubert, hubert-base or wav2vec2-base to deploy"
+            )
         raise EdgeserError(
             f"export supports HuBERT/DistilHuBERT and wav2vec 2.0 encoders only, got {name} "
             f"(model_type {model_type!r}){hint}"
@@ -97,8 +105,13 @@ def check_exportable(hf_model: Any) -> None:
 
 
 def masked_front(
-    x: torch.Tensor, lengths: torch.Tensor, *, tail: int, preemphasis: float,
-    peak_normalize: bool, standardize: bool = False,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    tail: int,
+    preemphasis: float,
+    peak_normalize: bool,
+    standardize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The in-graph pre-processing of a zero-padded batch ``[B, S]``, row by row.
 
@@ -155,8 +168,9 @@ class _Layer(nn.Module):
         group = min(HEAD_GROUP, self.num_heads)
         width = group * self.head_dim
         shape = (b, t, group, self.head_dim)
-        qs, ks, vs = (proj(h).split(width, dim=2)
-                      for proj in (self.q_proj, self.k_proj, self.v_proj))
+        qs, ks, vs = (
+            proj(h).split(width, dim=2) for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
         parts = []
         for q, k, v in zip(qs, ks, vs, strict=True):
             q, k, v = (x.reshape(shape).transpose(1, 2) for x in (q, k, v))
@@ -197,7 +211,7 @@ def _frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     blocks = x[:, : steps * stride].reshape(batch, steps, stride).transpose(1, 2)
     r = kernel // stride
     count = steps - r + 1
-    return torch.cat([blocks[:, :, j: j + count] for j in range(r)], dim=1)
+    return torch.cat([blocks[:, :, j : j + count] for j in range(r)], dim=1)
 
 
 class ConvStack(nn.Module):
@@ -206,8 +220,13 @@ class ConvStack(nn.Module):
     frame depends on its own receptive field only, so any stretch of ``x`` starting at a
     multiple of the total stride gives the same frames as the whole."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, convs: nn.ModuleList,
-                 conv_spec: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        convs: nn.ModuleList,
+        conv_spec: list[tuple[int, int]],
+    ) -> None:
         super().__init__()
         self.conv0 = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
         with torch.no_grad():
@@ -217,8 +236,7 @@ class ConvStack(nn.Module):
         self.convs = convs
         self.kernel, self.stride = conv_spec[0]
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         frames = _frames(x, self.kernel, self.stride)
         h = torch.matmul(self.conv0.weight, frames)  # [C0, k] @ [B, k, F] -> [B, C0, F]
         if self.conv0.bias is not None:
@@ -244,11 +262,12 @@ class GroupedConv(nn.Module):
         self.convs = nn.ModuleList()
         weight, bias = src.weight.detach(), src.bias.detach()
         for g in range(groups):
-            conv = nn.Conv1d(self.width, step, kernel_size=src.kernel_size[0],
-                             padding=src.padding[0])
+            conv = nn.Conv1d(
+                self.width, step, kernel_size=src.kernel_size[0], padding=src.padding[0]
+            )
             with torch.no_grad():
-                conv.weight.copy_(weight[g * step: (g + 1) * step])
-                conv.bias.copy_(bias[g * step: (g + 1) * step])
+                conv.weight.copy_(weight[g * step : (g + 1) * step])
+                conv.bias.copy_(bias[g * step : (g + 1) * step])
             self.convs.append(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -301,8 +320,11 @@ class ExportGraph(nn.Module):
         self.first_as_matmul = k0 % s0 == 0 and w0.shape[1] == 1
         convs = nn.ModuleList([copy.deepcopy(layer.conv) for layer in layers[1:]])
         #: the chunked layout needs the first convolution as a product over frames
-        self.stack = (ConvStack(w0[:, 0, :], first.conv.bias, convs, self.conv_spec)
-                      if self.first_as_matmul else None)
+        self.stack = (
+            ConvStack(w0[:, 0, :], first.conv.bias, convs, self.conv_spec)
+            if self.first_as_matmul
+            else None
+        )
         self.conv0 = None if self.first_as_matmul else copy.deepcopy(first.conv)
         self.convs = None if self.first_as_matmul else convs
         norm = first.layer_norm
@@ -336,10 +358,14 @@ class ExportGraph(nn.Module):
 
     def _front(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask, (standardise), pre-emphasise and peak-normalise; append the zero tail."""
-        x, lengths = masked_front(x, lengths, tail=self.min_samples,
-                                  preemphasis=self.preemphasis,
-                                  peak_normalize=self.peak_normalize,
-                                  standardize=self.do_normalize)
+        x, lengths = masked_front(
+            x,
+            lengths,
+            tail=self.min_samples,
+            preemphasis=self.preemphasis,
+            peak_normalize=self.peak_normalize,
+            standardize=self.do_normalize,
+        )
         return x, torch.clamp(lengths, min=self.min_samples)
 
     def _first_conv(self, x: torch.Tensor) -> torch.Tensor:
@@ -385,8 +411,7 @@ class ExportGraph(nn.Module):
             states.append(h)
         return torch.stack(states), mask
 
-    def _first_norm(self, x: torch.Tensor, eff: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _first_norm(self, x: torch.Tensor, eff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The first GroupNorm (one group per channel, statistics over each row's valid
         frames) as ``(scale, shift)`` ``[B, C, 1]`` of the first convolution's output,
         from the mean and covariance of its input frames (see the module docstring)."""

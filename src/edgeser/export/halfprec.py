@@ -58,8 +58,9 @@ def store_float16(model: object, min_elements: int = 1024) -> int:
         half = f"{name.replace(':', '_')}_fp16"
         graph.initializer.remove(init)
         graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), half))
-        casts.append(helper.make_node("Cast", [half], [name], name=f"{half}_Cast",
-                                      to=onnx.TensorProto.FLOAT))
+        casts.append(
+            helper.make_node("Cast", [half], [name], name=f"{half}_Cast", to=onnx.TensorProto.FLOAT)
+        )
     for i, node in enumerate(casts):
         graph.node.insert(i, node)
     return len(casts)

@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 
-
 class LightSERNetGraph(nn.Module):
     """``(waveform [B, S] float32, lengths [B] int64) -> probabilities [B, C]``.
 
@@ -84,8 +83,13 @@ class LightSERNetGraph(nn.Module):
 
     def front(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Mask, pre-emphasise, peak-normalise, then crop/zero-pad: ``[B, num_samples]``."""
-        x, _ = masked_front(waveform.to(torch.float32), lengths, tail=self.num_samples,
-                            preemphasis=self.preemphasis, peak_normalize=self.peak_normalize)
+        x, _ = masked_front(
+            waveform.to(torch.float32),
+            lengths,
+            tail=self.num_samples,
+            preemphasis=self.preemphasis,
+            peak_normalize=self.peak_normalize,
+        )
         return x[:, : self.num_samples]  # S + num_samples >= num_samples, also for S == 0
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -145,16 +149,19 @@ def quantize_lightsernet_int8(
     """
     import onnx
 
-
     waves = [np.asarray(w, np.float32).reshape(-1) for w in calibration_waves]
     if not waves:
         raise EdgeserError("int8 export needs at least one calibration waveform")
     quantised, kept = lightsernet_quantized_nodes(onnx.load(str(fp32_path)))
     if not quantised:
-        raise EdgeserError(f"{fp32_path}: no LIGHT-SERNET body convolutions "
-                           f"({_QUANTISED_PREFIX}...) found")
+        raise EdgeserError(
+            f"{fp32_path}: no LIGHT-SERNET body convolutions ({_QUANTISED_PREFIX}...) found"
+        )
     with atomic_path(int8_path) as tmp:
         static_qdq(fp32_path, tmp, waves, quantised, ["Conv"], weights="uint8")
         require_no_saturation(tmp)
-    logger.info("LIGHT-SERNET int8: %d nodes static QDQ, kept float: %s",
-                len(quantised), ", ".join(kept) or "none")
+    logger.info(
+        "LIGHT-SERNET int8: %d nodes static QDQ, kept float: %s",
+        len(quantised),
+        ", ".join(kept) or "none",
+    )

@@ -43,8 +43,12 @@ def _constant(model: object, name: str) -> np.ndarray | None:
             if init.name == name:
                 return numpy_helper.to_array(init)
         for node in graph.node:
-            if (node.op_type == "Constant" and node.output[0] == name and node.attribute
-                    and node.attribute[0].name == "value"):
+            if (
+                node.op_type == "Constant"
+                and node.output[0] == name
+                and node.attribute
+                and node.attribute[0].name == "value"
+            ):
                 return numpy_helper.to_array(node.attribute[0].t)
     return None
 

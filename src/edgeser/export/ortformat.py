@@ -39,9 +39,11 @@ def write_ort(onnx_path: str | Path, ort_path: str | Path, config_path: str | Pa
         create_config_from_models([ort_path], tmp, False)
         text = tmp.read_text(encoding="utf-8").splitlines()
         # the first lines name the file by its temporary path: name it as shipped
-        tmp.write_text("\n".join(
-            f"# - {ort_path.name}" if line.startswith("# - ") else line for line in text)
-            + "\n", encoding="utf-8")
+        tmp.write_text(
+            "\n".join(f"# - {ort_path.name}" if line.startswith("# - ") else line for line in text)
+            + "\n",
+            encoding="utf-8",
+        )
 
 
 def _convert(onnx_path: Path, out: Path) -> None:
@@ -55,8 +57,12 @@ def _convert(onnx_path: Path, out: Path) -> None:
     opts.add_session_config_entry("session.save_model_format", "ORT")
     for key, value in NBITS_OPTIONS.items():
         opts.add_session_config_entry(key, value)
-    ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=["NchwcTransformer"])
+    ort.InferenceSession(
+        str(onnx_path),
+        opts,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=["NchwcTransformer"],
+    )
 
 
 def compact_names(src: str | Path, dst: str | Path) -> None:

@@ -94,7 +94,6 @@ SCHEMES: tuple[str, ...] = tuple(_SCHEME_CONVS)
 _GELU_CLIP = 3.0  # GELU(-3) = -0.004: quantised GELU inputs need no codes below
 
 
-
 class CalibrationReader(CalibrationDataReader):
     """A ``CalibrationDataReader`` feeding the exported graph one waveform at a time."""
 
@@ -143,8 +142,9 @@ def fuse_gelu(model: object) -> int:
         mul2 = only(mul1.output[0], "Mul")
         if mul2 is None or not any(scalar(i, 0.5, 1e-6) for i in mul2.input):
             continue
-        gelu = helper.make_node("Gelu", [x], [mul2.output[0]], name=f"{div.name}_Gelu",
-                                domain="com.microsoft")
+        gelu = helper.make_node(
+            "Gelu", [x], [mul2.output[0]], name=f"{div.name}_Gelu", domain="com.microsoft"
+        )
         fused.append((gelu, [div, erf, add, mul1, mul2]))
     if not fused:
         return 0
@@ -157,7 +157,8 @@ def fuse_gelu(model: object) -> int:
             dropped.update(node.input)
         if gelu.output[0] not in typed:  # the quantiser needs to know the type
             graph.value_info.append(
-                helper.make_tensor_value_info(gelu.output[0], onnx.TensorProto.FLOAT, None))
+                helper.make_tensor_value_info(gelu.output[0], onnx.TensorProto.FLOAT, None)
+            )
     used = {name for node in graph.node for name in node.input}
     used.update(o.name for o in graph.output)
     for node in [n for n in graph.node if n.op_type == "Constant"]:
@@ -258,13 +259,24 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
         q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
         base = wname.replace(":", "_")
         graph.initializer.remove(init)
-        graph.initializer.extend([  # symmetric: no zero point (0 of the weight's type)
-            numpy_helper.from_array(q, f"{base}_int8"),
-            numpy_helper.from_array(scale.reshape(-1), f"{base}_scale"),
-        ])
-        new_nodes.append((helper.make_node(
-            "DequantizeLinear", [f"{base}_int8", f"{base}_scale"], [wname],
-            name=f"{base}{WEIGHT_ONLY}", axis=axis), first_user(wname, node)))
+        graph.initializer.extend(
+            [  # symmetric: no zero point (0 of the weight's type)
+                numpy_helper.from_array(q, f"{base}_int8"),
+                numpy_helper.from_array(scale.reshape(-1), f"{base}_scale"),
+            ]
+        )
+        new_nodes.append(
+            (
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{base}_int8", f"{base}_scale"],
+                    [wname],
+                    name=f"{base}{WEIGHT_ONLY}",
+                    axis=axis,
+                ),
+                first_user(wname, node),
+            )
+        )
         done.add(wname)
         converted += 1
     for dq, consumer in new_nodes:  # each right before its node: widened weights live briefly
@@ -289,8 +301,12 @@ def clip_gelu_inputs(model: object, static: Iterable[str], low: float = -_GELU_C
             continue
         dqs = users.get(q.output[0], [])
         after = [u for dq in dqs for u in users.get(dq.output[0], [])]
-        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs) or not after or any(
-                u.op_type != "Gelu" for u in after):
+        if (
+            not dqs
+            or any(d.op_type != "DequantizeLinear" for d in dqs)
+            or not after
+            or any(u.op_type != "Gelu" for u in after)
+        ):
             continue
         if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
             continue
@@ -350,8 +366,11 @@ def static_qdq(
         weight_type=QuantType.QInt8 if weights == "int7" else QuantType.QUInt8,
         nodes_to_quantize=list(nodes),
         calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": weights == "int7",
-                       **(extra_options or {})},
+        extra_options={
+            "ActivationSymmetric": False,
+            "WeightSymmetric": weights == "int7",
+            **(extra_options or {}),
+        },
     )
 
 
@@ -387,15 +406,28 @@ def quantize_int8(
         onnx.save(model, str(fused))
         qdq = Path(tmp) / "qdq.onnx"
         # float outputs for the linears: MatMulIntegerToFloat, no requantisation
-        static_qdq(fused, qdq, calibration, static, ["MatMul", "Conv"],
-                   {"OpTypesToExcludeOutputQuantization": ["MatMul"]})
+        static_qdq(
+            fused,
+            qdq,
+            calibration,
+            static,
+            ["MatMul", "Conv"],
+            {"OpTypesToExcludeOutputQuantization": ["MatMul"]},
+        )
         model = onnx.load(str(qdq))
         n_wo = weight_only_int8(model, weight_only)
         n_clip = clip_gelu_inputs(model, static)
         n_gptq = gptq_int8(fused, model, calibration) if gptq else 0
-    logger.info("int8 (%s): %d nodes static QDQ, %d weight-only int8, %d GELU fused, "
-                "%d GELU inputs clipped, %d weights GPTQ-rounded",
-                scheme, len(static), n_wo, n_gelu, n_clip, n_gptq)
+    logger.info(
+        "int8 (%s): %d nodes static QDQ, %d weight-only int8, %d GELU fused, "
+        "%d GELU inputs clipped, %d weights GPTQ-rounded",
+        scheme,
+        len(static),
+        n_wo,
+        n_gelu,
+        n_clip,
+        n_gptq,
+    )
     onnx.save(model, str(out_path))
     require_no_saturation(out_path)
     return out_path

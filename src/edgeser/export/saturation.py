@@ -33,8 +33,12 @@ INT16_MAX = 32767
 #: Integer operators of a fused onnxruntime graph -> (index of the activation input, index
 #: of the weight input).
 _INTEGER_OPS: dict[str, tuple[int, int]] = {
-    "MatMulInteger": (0, 1), "MatMulIntegerToFloat": (0, 1), "ConvInteger": (0, 1),
-    "QLinearConv": (0, 3), "QLinearMatMul": (0, 3), "QGemm": (0, 3),
+    "MatMulInteger": (0, 1),
+    "MatMulIntegerToFloat": (0, 1),
+    "ConvInteger": (0, 1),
+    "QLinearConv": (0, 3),
+    "QLinearMatMul": (0, 3),
+    "QGemm": (0, 3),
     "DynamicQuantizeMatMul": (0, 1),
 }
 
@@ -88,8 +92,11 @@ def saturation_report(path: str | Path) -> list[IntegerOp]:
 
     model = _fused(path)
     graphs = list(walk_graphs(model.graph))  # type: ignore[attr-defined]
-    types = {v.name: v.type.tensor_type.elem_type
-             for g in graphs for v in (*g.value_info, *g.input, *g.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for g in graphs
+        for v in (*g.value_info, *g.input, *g.output)
+    }
     for g in graphs:
         for init in g.initializer:
             types[init.name] = init.data_type
@@ -106,7 +113,8 @@ def saturation_report(path: str | Path) -> list[IntegerOp]:
             activation = "uint8"  # quantised inside the operator, to uint8
         else:
             activation = helper.tensor_dtype_to_np_dtype(
-                types.get(node.input[a_index], TensorProto.UINT8)).name
+                types.get(node.input[a_index], TensorProto.UINT8)
+            ).name
         weight = _constant(model, node.input[w_index]) if len(node.input) > w_index else None
         name = node.name or node.op_type
         if weight is None:
@@ -126,13 +134,16 @@ def require_no_saturation(path: str | Path) -> list[IntegerOp]:
     bad = [op for op in ops if not op.safe]
     if bad:
         names = ", ".join(f"{op.name} (pair sum up to {op.pair_sum})" for op in bad[:3])
-        raise EdgeserError(f"{path}: {len(bad)} integer operator(s) can saturate the int16 "
-                           f"pair sums of CPUs without VNNI: {names}")
+        raise EdgeserError(
+            f"{path}: {len(bad)} integer operator(s) can saturate the int16 "
+            f"pair sums of CPUs without VNNI: {names}"
+        )
     return ops
 
 
-def worst_case_probe(path: str | Path, node_name: str, *, threads: int = 1
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def worst_case_probe(
+    path: str | Path, node_name: str, *, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's result and the exact integer (int64) result of one statically
     quantised ``MatMul`` or ``Conv`` of the QDQ model at ``path``, on its worst-case input
     (:func:`worst_case_model`, run here)."""
@@ -166,16 +177,26 @@ def worst_case_model(path: str | Path, node_name: str) -> tuple[bytes, np.ndarra
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
-    graph = next((g for g in walk_graphs(model.graph)  # the (sub)graph holding the node
-                  if any(n.name == node_name for n in g.node)), model.graph)
+    graph = next(
+        (
+            g
+            for g in walk_graphs(model.graph)  # the (sub)graph holding the node
+            if any(n.name == node_name for n in g.node)
+        ),
+        model.graph,
+    )
     producers = {o: n for n in graph.node for o in n.output}
     consumers = _consumers(graph)
     node = next((n for n in graph.node if n.name == node_name), None)
     if node is None or node.op_type not in ("MatMul", "Conv"):
         raise EdgeserError(f"{path}: no MatMul or Conv node named {node_name!r}")
     dq_a, dq_w = (producers.get(i) for i in node.input[:2])
-    if dq_a is None or dq_w is None or dq_a.op_type != "DequantizeLinear" or \
-            dq_w.op_type != "DequantizeLinear":
+    if (
+        dq_a is None
+        or dq_w is None
+        or dq_a.op_type != "DequantizeLinear"
+        or dq_w.op_type != "DequantizeLinear"
+    ):
         raise EdgeserError(f"{node_name}: not a statically quantised (QDQ) node")
 
     def value(name: str) -> np.ndarray:
@@ -188,20 +209,31 @@ def worst_case_model(path: str | Path, node_name: str) -> tuple[bytes, np.ndarra
     w, w_scale = value(dq_w.input[0]), value(dq_w.input[1])
     w_zero = value(dq_w.input[2]) if len(dq_w.input) > 2 else np.zeros_like(w_scale, w.dtype)
     w_axis = next((a.i for a in dq_w.attribute if a.name == "axis"), 1)
-    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in (
-        ("a_scale", a_scale), ("a_zero", a_zero), ("w", w), ("w_scale", w_scale),
-        ("w_zero", w_zero))]
-    nodes = [helper.make_node("DequantizeLinear", ["x", "a_scale", "a_zero"], ["xf"]),
-             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"],
-                              axis=w_axis)]
+    inits = [
+        numpy_helper.from_array(np.asarray(v), n)
+        for n, v in (
+            ("a_scale", a_scale),
+            ("a_zero", a_zero),
+            ("w", w),
+            ("w_scale", w_scale),
+            ("w_zero", w_zero),
+        )
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "a_scale", "a_zero"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"], axis=w_axis),
+    ]
     wi = w.astype(np.int64)
     if node.op_type == "MatMul":  # x [M, K] @ W [K, N]; row m targets column m
         cols = np.argsort(-np.clip(wi, 0, None).sum(0))[:8]
         codes = np.where(wi[:, cols].T > 0, 255, 0).astype(np.uint8)
         nodes.append(helper.make_node("MatMul", ["xf", "wf"], ["y"]))
         out_type = TensorProto.FLOAT
-        exact = ((codes.astype(np.int64) - a_zero.astype(np.int64)) @ (wi - w_zero)).astype(
-            np.float64) * float(a_scale) * w_scale.astype(np.float64)
+        exact = (
+            ((codes.astype(np.int64) - a_zero.astype(np.int64)) @ (wi - w_zero)).astype(np.float64)
+            * float(a_scale)
+            * w_scale.astype(np.float64)
+        )
     else:  # Conv [N, C, T] * W [O, C, K]; one window per output channel tried
         attrs = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
         stride = int(attrs.get("strides", [1])[0])
@@ -211,29 +243,45 @@ def worst_case_model(path: str | Path, node_name: str) -> tuple[bytes, np.ndarra
         if len(out_q) != 1 or out_q[0].op_type != "QuantizeLinear":
             raise EdgeserError(f"{node_name}: its output is not quantised")
         o_scale, o_zero = value(out_q[0].input[1]), value(out_q[0].input[2])
-        inits += [numpy_helper.from_array(np.asarray(o_scale), "o_scale"),
-                  numpy_helper.from_array(np.asarray(o_zero), "o_zero")]
+        inits += [
+            numpy_helper.from_array(np.asarray(o_scale), "o_scale"),
+            numpy_helper.from_array(np.asarray(o_zero), "o_zero"),
+        ]
         kernel = w.shape[2]
         chans = np.argsort(-np.clip(wi, 0, None).sum((1, 2)))[:8]
         # window t = stride * t of a long input: output frame t of channel chans[t]
         length = stride * (len(chans) - 1) + kernel
         codes = np.zeros((1, w.shape[1], length), np.uint8)
         for t, c in enumerate(chans):
-            codes[0, :, stride * t: stride * t + kernel] = np.where(wi[c] > 0, 255, 0)
-        nodes += [helper.make_node("Conv", ["xf", "wf"], ["yf"], strides=[stride],
-                                   kernel_shape=[kernel]),
-                  helper.make_node("QuantizeLinear", ["yf", "o_scale", "o_zero"], ["y"])]
+            codes[0, :, stride * t : stride * t + kernel] = np.where(wi[c] > 0, 255, 0)
+        nodes += [
+            helper.make_node("Conv", ["xf", "wf"], ["yf"], strides=[stride], kernel_shape=[kernel]),
+            helper.make_node("QuantizeLinear", ["yf", "o_scale", "o_zero"], ["y"]),
+        ]
         out_type = TensorProto.UINT8
         frames = (length - kernel) // stride + 1
         xc = codes[0].astype(np.int64) - a_zero.astype(np.int64)
-        acc = np.stack([np.einsum("ock,ck->o", wi - w_zero.reshape(-1, 1, 1),
-                                  xc[:, stride * t: stride * t + kernel])
-                        for t in range(frames)], axis=1)  # [O, frames]
+        acc = np.stack(
+            [
+                np.einsum(
+                    "ock,ck->o",
+                    wi - w_zero.reshape(-1, 1, 1),
+                    xc[:, stride * t : stride * t + kernel],
+                )
+                for t in range(frames)
+            ],
+            axis=1,
+        )  # [O, frames]
         real = acc * float(a_scale) * w_scale.astype(np.float64).reshape(-1, 1)
         exact = np.clip(np.rint(real / float(o_scale)) + int(o_zero), 0, 255)[None]
     sub = helper.make_model(
-        helper.make_graph(nodes, "probe",
-                          [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)],
-                          [helper.make_tensor_value_info("y", out_type, None)], inits),
-        opset_imports=[helper.make_opsetid("", 17)])
+        helper.make_graph(
+            nodes,
+            "probe",
+            [helper.make_tensor_value_info("x", TensorProto.UINT8, codes.shape)],
+            [helper.make_tensor_value_info("y", out_type, None)],
+            inits,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     return sub.SerializeToString(), codes, np.asarray(exact, np.float64)

@@ -26,16 +26,25 @@ def silero_16k(src: str | Path, dst: str | Path) -> None:
     graph = model.graph
     branch = next((n for n in graph.node if n.op_type == "If"), None)
     const = next((n for n in graph.node if n.op_type == "Constant"), None)
-    if branch is None or const is None or int(numpy_helper.to_array(const.attribute[0].t)) \
-            != 16000:
+    if branch is None or const is None or int(numpy_helper.to_array(const.attribute[0].t)) != 16000:
         raise EdgeserError(f"{src}: not the Silero VAD graph this expects (If on sr == 16000)")
     then = next(a.g for a in branch.attribute if a.name == "then_branch")
     outputs = [o.name for o in graph.output]
-    nodes = [*then.node, *(helper.make_node("Identity", [o.name], [name])
-                           for o, name in zip(then.output, outputs, strict=True))]
-    sub = helper.make_graph(nodes, "silero_vad_16k", list(graph.input), list(graph.output),
-                            list(then.initializer))
-    out = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version,
-                            producer_name="edgeser (16 kHz branch of silero-vad 6.2.3)")
+    nodes = [
+        *then.node,
+        *(
+            helper.make_node("Identity", [o.name], [name])
+            for o, name in zip(then.output, outputs, strict=True)
+        ),
+    ]
+    sub = helper.make_graph(
+        nodes, "silero_vad_16k", list(graph.input), list(graph.output), list(then.initializer)
+    )
+    out = helper.make_model(
+        sub,
+        opset_imports=model.opset_import,
+        ir_version=model.ir_version,
+        producer_name="edgeser (16 kHz branch of silero-vad 6.2.3)",
+    )
     onnx.checker.check_model(out)
     onnx.save(out, str(dst))

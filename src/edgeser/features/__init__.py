@@ -11,5 +11,14 @@ from edgeser.features.cache import FeatureStore, Item, view_seed
 from edgeser.features.extract import extract, load_waveform, summarise
 from edgeser.features.kinds import CACHED_KINDS, FeatureKind, feature_kind
 
-__all__ = ["CACHED_KINDS", "FeatureKind", "FeatureStore", "Item", "extract", "feature_kind",
-           "load_waveform", "summarise", "view_seed"]
+__all__ = [
+    "CACHED_KINDS",
+    "FeatureKind",
+    "FeatureStore",
+    "Item",
+    "extract",
+    "feature_kind",
+    "load_waveform",
+    "summarise",
+    "view_seed",
+]

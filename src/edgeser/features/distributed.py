@@ -62,13 +62,20 @@ def encoder_payload(encoder: FeatureEncoder) -> dict[str, Any]:
     from edgeser.models.ssl import Encoder
 
     if isinstance(encoder, Encoder):
-        return {"ssl": {
-            "config": encoder.model.config,
-            "state": {k: v.detach().cpu().numpy() for k, v in encoder.model.state_dict().items()},
-            "source": encoder.source, "is_random": encoder.is_random,
-            "precision": encoder.precision, "do_normalize": encoder.do_normalize,
-            "batch_size": encoder.batch_size,
-        }, "identity": encoder.identity}
+        return {
+            "ssl": {
+                "config": encoder.model.config,
+                "state": {
+                    k: v.detach().cpu().numpy() for k, v in encoder.model.state_dict().items()
+                },
+                "source": encoder.source,
+                "is_random": encoder.is_random,
+                "precision": encoder.precision,
+                "do_normalize": encoder.do_normalize,
+                "batch_size": encoder.batch_size,
+            },
+            "identity": encoder.identity,
+        }
     return {"object": encoder, "identity": encoder.identity}
 
 
@@ -84,15 +91,18 @@ def rebuild_encoder(payload: dict[str, Any]) -> FeatureEncoder:
         p = dict(payload["ssl"])
         with torch.random.fork_rng(devices=[]):
             model = AutoModel.from_config(p.pop("config"))
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                               p.pop("state").items()}, strict=True)
+        model.load_state_dict(
+            {k: torch.from_numpy(np.array(v)) for k, v in p.pop("state").items()}, strict=True
+        )
         encoder: FeatureEncoder = Encoder(model, **p)
     else:
         encoder = payload["object"]
     if encoder.identity != payload["identity"]:
-        raise EdgeserError(f"a Ray worker rebuilt encoder {encoder.identity}, not the driver's "
-                           f"{payload['identity']}: install the same edgeser, torch and "
-                           "transformers on every node")
+        raise EdgeserError(
+            f"a Ray worker rebuilt encoder {encoder.identity}, not the driver's "
+            f"{payload['identity']}: install the same edgeser, torch and "
+            "transformers on every node"
+        )
     return encoder
 
 
@@ -108,8 +118,9 @@ class EncodeActor:
         self.encoder = rebuild_encoder(payload)
         self.job = job
 
-    def run(self, index: int, batch: list[Item], reuse: list[bool],
-            audio: dict[str, bytes]) -> tuple[int, list[np.ndarray | None], str, int]:
+    def run(
+        self, index: int, batch: list[Item], reuse: list[bool], audio: dict[str, bytes]
+    ) -> tuple[int, list[np.ndarray | None], str, int]:
         """``(index, arrays, node id, pid)`` of one batch."""
         import ray
 
@@ -141,8 +152,13 @@ def _pool_shape(ray: Any, spec: ExecutorSpec, n_batches: int) -> tuple[int, int]
     if largest < 1:
         raise EdgeserError(f"--executor {spec}: the Ray cluster has no CPUs")
     if threads > largest:
-        log.warning("ray: %d threads per actor do not fit a %d-CPU node; using %d (features "
-                    "may differ from a local run's in the last bits)", threads, largest, largest)
+        log.warning(
+            "ray: %d threads per actor do not fit a %d-CPU node; using %d (features "
+            "may differ from a local run's in the last bits)",
+            threads,
+            largest,
+            largest,
+        )
         threads = largest
     fit = sum(c // threads for c in node_cpus)
     actors = spec.workers or max(1, fit)
@@ -150,8 +166,11 @@ def _pool_shape(ray: Any, spec: ExecutorSpec, n_batches: int) -> tuple[int, int]
 
 
 def ray_batches(
-    encoder: FeatureEncoder, job: BatchEncoder, batches: Sequence[list[Item]],
-    reuse: Sequence[list[bool]], spec: ExecutorSpec,
+    encoder: FeatureEncoder,
+    job: BatchEncoder,
+    batches: Sequence[list[Item]],
+    reuse: Sequence[list[bool]],
+    spec: ExecutorSpec,
     on_batch: Callable[[int, str, int], None] | None = None,
 ) -> Iterator[tuple[int, list[np.ndarray | None]]]:
     """``(batch index, arrays)`` as batches finish on a pool of Ray actors (any order).
@@ -165,8 +184,11 @@ def ray_batches(
     t0 = time.perf_counter()
     payload = ray.put(encoder_payload(encoder))
     remote = ray.remote(EncodeActor).options(
-        num_cpus=threads, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES,
-        scheduling_strategy="SPREAD")
+        num_cpus=threads,
+        max_restarts=MAX_RETRIES,
+        max_task_retries=MAX_RETRIES,
+        scheduling_strategy="SPREAD",
+    )
     actors = [remote.remote(payload, job, threads) for _ in range(n_actors)]
     log.info("ray: %d actors x %d threads encoding %d batches", n_actors, threads, len(batches))
     nodes: Counter[str] = Counter()
@@ -194,8 +216,10 @@ def ray_batches(
                     raise type(cause)(str(cause)) from None
                 raise
             except RayActorError as e:
-                raise EdgeserError(f"ray: an encoding actor died {MAX_RETRIES + 1} times "
-                                   f"({str(e).strip().splitlines()[0][:200]})") from None
+                raise EdgeserError(
+                    f"ray: an encoding actor died {MAX_RETRIES + 1} times "
+                    f"({str(e).strip().splitlines()[0][:200]})"
+                ) from None
             submit(actor)
             nodes[node] += 1
             if on_batch is not None:
@@ -204,6 +228,10 @@ def ray_batches(
     finally:
         for actor in actors:
             ray.kill(actor)
-    log.info("ray: %d batches in %.1f s on %d node(s): %s", len(batches),
-             time.perf_counter() - t0, len(nodes),
-             ", ".join(f"{n[:8]} {c}" for n, c in nodes.most_common()))
+    log.info(
+        "ray: %d batches in %.1f s on %d node(s): %s",
+        len(batches),
+        time.perf_counter() - t0,
+        len(nodes),
+        ", ".join(f"{n[:8]} {c}" for n, c in nodes.most_common()),
+    )

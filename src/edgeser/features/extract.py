@@ -34,14 +34,20 @@ def load_waveform(
 
 
 def _load_item(
-    item: Item, front_end: FrontEnd, augmenter: Augmenter | None, aug_seed: int,
+    item: Item,
+    front_end: FrontEnd,
+    augmenter: Augmenter | None,
+    aug_seed: int,
     data: bytes | None = None,
 ) -> tuple[np.ndarray, bool]:
     """``(waveform, is_clean)``: ``is_clean`` when a view's draw left the audio unchanged
     (every transform skipped), so its features are the clean ones. ``data``: the file's
     bytes, read by the process that holds the file (else the file is read here)."""
-    raw = load_audio(item.path, SAMPLE_RATE) if data is None else \
-        decode_audio(data, item.path, SAMPLE_RATE)
+    raw = (
+        load_audio(item.path, SAMPLE_RATE)
+        if data is None
+        else decode_audio(data, item.path, SAMPLE_RATE)
+    )
     wave = front_end(raw, SAMPLE_RATE)
     if item.view == 0:
         return wave, False
@@ -71,17 +77,30 @@ class BatchEncoder:
     def __getstate__(self) -> dict[str, object]:
         return {**self.__dict__, "_augmenter": None}
 
-    def load(self, batch: Sequence[Item],
-             audio: dict[str, bytes] | None = None) -> list[tuple[np.ndarray, bool]]:
+    def load(
+        self, batch: Sequence[Item], audio: dict[str, bytes] | None = None
+    ) -> list[tuple[np.ndarray, bool]]:
         """``(waveform, is_clean)`` of every item; ``audio``: file bytes by path."""
         if self.augment is not None and self._augmenter is None:
             self._augmenter = Augmenter(self.augment)
-        return [_load_item(it, self.front_end, self._augmenter, self.aug_seed,
-                           None if audio is None else audio[it.path]) for it in batch]
+        return [
+            _load_item(
+                it,
+                self.front_end,
+                self._augmenter,
+                self.aug_seed,
+                None if audio is None else audio[it.path],
+            )
+            for it in batch
+        ]
 
-    def encode(self, encoder: FeatureEncoder, batch: Sequence[Item],
-               loaded: Sequence[tuple[np.ndarray, bool]],
-               reuse_clean: Sequence[bool]) -> list[np.ndarray | None]:
+    def encode(
+        self,
+        encoder: FeatureEncoder,
+        batch: Sequence[Item],
+        loaded: Sequence[tuple[np.ndarray, bool]],
+        reuse_clean: Sequence[bool],
+    ) -> list[np.ndarray | None]:
         """The cached array of every item of ``batch`` (``None``: reuses the clean one)."""
         skip = [same and r for (_, same), r in zip(loaded, reuse_clean, strict=True)]
         waves = [w for (w, _), s in zip(loaded, skip, strict=True) if not s]
@@ -92,8 +111,11 @@ class BatchEncoder:
                 out.append(None)
                 continue
             f = next(feats)
-            out.append(summarise(self.kind, f) if self.kind != FeatureKind.CONV
-                       else f.to(torch.float16).numpy())
+            out.append(
+                summarise(self.kind, f)
+                if self.kind != FeatureKind.CONV
+                else f.to(torch.float16).numpy()
+            )
         return out
 
 
@@ -136,8 +158,7 @@ def extract(
     executor resumes the other's.
     """
     items: list[Item] = []
-    for uid, path in zip(manifest["utt_id"].astype(str), manifest["path"].astype(str),
-                         strict=True):
+    for uid, path in zip(manifest["utt_id"].astype(str), manifest["path"].astype(str), strict=True):
         vs = views.get(uid, (0,)) if isinstance(views, dict) else views
         items.extend(Item(uid, path, int(v)) for v in vs)
     out: dict[tuple[str, int], np.ndarray] = {}
@@ -149,10 +170,16 @@ def extract(
         else:
             out[(it.utt_id, it.view)] = hit
     if todo:
-        log.info("%s: %d of %d feature entries cached, encoding %d", desc,
-                 len(items) - len(todo), len(items), len(todo))
-    duration = dict(zip(manifest["utt_id"].astype(str), manifest["duration"].astype(float),
-                        strict=True))
+        log.info(
+            "%s: %d of %d feature entries cached, encoding %d",
+            desc,
+            len(items) - len(todo),
+            len(items),
+            len(todo),
+        )
+    duration = dict(
+        zip(manifest["utt_id"].astype(str), manifest["duration"].astype(float), strict=True)
+    )
     todo.sort(key=lambda it: duration.get(it.utt_id, 0.0))
     batches = list(_batches(todo, duration, batch_seconds))
     requested = {(it.utt_id, it.view) for it in items}
@@ -167,8 +194,10 @@ def extract(
         results = _local_batches(encoder, job, batches, reuse)
 
     as_clean: list[Item] = []  # views equal to the clean audio, filled in at the end
-    with progress_bar(total=len(todo), desc=desc, enabled=progress) as bar, \
-            contextlib.closing(results):
+    with (
+        progress_bar(total=len(todo), desc=desc, enabled=progress) as bar,
+        contextlib.closing(results),
+    ):
         for index, arrays in results:
             batch = batches[index]
             for it, arr in zip(batch, arrays, strict=True):
@@ -183,14 +212,15 @@ def extract(
         store.put(it, arr)
         out[(it.utt_id, it.view)] = arr
     if as_clean:
-        log.info("%s: %d views drew no transform and reuse the clean features", desc,
-                 len(as_clean))
+        log.info("%s: %d views drew no transform and reuse the clean features", desc, len(as_clean))
     # one order whatever was cached and wherever it was encoded
     return {(it.utt_id, it.view): out[(it.utt_id, it.view)] for it in items}
 
 
 def _local_batches(
-    encoder: FeatureEncoder, job: BatchEncoder, batches: Sequence[list[Item]],
+    encoder: FeatureEncoder,
+    job: BatchEncoder,
+    batches: Sequence[list[Item]],
     reuse: Sequence[list[bool]],
 ) -> Iterator[tuple[int, list[np.ndarray | None]]]:
     """``(batch index, arrays)`` in order, encoded here; the audio of the next batch is

@@ -55,18 +55,25 @@ def feature_kind(cfg: Any) -> FeatureKind:
     family = model_spec(cfg.model).family
     if family == "functionals":
         if cfg.aug_mode == "online" or cfg.train == "encoder" or cfg.dimensions:
-            raise EdgeserError(f"{cfg.model} fits a linear classifier on cached functionals: "
-                               "use --train head --aug-mode cached, without --dimensions")
+            raise EdgeserError(
+                f"{cfg.model} fits a linear classifier on cached functionals: "
+                "use --train head --aug-mode cached, without --dimensions"
+            )
         return FeatureKind.FUNCTIONALS
     if family == "cnn":
         if cfg.aug_mode == "online" or cfg.train == "encoder":
-            raise EdgeserError(f"{cfg.model} trains from scratch on cached MFCC views: "
-                               "use --train head --aug-mode cached")
+            raise EdgeserError(
+                f"{cfg.model} trains from scratch on cached MFCC views: "
+                "use --train head --aug-mode cached"
+            )
         return FeatureKind.MFCC
-    if norm != "none" and (cfg.aug_mode == "online" or cfg.train == "encoder"
-                           or cfg.pooling == "attention"):
-        raise EdgeserError(f"--feature-norm {norm} needs cached pooled features (train head, "
-                           "aug-mode cached, pooling mean or meanstd)")
+    if norm != "none" and (
+        cfg.aug_mode == "online" or cfg.train == "encoder" or cfg.pooling == "attention"
+    ):
+        raise EdgeserError(
+            f"--feature-norm {norm} needs cached pooled features (train head, "
+            "aug-mode cached, pooling mean or meanstd)"
+        )
     if cfg.aug_mode == "online":
         if cfg.train == "encoder":
             raise EdgeserError("aug-mode online is only available with train=head")

@@ -10,9 +10,18 @@ from edgeser.core.lazy import lazy_attributes
 
 _EXPORTS = {
     name: ".ssl"
-    for name in ("ALIASES", "DISTILHUBERT_HUB_ID", "DISTILHUBERT_NUM_PARAMETERS", "Encoder",
-                 "distilhubert_config", "load_encoder", "parse_conv_spec", "random_encoder",
-                 "s3prl_to_hf_state_dict", "tiny_config")
+    for name in (
+        "ALIASES",
+        "DISTILHUBERT_HUB_ID",
+        "DISTILHUBERT_NUM_PARAMETERS",
+        "Encoder",
+        "distilhubert_config",
+        "load_encoder",
+        "parse_conv_spec",
+        "random_encoder",
+        "s3prl_to_hf_state_dict",
+        "tiny_config",
+    )
 }
 
 __all__ = sorted(_EXPORTS)

@@ -67,14 +67,19 @@ class EGeMAPSFrontEnd:
         try:
             import opensmile
         except ImportError:  # pragma: no cover - part of the train extra
-            raise EdgeserError("--model egemaps needs the opensmile package: "
-                               "pip install 'edgeser[train]'") from None
-        self._smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                                      feature_level=opensmile.FeatureLevel.Functionals)
+            raise EdgeserError(
+                "--model egemaps needs the opensmile package: pip install 'edgeser[train]'"
+            ) from None
+        self._smile = opensmile.Smile(
+            feature_set=opensmile.FeatureSet.eGeMAPSv02,
+            feature_level=opensmile.FeatureLevel.Functionals,
+        )
         self.feature_names: list[str] = list(self._smile.feature_names)
         if len(self.feature_names) != EGEMAPS_NUM_FEATURES:
-            raise EdgeserError(f"opensmile {opensmile.__version__}: eGeMAPSv02 has "
-                               f"{len(self.feature_names)} functionals, expected 88")
+            raise EdgeserError(
+                f"opensmile {opensmile.__version__}: eGeMAPSv02 has "
+                f"{len(self.feature_names)} functionals, expected 88"
+            )
         payload = f"egemaps-v02-functionals|opensmile={opensmile.__version__}|sr={_SAMPLE_RATE}"
         self.identity = hashlib.sha256(payload.encode()).hexdigest()[:16]
         self.version = str(opensmile.__version__)
@@ -125,6 +130,7 @@ class LinearClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[-1] != self.mean.shape[0]:
-            raise ValueError(f"expected functionals [batch, {self.mean.shape[0]}], "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected functionals [batch, {self.mean.shape[0]}], got {tuple(x.shape)}"
+            )
         return self.linear(self.standardize(x.float()))

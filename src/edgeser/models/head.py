@@ -174,7 +174,8 @@ class EmotionHead(nn.Module):
         self.classifier: nn.Module = _mlp(config, config.num_classes)
         self.regressor: nn.Module | None = (
             _mlp(config, config.num_dimensions, min(config.hidden, REGRESSOR_HIDDEN))
-            if config.num_dimensions > 0 else None
+            if config.num_dimensions > 0
+            else None
         )
         logger.debug("EmotionHead %s: %d parameters", config, self.num_parameters())
 

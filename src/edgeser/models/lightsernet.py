@@ -256,9 +256,9 @@ def mfcc_numpy(wave: np.ndarray, cfg: MFCCConfig = MFCCConfig()) -> np.ndarray:
     if x.shape[0] < cfg.frame_length:
         raise ValueError(f"need at least {cfg.frame_length} samples, got {x.shape[0]}")
     count = 1 + (x.shape[0] - cfg.frame_length) // cfg.frame_step
-    frames = np.stack([
-        x[t * cfg.frame_step : t * cfg.frame_step + cfg.frame_length] for t in range(count)
-    ])
+    frames = np.stack(
+        [x[t * cfg.frame_step : t * cfg.frame_step + cfg.frame_length] for t in range(count)]
+    )
     spectrum = np.abs(np.fft.rfft(frames * hann_window(cfg.frame_length), n=cfg.fft_length))
     log_mel = np.log(spectrum @ mel_matrix(cfg).astype(np.float64) + cfg.log_offset)
     m = cfg.num_mel_bins
@@ -303,9 +303,15 @@ class MFCC(nn.Module):
     def magnitude(self, wave: torch.Tensor) -> torch.Tensor:
         """``|STFT|`` as ``[B, T, bins]``."""
         cfg = self.cfg
-        args = dict(n_fft=cfg.fft_length, hop_length=cfg.frame_step,
-                    win_length=cfg.frame_length, window=self.window, center=False,
-                    onesided=True, normalized=False)
+        args = dict(
+            n_fft=cfg.fft_length,
+            hop_length=cfg.frame_step,
+            win_length=cfg.frame_length,
+            window=self.window,
+            center=False,
+            onesided=True,
+            normalized=False,
+        )
         if torch.onnx.is_in_onnx_export():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # return_complex=False is deprecated
@@ -326,8 +332,9 @@ def as_waveform(wave: np.ndarray | torch.Tensor, index: int = 0) -> np.ndarray:
     naming the waveform's position ``index``."""
     x = np.asarray(wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave)
     if x.ndim != 1 or not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"waveform {index}: expected a 1-D float waveform, got {x.dtype} "
-                         f"{x.shape}")
+        raise ValueError(
+            f"waveform {index}: expected a 1-D float waveform, got {x.dtype} {x.shape}"
+        )
     return x
 
 
@@ -354,8 +361,7 @@ class MFCCFrontEnd:
 
     def encode(self, waves: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """``[T, n_mfcc]`` float32 per wave (cropped/zero-padded to ``cfg.seconds``)."""
-        fixed = [fix_length(as_waveform(w, i), self.cfg.num_samples)
-                 for i, w in enumerate(waves)]
+        fixed = [fix_length(as_waveform(w, i), self.cfg.num_samples) for i, w in enumerate(waves)]
         out: list[torch.Tensor] = []
         with torch.no_grad():
             for start in range(0, len(fixed), self.batch_size):
@@ -388,8 +394,15 @@ def _pool(kernel: tuple[int, int]) -> nn.AvgPool2d:
 class _Block(nn.Sequential):
     """conv (same padding) -> BN -> ReLU -> [AvgPool]."""
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, int], *, bias: bool,
-                 pool: tuple[int, int] | None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: tuple[int, int],
+        *,
+        bias: bool,
+        pool: tuple[int, int] | None,
+    ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(cin, cout, kernel, padding="same", bias=bias),
             _bn(cout),
@@ -412,9 +425,9 @@ class LightSERNet(nn.Module):
     def __init__(self, cfg: LightSERNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else LightSERNetConfig()
-        self.paths = nn.ModuleList([
-            _Block(1, 32, k, bias=True, pool=(2, 2)) for k in ((11, 1), (1, 9), (3, 3))
-        ])
+        self.paths = nn.ModuleList(
+            [_Block(1, 32, k, bias=True, pool=(2, 2)) for k in ((11, 1), (1, 9), (3, 3))]
+        )
         self.body = nn.Sequential(
             _Block(96, 64, (3, 3), bias=False, pool=(2, 2)),
             _Block(64, 96, (3, 3), bias=False, pool=(2, 2)),

@@ -44,9 +44,18 @@ from typing import Any, Protocol, runtime_checkable
 from edgeser.audio.frontend import FrontEnd
 from edgeser.core.errors import EdgeserError
 
-__all__ = ["LIGHT_SERNET_AUTHORS", "LIGHT_SERNET_DEFAULTS", "MODELS", "FeatureEncoder",
-           "ModelSpec", "encoder_source", "make_encoder", "model_spec", "normalization",
-           "signal_front_end"]
+__all__ = [
+    "LIGHT_SERNET_AUTHORS",
+    "LIGHT_SERNET_DEFAULTS",
+    "MODELS",
+    "FeatureEncoder",
+    "ModelSpec",
+    "encoder_source",
+    "make_encoder",
+    "model_spec",
+    "normalization",
+    "signal_front_end",
+]
 
 #: LIGHT-SERNET's training as the authors' code runs it (github.com/AryaAftab/LIGHT-SERNET,
 #: ``hyperparameters.py``, ``train.py``, ``callbacks.py``, ``models.py``); each value's
@@ -120,29 +129,75 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("distilhubert", "ssl", "distilhubert", "none",
-                  "frozen DistilHuBERT + weighted layer sum + mean pooling + MLP (the paper)",
-                  {"ua": 0.614}, "the paper, IEMOCAP LOSO UA"),
-        ModelSpec("hubert-base", "ssl", "hubert-base", "none",
-                  "frozen HuBERT Base + the same head",
-                  {"wa": 0.6492}, "SUPERB ER, fold-averaged accuracy"),
-        ModelSpec("wav2vec2-base", "ssl", "wav2vec2-base", "none",
-                  "frozen wav2vec 2.0 Base + the same head",
-                  {"wa": 0.6343}, "SUPERB ER, fold-averaged accuracy"),
-        ModelSpec("wavlm-base-plus", "ssl", "wavlm-base-plus", "none",
-                  "frozen WavLM Base+ + the same head", None, ""),
-        ModelSpec("pepino", "ssl", "wav2vec2-base", "speaker",
-                  "Pepino et al. 2021: frozen wav2vec 2.0 Base, weighted layer sum, "
-                  "per-speaker normalisation, mean pooling, MLP",
-                  {"ua": 0.672}, "Pepino et al. 2021, IEMOCAP LOSO UA"),
-        ModelSpec("light-sernet", "cnn", None, "speaker",
-                  "LIGHT-SERNET (Aftab et al. 2022): MFCC + 3-path FCNN, trained from scratch "
-                  "with the authors' recipe and early stopping",
-                  None, "", LIGHT_SERNET_DEFAULTS, {"authors": LIGHT_SERNET_AUTHORS}),
-        ModelSpec("egemaps", "functionals", None, "global",
-                  "eGeMAPSv02 functionals (openSMILE, 88 features) + multinomial logistic "
-                  "regression (Eyben et al. 2016)",
-                  None, "", EGEMAPS_DEFAULTS),
+        ModelSpec(
+            "distilhubert",
+            "ssl",
+            "distilhubert",
+            "none",
+            "frozen DistilHuBERT + weighted layer sum + mean pooling + MLP (the paper)",
+            {"ua": 0.614},
+            "the paper, IEMOCAP LOSO UA",
+        ),
+        ModelSpec(
+            "hubert-base",
+            "ssl",
+            "hubert-base",
+            "none",
+            "frozen HuBERT Base + the same head",
+            {"wa": 0.6492},
+            "SUPERB ER, fold-averaged accuracy",
+        ),
+        ModelSpec(
+            "wav2vec2-base",
+            "ssl",
+            "wav2vec2-base",
+            "none",
+            "frozen wav2vec 2.0 Base + the same head",
+            {"wa": 0.6343},
+            "SUPERB ER, fold-averaged accuracy",
+        ),
+        ModelSpec(
+            "wavlm-base-plus",
+            "ssl",
+            "wavlm-base-plus",
+            "none",
+            "frozen WavLM Base+ + the same head",
+            None,
+            "",
+        ),
+        ModelSpec(
+            "pepino",
+            "ssl",
+            "wav2vec2-base",
+            "speaker",
+            "Pepino et al. 2021: frozen wav2vec 2.0 Base, weighted layer sum, "
+            "per-speaker normalisation, mean pooling, MLP",
+            {"ua": 0.672},
+            "Pepino et al. 2021, IEMOCAP LOSO UA",
+        ),
+        ModelSpec(
+            "light-sernet",
+            "cnn",
+            None,
+            "speaker",
+            "LIGHT-SERNET (Aftab et al. 2022): MFCC + 3-path FCNN, trained from scratch "
+            "with the authors' recipe and early stopping",
+            None,
+            "",
+            LIGHT_SERNET_DEFAULTS,
+            {"authors": LIGHT_SERNET_AUTHORS},
+        ),
+        ModelSpec(
+            "egemaps",
+            "functionals",
+            None,
+            "global",
+            "eGeMAPSv02 functionals (openSMILE, 88 features) + multinomial logistic "
+            "regression (Eyben et al. 2016)",
+            None,
+            "",
+            EGEMAPS_DEFAULTS,
+        ),
     )
 }
 NORMALIZATIONS = ("auto", "none", "global", "speaker")
@@ -178,9 +233,11 @@ def normalization(cfg: Any) -> str:
     spec = model_spec(cfg.model)
     mode = spec.normalize if cfg.feature_norm == "auto" else cfg.feature_norm
     if mode == "global" and spec.family == "cnn":
-        raise EdgeserError(f"--feature-norm global applies to SSL-encoder models and egemaps; "
-                           f"{cfg.model} takes none or speaker (per-speaker BatchNorm "
-                           "statistics)")
+        raise EdgeserError(
+            f"--feature-norm global applies to SSL-encoder models and egemaps; "
+            f"{cfg.model} takes none or speaker (per-speaker BatchNorm "
+            "statistics)"
+        )
     return mode
 
 

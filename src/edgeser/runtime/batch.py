@@ -114,23 +114,50 @@ class ArchiveJob:
         m = OnnxEmotionModel(model, threads=1)  # checks the graph and card once, here
         data = m.path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()[:12]
-        return cls(m.path.name, data, m.card, tuple(m.labels), tuple(m.dimension_names),
-                   m.trim, f"{m.path.name}@{digest}", threads, m.long.window)
+        return cls(
+            m.path.name,
+            data,
+            m.card,
+            tuple(m.labels),
+            tuple(m.dimension_names),
+            m.trim,
+            f"{m.path.name}@{digest}",
+            threads,
+            m.long.window,
+        )
 
     def columns(self) -> list[str]:
-        return ["utt_id", "path", "label", "predicted", *[f"p_{c}" for c in self.labels],
-                *[f"pred_{d}" for d in self.dimensions], "status", "segments", "duration",
-                "model", "error"]
+        return [
+            "utt_id",
+            "path",
+            "label",
+            "predicted",
+            *[f"p_{c}" for c in self.labels],
+            *[f"pred_{d}" for d in self.dimensions],
+            "status",
+            "segments",
+            "duration",
+            "model",
+            "error",
+        ]
 
     def schema(self) -> Any:
         pa = _pyarrow()
-        f32 = [pa.field(c, pa.float32()) for c in self.columns()
-               if c.startswith(("p_", "pred_"))]
-        return pa.schema([pa.field("utt_id", pa.string()), pa.field("path", pa.string()),
-                          pa.field("label", pa.string()), pa.field("predicted", pa.string()),
-                          *f32, pa.field("status", pa.string()),
-                          pa.field("segments", pa.int32()), pa.field("duration", pa.float64()),
-                          pa.field("model", pa.string()), pa.field("error", pa.string())])
+        f32 = [pa.field(c, pa.float32()) for c in self.columns() if c.startswith(("p_", "pred_"))]
+        return pa.schema(
+            [
+                pa.field("utt_id", pa.string()),
+                pa.field("path", pa.string()),
+                pa.field("label", pa.string()),
+                pa.field("predicted", pa.string()),
+                *f32,
+                pa.field("status", pa.string()),
+                pa.field("segments", pa.int32()),
+                pa.field("duration", pa.float64()),
+                pa.field("model", pa.string()),
+                pa.field("error", pa.string()),
+            ]
+        )
 
     def decode(self, path: str) -> tuple[np.ndarray, float | None, str | None]:
         """``(prepared waveform, duration, error)`` of one file. An error comes with an
@@ -154,8 +181,11 @@ class ArchiveJob:
             if error is None:
                 try:
                     wave = row["wave"]
-                    result = (model.analyse_prepared(wave) if len(wave)
-                              else model.analyse_file(row["path"]))  # longer than the window
+                    result = (
+                        model.analyse_prepared(wave)
+                        if len(wave)
+                        else model.analyse_file(row["path"])
+                    )  # longer than the window
                 except EdgeserError as e:
                     error = str(e)
                 except Exception as e:  # onnxruntime's own exception types
@@ -167,8 +197,9 @@ class ArchiveJob:
             for c in self.labels:
                 out[f"p_{c}"].append(None if result is None else result.probabilities[c])
             for d in self.dimensions:
-                out[f"pred_{d}"].append(None if result is None or result.dimensions is None
-                                        else result.dimensions[d])
+                out[f"pred_{d}"].append(
+                    None if result is None or result.dimensions is None else result.dimensions[d]
+                )
             out["status"].append(None if result is None else result.status)
             out["segments"].append(None if result is None else result.segments)
             out["duration"].append(row["duration"])
@@ -202,16 +233,23 @@ def read_archive_manifest(path: str | os.PathLike[str]) -> list[dict[str, str]]:
             names = [(n or "").strip() for n in reader.fieldnames or []]
             reader.fieldnames = names
             if "path" not in names:
-                raise EdgeserError(f"--manifest {p}: no 'path' column (columns: "
-                                   f"{', '.join(map(repr, names)) or 'none'})")
+                raise EdgeserError(
+                    f"--manifest {p}: no 'path' column (columns: "
+                    f"{', '.join(map(repr, names)) or 'none'})"
+                )
             rows = []
             for r in reader:
                 audio = (r.get("path") or "").strip()
                 if not audio:
                     raise EdgeserError(f"--manifest {p}: line {reader.line_num} has no path")
                 full = audio if os.path.isabs(audio) else str(base / audio)
-                rows.append({"utt_id": (r.get("utt_id") or "").strip() or audio,
-                             "path": full, "label": (r.get("label") or "").strip()})
+                rows.append(
+                    {
+                        "utt_id": (r.get("utt_id") or "").strip() or audio,
+                        "path": full,
+                        "label": (r.get("label") or "").strip(),
+                    }
+                )
     except (UnicodeDecodeError, csv.Error) as e:
         raise EdgeserError(f"--manifest {p}: not a readable CSV ({e})") from None
     seen: set[str] = set()
@@ -246,8 +284,10 @@ def _lock(out: Path) -> Any:
         pass
     except OSError:
         fh.close()
-        raise EdgeserError(f"--out {out} is being written by another edgeser predict (it "
-                           f"holds {out / _LOCK}); wait for it or use another --out") from None
+        raise EdgeserError(
+            f"--out {out} is being written by another edgeser predict (it "
+            f"holds {out / _LOCK}); wait for it or use another --out"
+        ) from None
     return fh
 
 
@@ -274,17 +314,22 @@ class PartWriter:
         for f in parts:
             if self.pa.parquet.read_schema(f).names != self.schema.names:
                 self.close()
-                raise EdgeserError(f"--out {out}: {f.name} has other columns than this "
-                                   "edgeser writes (an older version's?); use another --out")
+                raise EdgeserError(
+                    f"--out {out}: {f.name} has other columns than this "
+                    "edgeser writes (an older version's?); use another --out"
+                )
             table = self.pa.parquet.read_table(f, columns=["utt_id", "model", "error"])
             models = set(table.column("model").to_pylist())
             if models - {job.model_id}:
                 self.close()
-                raise EdgeserError(f"--out {out} holds predictions of another model "
-                                   f"({sorted(models - {job.model_id})[0]}); use another "
-                                   "--out or remove it")
-            for uid, error in zip(table.column("utt_id").to_pylist(),
-                                  table.column("error").to_pylist(), strict=True):
+                raise EdgeserError(
+                    f"--out {out} holds predictions of another model "
+                    f"({sorted(models - {job.model_id})[0]}); use another "
+                    "--out or remove it"
+                )
+            for uid, error in zip(
+                table.column("utt_id").to_pylist(), table.column("error").to_pylist(), strict=True
+            ):
                 (self.failed if error is not None else self.done).add(uid)
         self.failed -= self.done
         self.buffer: list[dict[str, list]] = []
@@ -332,14 +377,20 @@ class PartWriter:
             for j, uid in enumerate(t.column("utt_id").to_pylist()):
                 first.setdefault(uid, (i, j))
                 old = best.get(uid)
-                if old is None or errors[j] is None or slim[old[0]].column("error")[
-                        old[1]].as_py() is not None:
+                if (
+                    old is None
+                    or errors[j] is None
+                    or slim[old[0]].column("error")[old[1]].as_py() is not None
+                ):
                     best[uid] = (i, j)
         # part -> its new rows, each (source part, source row); unchanged parts are skipped
         plan: dict[int, list[tuple[int, int]]] = {}
         for i, t in enumerate(slim):
-            rows = [best[uid] for j, uid in enumerate(t.column("utt_id").to_pylist())
-                    if first[uid] == (i, j)]
+            rows = [
+                best[uid]
+                for j, uid in enumerate(t.column("utt_id").to_pylist())
+                if first[uid] == (i, j)
+            ]
             if rows != [(i, j) for j in range(t.num_rows)]:
                 plan[i] = rows
         sources = {src for rows in plan.values() for src, _ in rows}
@@ -390,19 +441,21 @@ def _score_chunk(rows: list[dict[str, str]]) -> dict[str, list]:
 
 def _chunks(rows: Sequence[dict[str, str]], n: int) -> Iterator[list[dict[str, str]]]:
     for i in range(0, len(rows), n):
-        yield list(rows[i:i + n])
+        yield list(rows[i : i + n])
 
 
-def _local_results(job: ArchiveJob, rows: Sequence[dict[str, str]],
-                   workers: int) -> Iterator[dict[str, list]]:
+def _local_results(
+    job: ArchiveJob, rows: Sequence[dict[str, str]], workers: int
+) -> Iterator[dict[str, list]]:
     """Scored chunks in manifest order from a pool of ``workers`` processes (at most two
     chunks per process in flight; a dead process's chunks are re-run in a new pool)."""
     chunks = list(_chunks(rows, CHUNK_ROWS))
     ctx = multiprocessing.get_context("spawn")
     i, failures = 0, 0
     while i < len(chunks):
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                      initializer=_init_worker, initargs=(job,))
+        pool = cf.ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(job,)
+        )
         try:
             pending: list[cf.Future] = []
             nxt = i
@@ -416,10 +469,11 @@ def _local_results(job: ArchiveJob, rows: Sequence[dict[str, str]],
         except cf.process.BrokenProcessPool:
             failures += 1
             if failures > _MAX_POOL_RESTARTS:
-                raise EdgeserError(f"predict: worker processes died {failures} times (at "
-                                   f"{chunks[i][0]['path']} or the rows after it)") from None
-            log.warning("predict: a worker process died; retrying from row %d",
-                        i * CHUNK_ROWS)
+                raise EdgeserError(
+                    f"predict: worker processes died {failures} times (at "
+                    f"{chunks[i][0]['path']} or the rows after it)"
+                ) from None
+            log.warning("predict: a worker process died; retrying from row %d", i * CHUNK_ROWS)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -432,8 +486,10 @@ class _RayPredictor:
         self.job, self.model = job, job.model()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        rows = [{k: batch[k][i] for k in ("utt_id", "path", "label", "wave", "duration",
-                                          "error")} for i in range(len(batch["utt_id"]))]
+        rows = [
+            {k: batch[k][i] for k in ("utt_id", "path", "label", "wave", "duration", "error")}
+            for i in range(len(batch["utt_id"]))
+        ]
         for r in rows:
             r["error"] = None if r["error"] in (None, "") else str(r["error"])
             r["duration"] = None if r["error"] is not None else float(r["duration"])
@@ -450,12 +506,19 @@ def _ray_decode(batch: dict[str, Any], job: ArchiveJob) -> dict[str, Any]:
     out = {k: np.asarray(batch[k], dtype=object) for k in ("utt_id", "path", "label")}
     wave_col = np.empty(len(waves), dtype=object)
     wave_col[:] = waves
-    return {**out, "wave": wave_col, "duration": np.asarray(durations, np.float64),
-            "error": np.asarray(errors, dtype=object)}
+    return {
+        **out,
+        "wave": wave_col,
+        "duration": np.asarray(durations, np.float64),
+        "error": np.asarray(errors, dtype=object),
+    }
 
 
-def _ray_results(job: ArchiveJob, rows: Sequence[dict[str, str]], spec: ExecutorSpec,
-                 ) -> Iterator[dict[str, list]]:
+def _ray_results(
+    job: ArchiveJob,
+    rows: Sequence[dict[str, str]],
+    spec: ExecutorSpec,
+) -> Iterator[dict[str, list]]:
     connect_ray(spec)
     import ray
     import ray.data
@@ -468,12 +531,22 @@ def _ray_results(job: ArchiveJob, rows: Sequence[dict[str, str]], spec: Executor
     # holding every CPU would otherwise starve them); at most one per CPU runs at a time.
     actors = spec.workers or max(1, cpus // job.threads)
     ds = ray.data.from_items(list(rows), override_num_blocks=max(1, len(rows) // CHUNK_ROWS))
-    ds = ds.map_batches(_ray_decode, fn_kwargs={"job": job}, batch_size=CHUNK_ROWS,
-                        batch_format="numpy", num_cpus=0,
-                        compute=ray.data.TaskPoolStrategy(size=max(1, cpus)))
-    ds = ds.map_batches(_RayPredictor, fn_constructor_kwargs={"job": job},
-                        batch_size=CHUNK_ROWS, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=job.threads)
+    ds = ds.map_batches(
+        _ray_decode,
+        fn_kwargs={"job": job},
+        batch_size=CHUNK_ROWS,
+        batch_format="numpy",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=max(1, cpus)),
+    )
+    ds = ds.map_batches(
+        _RayPredictor,
+        fn_constructor_kwargs={"job": job},
+        batch_size=CHUNK_ROWS,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=job.threads,
+    )
     log.info("predict: Ray Data, %d actors x %d threads", actors, job.threads)
     columns = job.columns()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -506,8 +579,13 @@ class ArchiveSummary:
 
 
 def predict_manifest(
-    model: str | os.PathLike[str], manifest: str | os.PathLike[str], out: str | os.PathLike[str],
-    *, threads: int = 1, executor: ExecutorSpec | None = None, part_rows: int = PART_ROWS,
+    model: str | os.PathLike[str],
+    manifest: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    threads: int = 1,
+    executor: ExecutorSpec | None = None,
+    part_rows: int = PART_ROWS,
     part_seconds: float = PART_SECONDS,
 ) -> ArchiveSummary:
     """Score every utterance of ``manifest`` not yet in ``out`` (see the module docstring);
@@ -520,8 +598,14 @@ def predict_manifest(
     try:
         todo = [r for r in rows if r["utt_id"] not in writer.done]
         retried = sum(r["utt_id"] in writer.failed for r in todo)
-        log.info("predict: %d of %d utterances already in %s, scoring %d (%d that failed "
-                 "before)", len(rows) - len(todo), len(rows), out, len(todo), retried)
+        log.info(
+            "predict: %d of %d utterances already in %s, scoring %d (%d that failed before)",
+            len(rows) - len(todo),
+            len(rows),
+            out,
+            len(todo),
+            retried,
+        )
         errors = 0
         if todo:
             if spec.is_ray:
@@ -538,5 +622,6 @@ def predict_manifest(
                 writer.compact()  # the rows that failed before, now superseded
     finally:
         writer.close()
-    return ArchiveSummary(len(rows), len(rows) - len(todo), writer.written, errors,
-                          time.perf_counter() - t0, retried)
+    return ArchiveSummary(
+        len(rows), len(rows) - len(todo), writer.written, errors, time.perf_counter() - t0, retried
+    )

@@ -13,8 +13,17 @@ from typing import Any
 from edgeser.audio.io import SAMPLE_RATE
 from edgeser.core.errors import EdgeserError
 
-__all__ = ["CARD_NAME", "FORMAT_VERSION", "GRAPH_INPUTS", "GRAPH_METADATA", "GRAPH_OUTPUTS",
-           "MODEL_FORMAT", "graph_metadata", "make_card", "read_model_card"]
+__all__ = [
+    "CARD_NAME",
+    "FORMAT_VERSION",
+    "GRAPH_INPUTS",
+    "GRAPH_METADATA",
+    "GRAPH_OUTPUTS",
+    "MODEL_FORMAT",
+    "graph_metadata",
+    "make_card",
+    "read_model_card",
+]
 
 MODEL_FORMAT = "edgeser-onnx"
 FORMAT_VERSION = 1
@@ -35,14 +44,22 @@ GRAPH_METADATA = ("edgeser.labels", "edgeser.dimensions")
 def graph_metadata(labels: Sequence[str], dimensions: Sequence[str] = ()) -> dict[str, str]:
     """What the exporter stamps into an ONNX graph's metadata: its labels and dimension
     names in output order (JSON lists)."""
-    return dict(zip(GRAPH_METADATA, (json.dumps(list(labels)), json.dumps(list(dimensions))),
-                    strict=True))
+    return dict(
+        zip(GRAPH_METADATA, (json.dumps(list(labels)), json.dumps(list(dimensions))), strict=True)
+    )
 
 
 def make_card(
-    *, labels: list[str], model: str, min_samples: int, outside_graph: dict[str, Any],
-    inside_graph: dict[str, Any], files: dict[str, str], edgeser_version: str,
-    dimensions: Sequence[str] | None = None, **extra: Any,
+    *,
+    labels: list[str],
+    model: str,
+    min_samples: int,
+    outside_graph: dict[str, Any],
+    inside_graph: dict[str, Any],
+    files: dict[str, str],
+    edgeser_version: str,
+    dimensions: Sequence[str] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """A ``model.json`` document: the fixed schema first, then ``extra`` entries (encoder,
     training, metrics, export details, sizes). ``dimensions`` names the graph's second
@@ -51,11 +68,13 @@ def make_card(
     dims: dict[str, Any] = {}
     if dimensions:
         outputs["dimensions"] = f"float32 [batch, {len(dimensions)}]"
-        dims = {"dimensions": {
-            "names": list(dimensions),
-            "scale": "[0, 1]: (IEMOCAP rating on 1-5 - 1) / 4; 0 low (calm, negative, "
-                     "submissive), 1 high (excited, positive, dominant)",
-        }}
+        dims = {
+            "dimensions": {
+                "names": list(dimensions),
+                "scale": "[0, 1]: (IEMOCAP rating on 1-5 - 1) / 4; 0 low (calm, negative, "
+                "submissive), 1 high (excited, positive, dominant)",
+            }
+        }
     return {
         "format": MODEL_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -71,18 +90,21 @@ def make_card(
         "long_input": {
             "window_seconds": LONG_INPUT_WINDOW,
             "method": "an input up to the window is one graph run; a longer one is split "
-                      "into speech segments (Silero VAD, edgeser stream's settings, "
-                      "max_segment = the window), each classified, and the probabilities "
-                      "(and dimensions) averaged weighted by segment duration; with no "
-                      "speech, the first window is classified and status is no_speech",
+            "into speech segments (Silero VAD, edgeser stream's settings, "
+            "max_segment = the window), each classified, and the probabilities "
+            "(and dimensions) averaged weighted by segment duration; with no "
+            "speech, the first window is classified and status is no_speech",
         },
         "status": {
             "too_short_seconds": TOO_SHORT_SECONDS,
-            "values": {"ok": "speech found", "too_short": "less audio after the trim "
-                       "than too_short_seconds", "no_speech": "the VAD finds no speech "
-                       "(silence, stationary noise)", "low_confidence": "speech, but the "
-                       "top (calibrated) probability is below calibration."
-                       "low_confidence_below"},
+            "values": {
+                "ok": "speech found",
+                "too_short": "less audio after the trim than too_short_seconds",
+                "no_speech": "the VAD finds no speech (silence, stationary noise)",
+                "low_confidence": "speech, but the "
+                "top (calibrated) probability is below calibration."
+                "low_confidence_below",
+            },
         },
         **dims,
         **extra,
@@ -123,19 +145,22 @@ def _load_card(p: Path, card_path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"{card_path} is not valid JSON ({e})") from None
     if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
-        raise bad(f"{card_path} does not declare \"format\": \"{MODEL_FORMAT}\"")
+        raise bad(f'{card_path} does not declare "format": "{MODEL_FORMAT}"')
     version = card.get("format_version")
     if version != FORMAT_VERSION:
-        raise bad(f"{card_path} has format_version {version!r}; this edgeser reads "
-                  f"{FORMAT_VERSION}")
+        raise bad(
+            f"{card_path} has format_version {version!r}; this edgeser reads {FORMAT_VERSION}"
+        )
     labels = card.get("labels")
-    if (not isinstance(labels, list) or not labels
-            or not all(isinstance(x, str) and x for x in labels)
-            or len(set(labels)) != len(labels)):
-        raise bad(f"{card_path}: \"labels\" must be a non-empty list of distinct names")
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(x, str) and x for x in labels)
+        or len(set(labels)) != len(labels)
+    ):
+        raise bad(f'{card_path}: "labels" must be a non-empty list of distinct names')
     if card.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
-        raise bad(f"{card_path}: sample_rate {card.get('sample_rate')!r} (expected "
-                  f"{SAMPLE_RATE})")
+        raise bad(f"{card_path}: sample_rate {card.get('sample_rate')!r} (expected {SAMPLE_RATE})")
     problem = _card_problem(card)
     if problem:
         raise bad(f"{card_path}: {problem}")
@@ -149,41 +174,53 @@ def _integer(value: Any, low: int, high: int) -> bool:
 def _card_problem(card: dict[str, Any]) -> str | None:
     """What is wrong with the fields the runtime acts on (None: nothing)."""
     if "min_samples" in card and not _integer(card["min_samples"], 1, MAX_MIN_SAMPLES):
-        return (f"\"min_samples\" must be an integer in 1-{MAX_MIN_SAMPLES}, got "
-                f"{card['min_samples']!r}")
+        return (
+            f'"min_samples" must be an integer in 1-{MAX_MIN_SAMPLES}, got {card["min_samples"]!r}'
+        )
     pre = card.get("preprocessing", {})
     outside = pre.get("outside_graph", {}) if isinstance(pre, dict) else None
     if not isinstance(outside, dict):
-        return "\"preprocessing\" must hold an \"outside_graph\" object"
+        return '"preprocessing" must hold an "outside_graph" object'
     trim = outside.get("trim")
     if isinstance(trim, dict):
-        top_db, frame, hop = (trim.get("top_db", 20.0), trim.get("frame_length", 2048),
-                              trim.get("hop_length", 512))
-        if (not isinstance(top_db, int | float) or isinstance(top_db, bool)
-                or not 0 < top_db <= 200):
-            return f"trim \"top_db\" must be a number in (0, 200], got {top_db!r}"
+        top_db, frame, hop = (
+            trim.get("top_db", 20.0),
+            trim.get("frame_length", 2048),
+            trim.get("hop_length", 512),
+        )
+        if not isinstance(top_db, int | float) or isinstance(top_db, bool) or not 0 < top_db <= 200:
+            return f'trim "top_db" must be a number in (0, 200], got {top_db!r}'
         if not _integer(frame, 16, 1 << 16):
-            return f"trim \"frame_length\" must be an integer in 16-65536, got {frame!r}"
+            return f'trim "frame_length" must be an integer in 16-65536, got {frame!r}'
         if not _integer(hop, 1, frame):
-            return f"trim \"hop_length\" must be an integer in 1-frame_length, got {hop!r}"
+            return f'trim "hop_length" must be an integer in 1-frame_length, got {hop!r}'
     elif trim not in (None, True, False):
-        return f"\"trim\" must be null, true, false or an object, got {trim!r}"
+        return f'"trim" must be null, true, false or an object, got {trim!r}'
     files = card.get("files", {})
     if not isinstance(files, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        return "\"files\" must map names to file names"
-    for section, key, low, high in (("long_input", "window_seconds", 1.0, 60.0),
-                                    ("status", "too_short_seconds", 0.0, 10.0),
-                                    ("calibration", "low_confidence_below", 0.0, 1.0)):
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        return '"files" must map names to file names'
+    for section, key, low, high in (
+        ("long_input", "window_seconds", 1.0, 60.0),
+        ("status", "too_short_seconds", 0.0, 10.0),
+        ("calibration", "low_confidence_below", 0.0, 1.0),
+    ):
         part = card.get(section, {})
         value = part.get(key, low) if isinstance(part, dict) else None
-        if (not isinstance(value, int | float) or isinstance(value, bool)
-                or not low <= value <= high):
-            return f"\"{section}\" must hold \"{key}\", a number in [{low:g}, {high:g}]"
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value <= high
+        ):
+            return f'"{section}" must hold "{key}", a number in [{low:g}, {high:g}]'
     dims = card.get("dimensions")
     if dims is not None:
         names = dims.get("names") if isinstance(dims, dict) else None
-        if (not isinstance(names, list) or not all(isinstance(n, str) and n for n in names)
-                or len(set(names)) != len(names)):
-            return "\"dimensions\" must hold \"names\", a list of distinct names"
+        if (
+            not isinstance(names, list)
+            or not all(isinstance(n, str) and n for n in names)
+            or len(set(names)) != len(names)
+        ):
+            return '"dimensions" must hold "names", a list of distinct names'
     return None

@@ -92,9 +92,11 @@ def long_input_settings(card: dict[str, Any]) -> LongInputs:
     long = card.get("long_input") or {}
     status = card.get("status") or {}
     calibration = card.get("calibration") or {}
-    return LongInputs(window=float(long.get("window_seconds", LongInputs.window)),
-                      too_short=float(status.get("too_short_seconds", LongInputs.too_short)),
-                      low_confidence=float(calibration.get("low_confidence_below", 0.0)))
+    return LongInputs(
+        window=float(long.get("window_seconds", LongInputs.window)),
+        too_short=float(status.get("too_short_seconds", LongInputs.too_short)),
+        low_confidence=float(calibration.get("low_confidence_below", 0.0)),
+    )
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,14 @@ def trim_settings(card: dict[str, Any]) -> TrimSettings | None:
         return None
     if trim is True:
         return TrimSettings()
-    return TrimSettings(top_db=float(trim.get("top_db", 20.0)),
-                        frame_length=int(trim.get("frame_length", 2048)),
-                        hop_length=int(trim.get("hop_length", 512)))
+    return TrimSettings(
+        top_db=float(trim.get("top_db", 20.0)),
+        frame_length=int(trim.get("frame_length", 2048)),
+        hop_length=int(trim.get("hop_length", 512)),
+    )
 
 
-def prepare_waveform(wave: np.ndarray, sample_rate: int,
-                     trim: TrimSettings | None) -> np.ndarray:
+def prepare_waveform(wave: np.ndarray, sample_rate: int, trim: TrimSettings | None) -> np.ndarray:
     """:meth:`OnnxEmotionModel.prepare` with the trim of a model card
     (:func:`trim_settings`): what runs outside the graph, without a session."""
     x = to_mono(np.asarray(wave, dtype=np.float32))
@@ -135,9 +138,9 @@ def prepare_waveform(wave: np.ndarray, sample_rate: int,
     if x.size == 0:
         raise AudioError("audio is shorter than one sample at 16 kHz")
     if trim is not None:
-        start, end = trim_bounds(x, top_db=trim.top_db,
-                                 frame_length=trim.frame_length,
-                                 hop_length=trim.hop_length)
+        start, end = trim_bounds(
+            x, top_db=trim.top_db, frame_length=trim.frame_length, hop_length=trim.hop_length
+        )
         if end > start:
             x = x[start:end]
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -168,8 +171,9 @@ class OnnxEmotionModel:
     (``silero`` or ``webrtc``) finds the speech in long inputs and decides ``no_speech``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 2,
-                 vad: str = "silero") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, threads: int = 2, vad: str = "silero"
+    ) -> None:
         self.path, self.card = read_model_card(path)
         self.labels: list[str] = list(self.card["labels"])
         self.sample_rate: int = SAMPLE_RATE
@@ -180,14 +184,16 @@ class OnnxEmotionModel:
         self._vad: FrameVAD | None = None
         #: Names of the dimensional output (empty: the graph has none).
         self.dimension_names: list[str] = list(
-            (self.card.get("dimensions") or {}).get("names") or [])
+            (self.card.get("dimensions") or {}).get("names") or []
+        )
 
         try:
             self.session = onnx_session(self.path, threads=max(1, int(threads)))
         except Exception as e:  # onnxruntime raises its own exception types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgeserError(f"{self.path} is not an edgeser model: not a loadable ONNX "
-                               f"file ({msg[:200]})") from None
+            raise EdgeserError(
+                f"{self.path} is not an edgeser model: not a loadable ONNX file ({msg[:200]})"
+            ) from None
         self._check_signature()
         log.debug("loaded %s (%d labels, %d threads)", self.path, len(self.labels), threads)
 
@@ -202,37 +208,46 @@ class OnnxEmotionModel:
             raise bad(f"graph inputs {sorted(ins)}, expected ['lengths', 'waveform']")
         for name, (dtype, rank) in want_in.items():
             if ins[name].type != dtype or len(ins[name].shape) != rank:
-                raise bad(f"input {name!r} is {ins[name].type} {ins[name].shape}, expected "
-                          f"{dtype} of rank {rank}")
+                raise bad(
+                    f"input {name!r} is {ins[name].type} {ins[name].shape}, expected "
+                    f"{dtype} of rank {rank}"
+                )
         out = outs.get("probabilities")
         if out is None:
             raise bad(f"graph outputs {sorted(outs)}, expected 'probabilities'")
         if out.type != "tensor(float)" or len(out.shape) != 2:
-            raise bad(f"output 'probabilities' is {out.type} {out.shape}, expected float "
-                      f"[batch, classes]")
+            raise bad(
+                f"output 'probabilities' is {out.type} {out.shape}, expected float [batch, classes]"
+            )
         n = out.shape[1]
         if isinstance(n, int) and n != len(self.labels):
-            raise bad(f"the graph has {n} classes but model.json lists {len(self.labels)} "
-                      f"labels")
+            raise bad(f"the graph has {n} classes but model.json lists {len(self.labels)} labels")
         stamped = self.session.get_modelmeta().custom_metadata_map
         if all(k in stamped for k in GRAPH_METADATA):
             want = graph_metadata(self.labels, self.dimension_names)
             for key in GRAPH_METADATA:
                 if json.loads(stamped[key]) != json.loads(want[key]):
-                    raise bad(f"model.json's {key.split('.')[1]} {json.loads(want[key])} are not "
-                              f"the graph's {json.loads(stamped[key])} (the order matters: "
-                              "model.json belongs to another export)")
+                    raise bad(
+                        f"model.json's {key.split('.')[1]} {json.loads(want[key])} are not "
+                        f"the graph's {json.loads(stamped[key])} (the order matters: "
+                        "model.json belongs to another export)"
+                    )
         else:
-            log.debug("%s: no labels in the graph's metadata (exported before edgeser stamped "
-                      "them): model.json's order is taken as is", self.path)
+            log.debug(
+                "%s: no labels in the graph's metadata (exported before edgeser stamped "
+                "them): model.json's order is taken as is",
+                self.path,
+            )
         dims = outs.get("dimensions")
         if (dims is None) != (not self.dimension_names):
             raise bad("model.json and the graph disagree on the 'dimensions' output")
         if dims is not None:
             k = dims.shape[1] if len(dims.shape) == 2 else None
             if dims.type != "tensor(float)" or k != len(self.dimension_names):
-                raise bad(f"output 'dimensions' is {dims.type} {dims.shape}, expected float "
-                          f"[batch, {len(self.dimension_names)}]")
+                raise bad(
+                    f"output 'dimensions' is {dims.type} {dims.shape}, expected float "
+                    f"[batch, {len(self.dimension_names)}]"
+                )
 
     # ------------------------------------------------------------------ preprocessing
     def prepare(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -257,8 +272,10 @@ class OnnxEmotionModel:
         """:meth:`run`, with the dimensional output ``[len(waves), K]`` (None without)."""
         k = len(self.dimension_names)
         if not waves:
-            return (np.zeros((0, len(self.labels)), dtype=np.float32),
-                    np.zeros((0, k), dtype=np.float32) if k else None)
+            return (
+                np.zeros((0, len(self.labels)), dtype=np.float32),
+                np.zeros((0, k), dtype=np.float32) if k else None,
+            )
         names = ["probabilities", "dimensions"] if k else ["probabilities"]
         outs = self.session.run(names, pad_batch(waves, self.min_samples))
         probs = np.asarray(outs[0], dtype=np.float32)
@@ -270,8 +287,11 @@ class OnnxEmotionModel:
 
     def _analysis(self, row: np.ndarray, dims: np.ndarray | None, **info: Any) -> Analysis:
         label, probs = self._named(row)
-        named = (None if dims is None else
-                 {d: float(v) for d, v in zip(self.dimension_names, dims, strict=True)})
+        named = (
+            None
+            if dims is None
+            else {d: float(v) for d, v in zip(self.dimension_names, dims, strict=True)}
+        )
         return Analysis(label, probs, named, **info)
 
     def predict_waveform(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Prediction:
@@ -292,7 +312,10 @@ class OnnxEmotionModel:
         return self._analyse_long(array_blocks(resample(x, sr, SAMPLE_RATE)))
 
     def predict_batch(
-        self, waves: Sequence[np.ndarray], sample_rate: int = SAMPLE_RATE, *,
+        self,
+        waves: Sequence[np.ndarray],
+        sample_rate: int = SAMPLE_RATE,
+        *,
         batch_size: int = 16,
     ) -> list[Prediction]:
         """Classify several waveforms (all at ``sample_rate``), ``batch_size`` per graph run.
@@ -312,7 +335,7 @@ class OnnxEmotionModel:
         order = sorted(short, key=lambda i: len(prepared[i]))
         step = max(1, int(batch_size))
         for k in range(0, len(order), step):
-            idx = order[k: k + step]
+            idx = order[k : k + step]
             for i, row in zip(idx, self.run([prepared[i] for i in idx]), strict=True):
                 out[i] = self._named(row)
         return [p for p in out if p is not None]
@@ -366,17 +389,27 @@ class OnnxEmotionModel:
         :meth:`analyse_waveform` without running the VAD again."""
         x = self.prepare(audio, SAMPLE_RATE)
         probs, dims = self.run_outputs([x])
-        status = ("too_short" if x.shape[0] < self.long.too_short * SAMPLE_RATE
-                  else self.confidence_status(probs[0]))
-        return self._analysis(probs[0], None if dims is None else dims[0], status=status,
-                              speech_seconds=x.shape[0] / SAMPLE_RATE)
+        status = (
+            "too_short"
+            if x.shape[0] < self.long.too_short * SAMPLE_RATE
+            else self.confidence_status(probs[0])
+        )
+        return self._analysis(
+            probs[0],
+            None if dims is None else dims[0],
+            status=status,
+            speech_seconds=x.shape[0] / SAMPLE_RATE,
+        )
 
     def analyse_prepared(self, x: np.ndarray) -> Analysis:
         """:class:`Analysis` of a waveform :meth:`prepare` made (up to the window)."""
         probs, dims = self.run_outputs([x])
-        return self._analysis(probs[0], None if dims is None else dims[0],
-                              status=self.status(x, probs[0]),
-                              speech_seconds=x.shape[0] / SAMPLE_RATE)
+        return self._analysis(
+            probs[0],
+            None if dims is None else dims[0],
+            status=self.status(x, probs[0]),
+            speech_seconds=x.shape[0] / SAMPLE_RATE,
+        )
 
     def _analyse_long(self, blocks: Iterable[np.ndarray]) -> Analysis:
         """Speech segments of a long 16 kHz block stream, each classified, combined
@@ -408,13 +441,21 @@ class OnnxEmotionModel:
         if count == 0:  # no speech anywhere: the first window, said to be no speech
             x = self.prepare(np.concatenate(first), SAMPLE_RATE)
             probs, dims = self.run_outputs([x])
-            return self._analysis(probs[0], None if dims is None else dims[0],
-                                  status="no_speech", segments=0, speech_seconds=0.0)
+            return self._analysis(
+                probs[0],
+                None if dims is None else dims[0],
+                status="no_speech",
+                segments=0,
+                speech_seconds=0.0,
+            )
         probs = (acc_p / seconds).astype(np.float32)
-        return self._analysis(probs, (acc_d / seconds).astype(np.float32) if k else None,
-                              status=self.confidence_status(probs), segments=count,
-                              speech_seconds=seconds)
+        return self._analysis(
+            probs,
+            (acc_d / seconds).astype(np.float32) if k else None,
+            status=self.confidence_status(probs),
+            segments=count,
+            speech_seconds=seconds,
+        )
 
     def __repr__(self) -> str:
         return f"OnnxEmotionModel({str(self.path)!r}, labels={self.labels})"
-

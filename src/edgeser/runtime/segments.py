@@ -29,7 +29,8 @@ BLOCK_SECONDS = 0.5
 
 
 def file_blocks(
-    path: str | os.PathLike[str], block_seconds: float = BLOCK_SECONDS,
+    path: str | os.PathLike[str],
+    block_seconds: float = BLOCK_SECONDS,
     target_rate: int = SAMPLE_RATE,
     reader: Callable[[object, int], np.ndarray] | None = None,
 ) -> Iterator[np.ndarray]:
@@ -53,13 +54,19 @@ def file_blocks(
     with f:
         sr = check_sample_rate(f.samplerate, what=str(p))
         block = max(1, round(block_seconds * sr))
-        rs = (soxr.ResampleStream(sr, target_rate, 1, dtype="float32", quality="HQ")
-              if sr != target_rate else None)
+        rs = (
+            soxr.ResampleStream(sr, target_rate, 1, dtype="float32", quality="HQ")
+            if sr != target_rate
+            else None
+        )
         total = 0
         while True:
             try:
-                data = (reader(f, block) if reader is not None
-                        else f.read(block, dtype="float32", always_2d=True))
+                data = (
+                    reader(f, block)
+                    if reader is not None
+                    else f.read(block, dtype="float32", always_2d=True)
+                )
             except (RuntimeError, sf.LibsndfileError, OSError) as e:
                 raise AudioError(f"{p}: unreadable audio ({error_summary(e)})") from None
             n = len(data)
@@ -81,7 +88,9 @@ def file_blocks(
 
 
 def pcm_blocks(
-    stream: BinaryIO, block_seconds: float = BLOCK_SECONDS, name: str = "stdin",
+    stream: BinaryIO,
+    block_seconds: float = BLOCK_SECONDS,
+    name: str = "stdin",
 ) -> Iterator[np.ndarray]:
     """Yield raw 16 kHz 16-bit little-endian mono PCM from ``stream`` as float32 blocks.
 
@@ -104,17 +113,15 @@ def pcm_blocks(
     if carry:
         log.warning("%s: dropped a trailing odd byte (input is not 16-bit PCM?)", name)
     if total == 0:
-        raise AudioError(f"{name}: no audio (expected raw 16 kHz 16-bit little-endian mono "
-                         f"PCM)")
+        raise AudioError(f"{name}: no audio (expected raw 16 kHz 16-bit little-endian mono PCM)")
 
 
-def array_blocks(wave: np.ndarray, block_seconds: float = BLOCK_SECONDS
-                 ) -> Iterator[np.ndarray]:
+def array_blocks(wave: np.ndarray, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
     """A 16 kHz waveform already in memory as blocks (views, no copies)."""
     x = np.asarray(wave, dtype=np.float32).reshape(-1)
     step = max(1, round(block_seconds * SAMPLE_RATE))
     for i in range(0, x.size, step):
-        yield x[i:i + step]
+        yield x[i : i + step]
 
 
 class SpeechSplitter:
@@ -137,7 +144,7 @@ class SpeechSplitter:
 
     def _cut(self, bounds: tuple[int, int]) -> tuple[int, int, np.ndarray]:
         a, b = bounds
-        return a, b, self._buf[a - self._buf_start: b - self._buf_start].copy()
+        return a, b, self._buf[a - self._buf_start : b - self._buf_start].copy()
 
     def push(self, block: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
         """Consume a block; the ``(start, end, audio)`` segments it closed, in order."""
@@ -151,12 +158,12 @@ class SpeechSplitter:
         self.total += x.size
         while self.total - seg.position >= fs:
             off = seg.position - self._buf_start
-            bounds = seg.push(self.vad(self._buf[off: off + fs]))
+            bounds = seg.push(self.vad(self._buf[off : off + fs]))
             if bounds is not None:
                 out.append(self._cut(bounds))
         keep = min(seg.keep_from(), seg.position)
         if keep > self._buf_start:
-            self._buf = self._buf[keep - self._buf_start:]
+            self._buf = self._buf[keep - self._buf_start :]
             self._buf_start = keep
         return out
 
@@ -194,7 +201,9 @@ class SpeechSplitter:
 
 
 def speech_segments(
-    blocks: Iterable[np.ndarray], vad: FrameVAD, config: SegmenterConfig | None = None,
+    blocks: Iterable[np.ndarray],
+    vad: FrameVAD,
+    config: SegmenterConfig | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Split a 16 kHz block stream into speech segments: ``(start, end, audio)`` in samples.
 

@@ -16,8 +16,10 @@ __all__ = ["NBITS_OPTIONS", "onnx_session", "pad_batch"]
 #: nowhere else) in blocks of 256 rows (the weights' scales are per column: every block
 #: size gives the same numbers; the largest keeps the ``.ort`` file smallest). The same in
 #: every session and in the exported ``.ort``, so both answer alike.
-NBITS_OPTIONS = {"session.qdq_matmulnbits_accuracy_level": "1",
-                 "session.qdq_matmulnbits_block_size": "256"}
+NBITS_OPTIONS = {
+    "session.qdq_matmulnbits_accuracy_level": "1",
+    "session.qdq_matmulnbits_block_size": "256",
+}
 
 
 def onnx_session(path: str | Path | bytes, threads: int | None = None) -> Any:

@@ -26,8 +26,15 @@ from edgeser.runtime.vad import FrameVAD, SegmenterConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BLOCK_SECONDS", "Segment", "array_blocks", "file_blocks", "pcm_blocks",
-           "speech_segments", "stream_predictions"]
+__all__ = [
+    "BLOCK_SECONDS",
+    "Segment",
+    "array_blocks",
+    "file_blocks",
+    "pcm_blocks",
+    "speech_segments",
+    "stream_predictions",
+]
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,9 @@ class Segment:
     def to_json(self) -> str:
         """One JSON object: start, end, label, confidence, probabilities (and dimensions)."""
         obj: dict[str, object] = {
-            "start": round(self.start, 3), "end": round(self.end, 3), "label": self.label,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "label": self.label,
             "confidence": round(self.confidence, 4),
             "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
         }
@@ -69,7 +78,9 @@ class Segment:
 
 
 def stream_predictions(
-    model: OnnxEmotionModel, blocks: Iterable[np.ndarray], vad: FrameVAD,
+    model: OnnxEmotionModel,
+    blocks: Iterable[np.ndarray],
+    vad: FrameVAD,
     config: SegmenterConfig | None = None,
 ) -> Iterator[Segment]:
     """Classify each speech segment of a 16 kHz block stream as soon as it closes."""
@@ -77,12 +88,16 @@ def stream_predictions(
         yield classify_segment(model, a, b, audio)
 
 
-def classify_segment(model: OnnxEmotionModel, start: int, end: int,
-                     audio: np.ndarray) -> Segment:
+def classify_segment(model: OnnxEmotionModel, start: int, end: int, audio: np.ndarray) -> Segment:
     """One VAD segment (16 kHz sample bounds ``start``-``end``) classified as ``edgeser
     stream`` does (the server's ``utterance.result`` is the same object)."""
     r = model.analyse_speech(audio)
-    return Segment(start=start / SAMPLE_RATE, end=end / SAMPLE_RATE, label=r.label,
-                   confidence=r.probabilities[r.label], probabilities=r.probabilities,
-                   dimensions=r.dimensions, status=r.status)
-
+    return Segment(
+        start=start / SAMPLE_RATE,
+        end=end / SAMPLE_RATE,
+        label=r.label,
+        confidence=r.probabilities[r.label],
+        probabilities=r.probabilities,
+        dimensions=r.dimensions,
+        status=r.status,
+    )

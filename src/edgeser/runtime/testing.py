@@ -36,8 +36,14 @@ def make_dummy_model(out_dir: str | Path, labels: list[str] | None = None) -> Pa
             self.linear = nn.Linear(4, n_classes)
             # Hand-set weights over centred features: zero-crossing rate (pitch) and
             # duration decide, so different tones and lengths get different labels.
-            base = torch.tensor([[0.0, 0.0, -2.0, -0.5], [0.0, 0.0, 2.0, -0.5],
-                                 [-1.0, 0.0, 0.0, 1.5], [1.0, 0.0, 0.5, 0.5]])
+            base = torch.tensor(
+                [
+                    [0.0, 0.0, -2.0, -0.5],
+                    [0.0, 0.0, 2.0, -0.5],
+                    [-1.0, 0.0, 0.0, 1.5],
+                    [1.0, 0.0, 0.5, 0.5],
+                ]
+            )
             weight = torch.zeros(n_classes, 4)
             for i in range(n_classes):
                 weight[i] = base[i % 4] * (1.0 + 0.1 * (i // 4))
@@ -70,10 +76,18 @@ def make_dummy_model(out_dir: str | Path, labels: list[str] | None = None) -> Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter
         torch.onnx.export(
-                model, (wave, lengths), str(onnx_path), input_names=["waveform", "lengths"],
-            output_names=["probabilities"], opset_version=17, dynamo=False,
-            dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
-                          "probabilities": {0: "batch"}},
+            model,
+            (wave, lengths),
+            str(onnx_path),
+            input_names=["waveform", "lengths"],
+            output_names=["probabilities"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={
+                "waveform": {0: "batch", 1: "samples"},
+                "lengths": {0: "batch"},
+                "probabilities": {0: "batch"},
+            },
         )
     import onnx
 
@@ -83,9 +97,15 @@ def make_dummy_model(out_dir: str | Path, labels: list[str] | None = None) -> Pa
     onnx.save(graph, str(onnx_path))
     shutil.copyfile(onnx_path, out / "model.int8.onnx")
     card = make_card(
-        edgeser_version=__version__, labels=labels, model="dummy", min_samples=400,
-        outside_graph={"resample": 16000, "mono": "mean of channels",
-                       "trim": {"top_db": 20, "frame_length": 2048, "hop_length": 512}},
+        edgeser_version=__version__,
+        labels=labels,
+        model="dummy",
+        min_samples=400,
+        outside_graph={
+            "resample": 16000,
+            "mono": "mean of channels",
+            "trim": {"top_db": 20, "frame_length": 2048, "hop_length": 512},
+        },
         inside_graph={"preemphasis": 0.97, "peak_normalize": True},
         files={"float32": "model.onnx", "int8": "model.int8.onnx"},
         encoder="dummy (tests only)",

@@ -82,15 +82,18 @@ class SileroVAD:
 
         p = Path(path) if path is not None else find_silero_onnx()
         if p is None or not p.is_file():
-            raise EdgeserError(f"Silero VAD model not found ({BUNDLED_SILERO} is missing from "
-                               "this installation; reinstall edgeser, or use --vad webrtc)")
+            raise EdgeserError(
+                f"Silero VAD model not found ({BUNDLED_SILERO} is missing from "
+                "this installation; reinstall edgeser, or use --vad webrtc)"
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(p), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(p), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime's own exception types
             raise EdgeserError(f"{p}: cannot load the Silero VAD model ({e})") from None
         names = {i.name for i in self.session.get_inputs()}
@@ -112,7 +115,7 @@ class SileroVAD:
         x = np.concatenate([self._context, x], axis=1)
         out, state = self.session.run(None, {"input": x, "state": self._state, "sr": self._sr})
         self._state = state
-        self._context = x[:, -self.context_size:]
+        self._context = x[:, -self.context_size :]
         return float(out.reshape(-1)[0])
 
 
@@ -149,8 +152,9 @@ def _load_webrtcvad() -> Any:
     try:
         import _webrtcvad
     except ImportError:
-        raise EdgeserError("WebRTC VAD needs the webrtcvad package "
-                           "(pip install edgeser[runtime])") from None
+        raise EdgeserError(
+            "WebRTC VAD needs the webrtcvad package (pip install edgeser[runtime])"
+        ) from None
     return _webrtcvad
 
 
@@ -161,8 +165,10 @@ def make_vad(kind: str = "silero", *, aggressiveness: int = 2) -> FrameVAD:
         path = find_silero_onnx()
         if path is not None:
             return SileroVAD(path)
-        log.warning("Silero VAD model not found (%s is missing from this installation): "
-                    "using WebRTC VAD", BUNDLED_SILERO)
+        log.warning(
+            "Silero VAD model not found (%s is missing from this installation): using WebRTC VAD",
+            BUNDLED_SILERO,
+        )
         return WebRtcVAD(aggressiveness)
     if kind == "webrtc":
         return WebRtcVAD(aggressiveness)
@@ -185,8 +191,9 @@ class SegmenterConfig:
         if not 0.0 < self.threshold < 1.0:
             raise EdgeserError(f"--threshold must be in (0, 1), got {self.threshold}")
         if self.neg_threshold is not None and not 0.0 < self.neg_threshold <= self.threshold:
-            raise EdgeserError(f"negative threshold must be in (0, threshold], got "
-                               f"{self.neg_threshold}")
+            raise EdgeserError(
+                f"negative threshold must be in (0, threshold], got {self.neg_threshold}"
+            )
         for name in ("min_speech", "min_silence", "speech_pad"):
             v = getattr(self, name)
             if not (v >= 0.0 and np.isfinite(v)):
@@ -194,8 +201,9 @@ class SegmenterConfig:
         if not (self.max_segment > 0.0 and np.isfinite(self.max_segment)):
             raise EdgeserError(f"--max-segment must be > 0, got {self.max_segment}")
         if self.max_segment <= self.min_speech:
-            raise EdgeserError(f"--max-segment ({self.max_segment}) must exceed --min-speech "
-                               f"({self.min_speech})")
+            raise EdgeserError(
+                f"--max-segment ({self.max_segment}) must exceed --min-speech ({self.min_speech})"
+            )
         return self
 
 
@@ -210,14 +218,16 @@ class SpeechSegmenter:
     ``max_segment`` has no end padding and the next one starts where it stopped.
     """
 
-    def __init__(self, frame_size: int, config: SegmenterConfig | None = None,
-                 sample_rate: int = VAD_RATE) -> None:
+    def __init__(
+        self, frame_size: int, config: SegmenterConfig | None = None, sample_rate: int = VAD_RATE
+    ) -> None:
         cfg = (config or SegmenterConfig()).validate()
         self.config = cfg
         self.frame_size = int(frame_size)
         self.threshold = cfg.threshold
-        self.neg_threshold = (cfg.neg_threshold if cfg.neg_threshold is not None
-                              else max(cfg.threshold - 0.15, 0.01))
+        self.neg_threshold = (
+            cfg.neg_threshold if cfg.neg_threshold is not None else max(cfg.threshold - 0.15, 0.01)
+        )
         self.min_speech = round(cfg.min_speech * sample_rate)
         self.min_silence = round(cfg.min_silence * sample_rate)
         self.pad = round(cfg.speech_pad * sample_rate)

@@ -127,8 +127,13 @@ class AccessGuard:
             if not origin_allowed(origin, st.allowed_origins):
                 st.metrics.rejected.labels("origin").inc()
                 return await self._deny(
-                    scope, receive, send, 403, "bad_origin", "requests from this page's origin "
-                    "are not allowed (edgeser serve --allow-origin)"
+                    scope,
+                    receive,
+                    send,
+                    403,
+                    "bad_origin",
+                    "requests from this page's origin "
+                    "are not allowed (edgeser serve --allow-origin)",
                 )
             if scope["type"] == "http":
                 send = _with_cors(send, origin)

@@ -27,20 +27,30 @@ from edgeser.web.server import (
 #: ``edgeser serve``'s limit options: (:class:`ServeLimits` field, type, metavar, help
 #: with the default); ``--max-streams`` is ``max_streams`` and so on.
 LIMIT_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
-    ("max_streams", int, "N",
-     "streams open at once (default {default}; the next is refused with close code 1013)"),
+    (
+        "max_streams",
+        int,
+        "N",
+        "streams open at once (default {default}; the next is refused with close code 1013)",
+    ),
     ("max_message_bytes", int, "B", "bytes per WebSocket message (default {default})"),
-    ("max_rate", float, "X",
-     "a stream's audio no faster than X times real time (default {default}), ..."),
+    (
+        "max_rate",
+        float,
+        "X",
+        "a stream's audio no faster than X times real time (default {default}), ...",
+    ),
     ("max_lead", float, "SECONDS", "... plus this much audio ahead (default {default})"),
     ("idle_timeout", float, "SECONDS", "end a stream silent this long (default {default})"),
     ("max_session", float, "SECONDS", "longest stream, wall time (default {default})"),
-    ("max_upload_bytes", int, "B",
-     "POST /v1/predict body (default {default}; 413 beyond)"),
-    ("max_upload_seconds", float, "SECONDS",
-     "audio in one upload (default {default}; 413 beyond)"),
-    ("max_uploads", int, "N",
-     "uploads analysed or waiting at once (default {default}; 503 beyond)"),
+    ("max_upload_bytes", int, "B", "POST /v1/predict body (default {default}; 413 beyond)"),
+    ("max_upload_seconds", float, "SECONDS", "audio in one upload (default {default}; 413 beyond)"),
+    (
+        "max_uploads",
+        int,
+        "N",
+        "uploads analysed or waiting at once (default {default}; 503 beyond)",
+    ),
 )
 
 
@@ -220,9 +230,7 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
 def run_serve(args: argparse.Namespace) -> int:
     from edgeser.serve.app import read_api_keys
 
-    limits = ServeLimits(
-        **{field: getattr(args, field) for field, *_ in LIMIT_OPTIONS}
-    ).validate()
+    limits = ServeLimits(**{field: getattr(args, field) for field, *_ in LIMIT_OPTIONS}).validate()
     if args.max_connections < 1:
         raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
     keys = read_api_keys(args.api_key_file) if args.api_key_file is not None else ()

@@ -210,8 +210,11 @@ def run_ray_serve(
     _serve()
     address = address or os.environ.get("RAY_ADDRESS") or None
     started_here = address is None
-    init = {"include_dashboard": False, "logging_level": logging.WARNING,
-            "configure_logging": False}
+    init = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "configure_logging": False,
+    }
     try:
         if started_here:
             ray.init(num_cpus=os.cpu_count() or 1, **init)
@@ -219,24 +222,28 @@ def run_ray_serve(
             ray.init(address=address, **init)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise EdgeserError(f"--ray: cannot start or reach Ray at {address or 'a local instance'} "
-                           f"({first[:200]})") from None
+        raise EdgeserError(
+            f"--ray: cannot start or reach Ray at {address or 'a local instance'} ({first[:200]})"
+        ) from None
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        _, drain = start_ray_serve(model, options, host=host, port=port, replicas=replicas,
-                                   replica_cpus=replica_cpus)
+        _, drain = start_ray_serve(
+            model, options, host=host, port=port, replicas=replicas, replica_cpus=replica_cpus
+        )
         shown = f"[{host}]" if ":" in host else host
-        print(f"serving {model} at http://{shown}:{port}/ (Ray Serve: {replicas} replicas; "
-              f"API: http://{shown}:{port}/v1/; Ctrl-C stops)", flush=True)
+        print(
+            f"serving {model} at http://{shown}:{port}/ (Ray Serve: {replicas} replicas; "
+            f"API: http://{shown}:{port}/v1/; Ctrl-C stops)",
+            flush=True,
+        )
         stop.wait()
         timeout = max(10.0, 2 * options.limits.idle_timeout)
         done = stop_ray_serve(drain, timeout)
-        print(f"stopped ({len(done)} of {replicas} replicas drained)", file=sys.stderr,
-              flush=True)
+        print(f"stopped ({len(done)} of {replicas} replicas drained)", file=sys.stderr, flush=True)
     finally:
         if started_here:
             with contextlib.suppress(Exception):

@@ -57,8 +57,14 @@ class Split:
         return asdict(self)
 
 
-def _check(df: pd.DataFrame, split: Split, main: set[str], speaker_disjoint: bool, *,
-           need_test: bool = True) -> None:
+def _check(
+    df: pd.DataFrame,
+    split: Split,
+    main: set[str],
+    speaker_disjoint: bool,
+    *,
+    need_test: bool = True,
+) -> None:
     if need_test and not split.test:
         raise SplitError(f"{split.name}: no test data")
     if not split.train:
@@ -175,14 +181,22 @@ def production_split(
     if extra is not None:
         train += list(extra["utt_id"])
     frame = combine_manifests(main, extra)
-    split = Split(name="production", train=sorted(train), val=sorted(val), test=sorted(test),
-                  info={"speaker_dependent": True})
+    split = Split(
+        name="production",
+        train=sorted(train),
+        val=sorted(val),
+        test=sorted(test),
+        info={"speaker_dependent": True},
+    )
     _check(frame, split, set(main["corpus"].unique()), speaker_disjoint=False)
     return split
 
 
 def speaker_holdout_split(
-    main: pd.DataFrame, extra: pd.DataFrame | None = None, *, val_speakers: int = 1,
+    main: pd.DataFrame,
+    extra: pd.DataFrame | None = None,
+    *,
+    val_speakers: int = 1,
     seed: int = 0,
 ) -> Split:
     """Every row in training except ``val_speakers`` whole speakers of ``main`` (drawn by
@@ -193,7 +207,12 @@ def speaker_holdout_split(
     val_spk = set(rng.permutation(speakers)[: max(0, min(val_speakers, len(speakers) - 1))])
     val = list(main.loc[main["speaker"].isin(val_spk), "utt_id"])
     held = set(val)
-    split = Split(name="train", train=[u for u in frame["utt_id"] if u not in held], val=val,
-                  test=[], info={"val_speakers": sorted(val_spk)})
+    split = Split(
+        name="train",
+        train=[u for u in frame["utt_id"] if u not in held],
+        val=val,
+        test=[],
+        info={"val_speakers": sorted(val_spk)},
+    )
     _check(frame, split, set(main["corpus"].unique()), speaker_disjoint=True, need_test=False)
     return split

@@ -23,8 +23,7 @@ def combine_manifests(*frames: pd.DataFrame | None) -> pd.DataFrame:
     frame = pd.concat(present, ignore_index=True) if len(present) > 1 else present[0]
     dup = frame["utt_id"][frame["utt_id"].duplicated()]
     if len(dup):
-        raise SplitError(f"the manifests share {dup.nunique()} utterance id(s), "
-                         f"e.g. {dup.iloc[0]}")
+        raise SplitError(f"the manifests share {dup.nunique()} utterance id(s), e.g. {dup.iloc[0]}")
     return frame
 
 
@@ -89,7 +88,7 @@ def read_split_file(path: str | os.PathLike[str]) -> list[dict[str, list[str]]]:
         raise SplitError(f"{p}: not valid JSON ({e})") from None
     folds = obj.get("folds", [obj]) if isinstance(obj, dict) else None
     if not isinstance(folds, list) or not folds:
-        raise SplitError(f"{p}: expected {{part: [ids]}} or {{\"folds\": [...]}}")
+        raise SplitError(f'{p}: expected {{part: [ids]}} or {{"folds": [...]}}')
     out = []
     for fold in folds:
         if not isinstance(fold, dict):

@@ -61,8 +61,10 @@ def save_state(
             t = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"opt.{idx}.{name}"] = t
     tensors["rng.torch"] = torch.get_rng_state()
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
-              for g in opt["param_groups"]]
+    groups = [
+        {k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+        for g in opt["param_groups"]
+    ]
     save_weights(folder / "state.safetensors", tensors, {**info, "param_groups": groups})
 
 

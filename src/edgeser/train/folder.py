@@ -58,8 +58,9 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         if kind == FeatureKind.MFCC:
-            net = LightSERNet(LightSERNetConfig(num_classes=len(LABELS), dropout=cfg.dropout,
-                                                mfcc=encoder.cfg))
+            net = LightSERNet(
+                LightSERNetConfig(num_classes=len(LABELS), dropout=cfg.dropout, mfcc=encoder.cfg)
+            )
             return SERModel(net, None, kind=kind)
         if kind == FeatureKind.FUNCTIONALS:
             return SERModel(LinearClassifier(encoder.num_features, len(LABELS)), None, kind=kind)
@@ -77,7 +78,11 @@ def build_model(
 
 
 def save_model(
-    out_dir: Path, model: SERModel, cfg: TrainConfig, encoder: FeatureEncoder, kind: str,
+    out_dir: Path,
+    model: SERModel,
+    cfg: TrainConfig,
+    encoder: FeatureEncoder,
+    kind: str,
     record: dict[str, Any],
 ) -> None:
     """``model.safetensors`` + ``model.json``: everything needed to rebuild and export."""
@@ -88,15 +93,25 @@ def save_model(
         "labels": list(LABELS),
         "sample_rate": SAMPLE_RATE,
         "feature_kind": kind,
-        "encoder": {"source": encoder.source, "identity": encoder.identity,
-                    "is_random": encoder.is_random, "seed": cfg.encoder_seed,
-                    "num_hidden_states": getattr(encoder, "num_hidden_states", None),
-                    "hidden_size": getattr(encoder, "hidden_size", None)},
-        "front_end": {"trim": front.trim, "top_db": front.top_db,
-                      "preemphasis": front.preemphasis, "normalize": front.normalize},
+        "encoder": {
+            "source": encoder.source,
+            "identity": encoder.identity,
+            "is_random": encoder.is_random,
+            "seed": cfg.encoder_seed,
+            "num_hidden_states": getattr(encoder, "num_hidden_states", None),
+            "hidden_size": getattr(encoder, "hidden_size", None),
+        },
+        "front_end": {
+            "trim": front.trim,
+            "top_db": front.top_db,
+            "preemphasis": front.preemphasis,
+            "normalize": front.normalize,
+        },
         "config": cfg.to_dict(),
-        "split": {k: record.get(k) for k in ("name", "test_session", "n_train", "n_val",
-                                               "n_test", "split_sha256")},
+        "split": {
+            k: record.get(k)
+            for k in ("name", "test_session", "n_train", "n_val", "n_test", "split_sha256")
+        },
         "metrics": record.get("metrics"),
     }
     if cfg.dimensions:
@@ -106,8 +121,12 @@ def save_model(
     save_weights(out_dir / "model.safetensors", dict(model.state_dict()), meta)
 
 
-def load_trained(model_dir: str | Path, encoder: FeatureEncoder | None = None, *,
-                 encoder_source: str | None = None) -> TrainedModel:
+def load_trained(
+    model_dir: str | Path,
+    encoder: FeatureEncoder | None = None,
+    *,
+    encoder_source: str | None = None,
+) -> TrainedModel:
     """Rebuild a trained model (and its encoder) from ``model.safetensors`` + ``model.json``.
 
     ``encoder`` replaces the one ``model.json`` names (it must have the same identity), and
@@ -134,8 +153,7 @@ def load_trained(model_dir: str | Path, encoder: FeatureEncoder | None = None, *
                 source = recorded_source(enc_meta.get("source", ""), model_dir)
                 why = f"as {Path(model_dir) / 'model.json'} records it"
             log.info("encoder: %s (%s)", source, why)
-            encoder = load_encoder(source, seed=enc_meta.get("seed", 0),
-                                   precision=cfg.precision)
+            encoder = load_encoder(source, seed=enc_meta.get("seed", 0), precision=cfg.precision)
     if encoder.identity != enc_meta["identity"]:
         raise EdgeserError(
             f"{model_dir}: the encoder loaded from {enc_meta['source']!r} is not the one the "

@@ -77,8 +77,9 @@ def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
 
 
-def _path(cfg: TrainConfig, grid: tuple[float, ...], z: np.ndarray,
-          y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _path(
+    cfg: TrainConfig, grid: tuple[float, ...], z: np.ndarray, y: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``(classes, coef, intercept)`` of the fit for every ``C`` of ``grid`` in turn,
     each fit started from the previous one's solution (the regularisation path, as
     :class:`~sklearn.linear_model.LogisticRegressionCV` walks it: the same optima, fewer
@@ -86,8 +87,9 @@ def _path(cfg: TrainConfig, grid: tuple[float, ...], z: np.ndarray,
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(class_weight="balanced" if cfg.class_weights else None,
-                             max_iter=_MAX_ITER, warm_start=True)
+    clf = LogisticRegression(
+        class_weight="balanced" if cfg.class_weights else None, max_iter=_MAX_ITER, warm_start=True
+    )
     for c in grid:
         clf.set_params(C=c)
         with warnings.catch_warnings():
@@ -116,7 +118,11 @@ def _standardizer(cfg: TrainConfig, x: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def cross_validate(
-    cfg: TrainConfig, x: np.ndarray, y: np.ndarray, groups: np.ndarray, clean: np.ndarray,
+    cfg: TrainConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    clean: np.ndarray,
     grid: tuple[float, ...] = C_GRID,
 ) -> list[dict[str, float]]:
     """Mean UA and log-loss of every ``C`` of ``grid`` over speaker-grouped folds of the
@@ -134,12 +140,17 @@ def cross_validate(
             p = _probs(fit, (x[te] - mean) / std)
             uas[i, k] = compute_metrics(y[te], p.argmax(1))["ua"]
             losses[i, k] = _log_loss(p, y[te])
-    return [{"cv_ua": float(u), "cv_loss": float(v)}
-            for u, v in zip(uas.mean(1), losses.mean(1), strict=True)]
+    return [
+        {"cv_ua": float(u), "cv_loss": float(v)}
+        for u, v in zip(uas.mean(1), losses.mean(1), strict=True)
+    ]
 
 
 def fit_linear(
-    cfg: TrainConfig, head: LinearClassifier, train: Any, val: Any | None,
+    cfg: TrainConfig,
+    head: LinearClassifier,
+    train: Any,
+    val: Any | None,
 ) -> tuple[list[dict[str, float]], int]:
     """Fit ``head`` in place on ``train`` (a :class:`~edgeser.train.trainer.FeatureSet`),
     choosing ``C`` by cross-validation over its speakers (or on ``val``, see the module);
@@ -153,7 +164,10 @@ def fit_linear(
 
 
 def _fit_linear(
-    cfg: TrainConfig, head: LinearClassifier, train: Any, val: Any | None,
+    cfg: TrainConfig,
+    head: LinearClassifier,
+    train: Any,
+    val: Any | None,
 ) -> tuple[list[dict[str, float]], int]:
     x_clean, _, _ = _rows(train, with_views=False)
     mean, std = _standardizer(cfg, x_clean)
@@ -168,11 +182,11 @@ def _fit_linear(
         zv = (xv - mean) / std
     by_cv = len(set(groups.tolist())) >= 2
     grid = C_GRID if by_cv or has_val else (DEFAULT_C,)
-    history: list[dict[str, float]] = [
-        {"epoch": i, "C": c} for i, c in enumerate(grid)]
+    history: list[dict[str, float]] = [{"epoch": i, "C": c} for i, c in enumerate(grid)]
     if by_cv:
-        for record, scores in zip(history, cross_validate(cfg, x, y, groups, clean, grid),
-                                  strict=True):
+        for record, scores in zip(
+            history, cross_validate(cfg, x, y, groups, clean, grid), strict=True
+        ):
             record.update(scores)
     fits = list(_path(cfg, grid, z, y))
     for record, fit in zip(history, fits, strict=True):
@@ -182,11 +196,23 @@ def _fit_linear(
             m = compute_metrics(yv, pv.argmax(1))
             record.update(val_loss=_log_loss(pv, yv), val_ua=m["ua"], val_wa=m["wa"])
     score = "cv" if by_cv else "val" if has_val else None
-    best = 0 if score is None else max(
-        range(len(grid)), key=lambda i: (history[i][f"{score}_ua"], -history[i][f"{score}_loss"]))
-    log.info("logistic regression: C=%g (%s)", grid[best],
-             {"cv": "cross-validated over the training speakers",
-              "val": "chosen on the validation speakers", None: "default"}[score])
+    best = (
+        0
+        if score is None
+        else max(
+            range(len(grid)),
+            key=lambda i: (history[i][f"{score}_ua"], -history[i][f"{score}_loss"]),
+        )
+    )
+    log.info(
+        "logistic regression: C=%g (%s)",
+        grid[best],
+        {
+            "cv": "cross-validated over the training speakers",
+            "val": "chosen on the validation speakers",
+            None: "default",
+        }[score],
+    )
     classes, coef, intercept = fits[best]
     if len(classes) != len(LABELS):  # fit() refuses a training set without every class
         raise ValueError(f"the training rows hold {len(classes)} of {len(LABELS)} classes")

@@ -182,8 +182,10 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     rows in the batch the result is ``None`` (no dimensional term for that step).
     """
     if pred.shape != target.shape or pred.ndim != 2:
-        raise ValueError(f"pred and target must be [B, K] of one shape, got "
-                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must be [B, K] of one shape, got "
+            f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     keep = torch.isfinite(target).all(dim=1)
     if int(keep.sum()) < 2:
         return None

@@ -66,7 +66,6 @@ from edgeser.train.losses import ccc_loss, make_loss
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class FeatureSet:
     """Features and labels of one split part, aligned by position."""
@@ -102,8 +101,9 @@ class SERModel(nn.Module):
     """The head, with the encoder attached for the ``conv`` and ``wave`` kinds (for
     ``mfcc``, the head is the whole LIGHT-SERNET network)."""
 
-    def __init__(self, head: nn.Module, encoder: FeatureEncoder | None = None,
-                 kind: str = FeatureKind.POOLED):
+    def __init__(
+        self, head: nn.Module, encoder: FeatureEncoder | None = None, kind: str = FeatureKind.POOLED
+    ):
         super().__init__()
         self.head = head
         self.kind = kind = FeatureKind(kind)
@@ -149,9 +149,15 @@ class SERModel(nn.Module):
 
 
 def head_config(cfg: TrainConfig, num_layers: int, hidden_size: int) -> HeadConfig:
-    return HeadConfig(num_layers=num_layers, hidden_size=hidden_size, num_classes=len(LABELS),
-                      pooling=cfg.pooling, hidden=cfg.head_hidden, dropout=cfg.dropout,
-                      num_dimensions=len(DIMENSIONS) if cfg.dimensions else 0)
+    return HeadConfig(
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_classes=len(LABELS),
+        pooling=cfg.pooling,
+        hidden=cfg.head_hidden,
+        dropout=cfg.dropout,
+        num_dimensions=len(DIMENSIONS) if cfg.dimensions else 0,
+    )
 
 
 def collate(kind: str, arrays: Sequence[np.ndarray], pooling: str) -> dict[str, Any]:
@@ -214,8 +220,7 @@ def _speaker_batches(
 
 def _speaker_rows(speakers: Sequence[str] | None) -> list[np.ndarray]:
     if speakers is None:
-        raise EdgeserError("per-speaker BatchNorm statistics need the speaker of every "
-                           "utterance")
+        raise EdgeserError("per-speaker BatchNorm statistics need the speaker of every utterance")
     values = np.asarray(speakers, dtype=object)
     return [np.flatnonzero(values == s) for s in sorted(set(values.tolist()))]
 
@@ -265,8 +270,10 @@ def adapt_batchnorm(
     if len(rows) == 0:
         return adapted
     norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    batches = [collate(data.kind, [data.clean[i] for i in rows[j : j + batch_size]],
-                       cfg.pooling) for j in range(0, len(rows), batch_size)]
+    batches = [
+        collate(data.kind, [data.clean[i] for i in rows[j : j + batch_size]], cfg.pooling)
+        for j in range(0, len(rows), batch_size)
+    ]
     order: list[nn.Module] = []  # the layers in the order the forward pass reaches them
     hooks = [m.register_forward_pre_hook(lambda mod, _inp: order.append(mod)) for m in norms]
     adapted.outputs(batches[0])
@@ -307,8 +314,9 @@ def fit(
     if len(train) == 0:
         raise EdgeserError("the training set is empty")
     if model.has_dimensions and train.dims is None:
-        raise EdgeserError("this model has a dimensional output but the training set has no "
-                           "dimensional targets")
+        raise EdgeserError(
+            "this model has a dimensional output but the training set has no dimensional targets"
+        )
     counts = np.bincount(train.labels, minlength=len(LABELS)).tolist()
     missing = [LABELS[i] for i, c in enumerate(counts) if c == 0]
     if missing:
@@ -318,16 +326,20 @@ def fit(
         history, best = fit_linear(cfg, model.head, train, val)
         return FitResult(model=model.eval(), history=history, best_epoch=best, resumed_from=0)
     torch.manual_seed(cfg.seed)
-    loss_fn = make_loss(cfg.loss, counts, gamma=cfg.focal_gamma,
-                        label_smoothing=cfg.label_smoothing, class_weights=cfg.class_weights,
-                        labels=list(LABELS))
+    loss_fn = make_loss(
+        cfg.loss,
+        counts,
+        gamma=cfg.focal_gamma,
+        label_smoothing=cfg.label_smoothing,
+        class_weights=cfg.class_weights,
+        labels=list(LABELS),
+    )
     optimizer = _optimizer(cfg, model)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Everything that shapes the run except the epoch count, so a longer run resumes a
     # shorter one.
     shape = {k: v for k, v in cfg.to_dict().items() if k not in ("epochs", "patience", "recipe")}
-    fingerprint = sha256_text(repr((shape, train.ids, val.ids if val else None,
-                                    model.kind)))[:16]
+    fingerprint = sha256_text(repr((shape, train.ids, val.ids if val else None, model.kind)))[:16]
     history: list[dict[str, float]] = []
     best: tuple[float, float] = (-math.inf, -math.inf)
     best_state: dict[str, torch.Tensor] | None = None
@@ -356,8 +368,12 @@ def fit(
     name = _run_name(out_dir)
     epochs = EpochLog(name, cfg.epochs, start, progress, early_stopping=patience > 0)
     stopped = -1
-    with progress_bar(total=(cfg.epochs - start) * steps_per_epoch, desc=name,
-                      enabled=progress and is_terminal(), unit="step") as bar:
+    with progress_bar(
+        total=(cfg.epochs - start) * steps_per_epoch,
+        desc=name,
+        enabled=progress and is_terminal(),
+        unit="step",
+    ) as bar:
         for epoch in range(start, cfg.epochs):
             if patience and best_epoch >= 0 and epoch - 1 - best_epoch >= patience:
                 stopped = epoch  # (also when resuming a run that had stopped)
@@ -404,23 +420,37 @@ def fit(
                     best_state = copy.deepcopy(model.state_dict())
                     _save_best(out_dir, best_state)
             history.append(record)
-            bar.set_postfix_str(" ".join(f"{k}={v:.3f}" for k, v in record.items()
-                                         if k != "epoch"))
-            save_state(out_dir, model, optimizer,
-                       {"fingerprint": fingerprint, "history": history,
-                        "best_epoch": best_epoch, "best": list(best)})
+            bar.set_postfix_str(" ".join(f"{k}={v:.3f}" for k, v in record.items() if k != "epoch"))
+            save_state(
+                out_dir,
+                model,
+                optimizer,
+                {
+                    "fingerprint": fingerprint,
+                    "history": history,
+                    "best_epoch": best_epoch,
+                    "best": list(best),
+                },
+            )
             epochs.epoch(epoch, record, best_epoch, best[0])
     if stopped >= 0:
-        log.info("%s: stopped after epoch %d/%d, validation UA %.3f at epoch %d not bettered "
-                 "for %d epochs", name, stopped, cfg.epochs, best[0], best_epoch + 1, patience)
+        log.info(
+            "%s: stopped after epoch %d/%d, validation UA %.3f at epoch %d not bettered "
+            "for %d epochs",
+            name,
+            stopped,
+            cfg.epochs,
+            best[0],
+            best_epoch + 1,
+            patience,
+        )
     if history:
         epochs.epoch(len(history) - 1, history[-1], best_epoch, best[0], final=True)
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = cfg.epochs - 1
-    return FitResult(model=model, history=history, best_epoch=best_epoch,
-                     resumed_from=resumed_from)
+    return FitResult(model=model, history=history, best_epoch=best_epoch, resumed_from=resumed_from)
 
 
 def _run_name(out_dir: Path) -> str:
@@ -439,10 +469,13 @@ def _optimizer(cfg: TrainConfig, model: SERModel) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         named = getattr(model.head, "l2_parameters", lambda: [])()
         ids = {id(p) for p in named}
-        groups.append({"params": [p for p in head_params if id(p) in ids],
-                       "weight_decay": 2.0 * cfg.weight_decay})
-        groups.append({"params": [p for p in head_params if id(p) not in ids],
-                       "weight_decay": 0.0})
+        groups.append(
+            {
+                "params": [p for p in head_params if id(p) in ids],
+                "weight_decay": 2.0 * cfg.weight_decay,
+            }
+        )
+        groups.append({"params": [p for p in head_params if id(p) not in ids], "weight_decay": 0.0})
         groups = [g for g in groups if g["params"]]
     else:
         groups.append({"params": head_params, "weight_decay": cfg.weight_decay})
@@ -450,8 +483,14 @@ def _optimizer(cfg: TrainConfig, model: SERModel) -> torch.optim.Optimizer:
         g["lr"] = g["initial_lr"] = cfg.lr
     if model.kind == FeatureKind.CONV:
         enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
-        groups.append({"params": enc_params, "lr": cfg.encoder_lr,
-                       "initial_lr": cfg.encoder_lr, "weight_decay": cfg.weight_decay})
+        groups.append(
+            {
+                "params": enc_params,
+                "lr": cfg.encoder_lr,
+                "initial_lr": cfg.encoder_lr,
+                "weight_decay": cfg.weight_decay,
+            }
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups)
     return torch.optim.AdamW(groups)
@@ -473,9 +512,14 @@ def _train_arrays(
     if data.kind == FeatureKind.WAVE:
         if augmenter is None or cfg.aug_views == 0:
             return [data.clean[i] for i in idx]
-        return [augmenter(data.clean[i], SAMPLE_RATE,
-                          seed=(cfg.seed * 7919 + epoch * 104_729 + int(i)) % (2**31))
-                for i in idx]
+        return [
+            augmenter(
+                data.clean[i],
+                SAMPLE_RATE,
+                seed=(cfg.seed * 7919 + epoch * 104_729 + int(i)) % (2**31),
+            )
+            for i in idx
+        ]
     if data.views:
         return [data.views[i][view_pick[i]] for i in idx]
     return [data.clean[i] for i in idx]
@@ -483,7 +527,11 @@ def _train_arrays(
 
 @torch.no_grad()
 def predict(
-    model: SERModel, data: FeatureSet, cfg: TrainConfig, *, loss_fn: nn.Module | None = None,
+    model: SERModel,
+    data: FeatureSet,
+    cfg: TrainConfig,
+    *,
+    loss_fn: nn.Module | None = None,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, float]:
     """Class probabilities ``[N, C]`` on clean features (and the mean loss, if asked)."""
@@ -503,15 +551,20 @@ def predict_outputs(
 
 @torch.no_grad()
 def _infer(
-    model: SERModel, data: FeatureSet, cfg: TrainConfig, loss_fn: nn.Module | None,
+    model: SERModel,
+    data: FeatureSet,
+    cfg: TrainConfig,
+    loss_fn: nn.Module | None,
     batch_size: int = 64,
 ) -> tuple[np.ndarray, float, np.ndarray | None]:
     """Outputs on clean features; with per-speaker BatchNorm (:func:`speaker_batchnorm`)
     each speaker's utterances go through a copy adapted to that speaker."""
     model.eval()
     if speaker_batchnorm(cfg, data.kind):
-        parts = [(rows, adapt_batchnorm(model, data, rows, cfg, batch_size))
-                 for rows in _speaker_rows(data.speakers)]
+        parts = [
+            (rows, adapt_batchnorm(model, data, rows, cfg, batch_size))
+            for rows in _speaker_rows(data.speakers)
+        ]
     else:
         parts = [(np.arange(len(data)), model)]
     out = np.zeros((len(data), len(LABELS)), np.float32)

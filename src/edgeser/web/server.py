@@ -64,11 +64,16 @@ STATIC = Path(__file__).with_name("static")
 #: The onnxruntime-web files the page loads (WASM backend, SIMD + threads build).
 VENDOR_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-    ".json": "application/json", ".wasm": "application/wasm",
-    ".onnx": "application/octet-stream", ".ort": "application/octet-stream",
-    ".png": "image/png", ".svg": "image/svg+xml",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".wasm": "application/wasm",
+    ".onnx": "application/octet-stream",
+    ".ort": "application/octet-stream",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
     ".webmanifest": "application/manifest+json",
 }
 ISOLATION_HEADERS = {
@@ -133,8 +138,13 @@ class SiteFile:
 
 
 def _plain_name(name: object) -> bool:
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and "\\" not in name and "\0" not in name)
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
 
 
 def site_files(model_dir: str | os.PathLike[str]) -> dict[str, SiteFile]:
@@ -145,20 +155,27 @@ def site_files(model_dir: str | os.PathLike[str]) -> dict[str, SiteFile]:
     """
     onnx_path, card = read_model_card(model_dir)
     folder = onnx_path.parent
-    files = {f"/{p.relative_to(STATIC).as_posix()}": SiteFile(p, STATIC)
-             for p in sorted(STATIC.rglob("*")) if p.is_file()}
+    files = {
+        f"/{p.relative_to(STATIC).as_posix()}": SiteFile(p, STATIC)
+        for p in sorted(STATIC.rglob("*"))
+        if p.is_file()
+    }
     files["/"] = SiteFile(STATIC / "index.html", STATIC)
     vendor = vendor_dir()
-    files.update({f"/vendor/ort/{name}": SiteFile(vendor / name, vendor)
-                  for name in VENDOR_FILES})
+    files.update({f"/vendor/ort/{name}": SiteFile(vendor / name, vendor) for name in VENDOR_FILES})
     files["/vad/silero_vad.onnx"] = SiteFile(BUNDLED_SILERO, BUNDLED_SILERO.parent)
     files["/model/model.json"] = SiteFile(folder / "model.json", folder)
     listed = card.get("files") or {}
-    for key, name in (listed.items() if isinstance(listed, dict) else []):
+    for key, name in listed.items() if isinstance(listed, dict) else []:
         entry = SiteFile(folder / name, folder) if _plain_name(name) else None
         if entry is None or entry.resolve() is None:
-            log.warning("%s: not serving files[%r] = %r (only regular files inside the model "
-                        "folder, named without a path)", folder / "model.json", key, name)
+            log.warning(
+                "%s: not serving files[%r] = %r (only regular files inside the model "
+                "folder, named without a path)",
+                folder / "model.json",
+                key,
+                name,
+            )
             continue
         files[f"/model/{name}"] = entry
     return files
@@ -188,7 +205,7 @@ def host_allowed(host_header: str, allowed: Iterable[str]) -> bool:
         return True
     host = host_header.strip().lower()
     if host.startswith("["):  # [v6]:port
-        host = host[1:host.find("]")] if "]" in host else ""
+        host = host[1 : host.find("]")] if "]" in host else ""
     elif host.count(":") == 1:
         host = host.split(":", 1)[0]
     if not host:
@@ -229,21 +246,22 @@ def page_route(model_dir: str | os.PathLike[str], *, allowed_hosts: Iterable[str
         if not host_allowed(request.headers.get("host", ""), allowed):
             return refused(400, "unknown Host header")
         if request.url.path == "/version.json":  # what the service worker's cache is named by
-            return JSONResponse({"version": version},
-                                headers={**ISOLATION_HEADERS, "Cache-Control": "no-cache"})
+            return JSONResponse(
+                {"version": version}, headers={**ISOLATION_HEADERS, "Cache-Control": "no-cache"}
+            )
         entry = files.get(request.url.path)
         real = entry.resolve() if entry is not None else None
         if real is None:
             return refused(404, "not part of this page")
         kind = CONTENT_TYPES.get(real.suffix, "application/octet-stream")
-        return FileResponse(real, media_type=kind,
-                            headers={**ISOLATION_HEADERS, "Cache-Control": "no-cache"})
+        return FileResponse(
+            real, media_type=kind, headers={**ISOLATION_HEADERS, "Cache-Control": "no-cache"}
+        )
 
     return starlette.routing.Route("/{path:path}", page_file, methods=["GET", "HEAD"])
 
 
-def create_app(model_dir: str | os.PathLike[str], *,
-               allowed_hosts: Iterable[str] = ()) -> Any:
+def create_app(model_dir: str | os.PathLike[str], *, allowed_hosts: Iterable[str] = ()) -> Any:
     """The Starlette application serving the page and ``model_dir``'s exported model
     (``edgeser serve``'s application without the API)."""
     starlette = _starlette()
@@ -318,8 +336,9 @@ def listen_socket(host: str, port: int, backlog: int = Limits.backlog) -> socket
     if not 0 <= int(port) <= 65535:
         raise EdgeserError(f"port must be in 0-65535, got {port}")
     try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as e:
         raise EdgeserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     family, kind, proto, _, address = infos[0]
@@ -335,8 +354,9 @@ def listen_socket(host: str, port: int, backlog: int = Limits.backlog) -> socket
     return sock
 
 
-def _draining_server(base: type, drain: Callable[[], Awaitable[None]] | None,
-                     timeout: float) -> type:
+def _draining_server(
+    base: type, drain: Callable[[], Awaitable[None]] | None, timeout: float
+) -> type:
     """``base`` (uvicorn's Server) that, on shutdown (SIGTERM, Ctrl-C, :meth:`AppServer.stop`),
     stops accepting connections and awaits ``drain()`` (at most ``timeout`` seconds)
     before uvicorn closes the connections still open."""
@@ -366,11 +386,18 @@ class AppServer:
     :meth:`stop` run it on a background thread (tests, benchmarks).
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8000,
-                 limits: Limits | None = None, *, websockets: bool = False,
-                 ws_max_size: int = 1 << 20,
-                 drain: Callable[[], Awaitable[None]] | None = None,
-                 drain_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        limits: Limits | None = None,
+        *,
+        websockets: bool = False,
+        ws_max_size: int = 1 << 20,
+        drain: Callable[[], Awaitable[None]] | None = None,
+        drain_timeout: float = 10.0,
+    ) -> None:
         try:
             import uvicorn
         except ImportError:
@@ -378,13 +405,19 @@ class AppServer:
         self.limits = limits or Limits()
         self.socket = listen_socket(host, port, self.limits.backlog)
         config = uvicorn.Config(
-            app, http=_guarded_protocol(self.limits.header_timeout),
-            ws="websockets-sansio" if websockets else "none", lifespan="off",
+            app,
+            http=_guarded_protocol(self.limits.header_timeout),
+            ws="websockets-sansio" if websockets else "none",
+            lifespan="off",
             limit_concurrency=self.limits.max_connections,
             timeout_keep_alive=int(max(1, self.limits.keep_alive)),
-            backlog=self.limits.backlog, log_config=None, access_log=False,
-            server_header=False, timeout_graceful_shutdown=10,
-            ws_max_size=int(ws_max_size), ws_per_message_deflate=False,
+            backlog=self.limits.backlog,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+            ws_max_size=int(ws_max_size),
+            ws_per_message_deflate=False,
         )
         self._server = _draining_server(uvicorn.Server, drain, drain_timeout)(config)
         self._thread: threading.Thread | None = None
@@ -423,9 +456,14 @@ class AppServer:
             self._thread.join(timeout=30)
 
 
-def make_server(model_dir: str | os.PathLike[str], host: str = "127.0.0.1",
-                port: int = 8000, *, limits: Limits | None = None,
-                allowed_hosts: Iterable[str] = ()) -> AppServer:
+def make_server(
+    model_dir: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    limits: Limits | None = None,
+    allowed_hosts: Iterable[str] = (),
+) -> AppServer:
     """A server for the page and ``model_dir``'s exported model (bound, not yet serving)."""
     app = create_app(model_dir, allowed_hosts=allowed_hosts)
     return AppServer(app, host, port, limits)
@@ -445,15 +483,27 @@ def _port(text: str) -> int:
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
     """``--host``, ``--port``, ``--allow-host`` and the connection limits."""
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="a host name clients may use in the URL besides IP addresses and "
-                   "localhost (repeatable; '*' allows any: exposes the server to DNS "
-                   "rebinding)")
-    p.add_argument("--max-connections", type=int, default=Limits.max_connections,
-                   metavar="N", help=f"connections served at once (default "
-                   f"{Limits.max_connections}; more get 503)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name clients may use in the URL besides IP addresses and "
+        "localhost (repeatable; '*' allows any: exposes the server to DNS "
+        "rebinding)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=Limits.max_connections,
+        metavar="N",
+        help=f"connections served at once (default {Limits.max_connections}; more get 503)",
+    )
 
 
 def add_web_parser(sub: Any) -> argparse.ArgumentParser:
@@ -474,17 +524,24 @@ def add_web_parser(sub: Any) -> argparse.ArgumentParser:
 def warn_if_exposed(host: str, what: str) -> None:
     """One warning line when ``host`` is not loopback."""
     if not is_loopback(host):
-        print(f"edgeser: warning: listening on {host}: {what} can be reached from other "
-              "machines (the default, 127.0.0.1, keeps it on this one)", file=sys.stderr,
-              flush=True)
+        print(
+            f"edgeser: warning: listening on {host}: {what} can be reached from other "
+            "machines (the default, 127.0.0.1, keeps it on this one)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run_web(args: argparse.Namespace) -> int:
     if args.max_connections < 1:
         raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
-    server = make_server(args.model_dir, args.host, args.port,
-                         limits=Limits(max_connections=args.max_connections),
-                         allowed_hosts=args.allow_host)
+    server = make_server(
+        args.model_dir,
+        args.host,
+        args.port,
+        limits=Limits(max_connections=args.max_connections),
+        allowed_hosts=args.allow_host,
+    )
     warn_if_exposed(args.host, "the page and the model")
     print(f"serving {args.model_dir} at {server.url} (Ctrl-C stops)", flush=True)
     server.serve()

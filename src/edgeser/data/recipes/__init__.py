@@ -38,5 +38,11 @@ def prepare(
     raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA)}")
 
 
-__all__ = ["CORPORA", "prepare", "prepare_cremad", "prepare_csv", "prepare_iemocap",
-           "prepare_ravdess"]
+__all__ = [
+    "CORPORA",
+    "prepare",
+    "prepare_cremad",
+    "prepare_csv",
+    "prepare_iemocap",
+    "prepare_ravdess",
+]

@@ -378,7 +378,9 @@ _AROUSAL_COEF = (2.8516, 0.0338, 0.3661, 0.406, 0.0516, 0.2205)
 
 
 def rated_dimensions(
-    emotion: EmotionProfile, settings: VoiceSettings, speaker: SpeakerProfile,
+    emotion: EmotionProfile,
+    settings: VoiceSettings,
+    speaker: SpeakerProfile,
     style: CorpusStyle,
 ) -> tuple[float, float, float]:
     """Valence, arousal and dominance (1-5) that annotators hear in one rendered utterance.

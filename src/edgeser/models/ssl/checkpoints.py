@@ -18,9 +18,11 @@ def _zero_optional(model: nn.Module) -> None:
             if name in _OPTIONAL_KEYS:
                 param.zero_()
 
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
 
 def _describe_keys(
     *,

@@ -129,6 +129,7 @@ def distilhubert_config(**overrides: Any) -> HubertConfig:
     fields.update(overrides)
     return HubertConfig(**fields)
 
+
 def tiny_config(**overrides: Any) -> HubertConfig:
     """A tiny DistilHuBERT-shaped config for fast tests (2 conv layers, width 32, 1 layer).
 
@@ -158,6 +159,7 @@ _RANDOM_ARCHS: dict[str, tuple[str, bool]] = {
     "wavlm-base-plus": ("WavLMConfig", False),
 }
 
+
 def random_architecture(arch: str) -> tuple[Any, bool]:
     """``(config, do_normalize)`` of a named architecture for ``random:<arch>``."""
     if arch not in _RANDOM_ARCHS:
@@ -180,6 +182,7 @@ _MAX_SPEC_CHARS = 2_000
 _MAX_CONV_LAYERS = 64
 
 _MAX_SPEC_INT = 1 << 20
+
 
 def parse_conv_spec(spec: str) -> list[tuple[int, int, int]]:
     """Parse an s3prl/fairseq conv spec such as ``"[(512,10,5)] + [(512,3,2)] * 4"``.
@@ -213,6 +216,7 @@ def parse_conv_spec(spec: str) -> list[tuple[int, int, int]]:
             )
         layers.append((int(item[0]), int(item[1]), int(item[2])))
     return layers
+
 
 def _eval_spec_node(node: ast.AST, spec: str) -> Any:
     """Evaluate one node of a conv spec: int/list/tuple literals, ``+`` and ``*`` only."""

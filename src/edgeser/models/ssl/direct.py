@@ -57,6 +57,7 @@ class StridedMatmulConv1d(nn.Module):
             out = out + self.bias
         return out.transpose(1, 2)
 
+
 def _use_strided_matmul_first_conv(model: nn.Module) -> None:
     """Swap the feature extractor's first conv for :class:`StridedMatmulConv1d` in place."""
     layers = getattr(getattr(model, "feature_extractor", None), "conv_layers", None)
@@ -64,9 +65,15 @@ def _use_strided_matmul_first_conv(model: nn.Module) -> None:
         return
     first = layers[0]
     conv = getattr(first, "conv", None)
-    if isinstance(conv, nn.Conv1d) and conv.in_channels == 1 and conv.groups == 1 \
-            and conv.padding in (0, (0,)) and conv.dilation in (1, (1,)):
+    if (
+        isinstance(conv, nn.Conv1d)
+        and conv.in_channels == 1
+        and conv.groups == 1
+        and conv.padding in (0, (0,))
+        and conv.dilation in (1, (1,))
+    ):
         first.conv = StridedMatmulConv1d(conv)
+
 
 #: Samples of audio laid end to end per conv-extractor group on the direct path.
 _CONV_GROUP_SAMPLES = 8 * SAMPLE_RATE
@@ -88,8 +95,9 @@ class DirectPath:
     True only where it is used (the torch build has quantized CPU kernels).
     """
 
-    def __init__(self, model: nn.Module, *, dtype: torch.dtype, enabled: bool = True,
-                 int8: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, *, dtype: torch.dtype, enabled: bool = True, int8: bool = False
+    ) -> None:
         self.model = model
         self.dtype = dtype
         config = model.config
@@ -105,7 +113,6 @@ class DirectPath:
     def num_frames(self, num_samples: int) -> int:
         """Frames for ``num_samples`` samples (at least the receptive field)."""
         return conv_frames(num_samples, self._conv)
-
 
     def conv(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Conv features ``[frames, conv_dim]`` per wave in the compute dtype (direct path).
@@ -272,7 +279,8 @@ class DirectPath:
     def _linear(self, key: str, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         dtype = self.dtype
         weight, bias = self.casts.get(
-            key, (linear.weight, linear.bias),
+            key,
+            (linear.weight, linear.bias),
             lambda: (_cast(linear.weight, dtype), _cast(linear.bias, dtype)),
         )
         return F.linear(x.to(dtype), weight, bias)
@@ -289,9 +297,7 @@ class DirectPath:
         batch, frames, width = x.shape
         heads = int(attention.num_heads)
         qkv = self._layer_linear(f"layer{index}.qkv", parts, x).to(self.dtype)
-        query, key, value = qkv.view(batch, frames, 3, heads, width // heads).permute(
-            2, 0, 3, 1, 4
-        )
+        query, key, value = qkv.view(batch, frames, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attn_mask, scale=float(attention.scaling)
         )
@@ -342,7 +348,8 @@ class DirectPath:
         kernel, groups, pad = int(conv.kernel_size[0]), int(conv.groups), int(conv.padding[0])
         if self.dtype == torch.float32:
             weight, bias = self.casts.get(
-                "pos_conv_fp32", _conv_weight_sources(conv),
+                "pos_conv_fp32",
+                _conv_weight_sources(conv),
                 lambda: (_cast(conv.weight, torch.float32), _cast(conv.bias, torch.float32)),
             )
             out = F.conv1d(hidden.transpose(1, 2), weight, bias, padding=pad, groups=groups)
@@ -394,9 +401,7 @@ class _CastCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[tuple[Any, Any], ...], Any]] = {}
 
-    def get(
-        self, key: str, sources: Sequence[torch.Tensor | None], make: Callable[[], Any]
-    ) -> Any:
+    def get(self, key: str, sources: Sequence[torch.Tensor | None], make: Callable[[], Any]) -> Any:
         tensors = [t for t in sources if t is not None]
         entry = self._entries.get(key)
         if (
@@ -428,16 +433,19 @@ class _CastCache:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._entries = {}
 
+
 def _version(tensor: torch.Tensor) -> Any:
     try:
         return tensor._version
     except RuntimeError:  # inference tensors have no version counter: never reuse
         return object()
 
+
 def _cast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """A detached contiguous copy of ``tensor`` in ``dtype`` (a new tensor even when the
     dtype is unchanged, so that re-laid-out weights never alias the masters)."""
     return None if tensor is None else tensor.detach().to(dtype, copy=True).contiguous()
+
 
 @functools.cache
 def _int8_available() -> bool:
@@ -450,6 +458,7 @@ def _int8_available() -> bool:
     except Exception:  # no quantized engine, or the quantized API was removed
         return False
     return tuple(out.shape) == (2, 4) and bool(torch.isfinite(out).all())
+
 
 def _pack_int8(linears: Sequence[nn.Linear]) -> tuple[Any, torch.Tensor]:
     """The concatenated weights of ``linears`` packed as per-channel symmetric int8
@@ -464,6 +473,7 @@ def _pack_int8(linears: Sequence[nn.Linear]) -> tuple[Any, torch.Tensor]:
         warnings.simplefilter("ignore")
         qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
         return torch.ops.quantized.linear_prepack(qweight, None), bias
+
 
 def _int8_linear(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
     """``x @ W.T + bias`` with int8 weights and per-frame int8 activations (float32 out).
@@ -487,9 +497,11 @@ def _int8_linear(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tens
     out = torch.ops.quantized.linear_dynamic(scaled, packed, True)[:count]
     return torch.addcmul(bias, out, scale).view(*x.shape[:-1], -1)
 
+
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     """``norm`` applied in float32 (float32 output), as autocast runs it."""
     return F.layer_norm(x.float(), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
 
 def _fold_group_norm(
     frames: torch.Tensor, weight: torch.Tensor, norm: nn.GroupNorm
@@ -512,6 +524,7 @@ def _fold_group_norm(
     shift = norm.bias.double() - scale * (weight @ mean)
     return folded.float().contiguous(), shift.float()
 
+
 def _tap_blocks(
     conv: nn.Conv1d, stride: int, dtype: torch.dtype
 ) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor | None]:
@@ -525,12 +538,14 @@ def _tap_blocks(
         blocks.append((first, _cast(part.permute(2, 1, 0).reshape(-1, weight.shape[0]), dtype)))
     return blocks, _cast(conv.bias, dtype)
 
+
 def _conv_weight_sources(conv: nn.Conv1d) -> tuple[torch.Tensor | None, ...]:
     """The parameters a (possibly weight-normed) conv's weight is computed from."""
     parametrizations = getattr(conv, "parametrizations", None)
     if parametrizations is not None and "weight" in parametrizations:
         return (*parametrizations.weight.parameters(recurse=False), conv.bias)
     return (conv.weight, conv.bias)
+
 
 def _group_blocks(
     conv: nn.Conv1d, dtype: torch.dtype
@@ -546,12 +561,14 @@ def _group_blocks(
     ]
     return blocks, _cast(conv.bias, dtype)
 
+
 def _projection_norm(projection: nn.Module) -> nn.LayerNorm | None:
     """The LayerNorm a feature projection applies before its linear map, if any."""
     if not getattr(projection, "feat_proj_layer_norm", True):  # HuBERT's switch
         return None
     norm = getattr(projection, "layer_norm", None)
     return norm if isinstance(norm, nn.LayerNorm) else None
+
 
 def _fast_conv_supported(model: nn.Module) -> bool:
     """True if the conv extractor can run on the direct path: GroupNorm first layer
@@ -587,6 +604,7 @@ def _fast_conv_supported(model: nn.Module) -> bool:
             return False
     return True
 
+
 def _fast_upper_supported(model: nn.Module) -> bool:
     """True if the upper part can run on the direct path: a HuBERT or wav2vec 2.0
     encoder (post- or pre-LN) with a weight-normed positional conv, standard attention
@@ -596,9 +614,10 @@ def _fast_upper_supported(model: nn.Module) -> bool:
     name = type(encoder).__name__
     if name not in _POST_LN_ENCODERS | _STABLE_ENCODERS:
         return False
-    if getattr(config, "hidden_act", None) != "gelu" or getattr(
-        config, "feat_extract_activation", None
-    ) != "gelu":
+    if (
+        getattr(config, "hidden_act", None) != "gelu"
+        or getattr(config, "feat_extract_activation", None) != "gelu"
+    ):
         return False
     projection = getattr(model, "feature_projection", None)
     if not isinstance(getattr(projection, "projection", None), nn.Linear):

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-
 class Encoder(nn.Module):
     """A frozen SSL speech encoder returning all hidden states of 16 kHz mono audio.
 
@@ -78,13 +77,18 @@ class Encoder(nn.Module):
         if impl not in IMPLS:
             raise EdgeserError(f"impl must be one of {', '.join(IMPLS)}; got {impl!r}")
         model.config.layerdrop = 0.0  # every layer must run: hidden states are features
-        flag = ("is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
-                else "is_gradient_checkpointing")  # the name transformers 5 deprecates
+        flag = (
+            "is_activation_checkpointing"
+            if hasattr(type(model), "is_activation_checkpointing")
+            else "is_gradient_checkpointing"
+        )  # the name transformers 5 deprecates
         if getattr(model, flag, False):
             # wav2vec 2.0 hub configs may say gradient_checkpointing: true; frozen and
             # inference use gains nothing from it, and fine-tuning would recompute
-            disable = getattr(model, "activation_checkpointing_disable", None) or \
-                model.gradient_checkpointing_disable
+            disable = (
+                getattr(model, "activation_checkpointing_disable", None)
+                or model.gradient_checkpointing_disable
+            )
             disable()
         self.model = model.float()
         self.source = str(source)
@@ -113,8 +117,11 @@ class Encoder(nn.Module):
         #: the direct implementation (:mod:`edgeser.models.ssl.direct`); the parts it does
         #: not support run through the modules
         self.direct = DirectPath(
-            self.model, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-            enabled=impl != "modules", int8=impl == "direct+int8")
+            self.model,
+            dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+            enabled=impl != "modules",
+            int8=impl == "direct+int8",
+        )
         direct = self.direct
         tag = None
         if precision == "bf16" and (direct.conv_supported or direct.upper_supported):
@@ -129,9 +136,15 @@ class Encoder(nn.Module):
         """An encoder over the same (shared, not copied) weights with another precision
         or implementation (``None``: this encoder's precision, that precision's default
         implementation)."""
-        return Encoder(self.model, source=self.source, is_random=self.is_random,
-                       precision=precision or self.precision, do_normalize=self.do_normalize,
-                       batch_size=self.batch_size, impl=impl)
+        return Encoder(
+            self.model,
+            source=self.source,
+            is_random=self.is_random,
+            precision=precision or self.precision,
+            do_normalize=self.do_normalize,
+            batch_size=self.batch_size,
+            impl=impl,
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -368,9 +381,11 @@ def _pad_frames(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
     return padded, mask
 
+
 def _check_precision(precision: str) -> str:
     """``precision`` resolved (``"auto"``) and checked; see :mod:`edgeser.core.cpu`."""
     return resolve_precision(precision)
+
 
 def _check_family(model: Any) -> None:
     """Refuse models that lack the HuBERT / wav2vec 2.0 / WavLM structure the code relies on."""
@@ -391,6 +406,7 @@ def _check_family(model: Any) -> None:
         )
     if getattr(config, "add_adapter", False):
         raise EdgeserError(f"unsupported encoder {type(model).__name__}: adapter layers")
+
 
 def _fingerprint(model: nn.Module, precision: str, *, impl: str | None = None) -> str:
     """Short sha256 over the config JSON (inference-relevant keys), precision and weights.

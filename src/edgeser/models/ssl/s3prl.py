@@ -54,11 +54,14 @@ class InertObject:
     def __repr__(self) -> str:
         return f"<inert stand-in for {self.qualified_name}>"
 
+
 def _stand_in(name: str) -> type[InertObject]:
     return type(name.rsplit(".", 1)[-1], (InertObject,), {"qualified_name": name})
 
+
 #: Unknown globals one checkpoint may bring before the loader gives up.
 _MAX_STAND_INS = 64
+
 
 def _load_pickle(path: Path) -> tuple[Any, list[str]]:
     """``torch.load`` a file the user named, weights-only, never with full unpickling.
@@ -80,17 +83,21 @@ def _load_pickle(path: Path) -> tuple[Any, list[str]]:
             match = re.search(r"Unsupported global: GLOBAL (\S+) was not", str(exc))
             if match is None:
                 raise EdgeserError(
-                    f"{path}: not a readable torch checkpoint: {_first_line(exc)}") from exc
+                    f"{path}: not a readable torch checkpoint: {_first_line(exc)}"
+                ) from exc
             name = match.group(1)
             if "." not in name:  # torch prints builtins without their module
                 name = f"builtins.{name}"
             if name in stand_ins or len(stand_ins) >= _MAX_STAND_INS:
-                raise EdgeserError(f"{path}: could not read it weights-only (at {name}): "
-                                   f"{_first_line(exc)}") from exc
+                raise EdgeserError(
+                    f"{path}: could not read it weights-only (at {name}): {_first_line(exc)}"
+                ) from exc
             stand_ins[name] = _stand_in(name)
         except Exception as exc:  # a corrupt or foreign file fails in many ways
-            raise EdgeserError(f"{path}: not a readable torch checkpoint: {_first_line(exc)}") \
-                from exc
+            raise EdgeserError(
+                f"{path}: not a readable torch checkpoint: {_first_line(exc)}"
+            ) from exc
+
 
 def _stand_ins_in(obj: Any, depth: int = 0) -> set[str]:
     """Qualified names of the :class:`InertObject` stand-ins anywhere inside ``obj``."""
@@ -109,7 +116,9 @@ def _stand_ins_in(obj: Any, depth: int = 0) -> set[str]:
         return found
     return set()
 
+
 _ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_accurate": "gelu_new", "tanh": "tanh"}
+
 
 def _config_from_distiller(cfg: Mapping[str, Any], path: Path) -> HubertConfig:
     """A ``HubertConfig`` from an s3prl ``Config["distiller"]`` dict (s3prl's defaults)."""
@@ -155,6 +164,7 @@ def _config_from_distiller(cfg: Mapping[str, Any], path: Path) -> HubertConfig:
         )
     return distilhubert_config(**fields)
 
+
 _S3PRL_LAYER_PARTS = {
     "self_attn.q_proj": "attention.q_proj",
     "self_attn.k_proj": "attention.k_proj",
@@ -178,6 +188,7 @@ _WEIGHT_NORM_NAMES = {
     "parametrizations.weight.original0": "weight_g",
     "parametrizations.weight.original1": "weight_v",
 }
+
 
 def _s3prl_key(key: str) -> str | None:
     """The HF ``HubertModel`` name of one s3prl distiller key; None for prediction heads.
@@ -204,6 +215,7 @@ def _s3prl_key(key: str) -> str | None:
         module = "conv" if sub == "0" else "layer_norm"
         return f"feature_extractor.conv_layers.{index}.{module}.{name}"
     return key
+
 
 def s3prl_to_hf_state_dict(
     state: Mapping[str, torch.Tensor], target_keys: Sequence[str] | set[str]
@@ -236,6 +248,7 @@ def s3prl_to_hf_state_dict(
         origin[new] = str(key)
     return converted, origin
 
+
 def _load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
     """Build a ``HubertModel`` from an original s3prl DistilHuBERT checkpoint."""
     from transformers import HubertModel
@@ -262,8 +275,10 @@ def _load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
         raise EdgeserError(f"{path}: its 'Distiller' entry is not a state dict of tensors")
     unknown = _stand_ins_in(distiller_cfg)
     if unknown:
-        raise EdgeserError(f"{path}: its Config['distiller'] holds objects of unknown classes "
-                           f"({', '.join(sorted(unknown))})")
+        raise EdgeserError(
+            f"{path}: its Config['distiller'] holds objects of unknown classes "
+            f"({', '.join(sorted(unknown))})"
+        )
     ignored = []
     for key in obj:
         if key in ("Distiller", "Config"):

@@ -51,8 +51,13 @@ def load_encoder(
     if text.lower().startswith("random:"):
         arch = text.split(":", 1)[1].strip().lower()
         config, do_normalize = random_architecture(arch)
-        return random_encoder(config, seed=seed, precision=precision, source=f"random:{arch}",
-                              do_normalize=do_normalize)
+        return random_encoder(
+            config,
+            seed=seed,
+            precision=precision,
+            source=f"random:{arch}",
+            do_normalize=do_normalize,
+        )
     resolved = text
     path = Path(text).expanduser()
     if not path.exists() and text.lower() in ALIASES:  # an existing path wins over an alias
@@ -79,6 +84,7 @@ def load_encoder(
         "model folder or an s3prl DistilHuBERT .ckpt"
     )
 
+
 def recorded_source(recorded: str, folder: str | os.PathLike[str]) -> str:
     """The encoder source a trained model ``folder``'s own ``model.json`` records, if
     loading it cannot read a file outside the folder; else :class:`EdgeserError`.
@@ -96,7 +102,8 @@ def recorded_source(recorded: str, folder: str | os.PathLike[str]) -> str:
         return EdgeserError(
             f"{folder}/model.json names the encoder {text!r}, {why}; edgeser loads files "
             f"outside a model folder only when you name them: pass --encoder SOURCE (that "
-            f"path, if you trust it, or your own copy of the same encoder)")
+            f"path, if you trust it, or your own copy of the same encoder)"
+        )
 
     if not text:
         raise refuse("which is empty")
@@ -119,8 +126,12 @@ def recorded_source(recorded: str, folder: str | os.PathLike[str]) -> str:
 
 
 def random_encoder(
-    config: Any | None = None, *, seed: int = 0, precision: str = "fp32",
-    source: str = "random", do_normalize: bool = False,
+    config: Any | None = None,
+    *,
+    seed: int = 0,
+    precision: str = "fp32",
+    source: str = "random",
+    do_normalize: bool = False,
 ) -> Encoder:
     """A randomly initialised encoder (default: exact DistilHuBERT architecture).
 
@@ -138,15 +149,19 @@ def random_encoder(
         "id, a model folder or an s3prl .ckpt for real results.",
         seed,
     )
-    return Encoder(model, source=source, is_random=True, precision=precision,
-                   do_normalize=do_normalize)
+    return Encoder(
+        model, source=source, is_random=True, precision=precision, do_normalize=do_normalize
+    )
+
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 _CHECKPOINT_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".pkl"})
 
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
 
 def _hub_offline() -> bool:
     if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
@@ -157,8 +172,10 @@ def _hub_offline() -> bool:
         return False
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
+
 #: Seconds to wait for the hub's TCP handshake before calling the machine offline.
 _HUB_PROBE_SECONDS = 3.0
+
 
 def _hub_reachable(timeout: float = _HUB_PROBE_SECONDS) -> tuple[bool, str]:
     """Whether the Hugging Face hub's host accepts a TCP connection within ``timeout``
@@ -181,6 +198,7 @@ def _hub_reachable(timeout: float = _HUB_PROBE_SECONDS) -> tuple[bool, str]:
     except OSError:
         return False, host
 
+
 def _fetch_error(source: str, why: str) -> EdgeserError:
     return EdgeserError(
         f"could not fetch {source!r} from the Hugging Face hub ({why}). Pass a local model "
@@ -188,6 +206,7 @@ def _fetch_error(source: str, why: str) -> EdgeserError:
         "--local-dir DIR`, then --encoder DIR), the original s3prl DistilHuBERT .ckpt, or "
         "--encoder random for a dry run"
     )
+
 
 def _load_pretrained(
     source: str, *, local: bool, cache_dir: str | os.PathLike[str] | None
@@ -210,18 +229,21 @@ def _load_pretrained(
         if local:
             raise EdgeserError(f"{source}: unreadable model config: {_first_line(exc)}") from exc
         if _hub_offline():
-            raise _fetch_error(source, "HF_HUB_OFFLINE is set and it is not in the local "
-                               "cache") from exc
+            raise _fetch_error(
+                source, "HF_HUB_OFFLINE is set and it is not in the local cache"
+            ) from exc
         reachable, host = _hub_reachable()
         if not reachable:
-            raise _fetch_error(source, f"{host} is unreachable: offline? It is not in the "
-                               "local cache either") from exc
+            raise _fetch_error(
+                source, f"{host} is unreachable: offline? It is not in the local cache either"
+            ) from exc
         options["local_files_only"] = False
         try:
             config = AutoConfig.from_pretrained(source, **options)
         except (OSError, ValueError, KeyError) as exc2:
-            raise _fetch_error(source, f"not a model id, or the download failed: "
-                               f"{_first_line(exc2)}") from exc2
+            raise _fetch_error(
+                source, f"not a model id, or the download failed: {_first_line(exc2)}"
+            ) from exc2
     config.layerdrop = 0.0
     try:
         model, info = AutoModel.from_pretrained(
@@ -250,6 +272,7 @@ def _load_pretrained(
     model.eval()
     logger.info("loaded %s (%s) from %s", type(model).__name__, config.model_type, source)
     return model, _read_do_normalize(source, options)
+
 
 def _read_do_normalize(source: str, options: dict[str, Any]) -> bool:
     """``do_normalize`` of the model's feature extractor; False when it has no such file."""
