@@ -7,7 +7,7 @@ plain PyTorch runs; ``pytorch-direct``: edgeser's direct float32 encoder path), 
 (``model.int8-fast.onnx``), float16 storage (``model.float16.onnx``: float16 weights,
 float32 arithmetic) and float16 compute (``model.float16-compute.onnx``). Builds a model
 folder with the exact DistilHuBERT architecture (random weights: speed does not depend on
-their values) and a head and exports it with :func:`edgeser.export.export_model`. For 1 s,
+their values) and a head and exports it with :func:`edgeser.exporting.export_model`. For 1 s,
 3 s and 10 s speech-like inputs it runs every variant in this one process, interleaved run
 by run (so a change of machine load hits every variant alike), and reports the median
 latency, the real-time factor (latency / audio duration) and the speed ratios to PyTorch
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.core.cpu import format_hardware
-from edgeser.export.exporter import VARIANTS as EXPORT_VARIANTS
+from edgeser.exporting.exporter import VARIANTS as EXPORT_VARIANTS
 
 SR = 16_000
 DURATIONS = (1.0, 3.0, 10.0)
@@ -53,7 +53,7 @@ VARIANTS = (*TORCH_IMPLS, *FILES)
 
 def _speech(seconds: float, seed: int) -> np.ndarray:
     """Speech-like input (numpy only: an ONNX worker's peak RSS must not include torch)."""
-    from edgeser.export.calibration import speech_like
+    from edgeser.exporting.calibration import speech_like
 
     return speech_like(seconds, np.random.default_rng(seed))
 
@@ -75,7 +75,7 @@ def runner(variant: str, model_dir: Path, onnx_dir: Path, threads: int):
         import torch
 
         from edgeser.audio.frontend import peak_normalize, preemphasis
-        from edgeser.train.folder import load_trained
+        from edgeser.training.folder import load_trained
 
         torch.set_num_threads(threads)
         model, _, encoder, _ = load_trained(model_dir)
@@ -136,7 +136,7 @@ def interleaved_latency(runners: dict, runs: int) -> dict[str, dict[str, float]]
 def fidelity(onnx_dir: Path, speech_dir: Path, threads: int) -> dict[str, dict[str, float]]:
     """Agreement with ONNX float32 on the audio files of ``speech_dir`` (trimmed as the
     runtime does), per ONNX variant: argmax agreement, mean and max |Δp|."""
-    from edgeser.export.calibration import calibration_waves
+    from edgeser.exporting.calibration import calibration_waves
     from edgeser.runtime.session import onnx_session, pad_batch
 
     files = sorted(p for p in speech_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
@@ -178,9 +178,9 @@ def build(out: Path, variants: tuple[str, ...] = EXTRA) -> tuple[Path, Path]:
     import torch
 
     from edgeser.config import TrainConfig
-    from edgeser.export.exporter import export_model
+    from edgeser.exporting.exporter import export_model
     from edgeser.models.ssl import random_encoder
-    from edgeser.train.folder import build_model, save_model
+    from edgeser.training.folder import build_model, save_model
 
     model_dir, onnx_dir = out / "production", out / "onnx"
     if not (onnx_dir / "model.json").is_file():

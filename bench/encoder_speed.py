@@ -2,7 +2,7 @@
 ``auto`` picks on this CPU (and bf16 with ``--bf16`` where it is not native).
 
 Full DistilHuBERT architecture with random weights (speed does not depend on their values)
-and a speech-like signal (``edgeser.export.exporter.speech_like``). For 1 s, 3 s and 10 s
+and a speech-like signal (``edgeser.exporting.exporter.speech_like``). For 1 s, 3 s and 10 s
 inputs prints the median of several runs of ``Encoder.encode`` per variant, the ratio to
 the modules and the cosine similarity of the mean-pooled last hidden states. Batched
 extraction (the feature cache's workload) is ``bench/extract_speed.py``. Not a test:
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edgeser.core.cpu import format_hardware, resolve_precision
-from edgeser.export.calibration import speech_like
+from edgeser.exporting.calibration import speech_like
 from edgeser.models.ssl import Encoder, load_encoder
 
 SR = 16_000

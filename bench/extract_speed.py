@@ -1,7 +1,7 @@
 """Feature-extraction speed and fidelity of the encoder's precisions and implementations.
 
 Reproduces the workload of ``edgeser.features.extract``: ``Encoder.encode`` on a batch of
-about 60 s of audio (15 speech-like utterances of 3-5 s, ``edgeser.export.exporter
+about 60 s of audio (15 speech-like utterances of 3-5 s, ``edgeser.exporting.exporter
 .speech_like``), sorted by length, ``batch_size`` 8, with the full DistilHuBERT
 architecture (random weights; speed does not depend on them). The variants run
 interleaved (round after round) in one process, so that a shared machine's load hits them
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from edgeser.core.cpu import bf16_check, format_hardware
-from edgeser.export.calibration import speech_like
+from edgeser.exporting.calibration import speech_like
 from edgeser.models.ssl import Encoder, random_encoder
 
 SR = 16_000

@@ -53,7 +53,7 @@ def speech_file(path: Path, seconds: float, speech: Path | None, seed: int = 0) 
         for f in sorted(speech.rglob("*.wav"))[:40]:
             clips.append(load_audio(f, SR))
     if not clips:
-        from edgeser.export.calibration import speech_like
+        from edgeser.exporting.calibration import speech_like
 
         clips = [speech_like(3.0, rng) for _ in range(8)]
     total = round(seconds * SR)

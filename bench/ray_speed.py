@@ -2,7 +2,7 @@
 
 The workload is ``edgeser.features.extract`` with the full DistilHuBERT architecture
 (random weights: speed does not depend on them), ``precision: auto``, clean views only, on
-speech-like utterances of 3-5 s (``edgeser.export.calibration.speech_like``, written as
+speech-like utterances of 3-5 s (``edgeser.exporting.calibration.speech_like``, written as
 16 kHz WAV files) in length-sorted batches of 30 s (``train``/``evaluate`` use 60 s).
 Each configuration starts with an empty feature cache:
 
@@ -52,7 +52,7 @@ def make_corpus(root: Path, seconds: float) -> Path:
     """Speech-like utterances of 3-5 s totalling about ``seconds``, and their manifest."""
     import pandas as pd
 
-    from edgeser.export.calibration import speech_like
+    from edgeser.exporting.calibration import speech_like
     from edgeser.testing import write_wav
 
     rng = np.random.default_rng(0)

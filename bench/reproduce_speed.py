@@ -42,7 +42,7 @@ from edgeser.experiments.reproduce import load_corpus, reproduce
 from edgeser.features import Item, load_waveform
 from edgeser.models.head import EmotionHead, HeadConfig
 from edgeser.models.ssl import random_encoder
-from edgeser.train.losses import make_loss
+from edgeser.training.losses import make_loss
 
 
 def straightforward_seconds_per_utt(frame, n: int, cfg: TrainConfig, repeats: int = 3) -> float:

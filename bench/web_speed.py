@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.core.cpu import format_hardware
-from edgeser.export.calibration import speech_like
+from edgeser.exporting.calibration import speech_like
 from edgeser.runtime.model import OnnxEmotionModel
 from edgeser.runtime.session import onnx_session
 from edgeser.web.server import make_server

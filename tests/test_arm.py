@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeser.export.saturation import saturation_report, worst_case_model
+from edgeser.exporting.saturation import saturation_report, worst_case_model
 from edgeser.runtime.model import OnnxEmotionModel
 from edgeser.testing import export_tiny_model, tone
 
@@ -100,7 +100,7 @@ def _static_nodes(path: Path) -> list[str]:
     onnxruntime's integer operators."""
     import onnx
 
-    from edgeser.export.onnx_utils import walk_graphs
+    from edgeser.exporting.onnx_utils import walk_graphs
 
     names = []
     for graph in walk_graphs(onnx.load(str(path)).graph):

@@ -17,7 +17,7 @@ from edgeser.models.head import EmotionHead, HeadConfig, pool_layers
 from edgeser.models.registry import encoder_source, normalization
 from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.testing import write_tiny_manifests
-from edgeser.train.normalize import group_stats, normalize_pooled
+from edgeser.training.normalize import group_stats, normalize_pooled
 
 
 def _pooled(frames: np.ndarray) -> np.ndarray:
@@ -271,12 +271,12 @@ def test_compare_writes_table_plot_and_json(manifests, tmp_path):
 
 def test_light_sernet_trains_through_the_protocol_exports_and_predicts(manifests, tmp_path):
     from edgeser.experiments.runs import evaluate_loso
-    from edgeser.export.exporter import export_model
-    from edgeser.export.lightsernet_graph import LightSERNetGraph
+    from edgeser.exporting.exporter import export_model
+    from edgeser.exporting.lightsernet_graph import LightSERNetGraph
     from edgeser.models.lightsernet import LIGHT_SERNET_NUM_PARAMETERS, MFCCFrontEnd
     from edgeser.runtime.model import OnnxEmotionModel
     from edgeser.runtime.session import onnx_session, pad_batch
-    from edgeser.train.folder import load_trained
+    from edgeser.training.folder import load_trained
 
     # the exportable variant: BatchNorm with the training speakers' statistics
     cfg = _cfg(model="light-sernet", mfcc_seconds=1.0, feature_norm="none")
@@ -318,7 +318,7 @@ def json_load(path):
 
 
 def _speaker_mfcc_set(n_per_speaker=(7, 5), seed=0):
-    from edgeser.train.trainer import FeatureSet
+    from edgeser.training.trainer import FeatureSet
 
     rng = np.random.default_rng(seed)
     clean, speakers = [], []
@@ -343,7 +343,7 @@ def test_speaker_batchnorm_statistics_are_the_speakers_own():
     the batch size the statistics were gathered in; speakers do not affect each other."""
     from edgeser.models.lightsernet import LightSERNet, MFCCConfig
     from edgeser.models.lightsernet import LightSERNetConfig as NetConfig
-    from edgeser.train.trainer import (
+    from edgeser.training.trainer import (
         FeatureSet,
         SERModel,
         adapt_batchnorm,
@@ -407,7 +407,7 @@ def copy_with_batch_statistics(model):
 
 
 def test_speaker_batches_never_mix_speakers():
-    from edgeser.train.trainer import _speaker_batches, _speaker_rows
+    from edgeser.training.trainer import _speaker_batches, _speaker_rows
 
     speakers = ["a"] * 9 + ["b"] * 4 + ["c"] * 6
     batches = _speaker_batches(_speaker_rows(speakers), 4, np.random.default_rng(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeser.evaluate.confidence import (
+from edgeser.evaluation.confidence import (
     apply_temperature,
     calibration_metrics,
     fit_temperature,

@@ -13,7 +13,7 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.evaluate.dimensions import (
+from edgeser.evaluation.dimensions import (
     DIMENSIONS,
     ccc,
     describe_unrated,
@@ -23,7 +23,7 @@ from edgeser.evaluate.dimensions import (
 from edgeser.models.head import EmotionHead, HeadConfig
 from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.testing import make_cremad_tree, make_iemocap_tree, make_ravdess_tree
-from edgeser.train.losses import ccc_loss
+from edgeser.training.losses import ccc_loss
 
 IEMO_LABELS = ["neu", "ang", "sad", "hap", "exc"]
 #: Ratings (V, A, D) per IEMOCAP label, varied per utterance below.
@@ -137,7 +137,7 @@ def test_head_without_dimensions_is_unchanged_and_with_them_outputs_in_unit_rang
 
 
 def test_training_learns_the_dimensions_and_unrated_rows_only_train_classes(tmp_path):
-    from edgeser.train.trainer import FeatureSet, SERModel, fit, predict_outputs
+    from edgeser.training.trainer import FeatureSet, SERModel, fit, predict_outputs
 
     rng = np.random.default_rng(0)
     n, d = 240, 16
@@ -268,12 +268,12 @@ def test_report_shows_the_dimensional_numbers_and_plots(run):
 
 
 def test_export_has_both_outputs_and_the_runtime_prints_them(run, tmp_path, capsys):
-    from edgeser.export import export_model
+    from edgeser.exporting import export_model
     from edgeser.runtime.cli import format_prediction
     from edgeser.runtime.model import OnnxEmotionModel
     from edgeser.runtime.session import onnx_session
     from edgeser.testing import tone, write_wav
-    from edgeser.train.folder import load_trained
+    from edgeser.training.folder import load_trained
 
     paths = export_model(run["out"] / "production", tmp_path / "onnx", encoder=run["encoder"])
     doc = json.loads(paths["json"].read_text())
@@ -287,7 +287,7 @@ def test_export_has_both_outputs_and_the_runtime_prints_them(run, tmp_path, caps
     wav = tmp_path / "x.wav"
     write_wav(wav, tone(1.2, seed=4))
     trained = load_trained(run["out"] / "production", run["encoder"])
-    from edgeser.export.exporter import build_export_graph
+    from edgeser.exporting.exporter import build_export_graph
 
     graph, _, _ = build_export_graph(run["out"] / "production", run["encoder"])
     for kind in ("float32", "int8"):

@@ -197,8 +197,8 @@ def test_unset_settings_take_each_models_defaults(tmp_path):
 
 def test_light_sernet_schedule_and_l2_are_the_authors():
     from edgeser.models.lightsernet import MFCCFrontEnd
-    from edgeser.train.folder import build_model
-    from edgeser.train.trainer import _optimizer
+    from edgeser.training.folder import build_model
+    from edgeser.training.trainer import _optimizer
 
     cfg = TrainConfig(model="light-sernet")
     # callbacks.py: constant until epoch 50, then x exp(-0.15) at every epoch % 20 == 0
@@ -267,8 +267,8 @@ def test_linear_c_is_cross_validated_over_training_speakers():
     """C comes from speaker-grouped cross-validation on the training speakers (the
     validation speakers are scored, never chosen on); the fit is deterministic."""
     from edgeser.models.egemaps import LinearClassifier
-    from edgeser.train.linear import C_GRID, fit_linear
-    from edgeser.train.trainer import FeatureSet
+    from edgeser.training.linear import C_GRID, fit_linear
+    from edgeser.training.trainer import FeatureSet
 
     rng = np.random.default_rng(0)
 

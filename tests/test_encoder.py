@@ -146,7 +146,7 @@ def write_s3prl_ckpt(path, model, *, legacy_weight_norm=False, state=None, **cfg
 
 def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     """The library's deterministic speech-like signal, seeded by an integer."""
-    from edgeser.export.calibration import speech_like as generate
+    from edgeser.exporting.calibration import speech_like as generate
 
     return generate(seconds, np.random.default_rng(seed))
 
@@ -609,7 +609,7 @@ def test_other_ssl_families_load_from_folder(tmp_path, family: str) -> None:
         assert max_diff(out[:-1], reference[:-1]) <= 1e-4
         assert max_diff(out[-1], reference[-1]) <= 1e-4
     if family == "wavlm":  # trains, but has no export graph: the refusal names what does
-        from edgeser.export.graph import check_exportable
+        from edgeser.exporting.graph import check_exportable
 
         with pytest.raises(EdgeserError, match="train --model distilhubert"):
             check_exportable(encoder.model)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.crosscorpus import error_analysis
+from edgeser.evaluation.crosscorpus import error_analysis
 
 A, H, N, S = (LABELS.index(c) for c in ("angry", "happy", "neutral", "sad"))
 

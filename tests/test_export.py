@@ -12,12 +12,12 @@ import torch
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.export.exporter import add_export_parser, export_model, reference_probabilities
+from edgeser.exporting.exporter import add_export_parser, export_model, reference_probabilities
 from edgeser.models.ssl import Encoder, random_encoder, tiny_config
 from edgeser.runtime.model import OnnxEmotionModel
 from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone, write_wav
-from edgeser.train.folder import build_model, save_model
+from edgeser.training.folder import build_model, save_model
 
 SR = 16_000
 TOL = 1e-4
@@ -58,7 +58,7 @@ def tiny(tmp_path_factory) -> dict:
     encoder = random_encoder(tiny_config(), seed=0)
     model_dir = _save(root / "production", encoder)
     paths = export_model(model_dir, root / "onnx", encoder=encoder)
-    from edgeser.train.folder import load_trained
+    from edgeser.training.folder import load_trained
 
     model, _, _, _ = load_trained(model_dir, encoder)
     return {
@@ -138,7 +138,7 @@ def test_short_and_silent_inputs(tiny):
 def test_frame_count_in_closed_form_equals_layer_by_layer():
     """The graph counts output frames as (samples - receptive) // hop + 1 (three operators
     instead of three per layer): the same as the convolutions, layer by layer."""
-    from edgeser.export.graph import conv_frames
+    from edgeser.exporting.graph import conv_frames
 
     spec = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2  # DistilHuBERT: receptive 400, hop 320
     n = torch.arange(400, 50_000, 3)
@@ -163,7 +163,7 @@ def test_attention_pooling_exports(tmp_path):
     model_dir = _save(tmp_path / "m", encoder, pooling="attention")
     paths = export_model(model_dir, tmp_path / "onnx", int8=False, encoder=encoder)
     assert "int8" not in paths
-    from edgeser.train.folder import load_trained
+    from edgeser.training.folder import load_trained
 
     head = load_trained(model_dir, encoder)[0].head
     waves = _waves()
@@ -217,7 +217,7 @@ def full(tmp_path_factory) -> dict:
     # with the dimensional output, so the shared full-size export checks both outputs
     model_dir = _save(root / "production", encoder, sharpen=30.0, dimensions=True)
     paths = export_model(model_dir, root / "onnx", encoder=encoder)
-    from edgeser.train.folder import load_trained
+    from edgeser.training.folder import load_trained
 
     head = load_trained(model_dir, encoder)[0].head
     return {"encoder": encoder, "head": head, "paths": paths, "model_dir": model_dir}
@@ -287,7 +287,7 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
     """Every integer operator of the fused default 8-bit graph (the 12 transformer linears
     and the second extractor convolution) has 7-bit weights: no uint8 x int8 pair sum can
     leave the int16 range of x86's non-VNNI kernels, whatever the input."""
-    from edgeser.export.saturation import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
+    from edgeser.exporting.saturation import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
 
     ops = saturation_report(full["paths"]["int8"])
     kinds = sorted({op.op_type for op in ops})
@@ -306,7 +306,7 @@ def test_full_size_int8_cannot_saturate_any_cpu(full):
 def test_full_size_int8_ops_are_exact_on_worst_case_input(full, node):
     """onnxruntime on this CPU against exact integer arithmetic, on the input that drives
     every pair of products as far as the weights allow (255 where a weight is positive)."""
-    from edgeser.export.saturation import worst_case_probe
+    from edgeser.exporting.saturation import worst_case_probe
 
     got, exact = worst_case_probe(full["paths"]["int8"], node)
     assert got.shape == exact.shape
@@ -323,7 +323,7 @@ def test_saturation_report_flags_full_range_weights(tiny, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgeser.export.saturation import require_no_saturation, saturation_report
+    from edgeser.exporting.saturation import require_no_saturation, saturation_report
 
     path = tiny["paths"]["int8"]
     assert all(op.safe for op in saturation_report(path))
@@ -435,7 +435,7 @@ def test_a_folder_cannot_make_export_load_a_file_outside_it(tmp_path, caplog):
     with pytest.raises(EdgeserError, match="outside the folder"):
         evaluate_model(model_dir, corpus, tmp_path / "eval")
     assert not (tmp_path / "out").exists()
-    with caplog.at_level(logging.INFO, logger="edgeser.train.folder"):
+    with caplog.at_level(logging.INFO, logger="edgeser.training.folder"):
         paths = export_model(model_dir, tmp_path / "out", int8=False, encoder_source=str(outside))
     assert paths["float32"].is_file()
     assert f"encoder: {outside} (as named on the command line)" in caplog.text
@@ -464,8 +464,8 @@ def test_the_calibration_temperature_is_applied_inside_the_graph(tmp_path):
     """A trained folder's temperature (fitted on its validation speakers) divides the
     logits inside the exported graph; model.json states it and the low_confidence
     threshold, and the runtime says low_confidence below it."""
-    from edgeser.evaluate.confidence import apply_temperature
-    from edgeser.train.checkpoint import load_weights, save_weights
+    from edgeser.evaluation.confidence import apply_temperature
+    from edgeser.training.checkpoint import load_weights, save_weights
 
     encoder = random_encoder(tiny_config(), seed=0)
     plain = _save(tmp_path / "plain", encoder, sharpen=3.0)

@@ -19,12 +19,12 @@ STAGES = (
     "models",
     "config",
     "features",
-    "evaluate",
-    "train",
+    "evaluation",
+    "training",
     "runtime",
     "web",
     "serve",
-    "export",
+    "exporting",
     "experiments",
     "testing",
     "cli",
@@ -113,7 +113,7 @@ def test_lazy_package_names_resolve() -> None:
     import importlib
     import types
 
-    for package in ("edgeser.models", "edgeser.export"):
+    for package in ("edgeser.models", "edgeser.exporting"):
         pkg = importlib.import_module(package)
         for name in pkg.__all__:
             value = getattr(pkg, name)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from edgeser.audio.frontend import peak_normalize, preemphasis
-from edgeser.export.calibration import speech_like
-from edgeser.export.exporter import export_onnx
-from edgeser.export.lightsernet_graph import (
+from edgeser.exporting.calibration import speech_like
+from edgeser.exporting.exporter import export_onnx
+from edgeser.exporting.lightsernet_graph import (
     LightSERNetGraph,
     lightsernet_quantized_nodes,
     quantize_lightsernet_int8,
@@ -262,7 +262,7 @@ def test_graph_matches_independent_pipeline(net: LightSERNet, pre: float, peak: 
 def onnx_files(graph: LightSERNetGraph, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from edgeser.export.calibration import calibration_waves
+    from edgeser.exporting.calibration import calibration_waves
 
     folder = tmp_path_factory.mktemp("lightsernet")
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"

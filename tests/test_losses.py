@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeser.train.losses import FocalLoss, class_balanced_alpha, make_loss
+from edgeser.training.losses import FocalLoss, class_balanced_alpha, make_loss
 
 IEMOCAP_COUNTS = [1103, 1636, 1708, 1084]  # angry, happy, neutral, sad
 

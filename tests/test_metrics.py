@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds, variance_change
+from edgeser.evaluation.metrics import compute_metrics, pool_folds, summarize_folds, variance_change
 
 A, H, N, S = LABELS
 

@@ -8,8 +8,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.metrics import compute_metrics, summarize_folds
-from edgeser.evaluate.plots import plot_confusion, plot_fold_bars, plot_per_class_recall
+from edgeser.evaluation.metrics import compute_metrics, summarize_folds
+from edgeser.evaluation.plots import plot_confusion, plot_fold_bars, plot_per_class_recall
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 A, H, N, S = LABELS

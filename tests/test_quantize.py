@@ -12,11 +12,11 @@ from onnx import numpy_helper
 
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.export.calibration import speech_like
-from edgeser.export.exporter import build_export_graph, export_flat
-from edgeser.export.gptq import gptq_round
-from edgeser.export.halfprec import convert_float16, store_float16
-from edgeser.export.quantize import (
+from edgeser.exporting.calibration import speech_like
+from edgeser.exporting.exporter import build_export_graph, export_flat
+from edgeser.exporting.gptq import gptq_round
+from edgeser.exporting.halfprec import convert_float16, store_float16
+from edgeser.exporting.quantize import (
     SCHEMES,
     clip_gelu_inputs,
     fuse_gelu,
@@ -27,7 +27,7 @@ from edgeser.export.quantize import (
 from edgeser.models.ssl import random_encoder, tiny_config
 from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.testing import tone
-from edgeser.train.folder import build_model, save_model
+from edgeser.training.folder import build_model, save_model
 
 # four conv layers, so the schemes differ: convs.0-2 after the matmul-shaped first layer
 _CONFIG = {"conv_dim": (32, 32, 32, 32), "conv_kernel": (10, 3, 3, 2), "conv_stride": (5, 2, 2, 2)}
@@ -104,7 +104,7 @@ def test_weight_only_int8_stays_8_bit_in_the_session(fp32, tmp_path):
     a 50 MB .ort file and twice the session memory)."""
     import onnxruntime as ort
 
-    from edgeser.export.onnx_utils import WEIGHT_ONLY
+    from edgeser.exporting.onnx_utils import WEIGHT_ONLY
 
     model = onnx.load(str(fp32))
     _, weight_only = split_nodes(model, "mixed")

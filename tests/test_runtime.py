@@ -401,7 +401,7 @@ def test_silero_ships_inside_edgeser(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     import onnxruntime as ort
 
     import edgeser.runtime.vad as vad_mod
-    from edgeser.export.silero import silero_16k
+    from edgeser.exporting.silero import silero_16k
 
     path = find_silero_onnx()
     assert path == vad_mod.BUNDLED_SILERO and path.is_file()

@@ -10,10 +10,10 @@ import torch
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.metrics import compute_metrics
+from edgeser.evaluation.metrics import compute_metrics
 from edgeser.features import FeatureKind
 from edgeser.models.head import EmotionHead, HeadConfig
-from edgeser.train.trainer import FeatureSet, SERModel, fit, predict
+from edgeser.training.trainer import FeatureSet, SERModel, fit, predict
 
 LAYERS, WIDTH = 3, 8
 
@@ -143,7 +143,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, cap
 
     monkeypatch.setenv("EDGESER_PROGRESS_SECONDS", "0")
     monkeypatch.setattr(progress, "is_terminal", lambda: False)
-    monkeypatch.setattr("edgeser.train.trainer.is_terminal", lambda: False)
+    monkeypatch.setattr("edgeser.training.trainer.is_terminal", lambda: False)
     with caplog.at_level(logging.INFO, logger="edgeser.progress"):
         fit(
             _cfg(epochs=3),

@@ -30,7 +30,7 @@ def trained(ravdess_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     from edgeser.data.manifest import write_manifest
     from edgeser.data.recipes import prepare_ravdess
     from edgeser.experiments.runs import train_on_manifests
-    from edgeser.export.exporter import export_model
+    from edgeser.exporting.exporter import export_model
     from edgeser.models.ssl import random_encoder, tiny_config
 
     root = tmp_path_factory.mktemp("trust")
@@ -88,7 +88,7 @@ def test_calibrate_none_keeps_the_probabilities_as_trained(
     from edgeser.cli import main
     from edgeser.config import TrainConfig
     from edgeser.experiments.runs import train_on_manifests
-    from edgeser.export.exporter import export_model
+    from edgeser.exporting.exporter import export_model
     from edgeser.runtime.model import OnnxEmotionModel
 
     root = trained["onnx"].parent

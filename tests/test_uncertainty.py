@@ -10,8 +10,8 @@ import pytest
 import test_pipeline
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.metrics import compute_metrics
-from edgeser.evaluate.uncertainty import (
+from edgeser.evaluation.metrics import compute_metrics
+from edgeser.evaluation.uncertainty import (
     EvalSet,
     bootstrap_ci,
     interval,
@@ -168,7 +168,7 @@ def test_interval_and_p_value_agree_when_resamples_tie_at_zero():
     """A UA difference on a few dozen utterances takes few values and many resamples tie at
     exactly 0: the interval excludes 0 exactly when the bootstrap p-value is below 0.05
     (an interpolated end would sit above 0 with 2.5 % of the differences at 0)."""
-    from edgeser.evaluate.uncertainty import _percentile, _two_sided
+    from edgeser.evaluation.uncertainty import _percentile, _two_sided
 
     rng = np.random.default_rng(0)
     for zeros in range(18, 32):
@@ -312,8 +312,8 @@ def check_compare_pairs(doc: dict, table: str) -> None:
 def test_report_words_claims_by_their_intervals():
     """A real difference is reported as supported, a null one as not, and a fold-variance
     change over 5 folds as not established."""
-    from edgeser.evaluate.report import _cremad_lines
-    from edgeser.evaluate.uncertainty import SCALARS
+    from edgeser.evaluation.report import _cremad_lines
+    from edgeser.evaluation.uncertainty import SCALARS
 
     rng = np.random.default_rng(5)
     a_sets, b_sets = [], []

@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from edgeser.export.exporter import add_export_parser
+    from edgeser.exporting.exporter import add_export_parser
     from edgeser.runtime.cli import add_predict_parser, add_stream_parser
     from edgeser.serve.cli import add_serve_parser, run_stream_command
     from edgeser.web.server import add_web_parser

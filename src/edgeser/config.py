@@ -159,10 +159,10 @@ class TrainConfig:
     trained once, with ``seed``."""
     bootstrap: int = 1000
     """Resamples behind every 95 % interval and paired test (see
-    edgeser.evaluate.uncertainty)."""
+    edgeser.evaluation.uncertainty)."""
     calibrate: str = "temperature"
     """'temperature': one temperature per model fitted on its validation speakers
-    (edgeser.evaluate.confidence), stored with the model and applied inside the exported
+    (edgeser.evaluation.confidence), stored with the model and applied inside the exported
     graph, with the low_confidence threshold; 'none' leaves the probabilities as trained."""
 
     def __post_init__(self) -> None:

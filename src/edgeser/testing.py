@@ -312,13 +312,13 @@ def export_tiny_model(root: str | Path, *, sharpen: float = 8.0) -> dict[str, Pa
     """A tiny randomly initialised model (DistilHuBERT's layout, small sizes; layer weights
     drawn, the classifier's last layer multiplied by ``sharpen`` so its answers are
     confident and labels meaningful), saved under ``root/production`` and exported to
-    ``root/onnx``: :func:`~edgeser.export.export_model`'s ``{kind: path}``. Needs torch."""
+    ``root/onnx``: :func:`~edgeser.exporting.export_model`'s ``{kind: path}``. Needs torch."""
     import torch
 
     from edgeser.config import TrainConfig
-    from edgeser.export.exporter import export_model
+    from edgeser.exporting.exporter import export_model
     from edgeser.models.ssl import random_encoder, tiny_config
-    from edgeser.train.folder import build_model, save_model
+    from edgeser.training.folder import build_model, save_model
 
     root = Path(root)
     encoder = random_encoder(tiny_config(), seed=0)

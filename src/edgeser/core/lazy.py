@@ -1,7 +1,7 @@
 """Package attributes that load their module on first use (PEP 562).
 
 A package whose ``__init__`` would otherwise import torch, transformers or onnx for every
-name keeps the light ones light (``edgeser.models``, ``edgeser.export``: the command line
+name keeps the light ones light (``edgeser.models``, ``edgeser.exporting``: the command line
 of the torch-free runtime install builds ``edgeser export``'s parser). A public name must
 not also be the name of a sub-module: importing the sub-module would shadow it.
 """

@@ -42,17 +42,17 @@ import numpy as np
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json, write_text
-from edgeser.evaluate.plots import plot_pareto
-from edgeser.evaluate.report import CI_NOTE, PAIRED_HEADER, ci_text, paired_rows
-from edgeser.evaluate.uncertainty import EvalSet
+from edgeser.evaluation.plots import plot_pareto
+from edgeser.evaluation.report import CI_NOTE, PAIRED_HEADER, ci_text, paired_rows
+from edgeser.evaluation.uncertainty import EvalSet
 from edgeser.experiments.pipeline import paired_settings
 from edgeser.experiments.runs import run_loso
-from edgeser.export.calibration import speech_like
-from edgeser.export.exporter import export_model
+from edgeser.exporting.calibration import speech_like
+from edgeser.exporting.exporter import export_model
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.registry import FeatureEncoder, model_spec
 from edgeser.runtime.session import onnx_session, pad_batch
-from edgeser.train.folder import load_trained
+from edgeser.training.folder import load_trained
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def paired_models(
 ) -> list[dict[str, Any]]:
     """Every pair of models, the later against the earlier in ``--models`` order, tested
     paired on the same folds and utterances (every seed): the difference of WA/UA/macro-F1
-    (B − A) with its 95 % interval and p-values (:func:`edgeser.evaluate.uncertainty.
+    (B − A) with its 95 % interval and p-values (:func:`edgeser.evaluation.uncertainty.
     paired_test`)."""
     names = [r["model"] for r in rows]
     return [

@@ -22,15 +22,15 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text, write_json
 from edgeser.data.labels import LABELS, label_index
-from edgeser.evaluate.confidence import (
+from edgeser.evaluation.confidence import (
     apply_temperature,
     calibration_metrics,
     fit_temperature,
     low_confidence_threshold,
     reliability,
 )
-from edgeser.evaluate.crosscorpus import error_analysis
-from edgeser.evaluate.dimensions import (
+from edgeser.evaluation.crosscorpus import error_analysis
+from edgeser.evaluation.dimensions import (
     DIMENSIONS,
     describe_unrated,
     dimension_metrics,
@@ -38,8 +38,8 @@ from edgeser.evaluate.dimensions import (
     has_dimension_labels,
     summarize_dimension_folds,
 )
-from edgeser.evaluate.metrics import compute_metrics, pool_folds, summarize_folds
-from edgeser.evaluate.uncertainty import (
+from edgeser.evaluation.metrics import compute_metrics, pool_folds, summarize_folds
+from edgeser.evaluation.uncertainty import (
     EvalSet,
     bootstrap_ci,
     interval,
@@ -50,9 +50,9 @@ from edgeser.features import FeatureStore, extract
 from edgeser.features.kinds import FeatureKind, feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization, signal_front_end
 from edgeser.split.protocols import Split
-from edgeser.train.folder import build_model, save_model
-from edgeser.train.normalize import group_stats, normalize_pooled, row_stats, standardize
-from edgeser.train.trainer import FeatureSet, SERModel, fit, predict_outputs
+from edgeser.training.folder import build_model, save_model
+from edgeser.training.normalize import group_stats, normalize_pooled, row_stats, standardize
+from edgeser.training.trainer import FeatureSet, SERModel, fit, predict_outputs
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def fit_calibration(cfg: TrainConfig, model: Any, val: Any) -> dict[str, Any] | 
     """Temperature scaling of a trained model on its validation speakers
     (``cfg.calibrate == "temperature"``; None without, or without validation data):
     ``{"method", "temperature", "low_confidence_below", "n_val", "val": {"before",
-    "after"}}`` (:mod:`edgeser.evaluate.confidence`)."""
+    "after"}}`` (:mod:`edgeser.evaluation.confidence`)."""
     if cfg.calibrate != "temperature" or val is None or len(val.labels) == 0:
         return None
     raw, _ = predict_outputs(model, val, cfg)
@@ -371,7 +371,7 @@ def run_seeds(
 
 def eval_sets(runs: Sequence[Sequence[dict[str, Any]]], frame: pd.DataFrame) -> list[EvalSet]:
     """Each fold's test predictions of every seed (``runs[seed][fold]``), with the speaker
-    of each utterance, for :mod:`edgeser.evaluate.uncertainty`."""
+    of each utterance, for :mod:`edgeser.evaluation.uncertainty`."""
     speaker = dict(zip(frame["utt_id"], frame["speaker"], strict=True))
     sets = []
     for k, first in enumerate(runs[0]):

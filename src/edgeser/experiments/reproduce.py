@@ -28,9 +28,9 @@ from edgeser.core.io import write_json, write_text
 from edgeser.data.labels import LABELS
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest, write_manifest
 from edgeser.data.recipes import prepare
-from edgeser.evaluate.metrics import variance_change
-from edgeser.evaluate.report import write_report
-from edgeser.evaluate.uncertainty import SCALARS, EvalSet
+from edgeser.evaluation.metrics import variance_change
+from edgeser.evaluation.report import write_report
+from edgeser.evaluation.uncertainty import SCALARS, EvalSet
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
@@ -45,7 +45,7 @@ from edgeser.experiments.pipeline import (
 from edgeser.models.registry import FeatureEncoder, make_encoder
 from edgeser.split.protocols import loso_splits, production_split
 from edgeser.split.validate import combine_manifests
-from edgeser.train.folder import load_trained
+from edgeser.training.folder import load_trained
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest
-from edgeser.evaluate.dimensions import dimension_metrics
-from edgeser.evaluate.metrics import compute_metrics
-from edgeser.evaluate.report import write_report
-from edgeser.evaluate.uncertainty import EvalSet
+from edgeser.evaluation.dimensions import dimension_metrics
+from edgeser.evaluation.metrics import compute_metrics
+from edgeser.evaluation.report import write_report
+from edgeser.evaluation.uncertainty import EvalSet
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
@@ -31,8 +31,8 @@ from edgeser.experiments.pipeline import (
 from edgeser.models.registry import FeatureEncoder, make_encoder
 from edgeser.split.protocols import Split, group_sessions, loso_splits, speaker_holdout_split
 from edgeser.split.validate import combine_manifests
-from edgeser.train.folder import build_model, load_trained, save_model
-from edgeser.train.trainer import fit, predict_outputs
+from edgeser.training.folder import build_model, load_trained, save_model
+from edgeser.training.trainer import fit, predict_outputs
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def evaluate_model(
     encoder_source: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on a manifest, with cross-corpus error analysis
-    (``encoder`` / ``encoder_source``: as :func:`~edgeser.train.folder.load_trained`)."""
+    (``encoder`` / ``encoder_source``: as :func:`~edgeser.training.folder.load_trained`)."""
     out = Path(out)
     df = read_four_class(corpus)
     model, cfg, encoder, meta = load_trained(model_dir, encoder, encoder_source=encoder_source)

@@ -50,7 +50,7 @@ CACHED_KINDS: tuple[FeatureKind, ...] = tuple(k for k in FeatureKind if k.cached
 
 
 def feature_kind(cfg: Any) -> FeatureKind:
-    """Which features a config trains on (see :mod:`edgeser.train.trainer`)."""
+    """Which features a config trains on (see :mod:`edgeser.training.trainer`)."""
     norm = normalization(cfg)
     family = model_spec(cfg.model).family
     if family == "functionals":

@@ -21,7 +21,7 @@ hold, so an ``egemaps`` model is not exportable (``edgeser export`` says so in o
 :class:`LinearClassifier` is the trained model: a standardisation (the training
 utterances' mean and deviation of every functional, stored with the weights, for
 ``--feature-norm global``; identity otherwise) and one linear layer whose softmax is the
-multinomial logistic regression that :mod:`edgeser.train.linear` fits with scikit-learn.
+multinomial logistic regression that :mod:`edgeser.training.linear` fits with scikit-learn.
 Its coefficients are saved as safetensors like every other model's weights (no pickles).
 """
 

@@ -17,7 +17,7 @@ With ``num_dimensions = K > 0`` (``--dimensions``) the head has a second output:
 regressor MLP of its own (hidden width ``min(hidden, 64)``: three outputs need less width
 than four classes' decision boundaries, and it keeps the 8-bit DistilHuBERT model within
 24 MB) on the same pooled, layer-weighted vector, ending in a sigmoid, so it predicts K
-values on ``[0, 1]`` (arousal, valence, dominance; :mod:`edgeser.evaluate.dimensions`).
+values on ``[0, 1]`` (arousal, valence, dominance; :mod:`edgeser.evaluation.dimensions`).
 The two outputs share the layer weights and pooling; separate MLPs keep the classifier
 exactly as it is without the flag (same parameters, same checkpoint keys).
 

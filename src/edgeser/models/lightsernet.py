@@ -90,7 +90,7 @@ authors, gives the exportable network): the BatchNorm layers normalise with one 
 statistics. Training batches
 are drawn from one speaker at a time, and at validation and test each speaker's
 statistics are recomputed exactly from that speaker's utterances (AdaBN,
-:func:`edgeser.train.trainer.adapt_batchnorm`). It is the network's counterpart of the
+:func:`edgeser.training.trainer.adapt_batchnorm`). It is the network's counterpart of the
 per-speaker standardisation of eGeMAPS and Pepino et al., transductive in the same way (a
 test speaker's audio, never its labels), so it needs a speaker's utterances before
 predicting and is not exported. Trained on one speaker, the network otherwise normalises a

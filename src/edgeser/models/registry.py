@@ -15,7 +15,7 @@ Two families:
   authors' training recipe as its defaults (:data:`LIGHT_SERNET_DEFAULTS`).
 * **eGeMAPS** (``egemaps``, Eyben et al. 2016): openSMILE's 88 eGeMAPSv02 functionals per
   utterance and a multinomial logistic regression (:mod:`edgeser.models.egemaps`,
-  :mod:`edgeser.train.linear`): the interpretable baseline of the SER literature.
+  :mod:`edgeser.training.linear`): the interpretable baseline of the SER literature.
 
 A model's :attr:`ModelSpec.defaults` are the training settings that differ for it from the
 paper's (DistilHuBERT) values; a config field left unset takes them (see
@@ -85,7 +85,7 @@ LIGHT_SERNET_DEFAULTS: dict[str, Any] = {
 LIGHT_SERNET_AUTHORS: dict[str, Any] = {"epochs": 300, "patience": 0}
 
 #: The eGeMAPS baseline: clean functionals only (no augmented views), global
-#: standardisation; the classifier's settings live in :mod:`edgeser.train.linear`.
+#: standardisation; the classifier's settings live in :mod:`edgeser.training.linear`.
 EGEMAPS_DEFAULTS: dict[str, Any] = {"aug_views": 0}
 
 
@@ -229,7 +229,7 @@ def normalization(cfg: Any) -> str:
     """The feature normalisation a config resolves to (``auto``: the model's default).
 
     For LIGHT-SERNET (``cnn``) ``speaker`` normalises inside the network: its BatchNorm
-    layers use each speaker's statistics (:func:`edgeser.train.trainer.speaker_batchnorm`)."""
+    layers use each speaker's statistics (:func:`edgeser.training.trainer.speaker_batchnorm`)."""
     spec = model_spec(cfg.model)
     mode = spec.normalize if cfg.feature_norm == "auto" else cfg.feature_norm
     if mode == "global" and spec.family == "cnn":

@@ -41,7 +41,7 @@ model A vs model B) gets a paired test. What is resampled, and why:
   established whenever it includes 0.
 
 Metrics are computed from confusion counts with the conventions of
-:mod:`edgeser.evaluate.metrics` (UA over the classes present in the resample's truth,
+:mod:`edgeser.evaluation.metrics` (UA over the classes present in the resample's truth,
 macro-F1 over classes true or predicted; per-class scores 0 where undefined), so the
 point estimates equal ``compute_metrics``'s.
 """
@@ -159,7 +159,7 @@ def _resampled_confusions(ts: EvalSet, b: int, rng: np.random.Generator, c: int)
 def scores(conf: np.ndarray, metric: str, labels: Sequence[str] = LABELS) -> np.ndarray:
     """A metric of confusion counts ``(..., c, c)`` (rows true, columns predicted):
     ``wa``, ``ua``, ``macro_f1``, or one class's ``recall:<label>`` / ``f1:<label>``.
-    Conventions of :func:`edgeser.evaluate.metrics.compute_metrics`."""
+    Conventions of :func:`edgeser.evaluation.metrics.compute_metrics`."""
     tp = np.diagonal(conf, axis1=-2, axis2=-1)
     row, col = conf.sum(-1), conf.sum(-2)
     with np.errstate(invalid="ignore", divide="ignore"):

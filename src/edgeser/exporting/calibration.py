@@ -2,7 +2,7 @@
 the default calibration never changes with other modules) and the runtime's trimming of
 a user's files. numpy and soundfile only: the command line builds ``edgeser export``'s
 parser in the torch-free runtime install (the quantiser's reader is in
-:mod:`edgeser.export.quantize`)."""
+:mod:`edgeser.exporting.quantize`)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Inputs come as a :class:`FeatureSet` of one of four kinds:
 * ``mfcc``: cached fixed-window MFCCs ``[T, 40]`` for LIGHT-SERNET, whose whole network
   is the "head" here (trained from scratch);
 * ``functionals``: cached eGeMAPS functionals ``[88]``; the linear classifier is fitted by
-  scikit-learn (:mod:`edgeser.train.linear`), not by this loop.
+  scikit-learn (:mod:`edgeser.training.linear`), not by this loop.
 
 The optimiser (``adamw`` or ``adam`` with Keras-style L2 on named kernels) and the learning
 rate per epoch (:meth:`TrainConfig.learning_rate`: constant, or LIGHT-SERNET's exponential
@@ -54,14 +54,14 @@ from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, sha256_text
 from edgeser.core.progress import EpochLog, is_terminal, progress_bar
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.dimensions import DIMENSIONS, dimension_metrics
-from edgeser.evaluate.metrics import compute_metrics
+from edgeser.evaluation.dimensions import DIMENSIONS, dimension_metrics
+from edgeser.evaluation.metrics import compute_metrics
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
 from edgeser.models.registry import FeatureEncoder, normalization
-from edgeser.train.checkpoint import load_state, read_state_info, save_state
-from edgeser.train.linear import fit_linear
-from edgeser.train.losses import ccc_loss, make_loss
+from edgeser.training.checkpoint import load_state, read_state_info, save_state
+from edgeser.training.linear import fit_linear
+from edgeser.training.losses import ccc_loss, make_loss
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from edgeser.models.registry import (
     signal_front_end,
 )
 from edgeser.models.ssl import load_encoder, recorded_source
-from edgeser.train.checkpoint import load_weights, save_weights
-from edgeser.train.normalize import group_stats
-from edgeser.train.trainer import FeatureSet, SERModel, head_config
+from edgeser.training.checkpoint import load_weights, save_weights
+from edgeser.training.normalize import group_stats
+from edgeser.training.trainer import FeatureSet, SERModel, head_config
 
 __all__ = ["TrainedModel", "build_model", "load_trained", "save_model"]
 

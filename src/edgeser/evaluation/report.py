@@ -10,15 +10,15 @@ import pandas as pd
 
 from edgeser.core.io import write_text
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.dimensions import DIMENSIONS
-from edgeser.evaluate.plots import (
+from edgeser.evaluation.dimensions import DIMENSIONS
+from edgeser.evaluation.plots import (
     plot_confusion,
     plot_fold_bars,
     plot_per_class_recall,
     plot_reliability,
     plot_valence_arousal,
 )
-from edgeser.evaluate.uncertainty import verdict
+from edgeser.evaluation.uncertainty import verdict
 from edgeser.models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ METRIC_NAMES = {
 
 def paired_rows(test: dict[str, Any]) -> list[str]:
     """Markdown rows ``| metric | B − A (points) | 95 % CI | p (bootstrap) | p (permutation)
-    | claim |`` of a :func:`edgeser.evaluate.uncertainty.paired_test` result."""
+    | claim |`` of a :func:`edgeser.evaluation.uncertainty.paired_test` result."""
     rows = []
     for m, t in test["metrics"].items():
         rows.append(

@@ -5,7 +5,7 @@ DistilHuBERT's convolutional feature extractor holds 512 channels at 3,200 frame
 of audio in its first layers: a 10 s input needs ~65 MB per live tensor there, and it was
 most of the 341 MB a 10 s prediction peaked at. The extractor is local once its first
 GroupNorm is an affine map computed from the whole input
-(:class:`~edgeser.export.graph.ConvStack`): output frame ``t`` depends on samples
+(:class:`~edgeser.exporting.graph.ConvStack`): output frame ``t`` depends on samples
 ``[hop t, hop t + receptive)`` only. :func:`loop_feature_extractor` moves its nodes (and the
 constants and weights only they use, with the ``DequantizeLinear`` nodes of statically
 quantised weights, so onnxruntime fuses the body's 8-bit convolutions as it would at the
@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
-from edgeser.export.onnx_utils import WEIGHT_ONLY, _consumers, walk_nodes
+from edgeser.exporting.onnx_utils import WEIGHT_ONLY, _consumers, walk_nodes
 
 logger = logging.getLogger(__name__)
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 from edgeser.core.lazy import lazy_attributes
 
 _EXPORTS = {
-    "FORMAT": "edgeser.export.exporter",
-    "FORMAT_VERSION": "edgeser.export.exporter",
-    "add_export_parser": "edgeser.export.exporter",
-    "calibration_waves": "edgeser.export.calibration",
-    "export_model": "edgeser.export.exporter",
+    "FORMAT": "edgeser.exporting.exporter",
+    "FORMAT_VERSION": "edgeser.exporting.exporter",
+    "add_export_parser": "edgeser.exporting.exporter",
+    "calibration_waves": "edgeser.exporting.calibration",
+    "export_model": "edgeser.exporting.exporter",
     "onnx_session": "edgeser.runtime.session",
     "pad_batch": "edgeser.runtime.session",
-    "reference_probabilities": "edgeser.export.exporter",
-    "speech_like": "edgeser.export.calibration",
-    "VARIANTS": "edgeser.export.exporter",
-    "ExportGraph": "edgeser.export.graph",
-    "quantize_int8": "edgeser.export.quantize",
-    "convert_float16": "edgeser.export.halfprec",
+    "reference_probabilities": "edgeser.exporting.exporter",
+    "speech_like": "edgeser.exporting.calibration",
+    "VARIANTS": "edgeser.exporting.exporter",
+    "ExportGraph": "edgeser.exporting.graph",
+    "quantize_int8": "edgeser.exporting.quantize",
+    "convert_float16": "edgeser.exporting.halfprec",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,8 +27,8 @@ and onnxruntime-web's WASM kernels compute exactly. With uint8 activations (code
 no pair can saturate only if every int8 weight feeding an integer operator lies in
 ``[-64, 64]`` (``255 * (64 + 64) = 32640 <= 32767``): the statically quantised weights are
 therefore 7-bit (onnxruntime's ``reduce_range``,
-:data:`edgeser.export.saturation.STATIC_WEIGHT_QMAX`), and every int8 file the exporter
-writes is checked with :func:`edgeser.export.saturation.saturation_report` (the operators as
+:data:`edgeser.exporting.saturation.STATIC_WEIGHT_QMAX`), and every int8 file the exporter
+writes is checked with :func:`edgeser.exporting.saturation.saturation_report` (the operators as
 onnxruntime fuses them at load) before it is kept. The weight-only int8 weights keep the
 full range: they are widened to float32 when their node runs and never meet an integer
 kernel.
@@ -67,9 +67,9 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgeser.core.errors import EdgeserError
-from edgeser.export.gptq import gptq_int8
-from edgeser.export.onnx_utils import WEIGHT_ONLY, _constant, _consumers
-from edgeser.export.saturation import require_no_saturation
+from edgeser.exporting.gptq import gptq_int8
+from edgeser.exporting.onnx_utils import WEIGHT_ONLY, _constant, _consumers
+from edgeser.exporting.saturation import require_no_saturation
 from edgeser.runtime.session import pad_batch
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """LIGHT-SERNET export: one ONNX graph from waveform to probabilities, and its int8 model.
 
-:class:`LightSERNetGraph` has the contract of :class:`~edgeser.export.graph.ExportGraph`
+:class:`LightSERNetGraph` has the contract of :class:`~edgeser.exporting.graph.ExportGraph`
 (``waveform [B, S] float32, lengths [B] int64 -> probabilities [B, C]``, dynamic batch and
 sample axes) so the runtime can load either model the same way. Inside the graph:
 
@@ -29,9 +29,9 @@ from torch import nn
 
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path
-from edgeser.export.graph import masked_front
-from edgeser.export.quantize import static_qdq
-from edgeser.export.saturation import require_no_saturation
+from edgeser.exporting.graph import masked_front
+from edgeser.exporting.quantize import static_qdq
+from edgeser.exporting.saturation import require_no_saturation
 from edgeser.models.lightsernet import MFCC, LightSERNet, MFCCConfig
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
-from edgeser.export.onnx_utils import _constant, _consumers, walk_graphs, walk_nodes
+from edgeser.exporting.onnx_utils import _constant, _consumers, walk_graphs, walk_nodes
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.metrics import compute_metrics
+from edgeser.evaluation.metrics import compute_metrics
 
 AROUSAL = {"angry": "high", "happy": "high", "neutral": "low", "sad": "low"}
 VALENCE = {"angry": "negative", "happy": "positive", "neutral": "neutral", "sad": "negative"}

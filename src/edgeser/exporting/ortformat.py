@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeser.core.io import atomic_path
-from edgeser.export.onnx_utils import walk_graphs
+from edgeser.exporting.onnx_utils import walk_graphs
 from edgeser.runtime.session import NBITS_OPTIONS
 
 __all__ = ["write_ort"]

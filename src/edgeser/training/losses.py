@@ -178,7 +178,7 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
 
     ``pred`` and ``target`` are ``[B, K]``; rows of ``target`` holding ``NaN`` (utterances
     without dimensional labels) are left out. CCC (population moments, as in
-    :func:`edgeser.evaluate.dimensions.ccc`) needs at least two rows: with fewer labelled
+    :func:`edgeser.evaluation.dimensions.ccc`) needs at least two rows: with fewer labelled
     rows in the batch the result is ``None`` (no dimensional term for that step).
     """
     if pred.shape != target.shape or pred.ndim != 2:

@@ -11,7 +11,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: Suffix of the name of a weight-only ``DequantizeLinear`` node (int8 weight widened for
-#: float arithmetic, :func:`edgeser.export.quantize.weight_only_int8`): GPTQ gives such
+#: float arithmetic, :func:`edgeser.exporting.quantize.weight_only_int8`): GPTQ gives such
 #: weights the full ±127 range, integer operators ±64.
 WEIGHT_ONLY = "_WeightOnly"
 

@@ -33,7 +33,7 @@ from edgeser.audio.frontend import preemphasis as _pre
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
 from edgeser.data.labels import DIMENSIONS
-from edgeser.export.calibration import calibration_waves
+from edgeser.exporting.calibration import calibration_waves
 from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, graph_metadata, make_card
 from edgeser.runtime.session import onnx_session, pad_batch
@@ -73,7 +73,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     ),
 }
 _PARITY_TOLERANCE = 1e-4
-#: Dynamic axes of the feature extractor's tensors (edgeser.export.graph.STACK_TENSORS)
+#: Dynamic axes of the feature extractor's tensors (edgeser.exporting.graph.STACK_TENSORS)
 _STACK_AXES = {
     "stack_input": {0: "batch", 1: "padded"},
     "stack_scale": {0: "batch"},
@@ -124,14 +124,14 @@ def build_export_graph(
     encoder_source: str | None = None,
 ) -> tuple[Any, Any, dict]:
     """Load a trained model folder; return ``(ExportGraph, reference Encoder, meta)``.
-    ``encoder`` / ``encoder_source``: as :func:`~edgeser.train.folder.load_trained`.
+    ``encoder`` / ``encoder_source``: as :func:`~edgeser.training.folder.load_trained`.
 
     The reference encoder is the one whose weights the graph carries: the fine-tuned copy
     for ``feature_kind == "conv"`` models, otherwise the frozen encoder.
     """
-    from edgeser.export.graph import ExportGraph
+    from edgeser.exporting.graph import ExportGraph
     from edgeser.features.kinds import FeatureKind  # the features package imports torch
-    from edgeser.train.folder import load_trained
+    from edgeser.training.folder import load_trained
 
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
@@ -147,7 +147,7 @@ def build_export_graph(
     front = meta.get("front_end") or {}
     temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
     if meta.get("feature_kind") == FeatureKind.MFCC:
-        from edgeser.export.lightsernet_graph import LightSERNetGraph
+        from edgeser.exporting.lightsernet_graph import LightSERNetGraph
 
         graph = LightSERNetGraph(
             model.head,
@@ -209,8 +209,8 @@ def export_onnx(
     outputs = ["probabilities"] + (
         ["dimensions"] if getattr(graph, "has_dimensions", False) else []
     )
-    if getattr(graph, "expose_stack", False):  # for edgeser.export.chunked, then dropped
-        from edgeser.export.graph import STACK_TENSORS
+    if getattr(graph, "expose_stack", False):  # for edgeser.exporting.chunked, then dropped
+        from edgeser.exporting.graph import STACK_TENSORS
 
         outputs += list(STACK_TENSORS)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -245,7 +245,7 @@ def export_flat(
     graph: Any, path: str | Path, opset: int = 17, labels: Sequence[str] | None = None
 ) -> None:
     """:func:`export_onnx` with the feature extractor's tensors as extra outputs
-    (:data:`~edgeser.export.graph.STACK_TENSORS`, when the graph has the chunked layout):
+    (:data:`~edgeser.exporting.graph.STACK_TENSORS`, when the graph has the chunked layout):
     the flat graph every exported file is made from (calibrated and quantised as is,
     then looped by :func:`_finish`)."""
     graph.expose_stack = getattr(graph, "stack", None) is not None
@@ -266,13 +266,13 @@ def _finish(
 ) -> None:
     """Write ``flat`` (exported with the feature extractor's tensors exposed) to ``out``
     atomically with its extractor in a ``Loop`` over chunks
-    (:func:`~edgeser.export.chunked.loop_feature_extractor`), after checking that both
+    (:func:`~edgeser.exporting.chunked.loop_feature_extractor`), after checking that both
     give the same outputs on ``probe`` (a graph without the layout, or ``loop=False``, is
     copied as is)."""
     import onnx
 
-    from edgeser.export.chunked import loop_feature_extractor
-    from edgeser.export.graph import STACK_TENSORS
+    from edgeser.exporting.chunked import loop_feature_extractor
+    from edgeser.exporting.graph import STACK_TENSORS
 
     model = onnx.load(str(flat))
     if loop and getattr(graph, "stack", None) is not None:
@@ -410,20 +410,20 @@ def export_model(
         made: dict[str, tuple[Any, bool]] = {}
         if int8:
             if cnn:
-                from edgeser.export.lightsernet_graph import quantize_lightsernet_int8
+                from edgeser.exporting.lightsernet_graph import quantize_lightsernet_int8
 
                 made["int8"] = (lambda out: quantize_lightsernet_int8(flat, out, waves), True)
             else:
-                from edgeser.export.quantize import quantize_int8
+                from edgeser.exporting.quantize import quantize_int8
 
                 made["int8"] = (lambda out: quantize_int8(flat, out, waves), True)
         for variant in dict.fromkeys(extra_variants):
             if variant == "int8-fast":
-                from edgeser.export.quantize import quantize_int8
+                from edgeser.exporting.quantize import quantize_int8
 
                 made[variant] = (lambda out: quantize_int8(flat, out, waves, scheme="fast"), True)
             else:  # float16 arithmetic: onnxruntime's converter handles the loop's body
-                from edgeser.export.halfprec import convert_float16
+                from edgeser.exporting.halfprec import convert_float16
 
                 mode = "compute" if variant == "float16-compute" else "storage"
                 src = flat if mode == "storage" else paths["float32"]
@@ -437,7 +437,7 @@ def export_model(
             make(made_file)
             _finish(graph, made_file, paths[kind], probe, tolerance=_LOOP_TOLERANCE, loop=from_flat)
         if "int8" in paths:  # the mobile form: ORT format + the reduced build's operators
-            from edgeser.export.ortformat import write_ort
+            from edgeser.exporting.ortformat import write_ort
 
             paths["int8_ort"] = out_dir / "model.int8.ort"
             paths["required_operators"] = out_dir / "required_operators.config"
@@ -478,7 +478,7 @@ def export_model(
             "float32_parity_max_abs_diff": parity,
             "calibration": [str(c) for c in calibration]
             if calibration
-            else "speech-like signals (edgeser.export.calibration.speech_like, seed 1234)",
+            else "speech-like signals (edgeser.exporting.calibration.speech_like, seed 1234)",
             "int8_scheme": None
             if not int8
             else (

@@ -21,7 +21,7 @@ dynamic batch and sample axes:
   ``[320 t, 320 t + 400)``. :class:`ConvStack` holds it, laid out in ``n`` equal chunks
   of at most ``chunk_frames`` frames (the waveform padded to whole chunks, the at most
   ``n - 1`` surplus frames cut after), so that
-  :func:`edgeser.export.chunked.loop_feature_extractor` can run it one chunk at a time in
+  :func:`edgeser.exporting.chunked.loop_feature_extractor` can run it one chunk at a time in
   an ONNX ``Loop`` and memory stops growing with the input (the
   extractor's first layers hold 512 channels at 3,200 frames per second);
 - the positional convolution's weight norm is folded into a plain weight.
@@ -286,7 +286,7 @@ class ExportGraph(nn.Module):
         peak_normalize: peak-normalise each row in the graph.
         do_normalize: standardise each row over its valid samples (HF ``do_normalize``).
         temperature: the calibration temperature the logits are divided by before the
-            softmax (:mod:`edgeser.evaluate.confidence`; 1: as trained).
+            softmax (:mod:`edgeser.evaluation.confidence`; 1: as trained).
     """
 
     def __init__(

@@ -41,10 +41,10 @@ import numpy as np
 
 from edgeser.config import TrainConfig
 from edgeser.data.labels import LABELS
-from edgeser.evaluate.metrics import compute_metrics
+from edgeser.evaluation.metrics import compute_metrics
 from edgeser.models.egemaps import LinearClassifier
 from edgeser.models.registry import normalization
-from edgeser.train.normalize import row_stats
+from edgeser.training.normalize import row_stats
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def fit_linear(
     train: Any,
     val: Any | None,
 ) -> tuple[list[dict[str, float]], int]:
-    """Fit ``head`` in place on ``train`` (a :class:`~edgeser.train.trainer.FeatureSet`),
+    """Fit ``head`` in place on ``train`` (a :class:`~edgeser.training.trainer.FeatureSet`),
     choosing ``C`` by cross-validation over its speakers (or on ``val``, see the module);
     returns the history (one record per ``C`` tried) and the index of the chosen one."""
     from threadpoolctl import threadpool_limits

@@ -99,7 +99,7 @@ def plot_fold_bars(
     """Grouped bars per fold, one colour per training setting, one panel per metric.
 
     ``per_setting`` maps a setting name (e.g. ``"iemocap"``, ``"iemocap+cremad"``) to its
-    per-fold metrics dicts (:func:`~edgeser.evaluate.metrics.compute_metrics`). A dashed line
+    per-fold metrics dicts (:func:`~edgeser.evaluation.metrics.compute_metrics`). A dashed line
     in the setting's colour marks its mean over folds; values are shown in percent.
     """
     if not per_setting:
@@ -158,7 +158,7 @@ def plot_per_class_recall(
     """Per-class recall, grouped by class, one bar per named evaluation.
 
     Each value is a metrics dict with ``labels`` and ``per_class`` (a
-    :func:`~edgeser.evaluate.metrics.compute_metrics` result or a fold-summary mean).
+    :func:`~edgeser.evaluation.metrics.compute_metrics` result or a fold-summary mean).
     """
     if not metrics_by_name:
         raise ValueError("no metrics to plot")
@@ -190,7 +190,7 @@ def plot_reliability(
     title: str = "",
 ) -> Path:
     """Reliability diagram: accuracy against mean confidence per bin of the top
-    probability (:func:`edgeser.evaluate.confidence.reliability` bins), one line per named
+    probability (:func:`edgeser.evaluation.confidence.reliability` bins), one line per named
     curve (e.g. before and after calibration), the diagonal for perfect calibration."""
     fig = _new_figure(4.2, 4.0)
     ax = fig.add_subplot()

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
-from edgeser.export.onnx_utils import WEIGHT_ONLY
-from edgeser.export.saturation import STATIC_WEIGHT_QMAX
+from edgeser.exporting.onnx_utils import WEIGHT_ONLY
+from edgeser.exporting.saturation import STATIC_WEIGHT_QMAX
 from edgeser.runtime.session import pad_batch
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def gptq_int8(
 
     Applies to Conv (1-D, ungrouped) and MatMul nodes whose weight in ``model`` is an int8
     initializer behind ``DequantizeLinear``, static QDQ or weight-only (named with
-    :data:`~edgeser.export.onnx_utils.WEIGHT_ONLY`); node names are matched between the two
+    :data:`~edgeser.exporting.onnx_utils.WEIGHT_ONLY`); node names are matched between the two
     graphs. The scales are kept, and so is each weight's range: :data:`STATIC_WEIGHT_QMAX`
     for integer arithmetic, 127 for weight-only. Returns the number of weights re-rounded.
     """
