@@ -21,12 +21,15 @@ this is the one-scalar, multi-class, post-hoc method the literature compares aga
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "BINS",
+    "Calibration",
     "apply_temperature",
     "calibration_metrics",
     "fit_temperature",
@@ -128,3 +131,67 @@ def low_confidence_threshold(
         if b["n"] >= min_count and b["accuracy"] >= 0.5:
             return float(b["lo"])
     return 1.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on a model's validation speakers: the temperature, the
+    ``low_confidence`` threshold, and the validation (and, for a fold, test) metrics
+    before and after. Its JSON form (:meth:`to_json`) is ``results.json``'s and the
+    training record's ``calibration``: ``{"method", "temperature",
+    "low_confidence_below", "n_val", "val": {"before", "after"}}`` and, for a fold,
+    ``"test"`` as well."""
+
+    temperature: float
+    low_confidence_below: float
+    n_val: int
+    #: :func:`calibration_metrics` on the validation predictions, ``{"before", "after"}``.
+    val: dict[str, dict[str, float]]
+    #: The same on a fold's test predictions (None: not tested).
+    test: dict[str, dict[str, float]] | None = None
+    method: str = "temperature"
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        """``probs`` calibrated (float32)."""
+        return apply_temperature(probs, self.temperature).astype(np.float32)
+
+    def tested(self, raw: np.ndarray, calibrated: np.ndarray, labels: Sequence[int]) -> Calibration:
+        """This calibration with ``test``: the metrics of ``raw`` and ``calibrated``
+        probabilities against ``labels``."""
+        test = {
+            "before": calibration_metrics(raw, labels),
+            "after": calibration_metrics(calibrated, labels),
+        }
+        return replace(self, test=test)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "method": self.method,
+            "temperature": self.temperature,
+            "low_confidence_below": self.low_confidence_below,
+            "n_val": self.n_val,
+            "val": self.val,
+        }
+        if self.test is not None:
+            out["test"] = self.test
+        return out
+
+    @classmethod
+    def of_record(cls, record: Mapping[str, Any]) -> Calibration | None:
+        """The calibration a record holds under ``"calibration"`` (a trained model
+        folder's training record), or None."""
+        doc = record.get("calibration")
+        return cls.from_json(doc) if doc else None
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Calibration:
+        """The inverse of :meth:`to_json` (a fold record's or a training record's
+        ``calibration``)."""
+        return cls(
+            temperature=doc["temperature"],
+            low_confidence_below=doc["low_confidence_below"],
+            n_val=doc["n_val"],
+            val=doc["val"],
+            test=doc.get("test"),
+            method=doc.get("method", "temperature"),
+        )

@@ -1,5 +1,10 @@
 """The paper's protocol as a chain of library calls: features → splits → training →
 evaluation → results, used by ``edgeser train``, ``evaluate``, ``reproduce`` and ``demo``.
+
+Features are held in a :class:`~edgeser.features.container.Features`; each fold's outcome
+is a :class:`~edgeser.evaluation.records.FoldResult` (cached in its folder's
+``record.json``), and the predictions of a model on a test set are
+:class:`~edgeser.evaluation.records.Predictions`.
 """
 
 from __future__ import annotations
@@ -8,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,10 @@ from edgeser.audio.augment import Augmenter
 from edgeser.audio.io import SAMPLE_RATE, load_audio
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.core.io import atomic_path, sha256_text, write_json
-from edgeser.data.labels import LABELS, label_index
+from edgeser.core.io import sha256_text, write_json
+from edgeser.data.labels import label_index
 from edgeser.evaluation.confidence import (
+    Calibration,
     apply_temperature,
     calibration_metrics,
     fit_temperature,
@@ -39,6 +44,7 @@ from edgeser.evaluation.dimensions import (
     summarize_dimension_folds,
 )
 from edgeser.evaluation.metrics import compute_metrics, pool_folds, summarize_folds
+from edgeser.evaluation.records import FoldResult, Predictions
 from edgeser.evaluation.uncertainty import (
     EvalSet,
     bootstrap_ci,
@@ -47,6 +53,7 @@ from edgeser.evaluation.uncertainty import (
     summarize_seeds,
 )
 from edgeser.features import FeatureStore, extract
+from edgeser.features.container import Features
 from edgeser.features.kinds import FeatureKind, feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization, signal_front_end
 from edgeser.split.protocols import Split
@@ -57,49 +64,28 @@ from edgeser.training.trainer import FeatureSet, SERModel, fit, predict_outputs
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Features:
-    """All features of a run: clean arrays by utt_id and augmented views by utt_id."""
+def feature_set(
+    feats: Features, df: pd.DataFrame, ids: Sequence[str], with_views: bool, dims: bool = False
+) -> FeatureSet:
+    """The features of ``ids`` (with their augmented views) and their labels, for training
+    or testing; ``dims``: with the dimensional targets (``NaN`` rows for utterances
+    without ratings)."""
+    labels = dict(zip(df["utt_id"], df["label"], strict=True))
+    y = np.array([label_index(labels[u]) for u in ids], dtype=np.int64)
+    clean, views = feats.arrays(ids, with_views)
+    targets = dimension_targets(df, ids) if dims else None
+    speakers = dict(zip(df["utt_id"], df["speaker"].astype(str), strict=True))
+    return FeatureSet(feats.kind, list(ids), y, clean, views, targets, [speakers[u] for u in ids])
 
-    kind: str
-    clean: dict[str, np.ndarray] = field(default_factory=dict)
-    views: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    seconds: float = 0.0
 
-    def feature_set(
-        self, df: pd.DataFrame, ids: Sequence[str], with_views: bool, dims: bool = False
-    ) -> FeatureSet:
-        """Features of ``ids`` (with their augmented views); ``dims``: with the
-        dimensional targets (``NaN`` rows for utterances without ratings)."""
-        labels = dict(zip(df["utt_id"], df["label"], strict=True))
-        y = np.array([label_index(labels[u]) for u in ids], dtype=np.int64)
-        views = [self.views[u] for u in ids] if with_views and self.views else []
-        targets = dimension_targets(df, ids) if dims else None
-        speakers = dict(zip(df["utt_id"], df["speaker"].astype(str), strict=True))
-        return FeatureSet(
-            self.kind,
-            list(ids),
-            y,
-            [self.clean[u] for u in ids],
-            views,
-            targets,
-            [speakers[u] for u in ids],
-        )
-
-    def speaker_normalized(self, frame: pd.DataFrame) -> Features:
-        """Every utterance standardised with its speaker's statistics (clean features of
-        all the speaker's utterances in ``frame``; labels are not used): frame-level
-        statistics of pooled SSL features, or plain z-scores of functionals."""
-        out = Features(self.kind, seconds=self.seconds)
-        vectors = self.kind == FeatureKind.FUNCTIONALS
-        stats, apply = (row_stats, standardize) if vectors else (group_stats, normalize_pooled)
-        for _, ids in frame.groupby("speaker", sort=True)["utt_id"]:
-            mean, std = stats([self.clean[u] for u in ids])
-            for u in ids:
-                out.clean[u] = apply(self.clean[u], mean, std)
-                if u in self.views:
-                    out.views[u] = [apply(v, mean, std) for v in self.views[u]]
-        return out
+def speaker_normalized(feats: Features, frame: pd.DataFrame) -> Features:
+    """Every utterance standardised with its speaker's statistics (clean features of all
+    the speaker's utterances in ``frame``; labels are not used): frame-level statistics of
+    pooled SSL features, or plain z-scores of functionals."""
+    vectors = feats.kind == FeatureKind.FUNCTIONALS
+    stats, apply = (row_stats, standardize) if vectors else (group_stats, normalize_pooled)
+    speakers = (list(ids) for _, ids in frame.groupby("speaker", sort=True)["utt_id"])
+    return feats.standardized(speakers, stats, apply)
 
 
 def compute_features(
@@ -145,7 +131,7 @@ def compute_features(
             feats.views[uid] = [arrays[(uid, v)] for v in range(1, k + 1)]
     feats.seconds = time.perf_counter() - t0
     if normalization(cfg) == "speaker" and kind != FeatureKind.MFCC:  # MFCC: in the network
-        feats = feats.speaker_normalized(frame)
+        feats = speaker_normalized(feats, frame)
     return feats
 
 
@@ -167,20 +153,20 @@ def run_split(
     out_dir: Path,
     *,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> FoldResult:
     """Train on ``split.train``, select on ``split.val``, evaluate on ``split.test``.
 
-    Writes the model (safetensors + JSON) to ``out_dir`` and returns the fold record
-    of ``results.json`` plus predictions.
+    Writes the model (safetensors + its training record) to ``out_dir`` and returns the
+    fold's outcome with its test predictions.
     """
     kind = feats.kind
     dims = cfg.dimensions
     if dims:
         require_ratings(frame, split.train)
-    train = feats.feature_set(frame, split.train, with_views=True, dims=dims)
+    train = feature_set(feats, frame, split.train, with_views=True, dims=dims)
     model = build_model(cfg, encoder, kind, train)
-    val = feats.feature_set(frame, split.val, with_views=False, dims=dims) if split.val else None
-    test = feats.feature_set(frame, split.test, with_views=False, dims=dims)
+    val = feature_set(feats, frame, split.val, with_views=False, dims=dims) if split.val else None
+    test = feature_set(feats, frame, split.test, with_views=False, dims=dims)
     augmenter = Augmenter(cfg.augment) if kind == FeatureKind.WAVE else None
     t0 = time.perf_counter()
     result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
@@ -189,75 +175,65 @@ def run_split(
     raw, d_pred = predict_outputs(result.model, test, cfg)
     probs = calibrated(raw, calibration)
     y_pred = probs.argmax(1)
-    metrics = compute_metrics(test.labels, y_pred)
     speakers = split.speakers(frame)
-    record: dict[str, Any] = {
-        "name": split.name,
-        "test_session": split.test_session,
-        "train_speakers": speakers["train"],
-        "val_speakers": speakers["val"],
-        "test_speakers": speakers["test"],
-        "n_train": len(split.train),
-        "n_val": len(split.val),
-        "n_test": len(split.test),
-        "split_sha256": split.digest(),
-        "best_epoch": result.best_epoch,
-        "train_seconds": round(train_seconds, 3),
-        "history": result.history,
-        "metrics": metrics,
-    }
-    if calibration is not None:
-        record["calibration"] = {
-            **calibration,
-            "test": {
-                "before": calibration_metrics(raw, test.labels),
-                "after": calibration_metrics(probs, test.labels),
-            },
-        }
-    pred = {
-        "ids": list(split.test),
-        "y_true": test.labels.tolist(),
-        "y_pred": y_pred.tolist(),
-        "probs": probs.tolist(),
-        "probs_raw": raw.tolist(),
-    }
+    fold = FoldResult(
+        name=split.name,
+        test_session=split.test_session,
+        train_speakers=speakers["train"],
+        val_speakers=speakers["val"],
+        test_speakers=speakers["test"],
+        n_train=len(split.train),
+        n_val=len(split.val),
+        n_test=len(split.test),
+        split_sha256=split.digest(),
+        best_epoch=result.best_epoch,
+        train_seconds=round(train_seconds, 3),
+        history=result.history,
+        metrics=compute_metrics(test.labels, y_pred),
+        predictions=Predictions(
+            ids=list(split.test),
+            y_true=test.labels.tolist(),
+            y_pred=y_pred.tolist(),
+            probs=probs.tolist(),
+            probs_raw=raw.tolist(),
+        ),
+        calibration=(
+            calibration.tested(raw, probs, test.labels) if calibration is not None else None
+        ),
+    )
     if dims:
-        record["dimensions"] = dimension_metrics(test.dims, d_pred)
-        pred["dims"] = d_pred.tolist()
-        pred["dims_true"] = _nan_to_none(test.dims)
-    save_model(out_dir, result.model, cfg, encoder, kind, record)
-    record["_pred"] = pred
-    return record
+        fold.dimensions = dimension_metrics(test.dims, d_pred)
+        fold.predictions.dims = d_pred.tolist()
+        fold.predictions.dims_true = _nan_to_none(test.dims)
+    save_model(out_dir, result.model, cfg, encoder, kind, fold.record())
+    return fold
 
 
-def fit_calibration(cfg: TrainConfig, model: Any, val: Any) -> dict[str, Any] | None:
+def fit_calibration(cfg: TrainConfig, model: Any, val: Any) -> Calibration | None:
     """Temperature scaling of a trained model on its validation speakers
-    (``cfg.calibrate == "temperature"``; None without, or without validation data):
-    ``{"method", "temperature", "low_confidence_below", "n_val", "val": {"before",
-    "after"}}`` (:mod:`edgeser.evaluation.confidence`)."""
+    (``cfg.calibrate == "temperature"``; None without, or without validation data)."""
     if cfg.calibrate != "temperature" or val is None or len(val.labels) == 0:
         return None
     raw, _ = predict_outputs(model, val, cfg)
     temperature = fit_temperature(raw, val.labels)
     fixed = apply_temperature(raw, temperature)
-    return {
-        "method": "temperature",
-        "temperature": round(temperature, 6),
-        "low_confidence_below": low_confidence_threshold(fixed, val.labels),
-        "n_val": len(val.labels),
-        "val": {
+    return Calibration(
+        temperature=round(temperature, 6),
+        low_confidence_below=low_confidence_threshold(fixed, val.labels),
+        n_val=len(val.labels),
+        val={
             "before": calibration_metrics(raw, val.labels),
             "after": calibration_metrics(fixed, val.labels),
         },
-    }
+    )
 
 
-def calibrated(probs: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
+def calibrated(probs: np.ndarray, calibration: Calibration | None) -> np.ndarray:
     """``probs`` under the calibration :func:`fit_calibration` found (as they are
     without one)."""
-    if not calibration:
+    if calibration is None:
         return np.asarray(probs)
-    return apply_temperature(probs, calibration["temperature"]).astype(np.float32)
+    return calibration.apply(probs)
 
 
 def _nan_to_none(a: np.ndarray) -> list[list[float | None]]:
@@ -269,11 +245,11 @@ def run_split_cached(
     cfg: TrainConfig,
     encoder: FeatureEncoder,
     frame: pd.DataFrame,
-    feats: Any,
+    feats: Features,
     split: Split,
     out: Path,
     progress: bool,
-) -> dict[str, Any]:
+) -> FoldResult:
     """:func:`run_split`, reusing the fold's ``record.json`` when config and split match
     (the protocol-level ``seeds`` and ``bootstrap`` do not count, so folds finished
     before those settings existed are reused too)."""
@@ -284,54 +260,57 @@ def run_split_cached(
         try:
             rec = json.loads(rec_path.read_text(encoding="utf-8"))
             if rec.get("_key") == key:
+                fold = FoldResult.from_json(rec)
                 log.info("%s: reusing finished fold", out)
-                return rec
-        except (OSError, json.JSONDecodeError):
-            pass
-    rec = run_split(cfg, encoder, frame, feats, split, out, progress=progress)
-    rec["_key"] = key
-    write_json(rec_path, rec)
-    return rec
+                return fold
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            pass  # unreadable: the fold runs again
+    fold = run_split(cfg, encoder, frame, feats, split, out, progress=progress)
+    write_json(rec_path, fold.to_json(key))
+    return fold
 
 
-def summarise_setting(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_setting(folds: Sequence[FoldResult]) -> dict[str, Any]:
     """``{"folds", "mean", "std", "pooled"}`` for one LOSO setting."""
-    summary = summarize_folds([r["metrics"] for r in records])
+    summary = summarize_folds([f.metrics for f in folds])
     pooled = pool_folds(
-        [r["_pred"]["y_true"] for r in records], [r["_pred"]["y_pred"] for r in records]
+        [f.predictions.y_true for f in folds], [f.predictions.y_pred for f in folds]
     )
-    folds = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-    out = {"folds": folds, "mean": summary["mean"], "std": summary["std"], "pooled": pooled}
-    if records and all("calibration" in r for r in records):
-        out["calibration"] = summarise_calibration(records)
-    if all("dimensions" in r for r in records):
+    out = {
+        "folds": [f.record() for f in folds],
+        "mean": summary["mean"],
+        "std": summary["std"],
+        "pooled": pooled,
+    }
+    if folds and all(f.calibration is not None for f in folds):
+        out["calibration"] = summarise_calibration(folds)
+    if all(f.dimensions is not None for f in folds):
         out["dimensions"] = {
-            **summarize_dimension_folds([r["dimensions"] for r in records]),
+            **summarize_dimension_folds([f.dimensions for f in folds]),
             "pooled": dimension_metrics(
-                _as_array([t for r in records for t in r["_pred"]["dims_true"]]),
-                _as_array([p for r in records for p in r["_pred"]["dims"]]),
+                _as_array([t for f in folds for t in f.predictions.dims_true or ()]),
+                _as_array([p for f in folds for p in f.predictions.dims or ()]),
             ),
         }
     return out
 
 
-def summarise_calibration(records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_calibration(folds: Sequence[FoldResult]) -> dict[str, Any]:
     """Calibration of a setting's folds: each fold's temperature and threshold, the mean
     over folds of the test ECE, Brier and NLL before and after, and the same on the pooled
     test predictions (with the reliability bins behind the report's diagram)."""
     keys = ("ece", "brier", "nll")
+    cal = [f.calibration for f in folds if f.calibration is not None]
     mean = {
-        when: {
-            k: float(np.mean([r["calibration"]["test"][when][k] for r in records])) for k in keys
-        }
+        when: {k: float(np.mean([c.test[when][k] for c in cal if c.test])) for k in keys}
         for when in ("before", "after")
     }
-    y = [t for r in records for t in r["_pred"]["y_true"]]
-    raw = np.array([p for r in records for p in r["_pred"]["probs_raw"]])
-    fixed = np.array([p for r in records for p in r["_pred"]["probs"]])
+    y = [t for f in folds for t in f.predictions.y_true]
+    raw = np.array([p for f in folds for p in f.predictions.probs_raw])
+    fixed = np.array([p for f in folds for p in f.predictions.probs])
     return {
-        "temperature": [r["calibration"]["temperature"] for r in records],
-        "low_confidence_below": [r["calibration"]["low_confidence_below"] for r in records],
+        "temperature": [c.temperature for c in cal],
+        "low_confidence_below": [c.low_confidence_below for c in cal],
         "mean": mean,
         "pooled": {
             "before": calibration_metrics(raw, y),
@@ -346,11 +325,11 @@ def run_seeds(
     cfg: TrainConfig,
     encoder: FeatureEncoder,
     frame: pd.DataFrame,
-    feats: Any,
+    feats: Features,
     splits: Sequence[Split],
     out: Path,
     progress: bool,
-) -> list[list[dict[str, Any]]]:
+) -> list[list[FoldResult]]:
     """Every split trained ``cfg.seeds`` times on the same features: ``runs[i][fold]`` for
     seed ``cfg.seed + i``. The first seed's folds live in ``out/<fold>`` (as with one
     seed), the others' in ``out/seed<s>/<fold>``; each resumes like any fold."""
@@ -369,26 +348,31 @@ def run_seeds(
     return runs
 
 
-def eval_sets(runs: Sequence[Sequence[dict[str, Any]]], frame: pd.DataFrame) -> list[EvalSet]:
+def eval_sets(runs: Sequence[Sequence[FoldResult]], frame: pd.DataFrame) -> list[EvalSet]:
     """Each fold's test predictions of every seed (``runs[seed][fold]``), with the speaker
     of each utterance, for :mod:`edgeser.evaluation.uncertainty`."""
-    speaker = dict(zip(frame["utt_id"], frame["speaker"], strict=True))
     sets = []
     for k, first in enumerate(runs[0]):
-        ids = first["_pred"]["ids"]
-        preds = []
+        ids = first.predictions.ids
         for seed_runs in runs:
-            p = seed_runs[k]["_pred"]
-            if p["ids"] != ids:
-                raise EdgeserError(f"fold {first['name']}: seeds tested different utterances")
-            preds.append(p["y_pred"])
-        sets.append(EvalSet.build(ids, first["_pred"]["y_true"], preds, [speaker[u] for u in ids]))
+            if seed_runs[k].predictions.ids != ids:
+                raise EdgeserError(f"fold {first.name}: seeds tested different utterances")
+        sets.append(eval_set([seed_runs[k].predictions for seed_runs in runs], frame))
     return sets
+
+
+def eval_set(seeds: Sequence[Predictions], frame: pd.DataFrame) -> EvalSet:
+    """One test set's predictions (of one or more seeds, on the same utterances), with the
+    speaker of each utterance, for :mod:`edgeser.evaluation.uncertainty`."""
+    speaker = dict(zip(frame["utt_id"], frame["speaker"], strict=True))
+    first = seeds[0]
+    preds = [p.y_pred for p in seeds]
+    return EvalSet.build(first.ids, first.y_true, preds, [speaker[u] for u in first.ids])
 
 
 def summarise_runs(
     cfg: TrainConfig,
-    runs: Sequence[Sequence[dict[str, Any]]],
+    runs: Sequence[Sequence[FoldResult]],
     frame: pd.DataFrame,
 ) -> tuple[dict[str, Any], list[EvalSet]]:
     """:func:`summarise_setting` of the first seed with its 95 % intervals (``ci95`` of the
@@ -405,7 +389,7 @@ def summarise_runs(
     if len(runs) > 1:
         seeds = summarize_seeds(
             [cfg.seed + i for i in range(len(runs))],
-            [[r["metrics"] for r in folds] for folds in runs],
+            [[f.metrics for f in folds] for folds in runs],
         )
         all_ci = bootstrap_ci(sets, n_resamples=cfg.bootstrap, seed=cfg.seed)
         out["seeds"] = {**seeds, "ci95": {k: v for k, v in all_ci.items() if k != "folds"}}
@@ -421,52 +405,17 @@ def paired_settings(
     return {"a": a[0], "b": b[0], **test}
 
 
-def record_interval(
-    cfg: TrainConfig, record: dict[str, Any], frame: pd.DataFrame
+def predictions_interval(
+    cfg: TrainConfig, predictions: Predictions, frame: pd.DataFrame
 ) -> dict[str, Any]:
-    """95 % intervals of one evaluation's WA/UA/macro-F1 (a record with ``_pred``)."""
-    return interval(eval_sets([[record]], frame)[0], n_resamples=cfg.bootstrap, seed=cfg.seed)
+    """95 % intervals of one evaluation's WA/UA/macro-F1."""
+    return interval(eval_set([predictions], frame), n_resamples=cfg.bootstrap, seed=cfg.seed)
 
 
 def _as_array(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
     return np.array(
         [[np.nan if v is None else v for v in row] for row in rows], np.float64
     ).reshape(-1, len(DIMENSIONS))
-
-
-def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
-    """Per-utterance predictions of every fold as CSV (for error analysis); with the
-    dimensional output, ``pred_<dimension>`` and the rating (empty where there is none)."""
-    rows = []
-    for r in records:
-        p = r["_pred"]
-        for i, (uid, t, y, pr) in enumerate(
-            zip(p["ids"], p["y_true"], p["y_pred"], p["probs"], strict=True)
-        ):
-            row = {
-                "fold": r["name"],
-                "utt_id": uid,
-                "label": LABELS[t],
-                "predicted": LABELS[y],
-                **{f"p_{c}": round(v, 6) for c, v in zip(LABELS, pr, strict=True)},
-            }
-            if "dims" in p:
-                row.update(
-                    {
-                        f"pred_{d}": round(v, 6)
-                        for d, v in zip(DIMENSIONS, p["dims"][i], strict=True)
-                    }
-                )
-                true = p.get("dims_true") or [[None] * len(DIMENSIONS)] * len(p["ids"])
-                row.update(
-                    {
-                        d: (None if v is None else round(v, 6))
-                        for d, v in zip(DIMENSIONS, true[i], strict=True)
-                    }
-                )
-            rows.append(row)
-    with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
 def run_info(cfg: TrainConfig, encoder: FeatureEncoder) -> dict[str, Any]:
@@ -490,42 +439,33 @@ def cross_corpus(
     feats: Features,
     frame: pd.DataFrame,
     corpus: pd.DataFrame,
-    name: str,
-    calibration: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    calibration: Calibration | None = None,
+) -> tuple[dict[str, Any], Predictions]:
     """A trained model on every utterance of ``corpus`` (features from ``feats``):
-    ``(analysis, record)`` with the error analysis (``n`` added) and a predictions record
-    for :func:`write_predictions`; with the model's ``calibration`` the probabilities are
-    its calibrated ones, and the analysis says how calibrated they are on this corpus."""
+    ``(analysis, predictions)`` with the error analysis (``n`` added); with the model's
+    ``calibration`` the probabilities are its calibrated ones, and the analysis says how
+    calibrated they are on this corpus."""
     ids = list(corpus["utt_id"])
-    data = feats.feature_set(frame, ids, with_views=False)
+    data = feature_set(feats, frame, ids, with_views=False)
     raw, d_pred = predict_outputs(model, data, cfg)
     probs = calibrated(raw, calibration)
     y_true = [label_index(x) for x in corpus["label"]]
     y_pred = probs.argmax(1).tolist()
     rows = corpus.reset_index(drop=True)
     analysis = error_analysis(rows, y_true, y_pred)
-    if calibration:
+    if calibration is not None:
         analysis["calibration"] = {
-            "temperature": calibration["temperature"],
+            "temperature": calibration.temperature,
             "before": calibration_metrics(raw, y_true),
             "after": calibration_metrics(probs, y_true),
         }
-    record = {
-        "name": name,
-        "_pred": {
-            "ids": ids,
-            "y_true": y_true,
-            "y_pred": y_pred,
-            "probs": probs.tolist(),
-            "probs_raw": raw.tolist(),
-        },
-    }
+    predictions = Predictions(ids, y_true, y_pred, probs.tolist(), raw.tolist())
     if d_pred is not None:
         d_true = dimension_targets(corpus, ids)
         dims = describe_unrated(d_pred, rows)
         if np.isfinite(d_true).all(axis=1).any():
             dims["metrics"] = dimension_metrics(d_true, d_pred)
         analysis["dimensions"] = dims
-        record["_pred"].update(dims=d_pred.tolist(), dims_true=_nan_to_none(d_true))
-    return {**analysis, "n": len(ids)}, record
+        predictions.dims = d_pred.tolist()
+        predictions.dims_true = _nan_to_none(d_true)
+    return {**analysis, "n": len(ids)}, predictions

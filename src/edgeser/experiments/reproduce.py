@@ -28,19 +28,20 @@ from edgeser.core.io import write_json, write_text
 from edgeser.data.labels import LABELS
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest, write_manifest
 from edgeser.data.recipes import prepare
+from edgeser.evaluation.confidence import Calibration
 from edgeser.evaluation.metrics import variance_change
+from edgeser.evaluation.records import write_predictions
 from edgeser.evaluation.report import write_report
 from edgeser.evaluation.uncertainty import SCALARS, EvalSet
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
     paired_settings,
-    record_interval,
+    predictions_interval,
     run_info,
     run_seeds,
     run_split_cached,
     summarise_runs,
-    write_predictions,
 )
 from edgeser.models.registry import FeatureEncoder, make_encoder
 from edgeser.split.protocols import loso_splits, production_split
@@ -118,7 +119,9 @@ def reproduce(
             splits = splits[:folds]
         runs = run_seeds(cfg, encoder, frame, feats, splits, out / "loso" / name, progress)
         loso[name], sets[name] = summarise_runs(cfg, runs, frame)
-        write_predictions(out / "loso" / name / "predictions.csv", runs[0])
+        write_predictions(
+            out / "loso" / name / "predictions.csv", {f.name: f.predictions for f in runs[0]}
+        )
     timings["loso_training"] = time.perf_counter() - t0
     results: dict[str, Any] = {**info, "loso": loso}
     if "iemocap+cremad" in loso:
@@ -148,26 +151,24 @@ def reproduce(
     prod = run_split_cached(
         cfg.run_config(cfg.seed), encoder, frame, feats, prod_split, prod_dir, progress
     )
-    results["production"] = {
-        k: v for k, v in prod.items() if not k.startswith("_") and k != "history"
-    } | {
+    results["production"] = {k: v for k, v in prod.record().items() if k != "history"} | {
         "speaker_dependent": True,
         "training_corpora": ["iemocap"] + (["cremad"] if cr is not None else []),
-        "ci95": record_interval(cfg, prod, frame),
+        "ci95": predictions_interval(cfg, prod.predictions, frame),
     }
     if rv is not None:
         trained = load_trained(prod_dir, encoder)
-        analysis, record = cross_corpus(
-            cfg, trained.model, feats, frame, rv, "ravdess", trained.meta.get("calibration")
+        analysis, predictions = cross_corpus(
+            cfg, trained.model, feats, frame, rv, Calibration.of_record(trained.meta)
         )
         results["cross_corpus"] = {
             "ravdess": {
                 **analysis,
                 "model": "production",
-                "ci95": record_interval(cfg, record, frame),
+                "ci95": predictions_interval(cfg, predictions, frame),
             }
         }
-        write_predictions(out / "cross_corpus_ravdess.csv", [record])
+        write_predictions(out / "cross_corpus_ravdess.csv", {"ravdess": predictions})
     timings["production_and_cross_corpus"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     results["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}

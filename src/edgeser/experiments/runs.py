@@ -13,20 +13,22 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import write_json
 from edgeser.data.manifest import four_class, read_manifest, validate_manifest
+from edgeser.evaluation.confidence import Calibration
 from edgeser.evaluation.dimensions import dimension_metrics
 from edgeser.evaluation.metrics import compute_metrics
+from edgeser.evaluation.records import write_predictions
 from edgeser.evaluation.report import write_report
 from edgeser.evaluation.uncertainty import EvalSet
 from edgeser.experiments.pipeline import (
     compute_features,
     cross_corpus,
+    feature_set,
     fit_calibration,
-    record_interval,
+    predictions_interval,
     require_ratings,
     run_info,
     run_seeds,
     summarise_runs,
-    write_predictions,
 )
 from edgeser.models.registry import FeatureEncoder, make_encoder
 from edgeser.split.protocols import Split, group_sessions, loso_splits, speaker_holdout_split
@@ -55,10 +57,6 @@ def read_four_class(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _encoder(cfg: TrainConfig) -> Any:
-    return make_encoder(cfg)
-
-
 def train_on_manifests(
     cfg: TrainConfig,
     manifests: Sequence[str | Path],
@@ -80,7 +78,7 @@ def train_on_manifests(
         seed=cfg.seed,
     )
     train, val, val_spk = split.train, split.val, split.info["val_speakers"]
-    encoder = encoder or _encoder(cfg)
+    encoder = encoder or make_encoder(cfg)
     feats = compute_features(
         cfg,
         encoder,
@@ -92,9 +90,9 @@ def train_on_manifests(
     dims = cfg.dimensions
     if dims:
         require_ratings(frame, train)
-    train_set = feats.feature_set(frame, train, with_views=True, dims=dims)
+    train_set = feature_set(feats, frame, train, with_views=True, dims=dims)
     model = build_model(cfg, encoder, feats.kind, train_set)
-    val_set = feats.feature_set(frame, val, with_views=False, dims=dims) if val else None
+    val_set = feature_set(feats, frame, val, with_views=False, dims=dims) if val else None
     result = fit(cfg, model, train_set, val_set, out, progress=progress)
     record: dict[str, Any] = {
         "name": "train",
@@ -106,7 +104,7 @@ def train_on_manifests(
     }
     calibration = fit_calibration(cfg, result.model, val_set)
     if calibration is not None:
-        record["calibration"] = calibration
+        record["calibration"] = calibration.to_json()
     if val_set is not None:
         probs, d_pred = predict_outputs(result.model, val_set, cfg)
         record["val_metrics"] = compute_metrics(val_set.labels, probs.argmax(1))
@@ -137,15 +135,15 @@ def evaluate_model(
         cfg, encoder, df, set(), Path(cache_dir) if cache_dir else out / "cache", progress=progress
     )
     name = str(df["corpus"].iloc[0])
-    analysis, record = cross_corpus(cfg, model, feats, df, df, name, meta.get("calibration"))
-    analysis["ci95"] = record_interval(cfg, record, df)
+    analysis, predictions = cross_corpus(cfg, model, feats, df, df, Calibration.of_record(meta))
+    analysis["ci95"] = predictions_interval(cfg, predictions, df)
     results = {
         **run_info(cfg, encoder),
         "model_dir": str(model_dir),
         "cross_corpus": {name: analysis},
     }
     write_json(out / "results.json", results)
-    write_predictions(out / "predictions.csv", [record])
+    write_predictions(out / "predictions.csv", {name: predictions})
 
     write_report(out, results)
     return {k: v for k, v in analysis.items() if k != "n"}
@@ -188,7 +186,7 @@ def run_loso(
     splits: list[Split] = loso_splits(
         df, extra, val_speakers=cfg.val_speakers, sessions=group_sessions(df, folds)
     )
-    encoder = encoder or _encoder(cfg)
+    encoder = encoder or make_encoder(cfg)
     feats = compute_features(
         cfg,
         encoder,
@@ -200,7 +198,7 @@ def run_loso(
     runs = run_seeds(cfg, encoder, frame, feats, splits, out / "loso", progress)
     summary, sets = summarise_runs(cfg, runs, frame)
     results = {**run_info(cfg, encoder), "loso": {name: summary}}
-    write_predictions(out / "loso" / "predictions.csv", runs[0])
+    write_predictions(out / "loso" / "predictions.csv", {f.name: f.predictions for f in runs[0]})
     write_json(out / "results.json", results)
 
     write_report(out, results)

@@ -25,7 +25,7 @@ one validation speaker picked ``C`` values three decades apart from fold to fold
 Features are standardised before the fit: with ``--feature-norm global`` by the training
 utterances' mean and deviation, stored in the model; with ``speaker`` each speaker's
 utterances were already standardised by their own statistics
-(:meth:`edgeser.experiments.pipeline.Features.speaker_normalized`). Augmented views, if
+(:func:`edgeser.experiments.pipeline.speaker_normalized`). Augmented views, if
 any were cached (``--aug-views K``; the model's default is 0), are added as extra training
 rows; the standardisation statistics come from the clean rows.
 """
