@@ -118,3 +118,47 @@ def test_lazy_package_names_resolve() -> None:
         for name in pkg.__all__:
             value = getattr(pkg, name)
             assert not isinstance(value, types.ModuleType), f"{package}.{name} is a module"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """A ``_name`` is its module's own: no other edgeser module imports it
+    (``from edgeser.x import _name``) or reaches it through an imported module
+    (``x._name``). A helper two modules share is public in its owner."""
+    modules = {
+        ".".join(("edgeser", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        for p in PACKAGE.rglob("*.py")
+    }
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound: set[str] = set()  # local names of imported edgeser modules
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] != "edgeser":
+                    continue
+                for a in node.names:
+                    if _private(a.name):
+                        found.append(f"{rel}:{node.lineno} imports {node.module}.{a.name}")
+                    if f"{node.module}.{a.name}" in modules:
+                        bound.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] == "edgeser":
+                        if any(_private(part) for part in a.name.split(".")):
+                            found.append(f"{rel}:{node.lineno} imports {a.name}")
+                        bound.add(a.asname or a.name.split(".")[0])
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                base = node.value
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                if isinstance(base, ast.Name) and base.id in bound:
+                    found.append(f"{rel}:{node.lineno} uses {ast.unparse(node)}")
+    assert not found, "\n".join(found)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
-from edgeser.exporting.onnx_utils import WEIGHT_ONLY, _consumers, walk_nodes
+from edgeser.exporting.onnx_utils import WEIGHT_ONLY, consumers_by_value, walk_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def loop_feature_extractor(model: object, tensors: tuple[str, ...], *, context: 
     graph = model.graph
     x_name, scale_name, shift_name, y_name, n_name = tensors
     producer = {o: n for n in graph.node for o in n.output}
-    users = _consumers(graph)
+    users = consumers_by_value(graph)
     inits = {i.name: i for i in graph.initializer}
     missing = [t for t in tensors if t not in producer]
     if missing:

@@ -33,7 +33,7 @@ def walk_nodes(graph: object) -> Iterator[object]:
         yield from g.node  # type: ignore[attr-defined]
 
 
-def _constant(model: object, name: str) -> np.ndarray | None:
+def constant_value(model: object, name: str) -> np.ndarray | None:
     """The value of initializer or ``Constant`` ``name`` in any (sub)graph of ``model``
     (ONNX value names are unique across scopes)."""
     from onnx import numpy_helper
@@ -53,7 +53,8 @@ def _constant(model: object, name: str) -> np.ndarray | None:
     return None
 
 
-def _consumers(graph: object) -> dict[str, list]:
+def consumers_by_value(graph: object) -> dict[str, list]:
+    """Value name → the nodes of ``graph`` (not of its subgraphs) that take it as input."""
     out: dict[str, list] = {}
     for node in graph.node:  # type: ignore[attr-defined]
         for name in node.input:

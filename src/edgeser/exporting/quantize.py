@@ -68,7 +68,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from edgeser.core.errors import EdgeserError
 from edgeser.exporting.gptq import gptq_int8
-from edgeser.exporting.onnx_utils import WEIGHT_ONLY, _constant, _consumers
+from edgeser.exporting.onnx_utils import WEIGHT_ONLY, constant_value, consumers_by_value
 from edgeser.exporting.saturation import require_no_saturation
 from edgeser.runtime.session import pad_batch
 
@@ -117,14 +117,14 @@ def fuse_gelu(model: object) -> int:
 
     assert isinstance(model, onnx.ModelProto)
     graph = model.graph
-    users = _consumers(graph)
+    users = consumers_by_value(graph)
 
     def only(name: str, op: str):
         nodes = users.get(name, [])
         return nodes[0] if len(nodes) == 1 and nodes[0].op_type == op else None
 
     def scalar(name: str, value: float, tol: float) -> bool:
-        c = _constant(model, name)
+        c = constant_value(model, name)
         return c is not None and c.size == 1 and abs(float(c.reshape(())) - value) <= tol
 
     fused: list[tuple[object, list]] = []
@@ -229,7 +229,7 @@ def weight_only_int8(model: object, node_names: Iterable[str], min_elements: int
     graph = model.graph
     wanted = set(node_names)
     inits = {i.name: i for i in graph.initializer}
-    users = _consumers(graph)
+    users = consumers_by_value(graph)
     order = {id(n): i for i, n in enumerate(graph.node)}
 
     def first_user(name: str, node: object) -> object:
@@ -293,7 +293,7 @@ def clip_gelu_inputs(model: object, static: Iterable[str], low: float = -_GELU_C
     assert isinstance(model, onnx.ModelProto)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users = _consumers(graph)
+    users = consumers_by_value(graph)
     outputs = {o for n in graph.node if n.name in set(static) for o in n.output}
     changed = 0
     for q in graph.node:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.core.errors import EdgeserError
-from edgeser.exporting.onnx_utils import _constant, _consumers, walk_graphs, walk_nodes
+from edgeser.exporting.onnx_utils import constant_value, consumers_by_value, walk_graphs, walk_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def saturation_report(path: str | Path) -> list[IntegerOp]:
             activation = helper.tensor_dtype_to_np_dtype(
                 types.get(node.input[a_index], TensorProto.UINT8)
             ).name
-        weight = _constant(model, node.input[w_index]) if len(node.input) > w_index else None
+        weight = constant_value(model, node.input[w_index]) if len(node.input) > w_index else None
         name = node.name or node.op_type
         if weight is None:
             ops.append(IntegerOp(name, node.op_type, activation, "unknown", 0, None))
@@ -186,7 +186,7 @@ def worst_case_model(path: str | Path, node_name: str) -> tuple[bytes, np.ndarra
         model.graph,
     )
     producers = {o: n for n in graph.node for o in n.output}
-    consumers = _consumers(graph)
+    consumers = consumers_by_value(graph)
     node = next((n for n in graph.node if n.name == node_name), None)
     if node is None or node.op_type not in ("MatMul", "Conv"):
         raise EdgeserError(f"{path}: no MatMul or Conv node named {node_name!r}")
@@ -200,7 +200,7 @@ def worst_case_model(path: str | Path, node_name: str) -> tuple[bytes, np.ndarra
         raise EdgeserError(f"{node_name}: not a statically quantised (QDQ) node")
 
     def value(name: str) -> np.ndarray:
-        c = _constant(model, name)
+        c = constant_value(model, name)
         if c is None:
             raise EdgeserError(f"{node_name}: {name} is not a constant")
         return c

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from edgeser.runtime.model import Analysis
 
 
-def _stdout_closed() -> int:
+def stdout_closed() -> int:
     """The reader went away (``edgeser stream ... | head``): stop quietly, exit 0."""
     import os
 
@@ -152,7 +152,7 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             print(format_prediction(str(path), result, args.json), flush=True)
         except BrokenPipeError:
-            return _stdout_closed()
+            return stdout_closed()
     if failed:
         if failed == len(args.files) and len(args.files) > 1:
             print(f"edgeser: error: all {failed} files failed", file=sys.stderr)
@@ -311,5 +311,5 @@ def run_stream(args: argparse.Namespace) -> int:
         for seg in stream_predictions(model, blocks, vad, config):
             print(seg.to_json() if args.json else seg.to_line(), flush=True)
     except BrokenPipeError:
-        return _stdout_closed()
+        return stdout_closed()
     return 0

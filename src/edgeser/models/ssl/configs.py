@@ -44,15 +44,15 @@ ALIASES: dict[str, str] = {
     "wavlm-base-plus": "microsoft/wavlm-base-plus",
 }
 
-# Training-only parameter (SpecAugment mask embedding): never used on the feature path, so
-# it may be absent from a checkpoint (s3prl's distiller has none) and is left out of
-# ``Encoder.identity``.
-_OPTIONAL_KEYS = frozenset({"masked_spec_embed"})
+#: Training-only parameter (SpecAugment mask embedding): never used on the feature path, so
+#: it may be absent from a checkpoint (s3prl's distiller has none) and is left out of
+#: ``Encoder.identity``.
+OPTIONAL_KEYS = frozenset({"masked_spec_embed"})
 
-# Config entries that do not change what the encoder computes at inference (file and
-# library metadata, training-only settings); left out of ``Encoder.identity`` so that the
-# same weights reached through different sources (hub folder, s3prl .ckpt) share caches.
-_VOLATILE_CONFIG_KEYS = frozenset(
+#: Config entries that do not change what the encoder computes at inference (file and
+#: library metadata, training-only settings); left out of ``Encoder.identity`` so that the
+#: same weights reached through different sources (hub folder, s3prl .ckpt) share caches.
+VOLATILE_CONFIG_KEYS = frozenset(
     {
         "apply_spec_augment",
         "chunk_size_feed_forward",

@@ -58,7 +58,7 @@ class StridedMatmulConv1d(nn.Module):
         return out.transpose(1, 2)
 
 
-def _use_strided_matmul_first_conv(model: nn.Module) -> None:
+def use_strided_matmul_first_conv(model: nn.Module) -> None:
     """Swap the feature extractor's first conv for :class:`StridedMatmulConv1d` in place."""
     layers = getattr(getattr(model, "feature_extractor", None), "conv_layers", None)
     if not layers:

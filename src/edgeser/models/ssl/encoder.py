@@ -16,13 +16,13 @@ from torch import nn
 from edgeser.core.cpu import resolve_precision
 from edgeser.core.errors import EdgeserError
 from edgeser.models.ssl.configs import (
-    _OPTIONAL_KEYS,
-    _VOLATILE_CONFIG_KEYS,
     BF16_IMPL,
     IMPLS,
+    OPTIONAL_KEYS,
+    VOLATILE_CONFIG_KEYS,
     conv_frames,
 )
-from edgeser.models.ssl.direct import DirectPath, _use_strided_matmul_first_conv
+from edgeser.models.ssl.direct import DirectPath, use_strided_matmul_first_conv
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -68,8 +68,8 @@ class Encoder(nn.Module):
         impl: str | None = None,
     ) -> None:
         super().__init__()
-        _check_family(model)
-        precision = _check_precision(precision)
+        check_family(model)
+        precision = check_precision(precision)
         if batch_size < 1:
             raise EdgeserError(f"batch_size must be >= 1, got {batch_size}")
         if impl is None:
@@ -113,7 +113,7 @@ class Encoder(nn.Module):
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.train(False)
-        _use_strided_matmul_first_conv(self.model)
+        use_strided_matmul_first_conv(self.model)
         #: the direct implementation (:mod:`edgeser.models.ssl.direct`); the parts it does
         #: not support run through the modules
         self.direct = DirectPath(
@@ -160,7 +160,7 @@ class Encoder(nn.Module):
     def unfreeze_upper(self) -> Encoder:
         """Make projection, positional conv and transformer trainable; conv stays frozen."""
         for name, param in self.model.named_parameters():
-            if name.startswith("feature_extractor.") or name in _OPTIONAL_KEYS:
+            if name.startswith("feature_extractor.") or name in OPTIONAL_KEYS:
                 continue
             param.requires_grad_(True)
         self._upper_trainable = True
@@ -382,12 +382,12 @@ def _pad_frames(feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return padded, mask
 
 
-def _check_precision(precision: str) -> str:
+def check_precision(precision: str) -> str:
     """``precision`` resolved (``"auto"``) and checked; see :mod:`edgeser.core.cpu`."""
     return resolve_precision(precision)
 
 
-def _check_family(model: Any) -> None:
+def check_family(model: Any) -> None:
     """Refuse models that lack the HuBERT / wav2vec 2.0 / WavLM structure the code relies on."""
     config = getattr(model, "config", None)
     encoder = getattr(model, "encoder", None)
@@ -419,7 +419,7 @@ def _fingerprint(model: nn.Module, precision: str, *, impl: str | None = None) -
     config = {
         k: v
         for k, v in model.config.to_dict().items()
-        if k not in _VOLATILE_CONFIG_KEYS
+        if k not in VOLATILE_CONFIG_KEYS
         and not any(part in k for part in ("dropout", "mask_", "ctc_", "token_id"))
     }
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
@@ -427,7 +427,7 @@ def _fingerprint(model: nn.Module, precision: str, *, impl: str | None = None) -
     if impl:
         digest.update(f"|impl={impl}".encode())
     for key, tensor in sorted(model.state_dict().items()):
-        if key in _OPTIONAL_KEYS:
+        if key in OPTIONAL_KEYS:
             continue
         data = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{key}|{data.dtype}|{tuple(tensor.shape)}|".encode())

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edgeser.core.errors import EdgeserError
-from edgeser.models.ssl.checkpoints import _describe_keys, _first_line, _zero_optional
+from edgeser.models.ssl.checkpoints import describe_keys, first_line, zero_optional
 from edgeser.models.ssl.configs import (
-    _OPTIONAL_KEYS,
     DISTILHUBERT_CONV_SPEC,
+    OPTIONAL_KEYS,
     distilhubert_config,
     parse_conv_spec,
 )
@@ -83,19 +83,19 @@ def _load_pickle(path: Path) -> tuple[Any, list[str]]:
             match = re.search(r"Unsupported global: GLOBAL (\S+) was not", str(exc))
             if match is None:
                 raise EdgeserError(
-                    f"{path}: not a readable torch checkpoint: {_first_line(exc)}"
+                    f"{path}: not a readable torch checkpoint: {first_line(exc)}"
                 ) from exc
             name = match.group(1)
             if "." not in name:  # torch prints builtins without their module
                 name = f"builtins.{name}"
             if name in stand_ins or len(stand_ins) >= _MAX_STAND_INS:
                 raise EdgeserError(
-                    f"{path}: could not read it weights-only (at {name}): {_first_line(exc)}"
+                    f"{path}: could not read it weights-only (at {name}): {first_line(exc)}"
                 ) from exc
             stand_ins[name] = _stand_in(name)
         except Exception as exc:  # a corrupt or foreign file fails in many ways
             raise EdgeserError(
-                f"{path}: not a readable torch checkpoint: {_first_line(exc)}"
+                f"{path}: not a readable torch checkpoint: {first_line(exc)}"
             ) from exc
 
 
@@ -249,7 +249,7 @@ def s3prl_to_hf_state_dict(
     return converted, origin
 
 
-def _load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
+def load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
     """Build a ``HubertModel`` from an original s3prl DistilHuBERT checkpoint."""
     from transformers import HubertModel
 
@@ -293,7 +293,7 @@ def _load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
         model = HubertModel(config)
     expected = model.state_dict()
     converted, origin = s3prl_to_hf_state_dict(state, expected.keys())
-    missing = [k for k in expected if k not in converted and k not in _OPTIONAL_KEYS]
+    missing = [k for k in expected if k not in converted and k not in OPTIONAL_KEYS]
     unexpected = [origin[k] for k in converted if k not in expected]
     mismatched = [
         f"{origin[k]} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
@@ -305,10 +305,10 @@ def _load_s3prl_checkpoint(path: Path) -> PreTrainedModel:
             f"{path}: weights do not match the architecture in its Config "
             f"({config.num_hidden_layers} layers, width {config.hidden_size}, "
             f"{len(config.conv_dim)} conv layers) "
-            + _describe_keys(missing=missing, unexpected=unexpected, mismatched=mismatched)
+            + describe_keys(missing=missing, unexpected=unexpected, mismatched=mismatched)
         )
-    if not any(k in converted for k in _OPTIONAL_KEYS):
-        _zero_optional(model)
+    if not any(k in converted for k in OPTIONAL_KEYS):
+        zero_optional(model)
     model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=False)
     model.eval()
     dropped = sum(1 for k in state if str(k).startswith("output_layer."))

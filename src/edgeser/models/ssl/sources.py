@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from edgeser.core.errors import EdgeserError
-from edgeser.models.ssl.checkpoints import _describe_keys, _first_line, _zero_optional
+from edgeser.models.ssl.checkpoints import describe_keys, first_line, zero_optional
 from edgeser.models.ssl.configs import (
-    _OPTIONAL_KEYS,
     ALIASES,
+    OPTIONAL_KEYS,
     distilhubert_config,
     random_architecture,
 )
-from edgeser.models.ssl.encoder import Encoder, _check_family, _check_precision
-from edgeser.models.ssl.s3prl import _load_s3prl_checkpoint
+from edgeser.models.ssl.encoder import Encoder, check_family, check_precision
+from edgeser.models.ssl.s3prl import load_s3prl_checkpoint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -42,7 +42,7 @@ def load_encoder(
     is the Hugging Face cache for hub ids. Raises :class:`EdgeserError` for anything a
     user can fix (wrong path, unreachable hub id, a checkpoint of another architecture).
     """
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     text = str(source).strip()
     if not text:
         raise EdgeserError("encoder source is empty")
@@ -73,7 +73,7 @@ def load_encoder(
             raise EdgeserError(
                 f"{path}: pass the Hugging Face model folder that holds this file, not the file"
             )
-        model = _load_s3prl_checkpoint(path)
+        model = load_s3prl_checkpoint(path)
         return Encoder(model, source=str(path), precision=precision)
     if _HUB_ID.match(resolved) and path.suffix not in _CHECKPOINT_SUFFIXES:
         model, do_normalize = _load_pretrained(resolved, local=False, cache_dir=cache_dir)
@@ -227,7 +227,7 @@ def _load_pretrained(
         config = AutoConfig.from_pretrained(source, **options)
     except (OSError, ValueError, KeyError) as exc:
         if local:
-            raise EdgeserError(f"{source}: unreadable model config: {_first_line(exc)}") from exc
+            raise EdgeserError(f"{source}: unreadable model config: {first_line(exc)}") from exc
         if _hub_offline():
             raise _fetch_error(
                 source, "HF_HUB_OFFLINE is set and it is not in the local cache"
@@ -242,7 +242,7 @@ def _load_pretrained(
             config = AutoConfig.from_pretrained(source, **options)
         except (OSError, ValueError, KeyError) as exc2:
             raise _fetch_error(
-                source, f"not a model id, or the download failed: {_first_line(exc2)}"
+                source, f"not a model id, or the download failed: {first_line(exc2)}"
             ) from exc2
     config.layerdrop = 0.0
     try:
@@ -252,18 +252,18 @@ def _load_pretrained(
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         where = source if local else f"hub model {source!r}"
         raise EdgeserError(
-            f"{where}: weights do not load into {type(config).__name__}: {_first_line(exc)}"
+            f"{where}: weights do not load into {type(config).__name__}: {first_line(exc)}"
         ) from exc
-    _check_family(model)
-    missing = sorted(set(info.get("missing_keys", ())) - _OPTIONAL_KEYS)
+    check_family(model)
+    missing = sorted(set(info.get("missing_keys", ())) - OPTIONAL_KEYS)
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
     if missing or mismatched:
         raise EdgeserError(
             f"{source}: weights do not match the architecture in its config.json "
-            + _describe_keys(missing=missing, mismatched=mismatched)
+            + describe_keys(missing=missing, mismatched=mismatched)
         )
     if "masked_spec_embed" in set(info.get("missing_keys", ())):
-        _zero_optional(model)
+        zero_optional(model)
     unexpected = sorted(info.get("unexpected_keys", ()))
     if unexpected:
         logger.info(
