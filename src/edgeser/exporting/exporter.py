@@ -30,6 +30,7 @@ import numpy as np
 from edgeser import __version__
 from edgeser.audio.frontend import peak_normalize as _peak
 from edgeser.audio.frontend import preemphasis as _pre
+from edgeser.audio.io import SAMPLE_RATE
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
 from edgeser.data.labels import DIMENSIONS
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 FORMAT = MODEL_FORMAT
-SAMPLE_RATE = 16_000
 #: Optional extra files: variant name -> (file name, what it is).
 VARIANTS: dict[str, tuple[str, str]] = {
     "int8-fast": (

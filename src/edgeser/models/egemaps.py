@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeser.audio.io import SAMPLE_RATE
 from edgeser.core.errors import EdgeserError
 from edgeser.models.lightsernet import as_waveform
 
@@ -42,7 +43,6 @@ __all__ = ["EGEMAPS_NUM_FEATURES", "EGeMAPSFrontEnd", "LinearClassifier"]
 
 #: Functionals of the eGeMAPSv02 set.
 EGEMAPS_NUM_FEATURES = 88
-_SAMPLE_RATE = 16_000
 #: Shorter inputs are zero-padded to this many samples first: openSMILE's pitch and formant
 #: analysis windows need about 60 ms of signal to produce any frame (0.25 s leaves margin).
 _MIN_SAMPLES = 4_000
@@ -80,7 +80,7 @@ class EGeMAPSFrontEnd:
                 f"opensmile {opensmile.__version__}: eGeMAPSv02 has "
                 f"{len(self.feature_names)} functionals, expected 88"
             )
-        payload = f"egemaps-v02-functionals|opensmile={opensmile.__version__}|sr={_SAMPLE_RATE}"
+        payload = f"egemaps-v02-functionals|opensmile={opensmile.__version__}|sr={SAMPLE_RATE}"
         self.identity = hashlib.sha256(payload.encode()).hexdigest()[:16]
         self.version = str(opensmile.__version__)
 
@@ -94,7 +94,7 @@ class EGeMAPSFrontEnd:
             x = as_waveform(w, i).astype(np.float32)
             if x.shape[0] < _MIN_SAMPLES:
                 x = np.concatenate([x, np.zeros(_MIN_SAMPLES - x.shape[0], np.float32)])
-            values = self._smile.process_signal(x, _SAMPLE_RATE).to_numpy(np.float32)
+            values = self._smile.process_signal(x, SAMPLE_RATE).to_numpy(np.float32)
             feats = np.nan_to_num(values.reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
             out.append(torch.from_numpy(feats.copy()))
         return out

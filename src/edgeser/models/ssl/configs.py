@@ -13,8 +13,6 @@ if TYPE_CHECKING:
     from transformers import HubertConfig
 
 
-SAMPLE_RATE = 16_000
-
 DISTILHUBERT_HUB_ID = "ntu-spml/distilhubert"
 
 #: Parameters of ``HubertModel(distilhubert_config())`` (incl. the 768-d mask embedding).

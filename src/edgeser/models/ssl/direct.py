@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from edgeser.models.ssl.configs import SAMPLE_RATE, conv_frames
+from edgeser.audio.io import SAMPLE_RATE
+from edgeser.models.ssl.configs import conv_frames
 
 
 class StridedMatmulConv1d(nn.Module):
