@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        from edgeser.runtime.testing import make_dummy_model
+        from edgeser.testing import make_dummy_model
 
         dummy = make_dummy_model(Path(tmp) / "dummy")
         path = Path(tmp) / "long.wav"

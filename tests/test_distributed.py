@@ -241,7 +241,7 @@ def test_executor_ray_without_ray_is_one_line(corpus, tmp_path, monkeypatch, cap
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> tuple[Path, Path, int]:
     """A dummy exported model and a manifest of 30 files (one unreadable), ids first."""
-    from edgeser.runtime.testing import make_dummy_model
+    from edgeser.testing import make_dummy_model
 
     root = tmp_path_factory.mktemp("archive")
     model = make_dummy_model(root / "model")

@@ -1,6 +1,6 @@
 """The light runtime: exported-model loading and prediction, VAD, streaming, CLI.
 
-The model is a tiny dummy in the exported contract (``edgeser.runtime.testing``). VAD
+The model is a tiny dummy in the exported contract (``edgeser.testing.make_dummy_model``). VAD
 tests on synthetic tones use WebRTC VAD (Silero does not fire on pure tones, by design);
 Silero is tested on real RAVDESS speech (skipped without the sample) against the
 silero-vad package's own ``get_speech_timestamps``.
@@ -46,7 +46,7 @@ SR = 16_000
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from edgeser.runtime.testing import make_dummy_model
+    from edgeser.testing import make_dummy_model
 
     out = tmp_path_factory.mktemp("model")
     make_dummy_model(out)

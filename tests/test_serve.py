@@ -24,12 +24,12 @@ import soundfile as sf
 from edgeser.cli import main
 from edgeser.core.errors import EdgeserError
 from edgeser.runtime.segments import SpeechSplitter, array_blocks, speech_segments
-from edgeser.runtime.testing import make_dummy_model
 from edgeser.runtime.vad import SegmenterConfig, make_vad
 from edgeser.serve.app import ServeLimits, key_matches, read_api_keys
 from edgeser.serve.cli import exposure_warning, make_serve_server
 from edgeser.serve.client import ServerError, endpoint, predict_file, stream_blocks, stream_file
 from edgeser.serve.protocol import ProtocolError, decode_frame, parse_session_start
+from edgeser.testing import make_dummy_model
 
 pytest.importorskip("websockets")
 from websockets.asyncio.client import connect

@@ -22,8 +22,7 @@ import pytest
 import soundfile as sf
 
 from edgeser.cli import main
-from edgeser.runtime.testing import make_dummy_model
-from edgeser.testing import NamespaceUnavailable, loopback_ray_cluster
+from edgeser.testing import NamespaceUnavailable, loopback_ray_cluster, make_dummy_model
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("websockets")

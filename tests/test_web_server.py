@@ -15,7 +15,7 @@ import pytest
 
 from edgeser.cli import main
 from edgeser.core.errors import EdgeserError
-from edgeser.runtime.testing import make_dummy_model
+from edgeser.testing import make_dummy_model
 from edgeser.web.server import Limits, host_allowed, is_loopback, make_server, warn_if_exposed
 
 ROOT = Path(__file__).resolve().parents[1]
