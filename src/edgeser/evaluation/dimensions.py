@@ -3,7 +3,7 @@
 IEMOCAP's summary lines give each utterance the mean of its annotators' 1-5 ratings of
 valence, activation (arousal) and dominance; the manifest keeps them as ``valence``,
 ``arousal`` and ``dominance`` columns. edgeser regresses them on the scale ``[0, 1]``
-(``(rating - 1) / 4``, stated in ``model.json``), in the order :data:`DIMENSIONS`.
+(``(rating - 1) / 4``, stated in an exported model's card), in the order :data:`DIMENSIONS`.
 Corpora without dimensional labels (CREMA-D, RAVDESS) have ``NaN`` there: they count
 for the class loss only, and their dimensional output is described (mean predicted
 arousal and valence per true class and intensity) rather than scored.

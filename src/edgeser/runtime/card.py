@@ -1,6 +1,11 @@
-"""The model card, ``model.json``: what an exported graph takes and returns, its labels and
-the pre-processing outside the graph. Written by the exporter (:func:`make_card`), read
-and validated by the runtime (:func:`read_model_card`); one schema for both."""
+"""The model card (:data:`ModelCard`): the ``model.json`` beside an exported model's ONNX
+files, saying what the graph takes and returns, its labels and the pre-processing outside
+the graph. Written by the exporter (:func:`make_card`), read and validated by the runtime
+(:func:`read_model_card`); one schema for both.
+
+Not to be confused with the training record, the ``model.json`` of a trained model folder
+(config, encoder, split, metrics: :mod:`edgeser.training.folder`), which only training,
+evaluation and export read; the runtime never does."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from edgeser.audio.io import SAMPLE_RATE
 from edgeser.core.errors import EdgeserError
@@ -20,13 +25,19 @@ __all__ = [
     "GRAPH_METADATA",
     "GRAPH_OUTPUTS",
     "MODEL_FORMAT",
+    "ModelCard",
     "graph_metadata",
     "make_card",
     "read_model_card",
 ]
 
+#: An exported model's card, as JSON: the fixed schema of :func:`make_card`, then the
+#: exporter's extra entries (encoder, training, metrics, calibration, export details).
+ModelCard: TypeAlias = dict[str, Any]
+
 MODEL_FORMAT = "edgeser-onnx"
 FORMAT_VERSION = 1
+#: The model card's file name, beside the ONNX files.
 CARD_NAME = "model.json"
 #: Inputs longer than this are classified by speech segments (``long_input``).
 LONG_INPUT_WINDOW = 10.0
@@ -60,9 +71,9 @@ def make_card(
     edgeser_version: str,
     dimensions: Sequence[str] | None = None,
     **extra: Any,
-) -> dict[str, Any]:
-    """A ``model.json`` document: the fixed schema first, then ``extra`` entries (encoder,
-    training, metrics, export details, sizes). ``dimensions`` names the graph's second
+) -> ModelCard:
+    """A model card: the fixed schema first, then ``extra`` entries (encoder, training,
+    metrics, export details, sizes). ``dimensions`` names the graph's second
     output (a model trained with ``--dimensions``), stated with its scale."""
     outputs = dict(GRAPH_OUTPUTS)
     dims: dict[str, Any] = {}
@@ -111,8 +122,8 @@ def make_card(
     }
 
 
-def read_model_card(model_path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """Find and validate the ``model.json`` that describes ``model_path``.
+def read_model_card(model_path: str | os.PathLike[str]) -> tuple[Path, ModelCard]:
+    """Find and validate the model card (``model.json``) that describes ``model_path``.
 
     ``model_path`` is an ``.onnx`` file (``model.json`` beside it) or a model folder (its
     float32 file is used). Returns ``(onnx_path, card)``; raises :class:`EdgeserError`
@@ -134,7 +145,7 @@ def read_model_card(model_path: str | os.PathLike[str]) -> tuple[Path, dict[str,
     return onnx_path, card
 
 
-def _load_card(p: Path, card_path: Path) -> dict[str, Any]:
+def _load_card(p: Path, card_path: Path) -> ModelCard:
     def bad(why: str) -> EdgeserError:
         return EdgeserError(f"{p} is not an edgeser model: {why}")
 
@@ -171,7 +182,7 @@ def _integer(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _card_problem(card: dict[str, Any]) -> str | None:
+def _card_problem(card: ModelCard) -> str | None:
     """What is wrong with the fields the runtime acts on (None: nothing)."""
     if "min_samples" in card and not _integer(card["min_samples"], 1, MAX_MIN_SAMPLES):
         return (

@@ -1,5 +1,6 @@
-"""The trained-model folder: ``model.safetensors`` (weights) + ``model.json`` (config,
-labels, encoder identity, split, metrics), written by every training run
+"""The trained-model folder: ``model.safetensors`` (weights) + ``model.json``, the training
+record (config, labels, encoder identity, split, metrics; not an exported model's card,
+:mod:`edgeser.runtime.card`), written by every training run
 (:func:`save_model`) and read by evaluation, export and comparison (:func:`load_trained`,
 which returns a :class:`TrainedModel`). :func:`build_model` makes the model a config
 describes, fresh or to load weights into."""
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class TrainedModel(NamedTuple):
-    """A trained model folder, loaded: the model, its config, its encoder and
-    ``model.json``'s contents."""
+    """A trained model folder, loaded: the model, its config, its encoder and its training
+    record (``model.json``'s contents)."""
 
     model: SERModel
     config: TrainConfig
@@ -142,7 +143,9 @@ def load_trained(
         if not isinstance(enc_meta, dict):
             raise TypeError(f"'encoder' is {type(enc_meta).__name__}, not an object")
     except (KeyError, TypeError) as e:
-        raise EdgeserError(f"{model_dir}: model.json is not an edgeser model ({e})") from None
+        raise EdgeserError(
+            f"{model_dir}: model.json is not an edgeser training record ({e})"
+        ) from None
     if encoder is None:
         if model_spec(cfg.model).family != "ssl":
             encoder = make_encoder(cfg)

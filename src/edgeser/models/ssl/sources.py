@@ -86,8 +86,8 @@ def load_encoder(
 
 
 def recorded_source(recorded: str, folder: str | os.PathLike[str]) -> str:
-    """The encoder source a trained model ``folder``'s own ``model.json`` records, if
-    loading it cannot read a file outside the folder; else :class:`EdgeserError`.
+    """The encoder source a trained model ``folder``'s training record (its ``model.json``)
+    names, if loading it cannot read a file outside the folder; else :class:`EdgeserError`.
 
     A model folder may come from someone else, and an s3prl checkpoint is a pickle: what
     the folder names is loaded only when it is ``random`` (``random:ARCH``), a hub id or
