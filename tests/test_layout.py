@@ -164,23 +164,25 @@ def test_no_module_imports_another_modules_private_names() -> None:
     assert not found, "\n".join(found)
 
 
+def _modules_named(node: ast.AST) -> list[str]:
+    """The modules an import statement names (none for other nodes and relative imports)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module]
+    return []
+
+
 def test_the_runtime_package_imports_no_training_stack() -> None:
     """Nothing under ``edgeser/runtime`` imports torch or the training-side libraries, not
     even inside a function: the runtime install has none of them (test helpers that
     need torch live in :mod:`edgeser.testing`)."""
     heavy = {"torch", "torchaudio", "transformers", "pandas", "scipy", "sklearn", "matplotlib"}
-    found = []
-    for path in sorted((PACKAGE / "runtime").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            found += [
-                f"{path.relative_to(PACKAGE)}:{node.lineno} imports {n}"
-                for n in names
-                if n.split(".")[0] in heavy
-            ]
+    found = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno} imports {name}"
+        for path in sorted((PACKAGE / "runtime").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        for name in _modules_named(node)
+        if name.split(".")[0] in heavy
+    ]
     assert not found, "\n".join(found)

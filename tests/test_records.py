@@ -150,7 +150,9 @@ def test_calibration_record() -> None:
     out = cal.apply(probs)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, apply_temperature(probs, 1.5), rtol=1e-6)
-    untested = Calibration(1.5, 0.4, 4, {"before": _CAL, "after": _CAL})
+    untested = Calibration(
+        temperature=1.5, low_confidence_below=0.4, n_val=4, val={"before": _CAL, "after": _CAL}
+    )
     assert "test" not in untested.to_json()
     tested = untested.tested(probs, out, [0, 2])
     assert set(tested.test or ()) == {"before", "after"} and tested.temperature == 1.5

@@ -22,7 +22,7 @@ this is the one-scalar, multi-class, post-hoc method the literature compares aga
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -133,7 +133,7 @@ def low_confidence_threshold(
     return 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Calibration:
     """Temperature scaling fitted on a model's validation speakers: the temperature, the
     ``low_confidence`` threshold, and the validation (and, for a fold, test) metrics
@@ -142,6 +142,7 @@ class Calibration:
     "low_confidence_below", "n_val", "val": {"before", "after"}}`` and, for a fold,
     ``"test"`` as well."""
 
+    method: str = "temperature"
     temperature: float
     low_confidence_below: float
     n_val: int
@@ -149,7 +150,6 @@ class Calibration:
     val: dict[str, dict[str, float]]
     #: The same on a fold's test predictions (None: not tested).
     test: dict[str, dict[str, float]] | None = None
-    method: str = "temperature"
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
         """``probs`` calibrated (float32)."""
@@ -165,15 +165,9 @@ class Calibration:
         return replace(self, test=test)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "method": self.method,
-            "temperature": self.temperature,
-            "low_confidence_below": self.low_confidence_below,
-            "n_val": self.n_val,
-            "val": self.val,
-        }
-        if self.test is not None:
-            out["test"] = self.test
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.test is None:
+            del out["test"]
         return out
 
     @classmethod
@@ -186,12 +180,5 @@ class Calibration:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Calibration:
         """The inverse of :meth:`to_json` (a fold record's or a training record's
-        ``calibration``)."""
-        return cls(
-            temperature=doc["temperature"],
-            low_confidence_below=doc["low_confidence_below"],
-            n_val=doc["n_val"],
-            val=doc["val"],
-            test=doc.get("test"),
-            method=doc.get("method", "temperature"),
-        )
+        ``calibration``; ``TypeError`` when an entry is missing)."""
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})

@@ -11,7 +11,7 @@ its ``"_pred"`` (:meth:`Predictions.to_json`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +41,19 @@ class Predictions:
     dims_true: list[list[float | None]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "ids": self.ids,
-            "y_true": self.y_true,
-            "y_pred": self.y_pred,
-            "probs": self.probs,
-            "probs_raw": self.probs_raw,
-        }
-        if self.dims is not None:
-            out["dims"] = self.dims
-            out["dims_true"] = self.dims_true
+        """The predictions as JSON (a fold record's ``"_pred"``); without the
+        dimensional output, no ``dims`` and ``dims_true``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.dims is None:
+            del out["dims"], out["dims_true"]
         return out
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Predictions:
-        return cls(
-            ids=doc["ids"],
-            y_true=doc["y_true"],
-            y_pred=doc["y_pred"],
-            probs=doc["probs"],
-            probs_raw=doc["probs_raw"],
-            dims=doc.get("dims"),
-            dims_true=doc.get("dims_true"),
-        )
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldResult:
     """One split trained on its training part, selected on its validation part and
     tested on its test part: who was where, how training went, the test metrics (with
@@ -87,32 +74,20 @@ class FoldResult:
     history: list[dict[str, Any]]
     #: :func:`edgeser.evaluation.metrics.compute_metrics` on the test predictions.
     metrics: dict[str, Any]
-    predictions: Predictions
     calibration: Calibration | None = None
     #: :func:`edgeser.evaluation.dimensions.dimension_metrics` on the test ratings.
     dimensions: dict[str, Any] | None = None
+    predictions: Predictions
 
     def record(self) -> dict[str, Any]:
-        """The fold's entry in ``results.json`` (without the predictions)."""
-        out: dict[str, Any] = {
-            "name": self.name,
-            "test_session": self.test_session,
-            "train_speakers": self.train_speakers,
-            "val_speakers": self.val_speakers,
-            "test_speakers": self.test_speakers,
-            "n_train": self.n_train,
-            "n_val": self.n_val,
-            "n_test": self.n_test,
-            "split_sha256": self.split_sha256,
-            "best_epoch": self.best_epoch,
-            "train_seconds": self.train_seconds,
-            "history": self.history,
-            "metrics": self.metrics,
-        }
+        """The fold's entry in ``results.json``: every field but the predictions, in
+        order; ``calibration`` and ``dimensions`` only when there are."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictions"}
+        for optional in ("calibration", "dimensions"):
+            if out[optional] is None:
+                del out[optional]
         if self.calibration is not None:
             out["calibration"] = self.calibration.to_json()
-        if self.dimensions is not None:
-            out["dimensions"] = self.dimensions
         return out
 
     def to_json(self, key: str) -> dict[str, Any]:
@@ -122,27 +97,13 @@ class FoldResult:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> FoldResult:
-        """A fold read back from its ``record.json`` (``KeyError``/``TypeError`` when a
-        field is missing or malformed)."""
-        calibration = doc.get("calibration")
-        return cls(
-            name=doc["name"],
-            test_session=doc["test_session"],
-            train_speakers=doc["train_speakers"],
-            val_speakers=doc["val_speakers"],
-            test_speakers=doc["test_speakers"],
-            n_train=doc["n_train"],
-            n_val=doc["n_val"],
-            n_test=doc["n_test"],
-            split_sha256=doc["split_sha256"],
-            best_epoch=doc["best_epoch"],
-            train_seconds=doc["train_seconds"],
-            history=doc["history"],
-            metrics=doc["metrics"],
-            predictions=Predictions.from_json(doc["_pred"]),
-            calibration=Calibration.from_json(calibration) if calibration is not None else None,
-            dimensions=doc.get("dimensions"),
-        )
+        """A fold read back from its ``record.json`` (``KeyError``/``TypeError`` when an
+        entry is missing or malformed)."""
+        values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+        values["predictions"] = Predictions.from_json(doc["_pred"])
+        if values.get("calibration") is not None:
+            values["calibration"] = Calibration.from_json(values["calibration"])
+        return cls(**values)
 
 
 def write_predictions(path: Path, named: Mapping[str, Predictions]) -> None:
