@@ -19,7 +19,7 @@ import soxr
 
 from edgeser.core.errors import AudioError
 
-#: The sample rate every model in edgeser works at.
+#: The sample rate every model in edgeser works at (its one definition: import it from here).
 SAMPLE_RATE = 16_000
 #: Sample rates an input may have; outside this range resampling is refused as absurd.
 MIN_INPUT_RATE = 1_000
