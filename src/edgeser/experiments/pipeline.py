@@ -47,12 +47,12 @@ from edgeser.evaluation.uncertainty import (
     summarize_seeds,
 )
 from edgeser.features import FeatureStore, extract
-from edgeser.features.kinds import FeatureKind, feature_kind
+from edgeser.features.kinds import feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization, signal_front_end
 from edgeser.split.protocols import Split
 from edgeser.training.folder import build_model, save_model
-from edgeser.training.normalize import group_stats, normalize_pooled, row_stats, standardize
-from edgeser.training.trainer import FeatureSet, SERModel, fit, predict_outputs
+from edgeser.training.strategies import train_strategy
+from edgeser.training.trainer import FeatureSet, SERModel, fit, predict_outputs, speaker_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ class Features:
         all the speaker's utterances in ``frame``; labels are not used): frame-level
         statistics of pooled SSL features, or plain z-scores of functionals."""
         out = Features(self.kind, seconds=self.seconds)
-        vectors = self.kind == FeatureKind.FUNCTIONALS
-        stats, apply = (row_stats, standardize) if vectors else (group_stats, normalize_pooled)
+        stats, apply = train_strategy(self.kind).speaker_stats
         for _, ids in frame.groupby("speaker", sort=True)["utt_id"]:
             mean, std = stats([self.clean[u] for u in ids])
             for u in ids:
@@ -115,7 +114,7 @@ def compute_features(
     kind = feature_kind(cfg)
     t0 = time.perf_counter()
     front_end = signal_front_end(cfg)
-    if kind == FeatureKind.WAVE:
+    if not kind.cached:  # waveforms, augmented and encoded at every step
         feats = Features(kind)
         for uid, path in zip(frame["utt_id"], frame["path"], strict=True):
             feats.clean[uid] = front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
@@ -144,7 +143,7 @@ def compute_features(
         for uid in train_ids:
             feats.views[uid] = [arrays[(uid, v)] for v in range(1, k + 1)]
     feats.seconds = time.perf_counter() - t0
-    if normalization(cfg) == "speaker" and kind != FeatureKind.MFCC:  # MFCC: in the network
+    if normalization(cfg) == "speaker" and not speaker_batchnorm(cfg, kind):  # else: in the net
         feats = feats.speaker_normalized(frame)
     return feats
 
@@ -181,7 +180,7 @@ def run_split(
     model = build_model(cfg, encoder, kind, train)
     val = feats.feature_set(frame, split.val, with_views=False, dims=dims) if split.val else None
     test = feats.feature_set(frame, split.test, with_views=False, dims=dims)
-    augmenter = Augmenter(cfg.augment) if kind == FeatureKind.WAVE else None
+    augmenter = Augmenter(cfg.augment) if train_strategy(kind).augments_online else None
     t0 = time.perf_counter()
     result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
     train_seconds = time.perf_counter() - t0
