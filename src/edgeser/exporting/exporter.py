@@ -78,11 +78,11 @@ _LOOP_TOLERANCE = 1e-2
 # ------------------------------------------------------------------------ helpers
 
 
-def _refuse_unexportable(model_dir: Path, meta: dict[str, Any] | None) -> None:
-    """A model whose feature kind has no ONNX form (``egemaps``) is refused before
-    anything is loaded (a broken ``model.json``: load_trained says why)."""
-    recipe = RECIPES.get(str((meta or {}).get("feature_kind", "")))
-    if meta is not None and recipe is not None and recipe.graph is None:
+def _recipe(model_dir: Path, meta: dict[str, Any]) -> ExportRecipe:
+    """The export recipe of the model's feature kind; a kind with no ONNX form
+    (``egemaps``) is refused."""
+    recipe = RECIPES[str(meta["feature_kind"])]
+    if recipe.graph is None:
         raise EdgeserError(
             f"{model_dir}: {meta.get('model', 'egemaps')} is not exportable to ONNX: "
             f"{recipe.refusal}; use it with 'edgeser evaluate --trained DIR'"
@@ -108,9 +108,11 @@ def build_export_graph(
 
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
-    _refuse_unexportable(model_dir, peek_meta(model_dir))
+    peeked = peek_meta(model_dir) or {}
+    if str(peeked.get("feature_kind")) in RECIPES:  # refused before anything is loaded
+        _recipe(model_dir, peeked)
     model, cfg, frozen, meta = load_trained(model_dir, encoder, encoder_source=encoder_source)
-    recipe = _recipe(meta)
+    recipe = _recipe(model_dir, meta)
     if normalization(cfg) == "speaker":
         raise EdgeserError(
             f"{model_dir}: trained with per-speaker normalisation (--feature-norm speaker), "
@@ -120,14 +122,8 @@ def build_export_graph(
         )
     front = meta.get("front_end") or {}
     temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
-    assert recipe.graph is not None  # refused above
     graph, ref = recipe.graph(model, frozen, front, temperature)
     return graph, ref, meta
-
-
-def _recipe(meta: dict[str, Any]) -> ExportRecipe:
-    """The export recipe of a loaded model's feature kind."""
-    return RECIPES[str(meta["feature_kind"])]
 
 
 def reference_probabilities(
@@ -336,7 +332,7 @@ def export_model(
             f"unknown export variant(s) {', '.join(unknown)}; available: {', '.join(VARIANTS)}"
         )
     graph, _ref, meta = build_export_graph(model_dir, encoder, encoder_source=encoder_source)
-    recipe = _recipe(meta)
+    recipe = _recipe(Path(model_dir), meta)
     if recipe.variants_refusal and extra_variants:
         raise EdgeserError(f"export variants {', '.join(extra_variants)} {recipe.variants_refusal}")
     out_dir.mkdir(parents=True, exist_ok=True)
