@@ -19,8 +19,14 @@ from edgeser.exporting.exporter import VARIANTS
 from edgeser.exporting.recipes import EXPORT_VARIANTS, RECIPES
 from edgeser.features.extract import MAKERS
 from edgeser.features.kinds import CACHED_KINDS, FeatureKind, feature_kind
-from edgeser.models.families import FAMILIES, model_family
-from edgeser.models.registry import MODELS, encoder_source, normalization, signal_front_end
+from edgeser.models.registry import (
+    FAMILIES,
+    MODELS,
+    encoder_source,
+    model_family,
+    normalization,
+    signal_front_end,
+)
 from edgeser.testing import tone, write_wav
 from edgeser.training.checkpoint import load_best, save_best
 from edgeser.training.folder import peek_meta, training_corpora

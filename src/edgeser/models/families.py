@@ -10,7 +10,8 @@ extraction in :mod:`edgeser.features.extract`, training in
 :mod:`edgeser.training.strategies`, export in :mod:`edgeser.exporting.recipes`.
 
 Torch-free at import time (the config of every command reads the registry): encoders and
-networks are imported inside the builders.
+networks are imported inside the builders. A family is registered by name in
+:data:`edgeser.models.registry.FAMILIES`.
 
 Three families:
 
@@ -30,7 +31,7 @@ from typing import Any
 from edgeser.audio.frontend import FrontEnd
 from edgeser.core.errors import EdgeserError
 
-__all__ = ["CNN", "FAMILIES", "FUNCTIONALS", "SSL", "ModelFamily", "model_family"]
+__all__ = ["CNN", "FUNCTIONALS", "SSL", "ModelFamily"]
 
 #: The normalisations every family accepts unless it says otherwise.
 _ALL_NORMS = ("none", "global", "speaker")
@@ -193,15 +194,3 @@ FUNCTIONALS = ModelFamily(
     build_network=_linear,
     raw_signal=True,
 )
-
-#: Every family by name (:attr:`ModelSpec.family <edgeser.models.registry.ModelSpec>`).
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SSL, CNN, FUNCTIONALS)}
-
-
-def model_family(name: str) -> ModelFamily:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise EdgeserError(
-            f"unknown model family {name!r}; use one of {', '.join(FAMILIES)}"
-        ) from None

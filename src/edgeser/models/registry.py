@@ -43,9 +43,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from edgeser.audio.frontend import FrontEnd
 from edgeser.core.errors import EdgeserError
-from edgeser.models.families import ModelFamily, model_family
+from edgeser.models.families import CNN, FUNCTIONALS, SSL, ModelFamily
 
 __all__ = [
+    "FAMILIES",
     "LIGHT_SERNET_AUTHORS",
     "LIGHT_SERNET_DEFAULTS",
     "MODELS",
@@ -53,6 +54,7 @@ __all__ = [
     "ModelSpec",
     "encoder_source",
     "make_encoder",
+    "model_family",
     "model_spec",
     "normalization",
     "signal_front_end",
@@ -109,12 +111,17 @@ class FeatureEncoder(Protocol):
     def encode(self, waves: Sequence[Any]) -> list[Any]: ...
 
 
+#: Every model family by name (:attr:`ModelSpec.family`): the objects that carry each
+#: family's behaviour (:mod:`edgeser.models.families`).
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SSL, CNN, FUNCTIONALS)}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model name stands for."""
 
     name: str
-    family: str  # a key of edgeser.models.families.FAMILIES: "ssl", "cnn", "functionals"
+    family: str  # a key of FAMILIES: "ssl", "cnn", "functionals"
     encoder: str | None  # default encoder alias (ssl)
     normalize: str  # default normalisation
     description: str
@@ -207,6 +214,15 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 NORMALIZATIONS = ("auto", "none", "global", "speaker")
+
+
+def model_family(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise EdgeserError(
+            f"unknown model family {name!r}; use one of {', '.join(FAMILIES)}"
+        ) from None
 
 
 def model_spec(name: str) -> ModelSpec:
