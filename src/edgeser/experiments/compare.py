@@ -49,7 +49,7 @@ from edgeser.experiments.pipeline import paired_settings
 from edgeser.experiments.runs import run_loso
 from edgeser.exporting.calibration import speech_like
 from edgeser.exporting.exporter import export_model
-from edgeser.features.kinds import FeatureKind
+from edgeser.models.families import ModelFamily
 from edgeser.models.registry import FeatureEncoder, model_spec
 from edgeser.runtime.session import onnx_session, pad_batch
 from edgeser.training.folder import load_trained
@@ -83,22 +83,19 @@ def _median_ms(fn: Any, runs: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def _torch_latency(model: Any, encoder: FeatureEncoder, wave: np.ndarray, runs: int) -> float:
-    """PyTorch float32 milliseconds for one utterance: features + model."""
+def _torch_latency(
+    family: ModelFamily, model: Any, encoder: FeatureEncoder, wave: np.ndarray, runs: int
+) -> float:
+    """PyTorch float32 milliseconds for one utterance: features + model (an SSL model on
+    the plain transformers modules in float32)."""
     import torch
 
     model.eval()
-    whole = model.kind in (FeatureKind.MFCC, FeatureKind.FUNCTIONALS)  # one vector/window in
-    if not whole:  # the plain transformers modules in float32
-        encoder = encoder.variant(precision="fp32", impl="modules")
+    encoder = family.reference_encoder(encoder)
 
     def run() -> None:
         with torch.no_grad():
-            if whole:
-                model.head(encoder.encode([wave])[0][None])
-            else:
-                hidden = encoder.encode([wave])[0]
-                model.head(hidden[:, None])
+            family.forward_one(model.head, encoder.encode([wave])[0])
 
     return _median_ms(run, runs)
 
@@ -158,15 +155,15 @@ def compare(
     sets: dict[str, list[EvalSet]] = {}
     for name in names:
         values = dict((overrides or {}).get(name, {}))
-        if base.dimensions and model_spec(name).family != "ssl":
+        family = model_spec(name).model_family
+        if base.dimensions and not family.dimensions:
             logger.info("compare: %s has no dimensional output; trained on the classes only", name)
             values["dimensions"] = False
-        if (
-            model_spec(name).family == "cnn"
-            and "feature_norm" not in values
-            and base.feature_norm == "global"
+        if "feature_norm" not in values and base.feature_norm not in (
+            "auto",
+            *family.normalizations,
         ):
-            values["feature_norm"] = "auto"  # LIGHT-SERNET: none or per-speaker BatchNorm
+            values["feature_norm"] = "auto"  # e.g. LIGHT-SERNET: none or per-speaker BatchNorm
         # settings left unset take each model's own defaults (LIGHT-SERNET: its authors')
         cfg = base.for_model(name, **values)
         encoder = (encoders or {}).get(name)
@@ -207,7 +204,7 @@ def compare(
             "parameters": _num_parameters(model, encoder),
             "latency_seconds": latency_seconds,
         }
-        ms = _torch_latency(model, encoder, wave, latency_runs)
+        ms = _torch_latency(family, model, encoder, wave, latency_runs)
         row["pytorch_ms"] = ms
         row["pytorch_rtf"] = ms / 1000.0 / latency_seconds
         if export:

@@ -54,12 +54,12 @@ from edgeser.evaluation.uncertainty import (
 )
 from edgeser.features import FeatureStore, extract
 from edgeser.features.container import Features
-from edgeser.features.kinds import FeatureKind, feature_kind
+from edgeser.features.kinds import feature_kind
 from edgeser.models.registry import FeatureEncoder, normalization, signal_front_end
 from edgeser.split.protocols import Split
 from edgeser.training.folder import build_model, save_model
-from edgeser.training.normalize import group_stats, normalize_pooled, row_stats, standardize
-from edgeser.training.trainer import FeatureSet, SERModel, fit, predict_outputs
+from edgeser.training.strategies import train_strategy
+from edgeser.training.trainer import FeatureSet, SERModel, fit, predict_outputs, speaker_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ def speaker_normalized(feats: Features, frame: pd.DataFrame) -> Features:
     """Every utterance standardised with its speaker's statistics (clean features of all
     the speaker's utterances in ``frame``; labels are not used): frame-level statistics of
     pooled SSL features, or plain z-scores of functionals."""
-    vectors = feats.kind == FeatureKind.FUNCTIONALS
-    stats, apply = (row_stats, standardize) if vectors else (group_stats, normalize_pooled)
+    stats, apply = train_strategy(feats.kind).speaker_stats
     speakers = (list(ids) for _, ids in frame.groupby("speaker", sort=True)["utt_id"])
     return feats.standardized(speakers, stats, apply)
 
@@ -101,7 +100,7 @@ def compute_features(
     kind = feature_kind(cfg)
     t0 = time.perf_counter()
     front_end = signal_front_end(cfg)
-    if kind == FeatureKind.WAVE:
+    if not kind.cached:  # waveforms, augmented and encoded at every step
         feats = Features(kind)
         for uid, path in zip(frame["utt_id"], frame["path"], strict=True):
             feats.clean[uid] = front_end(load_audio(path, SAMPLE_RATE), SAMPLE_RATE)
@@ -130,7 +129,7 @@ def compute_features(
         for uid in train_ids:
             feats.views[uid] = [arrays[(uid, v)] for v in range(1, k + 1)]
     feats.seconds = time.perf_counter() - t0
-    if normalization(cfg) == "speaker" and kind != FeatureKind.MFCC:  # MFCC: in the network
+    if normalization(cfg) == "speaker" and not speaker_batchnorm(cfg, kind):  # else: in the net
         feats = speaker_normalized(feats, frame)
     return feats
 
@@ -167,7 +166,7 @@ def run_split(
     model = build_model(cfg, encoder, kind, train)
     val = feature_set(feats, frame, split.val, with_views=False, dims=dims) if split.val else None
     test = feature_set(feats, frame, split.test, with_views=False, dims=dims)
-    augmenter = Augmenter(cfg.augment) if kind == FeatureKind.WAVE else None
+    augmenter = Augmenter(cfg.augment) if train_strategy(kind).augments_online else None
     t0 = time.perf_counter()
     result = fit(cfg, model, train, val, out_dir, progress=progress, augmenter=augmenter)
     train_seconds = time.perf_counter() - t0

@@ -35,6 +35,7 @@ from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
 from edgeser.data.labels import DIMENSIONS
 from edgeser.exporting.calibration import calibration_waves
+from edgeser.exporting.recipes import EXPORT_VARIANTS, RECIPES, ExportRecipe
 from edgeser.models.registry import FeatureEncoder, normalization
 from edgeser.runtime.card import FORMAT_VERSION, MODEL_FORMAT, graph_metadata, make_card
 from edgeser.runtime.session import onnx_session, pad_batch
@@ -54,23 +55,10 @@ __all__ = [
 ]
 
 FORMAT = MODEL_FORMAT
-#: Optional extra files: variant name -> (file name, what it is).
+#: Optional extra files: variant name -> (file name, what it is), from the variant
+#: registry (:data:`~edgeser.exporting.recipes.EXPORT_VARIANTS`, which also converts).
 VARIANTS: dict[str, tuple[str, str]] = {
-    "int8-fast": (
-        "model.int8-fast.onnx",
-        "int8, more feature-extractor convolutions on uint8 activations: faster, less faithful",
-    ),
-    "float16": (
-        "model.float16.onnx",
-        "float16 weights widened to float32 when the session "
-        "is created: half the size of model.onnx, float32 speed and outputs",
-    ),
-    "float16-compute": (
-        "model.float16-compute.onnx",
-        "float16 weights and arithmetic, "
-        "float32 inputs/outputs: for runtimes with float16 kernels (GPU, "
-        "NNAPI, Core ML); no faster than float32 on an x86 CPU",
-    ),
+    name: (v.file, v.description) for name, v in EXPORT_VARIANTS.items()
 }
 _PARITY_TOLERANCE = 1e-4
 #: Dynamic axes of the feature extractor's tensors (edgeser.exporting.graph.STACK_TENSORS)
@@ -90,31 +78,16 @@ _LOOP_TOLERANCE = 1e-2
 # ------------------------------------------------------------------------ helpers
 
 
-def _check_model_dir(model_dir: Path) -> None:
-    if not model_dir.is_dir():
-        raise EdgeserError(f"{model_dir}: not a folder (expected a trained model folder)")
-    missing = [n for n in ("model.safetensors", "model.json") if not (model_dir / n).is_file()]
-    if missing:
+def _recipe(model_dir: Path, meta: dict[str, Any]) -> ExportRecipe:
+    """The export recipe of the model's feature kind; a kind with no ONNX form
+    (``egemaps``) is refused."""
+    recipe = RECIPES[str(meta["feature_kind"])]
+    if recipe.graph is None:
         raise EdgeserError(
-            f"{model_dir}: not an edgeser model folder (missing {', '.join(missing)}); pass "
-            "a folder written by 'edgeser train', e.g. RUN_DIR/production"
+            f"{model_dir}: {meta.get('model', 'egemaps')} is not exportable to ONNX: "
+            f"{recipe.refusal}; use it with 'edgeser evaluate --trained DIR'"
         )
-
-
-def _refuse_functionals(model_dir: Path) -> None:
-    """An ``egemaps`` model has no ONNX form: say so before loading anything."""
-    import json
-
-    try:
-        meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # load_trained reports a broken model.json
-    if isinstance(meta, dict) and meta.get("feature_kind") == "functionals":
-        raise EdgeserError(
-            f"{model_dir}: {meta.get('model', 'egemaps')} is not exportable to ONNX: eGeMAPS "
-            "functionals are computed by openSMILE (C++), which no ONNX graph can hold; "
-            "use it with 'edgeser evaluate --trained DIR'"
-        )
+    return recipe
 
 
 def build_export_graph(
@@ -127,45 +100,29 @@ def build_export_graph(
     ``encoder`` / ``encoder_source``: as :func:`~edgeser.training.folder.load_trained`.
 
     The reference encoder is the one whose weights the graph carries: the fine-tuned copy
-    for ``feature_kind == "conv"`` models, otherwise the frozen encoder.
+    for ``feature_kind == "conv"`` models, otherwise the frozen encoder. The graph is the
+    one the model's feature kind names (:data:`~edgeser.exporting.recipes.RECIPES`).
     """
-    from edgeser.exporting.graph import ExportGraph
-    from edgeser.features.kinds import FeatureKind  # the features package imports torch
-    from edgeser.training.folder import load_trained
+    # the training package imports torch
+    from edgeser.training.folder import check_model_dir, load_trained, peek_meta
 
     model_dir = Path(model_dir)
-    _check_model_dir(model_dir)
-    _refuse_functionals(model_dir)
+    check_model_dir(model_dir)
+    peeked = peek_meta(model_dir) or {}
+    if str(peeked.get("feature_kind")) in RECIPES:  # refused before anything is loaded
+        _recipe(model_dir, peeked)
     model, cfg, frozen, meta = load_trained(model_dir, encoder, encoder_source=encoder_source)
+    recipe = _recipe(model_dir, meta)
     if normalization(cfg) == "speaker":
-        other = "none" if meta.get("feature_kind") == FeatureKind.MFCC else "global"
         raise EdgeserError(
             f"{model_dir}: trained with per-speaker normalisation (--feature-norm speaker), "
             "which needs each speaker's statistics before predicting; a single-utterance "
-            f"graph cannot carry them. Train with --feature-norm {other} to export"
+            f"graph cannot carry them. Train with --feature-norm {recipe.exportable_norm} "
+            "to export"
         )
     front = meta.get("front_end") or {}
     temperature = float((meta.get("calibration") or {}).get("temperature", 1.0))
-    if meta.get("feature_kind") == FeatureKind.MFCC:
-        from edgeser.exporting.lightsernet_graph import LightSERNetGraph
-
-        graph = LightSERNetGraph(
-            model.head,
-            frozen.cfg,
-            preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
-            peak_normalize=bool(front.get("normalize", True)),
-            temperature=temperature,
-        )
-        return graph, frozen, meta
-    ref = model.encoder if meta.get("feature_kind") == FeatureKind.CONV else frozen
-    graph = ExportGraph(
-        ref.model,
-        model.head,
-        preemphasis=float(front.get("preemphasis", 0.97) or 0.0),
-        peak_normalize=bool(front.get("normalize", True)),
-        do_normalize=bool(getattr(ref, "do_normalize", False)),
-        temperature=temperature,
-    )
+    graph, ref = recipe.graph(model, frozen, front, temperature)
     return graph, ref, meta
 
 
@@ -330,17 +287,10 @@ def _calibration_card(calibration: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _training_info(meta: dict[str, Any], model_dir: Path) -> dict[str, Any]:
-    info: dict[str, Any] = {"config": meta.get("config"), "split": meta.get("split")}
-    corpora = meta.get("corpora")
-    if corpora is None:
-        import json
+    from edgeser.training.folder import training_corpora
 
-        run = model_dir / "train.json"
-        if run.is_file():
-            try:
-                corpora = json.loads(run.read_text(encoding="utf-8")).get("corpora")
-            except (OSError, ValueError):
-                corpora = None
+    info: dict[str, Any] = {"config": meta.get("config"), "split": meta.get("split")}
+    corpora = training_corpora(model_dir, meta)
     if corpora is not None:
         info["corpora"] = corpora
     return info
@@ -381,15 +331,10 @@ def export_model(
         raise EdgeserError(
             f"unknown export variant(s) {', '.join(unknown)}; available: {', '.join(VARIANTS)}"
         )
-    from edgeser.features.kinds import FeatureKind
-
     graph, _ref, meta = build_export_graph(model_dir, encoder, encoder_source=encoder_source)
-    cnn = meta.get("feature_kind") == FeatureKind.MFCC
-    if cnn and extra_variants:
-        raise EdgeserError(
-            f"export variants {', '.join(extra_variants)} apply to SSL-encoder "
-            "models, not LIGHT-SERNET"
-        )
+    recipe = _recipe(Path(model_dir), meta)
+    if recipe.variants_refusal and extra_variants:
+        raise EdgeserError(f"export variants {', '.join(extra_variants)} {recipe.variants_refusal}")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"float32": out_dir / "model.onnx"}
     logger.info("exporting %s to %s", model_dir, paths["float32"])
@@ -406,35 +351,17 @@ def export_model(
         _finish(graph, flat, paths["float32"], probe, tolerance=_PARITY_TOLERANCE)
         parity = _check_parity(graph, paths["float32"], probe)
         logger.info("float32 ONNX vs PyTorch: max |diff| %.2e", parity)
-        # kind -> (writer of a file from the flat graph; or from model.onnx, looped already)
-        made: dict[str, tuple[Any, bool]] = {}
-        if int8:
-            if cnn:
-                from edgeser.exporting.lightsernet_graph import quantize_lightsernet_int8
-
-                made["int8"] = (lambda out: quantize_lightsernet_int8(flat, out, waves), True)
-            else:
-                from edgeser.exporting.quantize import quantize_int8
-
-                made["int8"] = (lambda out: quantize_int8(flat, out, waves), True)
-        for variant in dict.fromkeys(extra_variants):
-            if variant == "int8-fast":
-                from edgeser.exporting.quantize import quantize_int8
-
-                made[variant] = (lambda out: quantize_int8(flat, out, waves, scheme="fast"), True)
-            else:  # float16 arithmetic: onnxruntime's converter handles the loop's body
-                from edgeser.exporting.halfprec import convert_float16
-
-                mode = "compute" if variant == "float16-compute" else "storage"
-                src = flat if mode == "storage" else paths["float32"]
-                made[variant] = (
-                    lambda out, mode=mode, src=src: convert_float16(src, out, mode=mode),
-                    mode == "storage",
-                )
-        for kind, (make, from_flat) in made.items():
-            paths[kind] = out_dir / (VARIANTS[kind][0] if kind in VARIANTS else "model.int8.onnx")
+        # kind -> (file name, converter, made from the flat graph, else from model.onnx)
+        made: dict[str, tuple[str, Any, bool]] = {}
+        if int8 and recipe.int8 is not None:
+            made["int8"] = ("model.int8.onnx", recipe.int8, True)
+        for name in dict.fromkeys(extra_variants):
+            variant = EXPORT_VARIANTS[name]
+            made[name] = (variant.file, variant.convert, variant.from_flat)
+        for kind, (file_name, convert, from_flat) in made.items():
+            paths[kind] = out_dir / file_name
             made_file = Path(tmp_dir) / f"{kind}.onnx"
-            make(made_file)
+            convert(flat if from_flat else paths["float32"], made_file, waves)
             _finish(graph, made_file, paths[kind], probe, tolerance=_LOOP_TOLERANCE, loop=from_flat)
         if "int8" in paths:  # the mobile form: ORT format + the reduced build's operators
             from edgeser.exporting.ortformat import write_ort
@@ -456,15 +383,7 @@ def export_model(
             "preemphasis": graph.preemphasis,
             "peak_normalize": graph.peak_normalize,
             **({"standardize": True} if getattr(graph, "do_normalize", False) else {}),
-            **(
-                {
-                    "window_seconds": graph.mfcc_cfg.seconds,
-                    "window": "first seconds, zero-padded",
-                    "features": "MFCC (LIGHT-SERNET)",
-                }
-                if cnn
-                else {}
-            ),
+            **recipe.card(graph),
         },
         dimensions=DIMENSIONS if getattr(graph, "has_dimensions", False) else None,
         files={k: p.name for k, p in paths.items()},
@@ -479,17 +398,7 @@ def export_model(
             "calibration": [str(c) for c in calibration]
             if calibration
             else "speech-like signals (edgeser.exporting.calibration.speech_like, seed 1234)",
-            "int8_scheme": None
-            if not int8
-            else (
-                "static QDQ (uint8 act, per-channel int8 weights) for the body "
-                "convolutions; MFCC front end, input paths and classifier in float"
-                if cnn
-                else "static QDQ (uint8 act, per-channel int8 weights, GPTQ "
-                "rounding) for the transformer linears and the second feature-extractor "
-                "convolution; weight-only int8 (DequantizeLinear, float32 "
-                "arithmetic) elsewhere"
-            ),
+            "int8_scheme": recipe.int8_scheme if int8 else None,
             **(
                 {"variants": {k: VARIANTS[k][1] for k in dict.fromkeys(extra_variants)}}
                 if extra_variants

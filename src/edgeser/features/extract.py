@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -110,25 +110,49 @@ class BatchEncoder:
             if s:
                 out.append(None)
                 continue
-            f = next(feats)
-            out.append(
-                summarise(self.kind, f)
-                if self.kind != FeatureKind.CONV
-                else f.to(torch.float16).numpy()
-            )
+            out.append(summarise(self.kind, next(feats)))
         return out
+
+
+def _pooled(hidden: torch.Tensor) -> np.ndarray:
+    """Hidden states ``[L, T, D]`` -> per-layer mean ‖ std over frames ``[L, 2D]`` float32."""
+    h = hidden.float()
+    mean = h.mean(dim=1)
+    std = torch.sqrt(h.var(dim=1, unbiased=False) + _STD_EPS)
+    return torch.cat([mean, std], dim=-1).numpy().astype(np.float32)
+
+
+def _float32(hidden: torch.Tensor) -> np.ndarray:
+    return hidden.float().numpy()
+
+
+def _float16(hidden: torch.Tensor) -> np.ndarray:
+    return hidden.to(torch.float16).numpy()
+
+
+def _hidden_states(encoder: FeatureEncoder, waves: list[np.ndarray]) -> list[torch.Tensor]:
+    return encoder.encode(waves)
+
+
+def _conv_outputs(encoder: FeatureEncoder, waves: list[np.ndarray]) -> list[torch.Tensor]:
+    """The convolutional feature extractor's outputs ``[T, 512]`` (fine-tuning)."""
+    return [encoder.conv_features(w) for w in waves]
+
+
+#: How each cached kind's features are made: kind -> (encode a batch of pre-processed
+#: waves, turn one output into the array the cache stores).
+MAKERS: dict[FeatureKind, tuple[Callable[..., list[torch.Tensor]], Callable[..., np.ndarray]]] = {
+    FeatureKind.POOLED: (_hidden_states, _pooled),
+    FeatureKind.FRAMES: (_hidden_states, _float16),
+    FeatureKind.CONV: (_conv_outputs, _float16),
+    FeatureKind.MFCC: (_hidden_states, _float32),
+    FeatureKind.FUNCTIONALS: (_hidden_states, _float32),
+}
 
 
 def summarise(kind: str, hidden: torch.Tensor) -> np.ndarray:
     """Turn one utterance's encoder output into the array stored for ``kind``."""
-    if kind == FeatureKind.POOLED:  # hidden [L, T, D] -> [L, 2D]
-        h = hidden.float()
-        mean = h.mean(dim=1)
-        std = torch.sqrt(h.var(dim=1, unbiased=False) + _STD_EPS)
-        return torch.cat([mean, std], dim=-1).numpy().astype(np.float32)
-    if kind in (FeatureKind.MFCC, FeatureKind.FUNCTIONALS):
-        return hidden.float().numpy()
-    return hidden.to(torch.float16).numpy()
+    return MAKERS[FeatureKind(kind)][1](hidden)
 
 
 def extract(
@@ -235,9 +259,7 @@ def _local_batches(
 
 
 def _encode(encoder: FeatureEncoder, kind: str, waves: list[np.ndarray]) -> list[torch.Tensor]:
-    if kind == FeatureKind.CONV:
-        return [encoder.conv_features(w) for w in waves]
-    return encoder.encode(waves)
+    return MAKERS[FeatureKind(kind)][0](encoder, waves)
 
 
 def _batches(

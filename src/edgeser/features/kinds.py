@@ -37,36 +37,41 @@ class FeatureKind(StrEnum):
 
     @property
     def cached(self) -> bool:
-        """Stored in the feature cache (everything but ``wave``)."""
-        return self is not FeatureKind.WAVE
+        """Stored in the feature cache (everything but ``wave``, which is loaded, augmented
+        online and encoded at every step)."""
+        return self not in _UNCACHED
 
     @property
     def uses_encoder_in_training(self) -> bool:
         """The model runs (part of) the encoder at every training step."""
-        return self in (FeatureKind.CONV, FeatureKind.WAVE)
+        return self in _ENCODER_IN_TRAINING
+
+    @property
+    def trains_encoder(self) -> bool:
+        """The encoder's upper layers are fine-tuned with the head (``conv``)."""
+        return self in _ENCODER_TRAINED
+
+
+#: Kinds whose model fine-tunes the encoder's upper layers (it holds its own copy).
+_ENCODER_TRAINED = frozenset({FeatureKind.CONV})
+#: Kinds whose model runs the encoder at every step (trained or frozen).
+_ENCODER_IN_TRAINING = _ENCODER_TRAINED | {FeatureKind.WAVE}
+#: Kinds that are not cached: pre-processed waveforms.
+_UNCACHED = frozenset({FeatureKind.WAVE})
 
 
 CACHED_KINDS: tuple[FeatureKind, ...] = tuple(k for k in FeatureKind if k.cached)
 
 
 def feature_kind(cfg: Any) -> FeatureKind:
-    """Which features a config trains on (see :mod:`edgeser.training.trainer`)."""
+    """Which features a config trains on (see :mod:`edgeser.training.trainer`): the
+    family's own (:attr:`~edgeser.models.families.ModelFamily.features`), or, for SSL
+    models, the one the pooling, ``--train`` and ``--aug-mode`` settings pick."""
     norm = normalization(cfg)
-    family = model_spec(cfg.model).family
-    if family == "functionals":
-        if cfg.aug_mode == "online" or cfg.train == "encoder" or cfg.dimensions:
-            raise EdgeserError(
-                f"{cfg.model} fits a linear classifier on cached functionals: "
-                "use --train head --aug-mode cached, without --dimensions"
-            )
-        return FeatureKind.FUNCTIONALS
-    if family == "cnn":
-        if cfg.aug_mode == "online" or cfg.train == "encoder":
-            raise EdgeserError(
-                f"{cfg.model} trains from scratch on cached MFCC views: "
-                "use --train head --aug-mode cached"
-            )
-        return FeatureKind.MFCC
+    family = model_spec(cfg.model).model_family
+    if family.features is not None:
+        family.check_features(cfg)
+        return FeatureKind(family.features)
     if norm != "none" and (
         cfg.aug_mode == "online" or cfg.train == "encoder" or cfg.pooling == "attention"
     ):

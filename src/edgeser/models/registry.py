@@ -1,6 +1,6 @@
 """The models ``--model NAME`` selects, and what each one means.
 
-Two families:
+Three families (their behaviour: :mod:`edgeser.models.families`):
 
 * **SSL models** (``distilhubert``, ``hubert-base``, ``wav2vec2-base``, ``wavlm-base-plus``,
   ``pepino``): a frozen self-supervised encoder, a learnable softmax-weighted sum over all
@@ -43,8 +43,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from edgeser.audio.frontend import FrontEnd
 from edgeser.core.errors import EdgeserError
+from edgeser.models.families import CNN, FUNCTIONALS, SSL, ModelFamily
 
 __all__ = [
+    "FAMILIES",
     "LIGHT_SERNET_AUTHORS",
     "LIGHT_SERNET_DEFAULTS",
     "MODELS",
@@ -52,6 +54,7 @@ __all__ = [
     "ModelSpec",
     "encoder_source",
     "make_encoder",
+    "model_family",
     "model_spec",
     "normalization",
     "signal_front_end",
@@ -108,12 +111,17 @@ class FeatureEncoder(Protocol):
     def encode(self, waves: Sequence[Any]) -> list[Any]: ...
 
 
+#: Every model family by name (:attr:`ModelSpec.family`): the objects that carry each
+#: family's behaviour (:mod:`edgeser.models.families`).
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SSL, CNN, FUNCTIONALS)}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model name stands for."""
 
     name: str
-    family: str  # "ssl", "cnn" or "functionals"
+    family: str  # a key of FAMILIES: "ssl", "cnn", "functionals"
     encoder: str | None  # default encoder alias (ssl)
     normalize: str  # default normalisation
     description: str
@@ -124,6 +132,11 @@ class ModelSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     #: ``--recipe NAME``: settings that replace :attr:`defaults` under that recipe
     recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def model_family(self) -> ModelFamily:
+        """The family object that carries the behaviour :attr:`family` names."""
+        return model_family(self.family)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -203,6 +216,15 @@ MODELS: dict[str, ModelSpec] = {
 NORMALIZATIONS = ("auto", "none", "global", "speaker")
 
 
+def model_family(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise EdgeserError(
+            f"unknown model family {name!r}; use one of {', '.join(FAMILIES)}"
+        ) from None
+
+
 def model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
@@ -213,16 +235,7 @@ def model_spec(name: str) -> ModelSpec:
 def encoder_source(cfg: Any) -> str:
     """The encoder source a config resolves to (``auto``: the model's default encoder)."""
     spec = model_spec(cfg.model)
-    if spec.family == "cnn":
-        return "mfcc"
-    if spec.family == "functionals":
-        return "egemaps"
-    text = str(cfg.encoder).strip()
-    if text in ("", "auto"):
-        return str(spec.encoder)
-    if text.lower() == "random" and spec.encoder != "distilhubert":
-        return f"random:{spec.encoder}"
-    return text
+    return spec.model_family.source(spec, cfg)
 
 
 def normalization(cfg: Any) -> str:
@@ -232,13 +245,7 @@ def normalization(cfg: Any) -> str:
     layers use each speaker's statistics (:func:`edgeser.training.trainer.speaker_batchnorm`)."""
     spec = model_spec(cfg.model)
     mode = spec.normalize if cfg.feature_norm == "auto" else cfg.feature_norm
-    if mode == "global" and spec.family == "cnn":
-        raise EdgeserError(
-            f"--feature-norm global applies to SSL-encoder models and egemaps; "
-            f"{cfg.model} takes none or speaker (per-speaker BatchNorm "
-            "statistics)"
-        )
-    return mode
+    return spec.model_family.check_normalization(mode, cfg.model)
 
 
 def signal_front_end(cfg: Any) -> FrontEnd:
@@ -250,26 +257,14 @@ def signal_front_end(cfg: Any) -> FrontEnd:
     slopes measure and whose level its loudness descriptors carry, so it gets the
     resampled mono signal, trimmed as configured, without pre-emphasis or peak
     normalisation (``--preemphasis`` and ``--normalize`` do not apply to it)."""
-    front = cfg.front_end
-    if model_spec(cfg.model).family == "functionals":
-        return FrontEnd(trim=front.trim, top_db=front.top_db, preemphasis=0.0, normalize=False)
-    return front
+    return model_spec(cfg.model).model_family.front_end(cfg.front_end)
 
 
 def make_encoder(cfg: Any) -> FeatureEncoder:
     """The feature extractor of a config: an :class:`~edgeser.models.ssl.Encoder` for
-    SSL models, the MFCC front end for LIGHT-SERNET, openSMILE's eGeMAPS for ``egemaps``."""
-    # here, not at the top: the registry is read by the config of every command, and
-    # models.ssl imports transformers
-    family = model_spec(cfg.model).family
-    if family == "cnn":
-        from edgeser.models.lightsernet import MFCCConfig, MFCCFrontEnd
-
-        return MFCCFrontEnd(MFCCConfig(seconds=cfg.mfcc_seconds))
-    if family == "functionals":
-        from edgeser.models.egemaps import EGeMAPSFrontEnd
-
-        return EGeMAPSFrontEnd()
-    from edgeser.models.ssl import load_encoder
-
-    return load_encoder(encoder_source(cfg), seed=cfg.encoder_seed, precision=cfg.precision)
+    SSL models, the MFCC front end for LIGHT-SERNET, openSMILE's eGeMAPS for ``egemaps``
+    (:meth:`ModelFamily.make_encoder <edgeser.models.families.ModelFamily>`; the encoders
+    are imported there, when built: the registry is read by the config of every command,
+    and models.ssl imports transformers)."""
+    spec = model_spec(cfg.model)
+    return spec.model_family.make_encoder(spec, cfg)

@@ -4,7 +4,9 @@ A finished model is ``model.safetensors`` (weights) + ``model.json`` (config,
 labels, encoder identity, metrics). While training, ``state.safetensors`` +
 ``state.json`` hold the model, the optimizer's moment estimates, torch's RNG
 state and the epoch history after every epoch, written atomically, so an
-interrupted run resumes from its last finished epoch. Nothing is unpickled.
+interrupted run resumes from its last finished epoch; ``best.safetensors`` holds the
+weights of the best epoch so far (:func:`save_best`, :func:`load_best`). Nothing is
+unpickled.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from edgeser.core.errors import EdgeserError
 from edgeser.core.io import atomic_path, write_json
+
+#: The best epoch's weights while training (beside ``state.safetensors``).
+BEST = "best.safetensors"
 
 
 def save_weights(
@@ -47,6 +52,18 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
     return tensors, meta
 
 
+def save_best(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write the best epoch's weights to ``folder/best.safetensors`` atomically."""
+    with atomic_path(folder / BEST) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+
+
+def load_best(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The weights :func:`save_best` wrote, or ``None`` when there are none."""
+    p = folder / BEST
+    return load_file(str(p)) if p.is_file() else None
+
+
 def save_state(
     folder: Path,
     model: torch.nn.Module,
@@ -68,12 +85,18 @@ def save_state(
     save_weights(folder / "state.safetensors", tensors, {**info, "param_groups": groups})
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's content (a sidecar, cheap: no tensors read), or ``None`` when it is
+    missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def read_state_info(folder: Path) -> dict[str, Any] | None:
     """The JSON part of a saved training state (cheap: no tensors read), or ``None``."""
-    try:
-        return json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(folder / "state.json")
 
 
 def load_state(

@@ -2,8 +2,9 @@
 record (config, labels, encoder identity, split, metrics; not an exported model's card,
 :mod:`edgeser.runtime.card`), written by every training run
 (:func:`save_model`) and read by evaluation, export and comparison (:func:`load_trained`,
-which returns a :class:`TrainedModel`). :func:`build_model` makes the model a config
-describes, fresh or to load weights into."""
+which returns a :class:`TrainedModel`; :func:`check_model_dir`, :func:`peek_meta` and
+:func:`training_corpora` read what export needs before or beside the weights).
+:func:`build_model` makes the model a config describes, fresh or to load weights into."""
 
 from __future__ import annotations
 
@@ -21,9 +22,7 @@ from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
 from edgeser.data.labels import LABELS
 from edgeser.features.kinds import FeatureKind
-from edgeser.models.egemaps import LinearClassifier
 from edgeser.models.head import EmotionHead
-from edgeser.models.lightsernet import LightSERNet, LightSERNetConfig
 from edgeser.models.registry import (
     FeatureEncoder,
     make_encoder,
@@ -32,11 +31,19 @@ from edgeser.models.registry import (
     signal_front_end,
 )
 from edgeser.models.ssl import load_encoder, recorded_source
-from edgeser.training.checkpoint import load_weights, save_weights
+from edgeser.training.checkpoint import load_weights, read_json, save_weights
 from edgeser.training.normalize import group_stats
 from edgeser.training.trainer import FeatureSet, SERModel, head_config
 
-__all__ = ["TrainedModel", "build_model", "load_trained", "save_model"]
+__all__ = [
+    "TrainedModel",
+    "build_model",
+    "check_model_dir",
+    "load_trained",
+    "peek_meta",
+    "save_model",
+    "training_corpora",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +63,22 @@ def build_model(
 ) -> SERModel:
     """A fresh model for ``cfg``; ``train`` gives the statistics of ``--feature-norm global``
     (without it, they are left for ``load_state_dict`` to fill)."""
+    kind = FeatureKind(kind)
+    build_network = model_spec(cfg.model).model_family.build_network
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        if kind == FeatureKind.MFCC:
-            net = LightSERNet(
-                LightSERNetConfig(num_classes=len(LABELS), dropout=cfg.dropout, mfcc=encoder.cfg)
-            )
-            return SERModel(net, None, kind=kind)
-        if kind == FeatureKind.FUNCTIONALS:
-            return SERModel(LinearClassifier(encoder.num_features, len(LABELS)), None, kind=kind)
+        if build_network is not None:  # a network on the encoder's whole output
+            return SERModel(build_network(cfg, encoder), None, kind=kind)
         hcfg = head_config(cfg, encoder.num_hidden_states, encoder.hidden_size)
         if normalization(cfg) == "global":
             hcfg = dataclasses.replace(hcfg, normalize=True)
         head = EmotionHead(hcfg)
     if hcfg.normalize and train is not None:
         head.set_normalization(*map(torch.from_numpy, group_stats(train.clean)))
-    if kind == FeatureKind.CONV:
+    if kind.trains_encoder:
         # Each model fine-tunes its own copy: folds must not inherit each other's updates.
         encoder = copy.deepcopy(encoder).unfreeze_upper()
-    trains_with_encoder = FeatureKind(kind).uses_encoder_in_training
-    return SERModel(head, encoder if trains_with_encoder else None, kind=kind)
+    return SERModel(head, encoder if kind.uses_encoder_in_training else None, kind=kind)
 
 
 def save_model(
@@ -147,7 +150,7 @@ def load_trained(
             f"{model_dir}: model.json is not an edgeser training record ({e})"
         ) from None
     if encoder is None:
-        if model_spec(cfg.model).family != "ssl":
+        if model_spec(cfg.model).model_family.encoder_source is not None:  # fixed, rebuilt
             encoder = make_encoder(cfg)
         else:
             if encoder_source:
@@ -168,3 +171,32 @@ def load_trained(
     except RuntimeError as e:
         raise EdgeserError(f"{model_dir}: weights do not fit the model ({e})") from None
     return TrainedModel(model, cfg, encoder, meta)
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Raise a one-line :class:`EdgeserError` unless ``model_dir`` holds a trained model."""
+    if not model_dir.is_dir():
+        raise EdgeserError(f"{model_dir}: not a folder (expected a trained model folder)")
+    missing = [n for n in ("model.safetensors", "model.json") if not (model_dir / n).is_file()]
+    if missing:
+        raise EdgeserError(
+            f"{model_dir}: not an edgeser model folder (missing {', '.join(missing)}); pass "
+            "a folder written by 'edgeser train', e.g. RUN_DIR/production"
+        )
+
+
+def peek_meta(model_dir: Path) -> dict[str, Any] | None:
+    """``model.json`` without the weights (to refuse a model before loading anything);
+    ``None`` when it is unreadable (:func:`load_trained` then says why)."""
+    meta = read_json(model_dir / "model.json")
+    return meta if isinstance(meta, dict) else None
+
+
+def training_corpora(model_dir: Path, meta: dict[str, Any]) -> Any:
+    """The corpora a trained model learnt from: ``model.json``'s ``corpora``, else the
+    ``corpora`` of the run's ``train.json`` beside it (None when neither says)."""
+    corpora = meta.get("corpora")
+    if corpora is None:
+        run = read_json(model_dir / "train.json")
+        corpora = run.get("corpora") if isinstance(run, dict) else None
+    return corpora

@@ -1,6 +1,7 @@
 """Training loop for the emotion head (and, optionally, the upper encoder layers).
 
-Inputs come as a :class:`FeatureSet` of one of four kinds:
+Inputs come as a :class:`FeatureSet` of one of six kinds (what each does differently is
+its strategy, :mod:`edgeser.training.strategies`):
 
 * ``pooled``: cached per-layer mean/std vectors ``[L, 2D]`` (the default, fast path);
 * ``frames``: cached hidden states ``[L, T, D]`` (attention pooling);
@@ -44,14 +45,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edgeser.audio.augment import Augmenter
-from edgeser.audio.io import SAMPLE_RATE
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.core.io import atomic_path, sha256_text
+from edgeser.core.io import sha256_text
 from edgeser.core.progress import EpochLog, is_terminal, progress_bar
 from edgeser.data.labels import LABELS
 from edgeser.evaluation.dimensions import DIMENSIONS, dimension_metrics
@@ -59,9 +58,15 @@ from edgeser.evaluation.metrics import compute_metrics
 from edgeser.features.kinds import FeatureKind
 from edgeser.models.head import HeadConfig
 from edgeser.models.registry import FeatureEncoder, normalization
-from edgeser.training.checkpoint import load_state, read_state_info, save_state
-from edgeser.training.linear import fit_linear
+from edgeser.training.checkpoint import (
+    load_best,
+    load_state,
+    read_state_info,
+    save_best,
+    save_state,
+)
 from edgeser.training.losses import ccc_loss, make_loss
+from edgeser.training.strategies import collate, train_strategy
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +114,15 @@ class SERModel(nn.Module):
         self.kind = kind = FeatureKind(kind)
         # Registered as a sub-module only when it is trained (conv kind), so the
         # frozen encoder's weights are not duplicated into head checkpoints.
-        if kind == FeatureKind.CONV:
+        if kind.trains_encoder:
             self.encoder = encoder
         else:
             self._frozen_encoder = encoder
+
+    @property
+    def trained_encoder(self) -> FeatureEncoder | None:
+        """The encoder fine-tuned with the head (``conv``), else None."""
+        return self.encoder if self.kind.trains_encoder else None
 
     @property
     def has_dimensions(self) -> bool:
@@ -124,28 +134,7 @@ class SERModel(nn.Module):
 
     def outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class logits ``[B, C]`` and the dimensional output ``[B, K]`` (None without)."""
-        if self.kind == FeatureKind.MFCC:
-            return self.head(batch["mfcc"]), None
-        if self.kind == FeatureKind.FUNCTIONALS:
-            return self.head(batch["functionals"]), None
-        z = self._embed(batch)
-        dims = self.head.dimensions(z) if self.has_dimensions else None
-        return self.head.classifier(z), dims
-
-    def _embed(self, batch: dict[str, Any]) -> torch.Tensor:
-        kind = self.kind
-        if kind == FeatureKind.POOLED:
-            return self.head.embed_pooled(batch["pooled"])
-        if kind == FeatureKind.FRAMES:
-            return self.head.embed(batch["frames"], batch["mask"])
-        if kind == FeatureKind.CONV:
-            hidden = self.encoder.forward_from_conv(batch["conv"], batch["mask"])
-            return self.head.embed(hidden, batch["mask"][:, : hidden.shape[2]])
-        enc = self._frozen_encoder
-        with torch.no_grad():
-            outs = enc.encode(batch["waves"])
-        pooled = [self.head.pool_layers(o.unsqueeze(1)) for o in outs]  # [L,1,P] each
-        return self.head.embed_pooled(torch.cat(pooled, dim=1))
+        return train_strategy(self.kind).forward(self, batch)
 
 
 def head_config(cfg: TrainConfig, num_layers: int, hidden_size: int) -> HeadConfig:
@@ -160,38 +149,6 @@ def head_config(cfg: TrainConfig, num_layers: int, hidden_size: int) -> HeadConf
     )
 
 
-def collate(kind: str, arrays: Sequence[np.ndarray], pooling: str) -> dict[str, Any]:
-    """Batch per-utterance arrays into model inputs."""
-    if kind == FeatureKind.POOLED:
-        x = torch.from_numpy(np.stack(arrays)).float()  # [B, L, 2D]
-        if pooling == "mean":
-            x = x[..., : x.shape[-1] // 2]
-        return {"pooled": x.transpose(0, 1).contiguous()}
-    if kind == FeatureKind.WAVE:
-        return {"waves": list(arrays)}
-    if kind == FeatureKind.MFCC:  # fixed-length windows
-        return {"mfcc": torch.from_numpy(np.stack(arrays)).float()}
-    if kind == FeatureKind.FUNCTIONALS:  # one vector per utterance
-        return {"functionals": torch.from_numpy(np.stack(arrays)).float()}
-    time_axis = 1 if kind == FeatureKind.FRAMES else 0
-    lengths = [a.shape[time_axis] for a in arrays]
-    t = max(lengths)
-    if kind == FeatureKind.FRAMES:
-        out = np.zeros((arrays[0].shape[0], len(arrays), t, arrays[0].shape[2]), np.float32)
-        for i, a in enumerate(arrays):
-            out[:, i, : a.shape[1]] = a
-        key = "frames"
-    else:
-        out = np.zeros((len(arrays), t, arrays[0].shape[1]), np.float32)
-        for i, a in enumerate(arrays):
-            out[i, : a.shape[0]] = a
-        key = "conv"
-    mask = torch.zeros(len(arrays), t, dtype=torch.bool)
-    for i, n in enumerate(lengths):
-        mask[i, :n] = True
-    return {key: torch.from_numpy(out), "mask": mask}
-
-
 def _batches(n: int, size: int, order: np.ndarray) -> Iterator[np.ndarray]:
     for i in range(0, n, size):
         yield order[i : i + size]
@@ -200,7 +157,7 @@ def _batches(n: int, size: int, order: np.ndarray) -> Iterator[np.ndarray]:
 def speaker_batchnorm(cfg: TrainConfig, kind: str) -> bool:
     """Whether a run normalises per speaker inside the network: LIGHT-SERNET with
     ``--feature-norm speaker``, whose BatchNorm layers then see one speaker at a time."""
-    return FeatureKind(kind) == FeatureKind.MFCC and normalization(cfg) == "speaker"
+    return train_strategy(kind).speaker_batchnorm and normalization(cfg) == "speaker"
 
 
 def _speaker_batches(
@@ -321,9 +278,10 @@ def fit(
     missing = [LABELS[i] for i, c in enumerate(counts) if c == 0]
     if missing:
         raise EdgeserError(f"class {', '.join(missing)} has no training examples")
-    if model.kind == FeatureKind.FUNCTIONALS:  # fitted by scikit-learn, in one go
+    fit_once = train_strategy(model.kind).fit_once
+    if fit_once is not None:  # e.g. eGeMAPS: fitted by scikit-learn, in one go
         out_dir.mkdir(parents=True, exist_ok=True)
-        history, best = fit_linear(cfg, model.head, train, val)
+        history, best = fit_once(cfg, model.head, train, val)
         return FitResult(model=model.eval(), history=history, best_epoch=best, resumed_from=0)
     torch.manual_seed(cfg.seed)
     loss_fn = make_loss(
@@ -353,8 +311,8 @@ def fit(
         start = len(history)
         best_epoch = info["best_epoch"]
         best = (float(info["best"][0]), float(info["best"][1]))
-        if best_epoch >= 0 and (out_dir / "best.safetensors").is_file():
-            best_state = load_file(str(out_dir / "best.safetensors"))
+        if best_epoch >= 0:
+            best_state = load_best(out_dir)
         log.info("resuming %s after epoch %d", out_dir, start)
     resumed_from = start
     n = len(train)
@@ -418,7 +376,7 @@ def fit(
                 if score > best:
                     best, best_epoch = score, epoch
                     best_state = copy.deepcopy(model.state_dict())
-                    _save_best(out_dir, best_state)
+                    save_best(out_dir, best_state)
             history.append(record)
             bar.set_postfix_str(" ".join(f"{k}={v:.3f}" for k, v in record.items() if k != "epoch"))
             save_state(
@@ -481,7 +439,7 @@ def _optimizer(cfg: TrainConfig, model: SERModel) -> torch.optim.Optimizer:
         groups.append({"params": head_params, "weight_decay": cfg.weight_decay})
     for g in groups:
         g["lr"] = g["initial_lr"] = cfg.lr
-    if model.kind == FeatureKind.CONV:
+    if model.trained_encoder is not None:
         enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
         groups.append(
             {
@@ -496,11 +454,6 @@ def _optimizer(cfg: TrainConfig, model: SERModel) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups)
 
 
-def _save_best(out_dir: Path, state: dict[str, torch.Tensor]) -> None:
-    with atomic_path(out_dir / "best.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-
-
 def _train_arrays(
     data: FeatureSet,
     idx: np.ndarray,
@@ -509,20 +462,7 @@ def _train_arrays(
     cfg: TrainConfig,
     augmenter: Augmenter | None,
 ) -> list[np.ndarray]:
-    if data.kind == FeatureKind.WAVE:
-        if augmenter is None or cfg.aug_views == 0:
-            return [data.clean[i] for i in idx]
-        return [
-            augmenter(
-                data.clean[i],
-                SAMPLE_RATE,
-                seed=(cfg.seed * 7919 + epoch * 104_729 + int(i)) % (2**31),
-            )
-            for i in idx
-        ]
-    if data.views:
-        return [data.views[i][view_pick[i]] for i in idx]
-    return [data.clean[i] for i in idx]
+    return train_strategy(data.kind).draw(data, idx, view_pick, epoch, cfg, augmenter)
 
 
 @torch.no_grad()

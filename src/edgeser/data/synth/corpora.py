@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from edgeser.core.io import write_text
+from edgeser.data.corpora import corpus, synth_names
 from edgeser.data.recipes.cremad import SENTENCES as _CREMAD_SENTENCE_TEXT
 from edgeser.data.recipes.ravdess import STATEMENTS as _RAVDESS_STATEMENT_TEXT
 
@@ -60,8 +61,9 @@ log = logging.getLogger(__name__)
 #: Corpus sizes: ``small`` (seconds to generate; demo and tests) and ``paper`` (the real
 #: corpora's counts).
 SCALES: tuple[str, ...] = ("small", "paper")
-#: Corpus names accepted by :func:`synthesize_corpus`.
-CORPORA: tuple[str, ...] = ("iemocap", "cremad", "ravdess")
+#: Corpus names accepted by :func:`synthesize_corpus`: the corpora of the registry
+#: (:mod:`edgeser.data.corpora`) with a generator.
+CORPORA: tuple[str, ...] = synth_names()
 
 T = TypeVar("T")
 
@@ -565,9 +567,6 @@ def _ravdess_jobs(root: Path, scale: str, seed: int) -> list[WavJob]:
 
 # --------------------------------------------------------------------------- dispatch
 
-_WRITERS = {"iemocap": synth_iemocap, "cremad": synth_cremad, "ravdess": synth_ravdess}
-_ALIASES = {"crema-d": "cremad", "crema_d": "cremad"}
-
 
 def synthesize_corpus(
     name: str,
@@ -578,8 +577,10 @@ def synthesize_corpus(
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
-    """Write synthetic corpus ``name`` (iemocap, cremad or ravdess) with ``out`` as its root."""
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _WRITERS:
+    """Write synthetic corpus ``name`` (iemocap, cremad or ravdess) with ``out`` as its root;
+    the generator is the one the corpus registry names (:mod:`edgeser.data.corpora`)."""
+    entry = corpus(name)
+    if entry is None or entry.synth is None:
         raise ValueError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
-    return _WRITERS[key](out, scale=scale, seed=seed, progress=progress, workers=workers)
+    write = entry.synth_function()
+    return write(out, scale=scale, seed=seed, progress=progress, workers=workers)
