@@ -27,9 +27,9 @@ from edgeser.runtime.segments import SpeechSplitter, array_blocks, speech_segmen
 from edgeser.runtime.testing import make_dummy_model
 from edgeser.runtime.vad import SegmenterConfig, make_vad
 from edgeser.serve.app import ServeLimits, key_matches, read_api_keys
-from edgeser.serve.cli import exposure_warning, make_serve_server
 from edgeser.serve.client import ServerError, endpoint, predict_file, stream_blocks, stream_file
 from edgeser.serve.protocol import ProtocolError, decode_frame, parse_session_start
+from edgeser.serve.server import exposure_warning, make_serve_server
 
 pytest.importorskip("websockets")
 from websockets.asyncio.client import connect

@@ -1,31 +1,21 @@
-"""``edgeser serve MODEL`` (registered by :mod:`edgeser.cli`) and :func:`make_serve_server`.
+"""The server commands: ``edgeser web MODEL_DIR`` (the browser page,
+:mod:`edgeser.web.server`) and ``edgeser serve MODEL`` (the real-time API,
+:mod:`edgeser.serve.server`); both listen on 127.0.0.1 unless ``--host`` says otherwise.
 
-``edgeser web`` is this server without the API: the same page route, the same socket,
-Host check and connection limits (:mod:`edgeser.web.server`), no model loaded and no
-numpy or onnxruntime imported.
+``web`` imports neither numpy nor onnxruntime; ``serve`` loads its model when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from edgeser.cli.options import add_api_key_file, add_server_arguments, positive
 from edgeser.core.errors import EdgeserError
-from edgeser.serve.app import ServeLimits
-from edgeser.web.server import (
-    SERVE_EXTRA,
-    AppServer,
-    Limits,
-    add_server_arguments,
-    is_loopback,
-    warn_if_exposed,
-)
 
-#: ``edgeser serve``'s limit options: (:class:`ServeLimits` field, type, metavar, help
-#: with the default); ``--max-streams`` is ``max_streams`` and so on.
+#: ``edgeser serve``'s limit options: (:class:`~edgeser.serve.app.ServeLimits` field, type,
+#: metavar, help with the default); ``--max-streams`` is ``max_streams`` and so on.
 LIMIT_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
     (
         "max_streams",
@@ -54,84 +44,53 @@ LIMIT_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
 )
 
 
-def make_serve_server(
-    model: str | os.PathLike[str],
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    limits: ServeLimits | None = None,
-    connections: Limits | None = None,
-    api_keys: tuple[bytes, ...] = (),
-    allowed_hosts: tuple[str, ...] = (),
-    allowed_origins: tuple[str, ...] = (),
-    page: bool = True,
-    workers: int = 2,
-    threads: int = 1,
-) -> AppServer:
-    """A bound ``edgeser serve`` server for an exported model (folder or ONNX file); not yet
-    serving (:meth:`AppServer.start` or :meth:`AppServer.serve`). SIGTERM, Ctrl-C and
-    :meth:`AppServer.stop` drain it: no new streams, the open ones get their results and a
-    ``session.end``, then it stops."""
-    from edgeser.serve.app import create_serve_app, load_serving_model
+def _check_connections(args: argparse.Namespace) -> None:
+    if args.max_connections < 1:
+        raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
 
-    lim = (limits or ServeLimits()).validate()
-    conn = connections or Limits()
-    app = create_serve_app(
-        load_serving_model(model, threads=threads),
-        limits=lim,
-        api_keys=api_keys,
-        allowed_hosts=allowed_hosts,
-        allowed_origins=allowed_origins,
-        page=page,
-        workers=workers,
+
+# --------------------------------------------------------------------------- web
+def add_web(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``edgeser web MODEL_DIR [--port P] [--host H] [--allow-host NAME]``."""
+    from edgeser.web.server import SERVE_EXTRA
+
+    p: argparse.ArgumentParser = sub.add_parser(
+        "web",
+        help="serve the on-device browser page for an exported model (nothing leaves the device)",
+        description="Serve the browser page and MODEL_DIR's exported model (model.json, "
+        "model.int8.onnx) from this machine. The page classifies audio files on the visitor's "
+        "device with onnxruntime-web. Needs " + SERVE_EXTRA + ".",
     )
-    state = app.state.serve
-    # uvicorn counts the WebSocket streams among its connections: HTTP keeps its own share.
-    conn = Limits(
-        max_connections=conn.max_connections + lim.max_streams,
-        header_timeout=conn.header_timeout,
-        keep_alive=conn.keep_alive,
-        backlog=conn.backlog,
+    p.add_argument("model_dir", type=Path, help="exported model folder (model.json inside)")
+    add_server_arguments(p)
+    p.set_defaults(func=run_web)
+    return p
+
+
+def run_web(args: argparse.Namespace) -> int:
+    from edgeser.web.server import Limits, make_server, warn_if_exposed
+
+    _check_connections(args)
+    server = make_server(
+        args.model_dir,
+        args.host,
+        args.port,
+        limits=Limits(max_connections=args.max_connections),
+        allowed_hosts=args.allow_host,
     )
-    server = AppServer(
-        app,
-        host,
-        port,
-        conn,
-        websockets=True,
-        ws_max_size=2 * lim.max_message_bytes + 64,
-        drain=state.drain,
-        drain_timeout=max(10.0, 2 * lim.idle_timeout),
-    )
-    server.app_state = state  # type: ignore[attr-defined]
-    return server
+    warn_if_exposed(args.host, "the page and the model")
+    print(f"serving {args.model_dir} at {server.url} (Ctrl-C stops)", flush=True)
+    server.serve()
+    print("stopped", file=sys.stderr)
+    return 0
 
 
-def exposure_warning(host: str, keys: tuple[bytes, ...]) -> str | None:
-    """The warning for an address other machines reach without API keys (else None)."""
-    if keys or is_loopback(host):
-        return None
-    return (
-        f"edgeser: warning: listening on {host} without --api-key-file: anyone who "
-        "reaches this address can use the API"
-    )
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-
-    return parse
-
-
-def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
+# --------------------------------------------------------------------------- serve
+def add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``edgeser serve MODEL [--host H] [--port P] [--api-key-file F] ...``."""
+    from edgeser.serve.app import ServeLimits
+    from edgeser.web.server import SERVE_EXTRA
+
     d = ServeLimits()
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
@@ -150,12 +109,9 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
         help="exported model folder (its 8-bit file) or an .onnx file with model.json beside it",
     )
     add_server_arguments(p)
-    p.add_argument(
-        "--api-key-file",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="API keys, one a line: every request but /healthz and /readyz needs "
+    add_api_key_file(
+        p,
+        "API keys, one a line: every request but /healthz and /readyz needs "
         "'Authorization: Bearer KEY' (WebSocket: or ?token=KEY)",
     )
     p.add_argument(
@@ -178,7 +134,7 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
         default = getattr(d, field)
         lim.add_argument(
             "--" + field.replace("_", "-"),
-            type=float if field == "max_lead" else _positive(kind),
+            type=float if field == "max_lead" else positive(kind),
             default=default,
             metavar=metavar,
             help=text.format(default=f"{default:g}" if kind is float else default),
@@ -186,14 +142,14 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     run = p.add_argument_group("compute")
     run.add_argument(
         "--workers",
-        type=_positive(int),
+        type=positive(int),
         default=2,
         metavar="N",
         help="threads for VAD and for the model (default 2)",
     )
     run.add_argument(
         "--threads",
-        type=_positive(int),
+        type=positive(int),
         default=1,
         metavar="N",
         help="onnxruntime threads per model run (default 1)",
@@ -211,14 +167,14 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     )
     scale.add_argument(
         "--replicas",
-        type=_positive(int),
+        type=positive(int),
         default=1,
         metavar="N",
         help="replicas of the model with --ray (default 1)",
     )
     scale.add_argument(
         "--replica-cpus",
-        type=_positive(float),
+        type=positive(float),
         default=1.0,
         metavar="X",
         help="CPUs Ray reserves for each replica (default 1)",
@@ -228,14 +184,13 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from edgeser.serve.app import read_api_keys
+    from edgeser.serve.app import ServeLimits, normal_origin, read_api_keys
+    from edgeser.serve.server import exposure_warning, make_serve_server
+    from edgeser.web.server import Limits, warn_if_exposed
 
     limits = ServeLimits(**{field: getattr(args, field) for field, *_ in LIMIT_OPTIONS}).validate()
-    if args.max_connections < 1:
-        raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
+    _check_connections(args)
     keys = read_api_keys(args.api_key_file) if args.api_key_file is not None else ()
-    from edgeser.serve.app import normal_origin
-
     origins = tuple(normal_origin(o) for o in args.allow_origin)
     if args.ray is not None:
         from edgeser.serve.rayserve import RayServeOptions, run_ray_serve
@@ -285,18 +240,5 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_stream_command(args: argparse.Namespace) -> int:
-    """``edgeser stream``: through the server at ``--server`` (the same output as the local
-    command), else on this machine (:func:`edgeser.runtime.cli.run_stream`)."""
-    if args.server is None:
-        from edgeser.runtime.cli import run_stream
-
-        return run_stream(args)
-    if args.input is not None:
-        raise EdgeserError("stream --server URL INPUT takes no MODEL (the server has it)")
-    if args.vad != "silero":
-        raise EdgeserError("stream --server: the server's VAD is Silero (no --vad)")
-    args.input = str(args.model)
-    from edgeser.serve.client import run_remote_stream
-
-    return run_remote_stream(args)
+#: In the order ``edgeser --help`` lists them.
+COMMANDS = (add_web, add_serve)
