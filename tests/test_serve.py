@@ -580,7 +580,8 @@ def test_serve_command_health_metrics_and_sigterm(model_dir, speech, tmp_path):
     keyfile = tmp_path / "keys"
     keyfile.write_text(KEY + "\n", encoding="utf-8")
     check = (
-        "import sys; from edgeser.serve import app, cli, client, session; "
+        "import sys; import edgeser.cli.serving; "
+        "from edgeser.serve import app, client, server, session; "
         f"app.create_serve_app(app.load_serving_model({str(model_dir)!r})); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
