@@ -44,6 +44,19 @@ LIMIT_OPTIONS: tuple[tuple[str, type, str, str], ...] = (
 )
 
 
+def _positive_option(
+    group: argparse._ActionsContainer,
+    flag: str,
+    default: float,
+    help: str,
+    metavar: str = "N",
+) -> None:
+    """A number > 0 (an int unless ``default`` is a float)."""
+    group.add_argument(
+        flag, type=positive(type(default)), default=default, metavar=metavar, help=help
+    )
+
+
 def _check_connections(args: argparse.Namespace) -> None:
     if args.max_connections < 1:
         raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
@@ -140,20 +153,8 @@ def add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             help=text.format(default=f"{default:g}" if kind is float else default),
         )
     run = p.add_argument_group("compute")
-    run.add_argument(
-        "--workers",
-        type=positive(int),
-        default=2,
-        metavar="N",
-        help="threads for VAD and for the model (default 2)",
-    )
-    run.add_argument(
-        "--threads",
-        type=positive(int),
-        default=1,
-        metavar="N",
-        help="onnxruntime threads per model run (default 1)",
-    )
+    _positive_option(run, "--workers", 2, "threads for VAD and for the model (default 2)")
+    _positive_option(run, "--threads", 1, "onnxruntime threads per model run (default 1)")
     scale = p.add_argument_group("scale-out on Ray Serve (pip install 'edgeser[distributed]')")
     scale.add_argument(
         "--ray",
@@ -165,19 +166,9 @@ def add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "this machine's cluster, --ray=HOST:PORT that one (--port is Ray Serve's HTTP port). "
         "Each WebSocket session stays on the replica that accepted it; limits are per replica",
     )
-    scale.add_argument(
-        "--replicas",
-        type=positive(int),
-        default=1,
-        metavar="N",
-        help="replicas of the model with --ray (default 1)",
-    )
-    scale.add_argument(
-        "--replica-cpus",
-        type=positive(float),
-        default=1.0,
-        metavar="X",
-        help="CPUs Ray reserves for each replica (default 1)",
+    _positive_option(scale, "--replicas", 1, "replicas of the model with --ray (default 1)")
+    _positive_option(
+        scale, "--replica-cpus", 1.0, "CPUs Ray reserves for each replica (default 1)", "X"
     )
     p.set_defaults(func=run_serve)
     return p
