@@ -8,15 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from edgeser import __version__
 from edgeser.cli import export, runtime, serving, training
 from edgeser.cli.options import executor_from_args
 from edgeser.core.errors import EdgeserError
 from edgeser.core.executor import use_executor
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
