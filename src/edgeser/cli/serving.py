@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from edgeser.cli.options import add_api_key_file, add_server_arguments, positive
 from edgeser.core.errors import EdgeserError
@@ -182,22 +183,21 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(**{field: getattr(args, field) for field, *_ in LIMIT_OPTIONS}).validate()
     _check_connections(args)
     keys = read_api_keys(args.api_key_file) if args.api_key_file is not None else ()
-    origins = tuple(normal_origin(o) for o in args.allow_origin)
+    settings: dict[str, Any] = {  # what one server (or each Ray Serve replica) runs with
+        "limits": limits,
+        "api_keys": keys,
+        "allowed_hosts": tuple(args.allow_host),
+        "allowed_origins": tuple(normal_origin(o) for o in args.allow_origin),
+        "page": args.page,
+        "workers": args.workers,
+        "threads": args.threads,
+    }
     if args.ray is not None:
         from edgeser.serve.rayserve import RayServeOptions, run_ray_serve
 
-        options = RayServeOptions(
-            limits=limits,
-            api_keys=keys,
-            allowed_hosts=tuple(args.allow_host),
-            allowed_origins=origins,
-            page=args.page,
-            workers=args.workers,
-            threads=args.threads,
-        )
         return run_ray_serve(
             args.model,
-            options,
+            RayServeOptions(**settings),
             address=args.ray or None,
             host=args.host,
             port=args.port,
@@ -211,14 +211,8 @@ def run_serve(args: argparse.Namespace) -> int:
         args.model,
         args.host,
         args.port,
-        limits=limits,
         connections=Limits(max_connections=args.max_connections),
-        api_keys=keys,
-        allowed_hosts=tuple(args.allow_host),
-        allowed_origins=origins,
-        page=args.page,
-        workers=args.workers,
-        threads=args.threads,
+        **settings,
     )
     warning = exposure_warning(args.host, keys)
     if warning is not None:
