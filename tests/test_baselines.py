@@ -452,14 +452,15 @@ def test_light_sernet_refuses_encoder_modes():
 
 
 def test_compare_cli_per_model_settings(tmp_path):
-    from edgeser.cli import _per_model_settings, main
+    from edgeser.cli import main
+    from edgeser.cli.training import per_model_settings
 
-    assert _per_model_settings(
+    assert per_model_settings(
         ["light-sernet:epochs=100", "light-sernet:batch-size=8", "pepino:feature_norm=global"]
     ) == {"light-sernet": {"epochs": 100, "batch_size": 8}, "pepino": {"feature_norm": "global"}}
     for bad in ("epochs=3", "light-sernet:nope=1", "light-sernet:epochs=many"):
         with pytest.raises(EdgeserError):
-            _per_model_settings([bad])
+            per_model_settings([bad])
     csv = tmp_path / "m.csv"
     csv.write_text("x\n")
     assert (

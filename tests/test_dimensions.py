@@ -269,8 +269,8 @@ def test_report_shows_the_dimensional_numbers_and_plots(run):
 
 def test_export_has_both_outputs_and_the_runtime_prints_them(run, tmp_path, capsys):
     from edgeser.exporting import export_model
-    from edgeser.runtime.cli import format_prediction
     from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.output import format_prediction
     from edgeser.runtime.session import onnx_session
     from edgeser.testing import tone, write_wav
     from edgeser.training.folder import load_trained

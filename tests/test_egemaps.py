@@ -351,7 +351,7 @@ def test_light_sernet_recipes():
     """LIGHT-SERNET's default stops early on the validation speakers; ``--recipe authors``
     is the authors' 300 epochs, every one trained; set values win over both."""
     from edgeser.cli import build_parser
-    from edgeser.config import config_from_args
+    from edgeser.cli.options import config_from_args
 
     default = TrainConfig(model="light-sernet")
     assert (default.epochs, default.patience, default.lr) == (60, 15, 1e-4)

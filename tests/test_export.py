@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from edgeser.cli.export import add_export
 from edgeser.config import TrainConfig
 from edgeser.core.errors import EdgeserError
-from edgeser.exporting.exporter import add_export_parser, export_model, reference_probabilities
+from edgeser.exporting.exporter import export_model, reference_probabilities
 from edgeser.models.ssl import Encoder, random_encoder, tiny_config
 from edgeser.runtime.model import OnnxEmotionModel
 from edgeser.runtime.session import onnx_session, pad_batch
@@ -189,7 +190,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
 
 def test_cli_parser_and_handler(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="edgeser")
-    add_export_parser(parser.add_subparsers(dest="command"))
+    add_export(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "export",
@@ -381,7 +382,7 @@ def test_extra_variants_and_unknown_variant(tmp_path):
 def test_cli_handler_exports_a_run_folder(full, tmp_path, capsys):
     """The real CLI path: the encoder is rebuilt from model.json (source 'random', seed 0)."""
     parser = argparse.ArgumentParser(prog="edgeser")
-    add_export_parser(parser.add_subparsers(dest="command"))
+    add_export(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["export", str(full["model_dir"]), "--out", str(tmp_path / "o"), "--no-int8"]
     )

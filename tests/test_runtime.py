@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from edgeser.cli.runtime import add_predict, add_stream
 from edgeser.core.errors import AudioError, EdgeserError
 from edgeser.runtime import (
     OnnxEmotionModel,
@@ -36,7 +37,6 @@ from edgeser.runtime import (
     speech_segments,
     stream_predictions,
 )
-from edgeser.runtime.cli import add_predict_parser, add_stream_parser
 from edgeser.testing import tone
 
 SR = 16_000
@@ -84,8 +84,8 @@ def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     """What ``edgeser.cli.main`` does with these sub-commands (parse, run, error line)."""
     parser = argparse.ArgumentParser(prog="edgeser")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_predict_parser(sub)
-    add_stream_parser(sub)
+    add_predict(sub)
+    add_stream(sub)
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)
@@ -101,7 +101,7 @@ def test_runtime_imports_no_heavy_modules(model_dir: Path) -> None:
     code = f"""
 import sys
 import numpy as np
-import edgeser.runtime, edgeser.runtime.cli, edgeser.runtime.model
+import edgeser.runtime, edgeser.runtime.output, edgeser.runtime.model
 import edgeser.runtime.stream, edgeser.runtime.vad
 from edgeser.runtime import OnnxEmotionModel, make_vad, speech_segments
 m = OnnxEmotionModel({str(model_dir / "model.int8.onnx")!r})

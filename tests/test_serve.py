@@ -26,9 +26,9 @@ from edgeser.core.errors import EdgeserError
 from edgeser.runtime.segments import SpeechSplitter, array_blocks, speech_segments
 from edgeser.runtime.vad import SegmenterConfig, make_vad
 from edgeser.serve.app import ServeLimits, key_matches, read_api_keys
-from edgeser.serve.cli import exposure_warning, make_serve_server
 from edgeser.serve.client import ServerError, endpoint, predict_file, stream_blocks, stream_file
 from edgeser.serve.protocol import ProtocolError, decode_frame, parse_session_start
+from edgeser.serve.server import exposure_warning, make_serve_server
 from edgeser.testing import make_dummy_model
 
 pytest.importorskip("websockets")
@@ -580,7 +580,8 @@ def test_serve_command_health_metrics_and_sigterm(model_dir, speech, tmp_path):
     keyfile = tmp_path / "keys"
     keyfile.write_text(KEY + "\n", encoding="utf-8")
     check = (
-        "import sys; from edgeser.serve import app, cli, client, session; "
+        "import sys; import edgeser.cli.serving; "
+        "from edgeser.serve import app, client, server, session; "
         f"app.create_serve_app(app.load_serving_model({str(model_dir)!r})); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

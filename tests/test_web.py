@@ -301,11 +301,11 @@ def test_page_with_server_equals_predict_and_stream(site, ravdess_mini, tmp_path
     another origin (allowed by the server's --allow-origin), sends files to the server's
     POST /v1/predict (answers: `edgeser predict --json`'s objects) and the fake microphone
     over WS /v1/stream (segments and labels of `edgeser stream`), loading no model itself."""
-    from edgeser.runtime.cli import format_prediction
     from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.output import format_prediction
     from edgeser.runtime.stream import file_blocks, stream_predictions
     from edgeser.runtime.vad import make_vad
-    from edgeser.serve.cli import make_serve_server
+    from edgeser.serve.server import make_serve_server
 
     key = "w" * 24 + "-page-key"
     origin = site["url"].rstrip("/")

@@ -2,18 +2,16 @@
 
 Every field can be set from a YAML file (``--config FILE.yaml``, flat keys or
 grouped under ``front_end``/``augment``) and overridden on the command line: each
-field becomes ``--<field-name-with-dashes>`` (e.g. ``--epochs 2 --aug-views 1``).
+field becomes ``--<field-name-with-dashes>`` (e.g. ``--epochs 2 --aug-views 1``;
+:mod:`edgeser.cli.options`).
 The resolved config is saved next to every run's results.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -210,7 +208,7 @@ class TrainConfig:
             raise EdgeserError("weight-decay, lr-decay-rate and lr-decay-start must be >= 0")
         if self.aug_views < 0 or self.val_speakers < 0 or self.patience < 0:
             raise EdgeserError("aug-views, val-speakers and patience must be >= 0")
-        if self.dimensions and model_spec(self.model).family != "ssl":
+        if self.dimensions and not model_spec(self.model).model_family.dimensions:
             raise EdgeserError(
                 f"--dimensions needs a model with an SSL-encoder head; {self.model} has no "
                 "dimensional output (use distilhubert, hubert-base, wav2vec2-base, "
@@ -309,96 +307,3 @@ def _flatten(d: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def _option_type(tp: Any) -> Any:
-    if isinstance(tp, str):
-        tp = eval_type(tp)
-    if tp is bool:
-        return _parse_bool
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _option_type(args[0])
-    return tp
-
-
-def eval_type(name: str) -> Any:
-    """Resolve a postponed annotation of a config field (only simple builtins are used)."""
-    table = {"int": int, "float": float, "str": str, "bool": bool}
-    base = name.removesuffix(" | None")  # optional fields: "None" means "the model's default"
-    if base not in table:
-        raise TypeError(f"unsupported config field type {name!r}")
-    return table[base]
-
-
-def _parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
-
-
-_METAVAR = {int: "INT", float: "FLOAT", str: "STR"}
-
-
-def _model_defaults_text(name: str) -> str:
-    """``"1e-3; light-sernet: 0.0001"``: the paper's value and the models that differ."""
-    others = [
-        f"{m}: {spec.defaults[name]}"
-        for m, spec in MODELS.items()
-        if name in spec.defaults and spec.defaults[name] != PAPER_DEFAULTS[name]
-    ]
-    return "; ".join([str(PAPER_DEFAULTS[name]), *others])
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one ``--<field>`` option per config field (default: unset)."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML file with config values")
-    group = parser.add_argument_group("training config (defaults: the paper's values)")
-    for cls in (TrainConfig, AugmentConfig, FrontEnd):
-        for f in fields(cls):
-            if f.name in ("augment", "front_end"):
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else None
-            if default is None and f.name in PAPER_DEFAULTS:
-                default = _model_defaults_text(f.name)
-            kind = _option_type(f.type)
-            # a boolean option alone means true (--dimensions); --dimensions false also works
-            flag = {"nargs": "?", "const": True} if kind is _parse_bool else {}
-            group.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f"cfg_{f.name}",
-                type=kind,
-                default=None,
-                metavar=(
-                    _METAVAR.get(kind, "VALUE")
-                    if f.name in PAPER_DEFAULTS
-                    else type(default).__name__.upper()
-                    if default is not None
-                    else "VALUE"
-                ),
-                help=f"(default: {default})",
-                **flag,
-            )
-
-
-def parse_config_value(key: str, text: str) -> Any:
-    """``text`` parsed as config field ``key`` (any ``--<field>``), as the command line
-    parses it; unknown keys and malformed values raise :class:`EdgeserError`."""
-    name = key.strip().replace("-", "_")
-    for cls in (TrainConfig, AugmentConfig, FrontEnd):
-        for f in fields(cls):
-            if f.name == name and f.name not in ("augment", "front_end"):
-                try:
-                    return _option_type(f.type)(text.strip())
-                except (TypeError, ValueError, argparse.ArgumentTypeError):
-                    raise EdgeserError(f"config key {name}: bad value {text!r}") from None
-    raise EdgeserError(f"unknown config key {name!r}")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config named by ``--config`` with the ``--<field>`` overrides applied."""
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")}
-    return load_config(getattr(args, "config", None), overrides)

@@ -20,10 +20,8 @@ are off unless the environment turns them on (``RAY_USAGE_STATS_ENABLED``).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import contextvars
-import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -37,10 +35,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RAY_EXTRA",
     "ExecutorSpec",
-    "add_executor_arguments",
     "connect_ray",
     "current_executor",
-    "executor_from_args",
     "import_ray",
     "parse_executor",
     "use_executor",
@@ -92,57 +88,6 @@ def parse_executor(
         f"--executor {value!r}: use local, ray or ray:ADDRESS "
         "(ray:auto for the cluster this machine belongs to)"
     )
-
-
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
-def add_executor_arguments(parser: argparse.ArgumentParser, *, processes: bool = False) -> None:
-    """``--executor``, ``--workers`` and (feature extraction) ``--worker-threads``;
-    ``processes``: without Ray, ``--workers`` counts local processes."""
-    group = parser.add_argument_group("where the work runs")
-    group.add_argument(
-        "--executor",
-        default="local",
-        metavar="local|ray[:ADDRESS]",
-        help="local (default), ray (a Ray instance on this machine), ray:auto "
-        "(the cluster this machine belongs to) or ray:HOST:PORT; results are "
-        "the same on every executor",
-    )
-    local = "local processes or " if processes else ""
-    group.add_argument(
-        "--workers",
-        type=_positive,
-        default=None,
-        metavar="N",
-        help=f"{local}Ray actors at once (default: as many as the CPUs hold)",
-    )
-    if not processes:
-        group.add_argument(
-            "--worker-threads",
-            type=_positive,
-            default=None,
-            metavar="T",
-            help="torch threads per Ray actor (default: this process's, which "
-            "keeps the features bitwise identical to a local run's)",
-        )
-
-
-def executor_from_args(args: argparse.Namespace) -> ExecutorSpec | None:
-    """The :class:`ExecutorSpec` of a command's ``--executor`` options (``None``: the
-    command has none)."""
-    if not hasattr(args, "executor"):
-        return None
-    spec = parse_executor(
-        args.executor, workers=args.workers, worker_threads=getattr(args, "worker_threads", None)
-    )
-    if spec.is_ray and importlib.util.find_spec("ray") is None:  # fail before any work
-        import_ray()
-    return spec
 
 
 _LOCAL = ExecutorSpec()

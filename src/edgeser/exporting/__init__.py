@@ -2,7 +2,7 @@
 
 ``export_model(model_dir, out_dir)`` writes ``model.onnx``, ``model.int8.onnx`` and
 ``model.json`` (and optional variants: ``int8-fast``, ``float16``, ``float16-compute``);
-``add_export_parser(sub)`` registers the ``edgeser export`` sub-command.
+the ``edgeser export`` sub-command is :mod:`edgeser.cli.export`.
 Names are resolved lazily (torch and onnx are imported only when used).
 """
 
@@ -13,7 +13,6 @@ from edgeser.core.lazy import lazy_attributes
 _EXPORTS = {
     "FORMAT": "edgeser.exporting.exporter",
     "FORMAT_VERSION": "edgeser.exporting.exporter",
-    "add_export_parser": "edgeser.exporting.exporter",
     "calibration_waves": "edgeser.exporting.calibration",
     "export_model": "edgeser.exporting.exporter",
     "onnx_session": "edgeser.runtime.session",

@@ -7,7 +7,7 @@ clients.
   metrics, the page) and :mod:`edgeser.serve.session`: one stream on the server;
 - :mod:`edgeser.serve.client`: ``stream_file``, ``predict_file`` and ``edgeser stream
   --server``;
-- :mod:`edgeser.serve.cli`: ``edgeser serve``;
+- :mod:`edgeser.serve.server`: the ``edgeser serve`` server;
 - :mod:`edgeser.serve.rayserve`: ``edgeser serve --ray --replicas N`` (Ray Serve).
 
 Needs ``pip install 'edgeser[runtime,serve]'``; no torch.

@@ -397,7 +397,7 @@ async def _predict(request: Any, state: ServeState) -> Any:
     from starlette.exceptions import HTTPException
     from starlette.responses import Response
 
-    from edgeser.runtime.cli import format_prediction
+    from edgeser.runtime.output import format_prediction
 
     lim = state.limits
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -300,7 +300,7 @@ def run_remote_stream(args: Any) -> int:
     try:
         asyncio.run(run())
     except BrokenPipeError:
-        from edgeser.runtime.cli import stdout_closed
+        from edgeser.runtime.output import stdout_closed
 
         return stdout_closed()
     return 0

@@ -39,7 +39,6 @@ imported).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import ipaddress
 import logging
@@ -469,58 +468,6 @@ def make_server(
     return AppServer(app, host, port, limits)
 
 
-# --------------------------------------------------------------------------- CLI
-def _port(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in 0-65535, got {n}")
-    return n
-
-
-def add_server_arguments(p: argparse.ArgumentParser) -> None:
-    """``--host``, ``--port``, ``--allow-host`` and the connection limits."""
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free)")
-    p.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1: this machine only)",
-    )
-    p.add_argument(
-        "--allow-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a host name clients may use in the URL besides IP addresses and "
-        "localhost (repeatable; '*' allows any: exposes the server to DNS "
-        "rebinding)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=Limits.max_connections,
-        metavar="N",
-        help=f"connections served at once (default {Limits.max_connections}; more get 503)",
-    )
-
-
-def add_web_parser(sub: Any) -> argparse.ArgumentParser:
-    """Register ``edgeser web MODEL_DIR [--port P] [--host H] [--allow-host NAME]``."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        "web",
-        help="serve the on-device browser page for an exported model (nothing leaves the device)",
-        description="Serve the browser page and MODEL_DIR's exported model (model.json, "
-        "model.int8.onnx) from this machine. The page classifies audio files on the visitor's "
-        "device with onnxruntime-web. Needs " + SERVE_EXTRA + ".",
-    )
-    p.add_argument("model_dir", type=Path, help="exported model folder (model.json inside)")
-    add_server_arguments(p)
-    p.set_defaults(func=run_web)
-    return p
-
-
 def warn_if_exposed(host: str, what: str) -> None:
     """One warning line when ``host`` is not loopback."""
     if not is_loopback(host):
@@ -530,20 +477,3 @@ def warn_if_exposed(host: str, what: str) -> None:
             file=sys.stderr,
             flush=True,
         )
-
-
-def run_web(args: argparse.Namespace) -> int:
-    if args.max_connections < 1:
-        raise EdgeserError(f"--max-connections must be >= 1, got {args.max_connections}")
-    server = make_server(
-        args.model_dir,
-        args.host,
-        args.port,
-        limits=Limits(max_connections=args.max_connections),
-        allowed_hosts=args.allow_host,
-    )
-    warn_if_exposed(args.host, "the page and the model")
-    print(f"serving {args.model_dir} at {server.url} (Ctrl-C stops)", flush=True)
-    server.serve()
-    print("stopped", file=sys.stderr)
-    return 0

@@ -1,55 +1,32 @@
-"""The ``predict`` and ``stream`` sub-commands (registered by :mod:`edgeser.cli`).
+"""The runtime commands: ``predict`` and ``stream`` (locally, or ``stream --server`` on an
+``edgeser serve`` server).
 
-``add_predict_parser(sub)`` and ``add_stream_parser(sub)`` add them to an argparse
-sub-parsers object; each sets ``func(args) -> int``. User errors raise
-:class:`EdgeserError` (the main CLI prints ``edgeser: error: <msg>`` and exits 2).
+They run in the torch-free runtime install: the model, stream and VAD modules
+(onnxruntime) are imported when a command runs, not when the parser is built.
 
 ``predict`` with several files reports a bad file on stderr (``edgeser: error: ...``),
 goes on with the others, and exits 2 if any file failed.
-
-The model, stream and VAD modules (onnxruntime) are imported when a command runs, not when
-the parser is built: every ``edgeser`` command builds this parser.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from edgeser.cli.options import (
+    add_api_key_file,
+    add_executor_arguments,
+    add_json_argument,
+    add_model_argument,
+    add_vad_argument,
+    positive_int,
+)
 from edgeser.core.errors import EdgeserError
-from edgeser.core.executor import add_executor_arguments
-
-if TYPE_CHECKING:
-    from edgeser.runtime.model import Analysis
-
-
-def stdout_closed() -> int:
-    """The reader went away (``edgeser stream ... | head``): stop quietly, exit 0."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass
-    finally:
-        os.close(devnull)
-    return 0
-
-
-def _threads(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 # --------------------------------------------------------------------------- predict
-def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_predict(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``edgeser predict MODEL.onnx FILES... [--json]``."""
     p = sub.add_parser(
         "predict",
@@ -60,19 +37,17 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "stereo is downmixed. A bad file is reported on stderr and skipped; the exit status "
         "is 2 if any file failed.",
     )
-    p.add_argument("model", type=Path, help="model.onnx or model.int8.onnx (model.json beside)")
+    add_model_argument(p, "model.onnx or model.int8.onnx (model.json beside)")
     p.add_argument("files", type=Path, nargs="*", help="audio files")
-    p.add_argument("--json", action="store_true", help="JSON lines output")
-    p.add_argument(
-        "--vad",
-        choices=["silero", "webrtc"],
-        default="silero",
-        help="the VAD that splits inputs longer than the model's window (10 s) "
+    add_json_argument(p)
+    add_vad_argument(
+        p,
+        "the VAD that splits inputs longer than the model's window (10 s) "
         "into speech segments and decides status=no_speech (default silero)",
     )
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=positive_int,
         default=None,
         help="onnxruntime threads (default 2; with --manifest 1 per worker)",
     )
@@ -96,7 +71,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     archive.add_argument(
         "--part-rows",
-        type=_threads,
+        type=positive_int,
         default=None,
         metavar="N",
         help="rows per Parquet part (default 1000)",
@@ -104,31 +79,6 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     add_executor_arguments(p, processes=True)
     p.set_defaults(func=run_predict)
     return p
-
-
-def format_prediction(path: str, result: Analysis, as_json: bool) -> str:
-    """One output line of ``edgeser predict``: ``PATH<TAB>LABEL<TAB>label=p ...`` (then a
-    dimensional model's values) and ``status=...`` last; or one JSON object."""
-    probs, dimensions = result.probabilities, result.dimensions
-    if as_json:
-        obj: dict[str, object] = {
-            "path": path,
-            "label": result.label,
-            "probabilities": {k: round(v, 6) for k, v in probs.items()},
-        }
-        if dimensions is not None:
-            obj["dimensions"] = {k: round(v, 6) for k, v in dimensions.items()}
-        obj.update(
-            status=result.status,
-            segments=result.segments,
-            speech_seconds=round(result.speech_seconds, 3),
-        )
-        return json.dumps(obj)
-    scores = " ".join(f"{k}={v:.4f}" for k, v in probs.items())
-    line = f"{path}\t{result.label}\t{scores}"
-    if dimensions is not None:
-        line += "\t" + " ".join(f"{k}={v:.4f}" for k, v in dimensions.items())
-    return line + f"\tstatus={result.status}"
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -139,6 +89,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.executor != "local" or args.workers is not None:
         raise EdgeserError("--executor and --workers apply to --manifest M.csv --out preds.parquet")
     from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.output import format_prediction, stdout_closed
 
     model = OnnxEmotionModel(args.model, threads=args.threads or 2, vad=args.vad)
     failed = 0
@@ -183,7 +134,11 @@ def _run_predict_manifest(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- stream
-def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _seconds(p: argparse.ArgumentParser, flag: str, default: float, help: str) -> None:
+    p.add_argument(flag, type=float, default=default, metavar="SECONDS", help=help)
+
+
+def add_stream(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``edgeser stream MODEL.onnx INPUT [--json] [--vad ...] ...``."""
     p = sub.add_parser(
         "stream",
@@ -193,10 +148,8 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         "lines with --json. INPUT is an audio file of any length (read in blocks) or '-' for "
         "raw 16 kHz 16-bit little-endian mono PCM on stdin.",
     )
-    p.add_argument(
-        "model",
-        type=Path,
-        help="model.onnx or model.int8.onnx (model.json beside); with --server, leave it out",
+    add_model_argument(
+        p, "model.onnx or model.int8.onnx (model.json beside); with --server, leave it out"
     )
     p.add_argument(
         "input",
@@ -204,7 +157,7 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="audio file, or - for raw 16 kHz s16le mono PCM on stdin",
     )
-    p.add_argument("--json", action="store_true", help="JSON lines output")
+    add_json_argument(p)
     p.add_argument(
         "--server",
         default=None,
@@ -212,19 +165,8 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="classify on an `edgeser serve` server (ws://HOST:PORT/v1/stream) "
         "instead of a local model: the same output",
     )
-    p.add_argument(
-        "--api-key-file",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="with --server: the API key (first line of FILE; default $EDGESER_API_KEY)",
-    )
-    p.add_argument(
-        "--vad",
-        choices=["silero", "webrtc"],
-        default="silero",
-        help="silero (default; WebRTC if the silero-vad package is missing) or webrtc",
-    )
+    add_api_key_file(p, "with --server: the API key (first line of FILE; default $EDGESER_API_KEY)")
+    add_vad_argument(p, "silero (default; WebRTC if the silero-vad package is missing) or webrtc")
     p.add_argument(
         "--aggressiveness",
         type=int,
@@ -238,52 +180,36 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=0.5,
         help="speech probability threshold (default 0.5; ends below threshold-0.15)",
     )
+    _seconds(p, "--min-speech", 0.25, "drop segments shorter than this (default 0.25)")
+    _seconds(p, "--min-silence", 0.1, "silence that closes a segment (default 0.1)")
+    _seconds(p, "--speech-pad", 0.03, "padding added on each side of a segment (default 0.03)")
+    _seconds(p, "--max-segment", 10.0, "a segment this long is closed and classified (default 10)")
+    _seconds(p, "--block", 0.5, "input read size (default 0.5)")
     p.add_argument(
-        "--min-speech",
-        type=float,
-        default=0.25,
-        metavar="SECONDS",
-        help="drop segments shorter than this (default 0.25)",
+        "--threads", type=positive_int, default=2, help="onnxruntime threads (default 2)"
     )
-    p.add_argument(
-        "--min-silence",
-        type=float,
-        default=0.1,
-        metavar="SECONDS",
-        help="silence that closes a segment (default 0.1)",
-    )
-    p.add_argument(
-        "--speech-pad",
-        type=float,
-        default=0.03,
-        metavar="SECONDS",
-        help="padding added on each side of a segment (default 0.03)",
-    )
-    p.add_argument(
-        "--max-segment",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="a segment this long is closed and classified (default 10)",
-    )
-    p.add_argument(
-        "--block", type=float, default=0.5, metavar="SECONDS", help="input read size (default 0.5)"
-    )
-    p.add_argument("--threads", type=_threads, default=2, help="onnxruntime threads (default 2)")
     p.set_defaults(func=run_stream)
     return p
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    """``edgeser stream MODEL INPUT`` on this machine (``--server``: see
-    :func:`edgeser.serve.cli.run_stream_command`, which the command line calls)."""
-    if getattr(args, "server", None) is not None:
-        raise EdgeserError("stream --server runs through edgeser.serve.cli.run_stream_command")
+    """``edgeser stream``: through the server at ``--server`` (the same output as the local
+    command), else on this machine."""
+    if args.server is not None:
+        if args.input is not None:
+            raise EdgeserError("stream --server URL INPUT takes no MODEL (the server has it)")
+        if args.vad != "silero":
+            raise EdgeserError("stream --server: the server's VAD is Silero (no --vad)")
+        args.input = str(args.model)
+        from edgeser.serve.client import run_remote_stream
+
+        return run_remote_stream(args)
     if args.input is None:
         raise EdgeserError("stream: give MODEL and INPUT (or --server URL INPUT)")
     if args.api_key_file is not None:
         raise EdgeserError("--api-key-file goes with --server")
     from edgeser.runtime.model import OnnxEmotionModel
+    from edgeser.runtime.output import stdout_closed
     from edgeser.runtime.stream import file_blocks, pcm_blocks, stream_predictions
     from edgeser.runtime.vad import SegmenterConfig, make_vad
 
@@ -313,3 +239,7 @@ def run_stream(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         return stdout_closed()
     return 0
+
+
+#: In the order ``edgeser --help`` lists them.
+COMMANDS = (add_predict, add_stream)
