@@ -301,3 +301,20 @@ def test_load_predict_and_stream_need_no_torch(files: dict[str, Path]) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["True", "3"]
+
+
+def test_config_from_a_file_a_config_or_values(tmp_path: Path) -> None:
+    from edgeser.api import _config
+    from edgeser.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("epochs: 3\nlr: 0.01\n", encoding="utf-8")
+    from_file = _config(tmp_path / "c.yaml", {"epochs": "4"})  # a string as --epochs 4
+    assert (from_file.epochs, from_file.lr) == (4, 0.01)
+    base = TrainConfig(model="light-sernet", epochs=7)
+    derived = _config(base, {"batch_size": 2})
+    assert (derived.model, derived.epochs, derived.batch_size) == ("light-sernet", 7, 2)
+    assert derived.lr == base.lr  # the model's own default, not the paper's
+    assert _config({"epochs": 5}, {"seed": 1}).epochs == 5
+    assert _config(None, {"dimensions": "true"}).dimensions is True
+    with pytest.raises(EdgeserError, match="unknown config keys: front"):
+        _config({"front": 1}, {})

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
     #: A manifest: a CSV path (``edgeser prepare``'s output) or a DataFrame of its columns.
     Manifest = str | os.PathLike[str] | pd.DataFrame
+    #: A run's config: a YAML file (``--config``), a TrainConfig, or values by name.
+    ConfigSource = str | os.PathLike[str] | TrainConfig | Mapping[str, Any] | None
 
 __all__ = ["Evaluation", "Exported", "TrainedModel", "evaluate", "export", "load", "train"]
 
@@ -195,7 +197,7 @@ def train(
     manifests: Manifest | Sequence[Manifest],
     *,
     out: str | os.PathLike[str],
-    config: str | os.PathLike[str] | TrainConfig | None = None,
+    config: ConfigSource = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
     **overrides: Any,
@@ -204,8 +206,8 @@ def train(
     of the first held out, ``val_speakers``), write ``out/model.safetensors`` +
     ``model.json`` and return the :class:`TrainedModel`.
 
-    ``config``: a YAML file (``--config``) or a :class:`~edgeser.config.TrainConfig`;
-    ``overrides``: config values by name (``epochs=2``), applied over it.
+    ``config``: a YAML file (``--config``), a :class:`~edgeser.config.TrainConfig` or a dict
+    of values; ``overrides``: config values by name (``epochs=2``), applied over it.
 
     With ``trained`` from the module's example:
 
@@ -233,7 +235,7 @@ def evaluate(
     out: str | os.PathLike[str],
     trained: TrainedModel | str | os.PathLike[str] | None = None,
     folds: int = 5,
-    config: str | os.PathLike[str] | TrainConfig | None = None,
+    config: ConfigSource = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
     **overrides: Any,
@@ -333,14 +335,15 @@ def export(
 
 
 # --------------------------------------------------------------------------- helpers
-def _config(
-    config: str | os.PathLike[str] | TrainConfig | None, overrides: dict[str, Any]
-) -> TrainConfig:
-    """The config of a run: ``config`` (a YAML file or a TrainConfig) with ``overrides``; a
+def _config(config: ConfigSource, overrides: dict[str, Any]) -> TrainConfig:
+    """The config of a run: ``config`` (a YAML file, a TrainConfig or a dict of values) with
+    ``overrides``; a
     string value is parsed as on the command line (``epochs="2"``); unknown keys and bad
     values are one-line errors."""
     from edgeser.config import TrainConfig, load_config, parse_config_value
 
+    if isinstance(config, Mapping):  # values by name, as a YAML file holds them
+        config, overrides = None, {**config, **overrides}
     values = {
         k: parse_config_value(k, v) if isinstance(v, str) else v for k, v in overrides.items()
     }
