@@ -241,6 +241,13 @@ def test_train_export_evaluate_return_what_they_wrote(example: dict[str, Any]) -
     assert evaluation.intervals == results["loso"]["iemocap"]["ci95"]
     assert [f["name"] for f in evaluation.folds] == ["fold1", "fold2"]
     assert evaluation.report_md.is_file() and evaluation.predictions_csv.is_file()
+    assert repr(
+        trained
+    ) == f"TrainedModel({str(trained.folder)!r}, light-sernet, validation UA " + (
+        f"{trained.metrics['ua']:.3f})"
+    )
+    assert repr(evaluation).startswith("Evaluation(") and "2 folds, UA" in repr(evaluation)
+    assert "'model.int8.ort'" in repr(exported)
 
 
 def test_evaluate_a_trained_model_as_the_command_does(

@@ -88,6 +88,11 @@ class TrainedModel:
         """:func:`export` this model into ``out``."""
         return export(self, out, **options)
 
+    def __repr__(self) -> str:
+        ua = (self.metrics or {}).get("ua")
+        score = "" if ua is None else f", validation UA {ua:.3f}"
+        return f"TrainedModel({str(self.folder)!r}, {self.config.model}{score})"
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -106,6 +111,10 @@ class Evaluation:
     folds: list[dict[str, Any]]
     summary: dict[str, Any] = field(repr=False)
     results: dict[str, Any] = field(repr=False)
+
+    def __repr__(self) -> str:
+        folds = f", {len(self.folds)} folds" if self.folds else ""
+        return f"Evaluation({str(self.out)!r}, {self.name}{folds}, UA {self.metrics['ua']:.3f})"
 
     @property
     def results_json(self) -> Path:
@@ -157,6 +166,9 @@ class Exported:
     def load(self, **options: Any) -> EmotionModel:
         """:func:`load` this folder (``variant``, ``threads``, ``vad`` as there)."""
         return load(self.folder, **options)
+
+    def __repr__(self) -> str:
+        return f"Exported({str(self.folder)!r}, {sorted(p.name for p in self.paths.values())})"
 
 
 # --------------------------------------------------------------------------- functions
