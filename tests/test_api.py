@@ -283,6 +283,8 @@ def test_bad_arguments_are_one_line_errors(
         (lambda: edgeser.load(files["dummy"]).predict(files["clip"], 8000), "goes with an array"),
         (lambda: edgeser.load(files["dummy"]).predict(3), "not int"),
         (lambda: edgeser.load(files["dummy"]).stream(3), "not int"),
+        (lambda: edgeser.load(files["dummy"]).stream(b"\0\0"), "not bytes"),
+        (lambda: edgeser.load(files["dummy"]).stream([tone(1.0)]), "needs its sample_rate"),
     ]
     for call, message in cases:
         with pytest.raises(EdgeserError, match=message) as info:

@@ -255,8 +255,10 @@ def evaluate(
     """``edgeser evaluate``: with ``protocol="loso"`` (the default without ``trained``),
     group the corpus's sessions into ``folds`` speaker-disjoint folds and train and test a
     model on each (config as in :func:`train`); with ``trained`` (a :class:`TrainedModel`
-    or its folder), evaluate that model on the corpus. Writes ``out/results.json`` and
-    ``report.md`` and returns the :class:`Evaluation`.
+    or its folder), evaluate that model on the corpus (``encoder=SOURCE``: the encoder to
+    load instead of the one the folder records, as ``--encoder``; no other config value
+    applies). Writes ``out/results.json`` and ``report.md`` and returns the
+    :class:`Evaluation`.
 
     With ``trained`` from the module's example, on another corpus:
 

@@ -187,7 +187,7 @@ class EmotionModel:
             blocks = array_blocks(resample(x, _rate(sample_rate)), block_seconds)
         elif isinstance(source, str | os.PathLike):
             blocks = file_blocks(_file(source, sample_rate), block_seconds)
-        elif isinstance(source, Iterable):
+        elif isinstance(source, Iterable) and not isinstance(source, bytes | bytearray):
             blocks = _blocks_at_16k(source, _rate(sample_rate))
         else:
             raise EdgeserError(
