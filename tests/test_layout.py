@@ -26,6 +26,7 @@ STAGES = (
     "serve",
     "exporting",
     "experiments",
+    "api",
     "testing",
     "cli",
 )

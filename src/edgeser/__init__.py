@@ -4,9 +4,11 @@ Leak-free evaluation (leave-one-session-out, speaker-disjoint validation),
 cross-corpus training and testing, 8-bit ONNX export and VAD-driven streaming,
 reproducing the DistilHuBERT mobile-SER method.
 
-The public API is re-exported here over the implementation sub-packages. Names
-are resolved lazily so that ``import edgeser`` on the light runtime install
-(numpy, soundfile, soxr, onnxruntime) never pulls in pandas or torch.
+The public API is re-exported here over the implementation sub-packages: first of all
+``edgeser.train``, ``evaluate``, ``export`` and ``load`` (:mod:`edgeser.api`). Names are
+resolved lazily so that ``import edgeser`` on the light runtime install (numpy,
+soundfile, soxr, onnxruntime) never pulls in pandas or torch, and ``edgeser.load`` runs
+there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
+    # the front door: train, evaluate, export, load (edgeser.api)
+    "train": "edgeser.api",
+    "evaluate": "edgeser.api",
+    "export": "edgeser.api",
+    "load": "edgeser.api",
+    "TrainedModel": "edgeser.api",
+    "Evaluation": "edgeser.api",
+    "Exported": "edgeser.api",
+    "EmotionModel": "edgeser.runtime.loaded",
     # core
     "SAMPLE_RATE": "edgeser.audio.io",
     "audio_info": "edgeser.audio.io",

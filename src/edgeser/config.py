@@ -9,9 +9,12 @@ The resolved config is saved next to every run's results.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -307,3 +310,59 @@ def _flatten(d: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+# Config values from text (the command line's --<field> VALUE, the Python API's keyword
+# strings): one parser per field type.
+def parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case), as ``--<flag> VALUE`` takes it."""
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def eval_type(name: str) -> Any:
+    """Resolve a postponed annotation of a config field (only simple builtins are used)."""
+    table = {"int": int, "float": float, "str": str, "bool": bool}
+    base = name.removesuffix(" | None")  # optional fields: "None" means "the model's default"
+    if base not in table:
+        raise TypeError(f"unsupported config field type {name!r}")
+    return table[base]
+
+
+def option_type(tp: Any) -> Any:
+    if isinstance(tp, str):
+        tp = eval_type(tp)
+    if tp is bool:
+        return parse_bool
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return option_type(args[0])
+    return tp
+
+
+def config_fields() -> list[dataclasses.Field[Any]]:
+    """The fields of :class:`~edgeser.config.TrainConfig` and its two nested configs that
+    become options, in option order."""
+    return [
+        f
+        for cls in (TrainConfig, AugmentConfig, FrontEnd)
+        for f in fields(cls)
+        if f.name not in ("augment", "front_end")
+    ]
+
+
+def parse_config_value(key: str, text: str) -> Any:
+    """``text`` parsed as config field ``key`` (any ``--<field>``), as the command line
+    parses it; unknown keys and malformed values raise :class:`EdgeserError`."""
+    name = key.strip().replace("-", "_")
+    for f in config_fields():
+        if f.name == name:
+            try:
+                return option_type(f.type)(text.strip())
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                raise EdgeserError(f"config key {name}: bad value {text!r}") from None
+    raise EdgeserError(f"unknown config key {name!r}")

@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeser.core.errors import EdgeserError
+from edgeser.config import config_fields, option_type, parse_bool
 from edgeser.core.executor import ExecutorSpec, import_ray, parse_executor
 
 if TYPE_CHECKING:
@@ -63,52 +60,8 @@ def port(text: str) -> int:
     return n
 
 
-def parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
-
-
 # --------------------------------------------------------------------------- training config
-def eval_type(name: str) -> Any:
-    """Resolve a postponed annotation of a config field (only simple builtins are used)."""
-    table = {"int": int, "float": float, "str": str, "bool": bool}
-    base = name.removesuffix(" | None")  # optional fields: "None" means "the model's default"
-    if base not in table:
-        raise TypeError(f"unsupported config field type {name!r}")
-    return table[base]
-
-
-def _option_type(tp: Any) -> Any:
-    if isinstance(tp, str):
-        tp = eval_type(tp)
-    if tp is bool:
-        return parse_bool
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _option_type(args[0])
-    return tp
-
-
 _METAVAR = {int: "INT", float: "FLOAT", str: "STR"}
-
-
-def _config_fields() -> list[dataclasses.Field[Any]]:
-    """The fields of :class:`~edgeser.config.TrainConfig` and its two nested configs that
-    become options, in option order."""
-    from edgeser.audio.augment import AugmentConfig
-    from edgeser.audio.frontend import FrontEnd
-    from edgeser.config import TrainConfig
-
-    return [
-        f
-        for cls in (TrainConfig, AugmentConfig, FrontEnd)
-        for f in fields(cls)
-        if f.name not in ("augment", "front_end")
-    ]
 
 
 def _model_defaults_text(name: str) -> str:
@@ -130,11 +83,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--config", type=Path, default=None, help="YAML file with config values")
     group = parser.add_argument_group("training config (defaults: the paper's values)")
-    for f in _config_fields():
+    for f in config_fields():
         default = f.default if f.default is not dataclasses.MISSING else None
         if default is None and f.name in PAPER_DEFAULTS:
             default = _model_defaults_text(f.name)
-        kind = _option_type(f.type)
+        kind = option_type(f.type)
         # a boolean option alone means true (--dimensions); --dimensions false also works
         flag = {"nargs": "?", "const": True} if kind is parse_bool else {}
         group.add_argument(
@@ -152,19 +105,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"(default: {default})",
             **flag,
         )
-
-
-def parse_config_value(key: str, text: str) -> Any:
-    """``text`` parsed as config field ``key`` (any ``--<field>``), as the command line
-    parses it; unknown keys and malformed values raise :class:`EdgeserError`."""
-    name = key.strip().replace("-", "_")
-    for f in _config_fields():
-        if f.name == name:
-            try:
-                return _option_type(f.type)(text.strip())
-            except (TypeError, ValueError, argparse.ArgumentTypeError):
-                raise EdgeserError(f"config key {name}: bad value {text!r}") from None
-    raise EdgeserError(f"unknown config key {name!r}")
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from edgeser.cli.options import (
     add_training_arguments,
     config_from_args,
     config_overrides,
-    parse_config_value,
 )
+from edgeser.config import parse_config_value
 from edgeser.core.errors import EdgeserError
 from edgeser.data import corpora
 

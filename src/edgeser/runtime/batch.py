@@ -46,15 +46,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
 import re
 import secrets
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -66,7 +63,6 @@ import numpy as np
 from edgeser.audio.io import audio_info
 from edgeser.core.errors import EdgeserError
 from edgeser.core.executor import RAY_EXTRA, ExecutorSpec, connect_ray, current_executor
-from edgeser.runtime.card import CARD_NAME
 from edgeser.runtime.model import OnnxEmotionModel, TrimSettings, read_prepared
 
 log = logging.getLogger(__name__)
@@ -208,14 +204,10 @@ class ArchiveJob:
         return out
 
     def model(self) -> OnnxEmotionModel:
-        """The model, loaded from this job's copy (written to a private folder here)."""
-        folder = Path(tempfile.mkdtemp(prefix="edgeser-model-"))
-        try:
-            (folder / self.model_name).write_bytes(self.onnx)
-            (folder / CARD_NAME).write_text(json.dumps(self.card), encoding="utf-8")
-            return OnnxEmotionModel(folder / self.model_name, threads=self.threads)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        """The model, loaded from this job's copy (in memory: no file is written)."""
+        return OnnxEmotionModel.from_bytes(
+            self.onnx, self.card, name=self.model_name, threads=self.threads
+        )
 
 
 # --------------------------------------------------------------------------- manifest

@@ -26,6 +26,7 @@ __all__ = [
     "GRAPH_OUTPUTS",
     "MODEL_FORMAT",
     "ModelCard",
+    "check_card",
     "graph_metadata",
     "make_card",
     "read_model_card",
@@ -146,15 +147,28 @@ def read_model_card(model_path: str | os.PathLike[str]) -> tuple[Path, ModelCard
 
 
 def _load_card(p: Path, card_path: Path) -> ModelCard:
-    def bad(why: str) -> EdgeserError:
-        return EdgeserError(f"{p} is not an edgeser model: {why}")
-
     if not card_path.is_file():
-        raise bad(f"no {CARD_NAME} beside it")
+        raise EdgeserError(f"{p} is not an edgeser model: no {CARD_NAME} beside it")
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"{card_path} is not valid JSON ({e})") from None
+        raise EdgeserError(
+            f"{p} is not an edgeser model: {card_path} is not valid JSON ({e})"
+        ) from None
+    return check_card(card, p, card_path)
+
+
+def check_card(
+    card: Any, model: str | os.PathLike[str], source: str | os.PathLike[str]
+) -> ModelCard:
+    """``card`` if it is a ``model.json`` document the runtime can act on, else
+    :class:`EdgeserError` ``"<model> is not an edgeser model: <source>: ..."`` (``source``:
+    where the card came from, its file or a name)."""
+    card_path = source
+
+    def bad(why: str) -> EdgeserError:
+        return EdgeserError(f"{model} is not an edgeser model: {why}")
+
     if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
         raise bad(f'{card_path} does not declare "format": "{MODEL_FORMAT}"')
     version = card.get("format_version")

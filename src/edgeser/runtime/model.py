@@ -36,9 +36,11 @@ from edgeser.audio.io import (
 )
 from edgeser.core.errors import AudioError, EdgeserError
 from edgeser.runtime.card import (
+    CARD_NAME,
     GRAPH_METADATA,
     LONG_INPUT_WINDOW,
     TOO_SHORT_SECONDS,
+    check_card,
     graph_metadata,
     read_model_card,
 )
@@ -175,6 +177,31 @@ class OnnxEmotionModel:
         self, path: str | os.PathLike[str], *, threads: int = 2, vad: str = "silero"
     ) -> None:
         self.path, self.card = read_model_card(path)
+        self._open(self.path, threads, vad)
+
+    @classmethod
+    def from_bytes(
+        cls,
+        model: bytes,
+        card: dict[str, Any],
+        *,
+        name: str = "model.onnx",
+        threads: int = 2,
+        vad: str = "silero",
+    ) -> OnnxEmotionModel:
+        """The model from its file's bytes (``.onnx`` or ``.ort``) and its card (the
+        ``model.json`` document), with no file: ``name`` stands for the file in messages
+        and :attr:`path`. The card is checked as :func:`read_model_card` checks a file's."""
+        if not isinstance(model, bytes | bytearray | memoryview):
+            raise EdgeserError(f"{name}: model bytes expected, got {type(model).__name__}")
+        self = cls.__new__(cls)
+        self.path = Path(name)
+        self.card = check_card(card, name, CARD_NAME)
+        self._open(bytes(model), threads, vad)
+        return self
+
+    def _open(self, source: Path | bytes, threads: int, vad: str) -> None:
+        """The session on ``source`` (the file, or its bytes) and the card's settings."""
         self.labels: list[str] = list(self.card["labels"])
         self.sample_rate: int = SAMPLE_RATE
         self.min_samples: int = max(1, int(self.card.get("min_samples", 400)))
@@ -188,7 +215,7 @@ class OnnxEmotionModel:
         )
 
         try:
-            self.session = onnx_session(self.path, threads=max(1, int(threads)))
+            self.session = onnx_session(source, threads=max(1, int(threads)))
         except Exception as e:  # onnxruntime raises its own exception types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EdgeserError(
@@ -331,14 +358,40 @@ class OnnxEmotionModel:
                 short.append(i)
             else:
                 out[i] = self.predict_waveform(w, sr)
-        prepared = {i: self.prepare(waves[i], sr) for i in short}
-        order = sorted(short, key=lambda i: len(prepared[i]))
+        prepared = [self.prepare(waves[i], sr) for i in short]
+        for k, row, _ in self._batched_outputs(prepared, batch_size):
+            out[short[k]] = self._named(row)
+        return [p for p in out if p is not None]
+
+    def analyse_prepared_batch(
+        self, prepared: Sequence[np.ndarray], *, batch_size: int = 16
+    ) -> list[Analysis]:
+        """:meth:`analyse_prepared` of several prepared waveforms (each up to the window),
+        ``batch_size`` per graph run, grouped by length; results in input order (a row of a
+        padded batch gets what it gets alone, up to float rounding)."""
+        out: list[Analysis | None] = [None] * len(prepared)
+        for i, row, dims in self._batched_outputs(prepared, batch_size):
+            x = prepared[i]
+            out[i] = self._analysis(
+                row,
+                dims,
+                status=self.status(x, row),
+                speech_seconds=x.shape[0] / SAMPLE_RATE,
+            )
+        return [a for a in out if a is not None]
+
+    def _batched_outputs(
+        self, prepared: Sequence[np.ndarray], batch_size: int
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """``(index, probabilities, dimensions or None)`` of each prepared waveform, run
+        ``batch_size`` at a time in order of length (to limit padding)."""
+        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i]))
         step = max(1, int(batch_size))
         for k in range(0, len(order), step):
             idx = order[k : k + step]
-            for i, row in zip(idx, self.run([prepared[i] for i in idx]), strict=True):
-                out[i] = self._named(row)
-        return [p for p in out if p is not None]
+            probs, dims = self.run_outputs([prepared[i] for i in idx])
+            for j, i in enumerate(idx):
+                yield i, probs[j], None if dims is None else dims[j]
 
     def predict_file(self, path: str | os.PathLike[str]) -> Prediction:
         """Read any soundfile format (any rate, any channel count) and classify it."""
@@ -348,15 +401,22 @@ class OnnxEmotionModel:
     def analyse_file(self, path: str | os.PathLike[str]) -> Analysis:
         """:meth:`predict_file` with dimensions and status (:class:`Analysis`); a file longer
         than the window is read in blocks and classified by speech segments."""
+        wave = self.prepare_file(path)
+        if wave is None:
+            return self._analyse_long(file_blocks(path))
+        return self.analyse_prepared(wave)
+
+    def prepare_file(self, path: str | os.PathLike[str]) -> np.ndarray | None:
+        """The prepared waveform of an audio file up to the window (:func:`read_prepared`);
+        None for a longer one (:meth:`analyse_file` reads it in blocks)."""
         p = Path(path)
         if not p.is_file():
             raise AudioError(f"{p}: no such audio file")
         info = audio_info(p)
         check_sample_rate(info.sample_rate, what=str(p))
         if info.duration > self.long.window:
-            return self._analyse_long(file_blocks(p))
-        wave, _ = read_prepared(p, self.trim)
-        return self.analyse_prepared(wave)
+            return None
+        return read_prepared(p, self.trim)[0]
 
     # ------------------------------------------------------------------ status, long inputs
     def vad(self) -> FrameVAD:

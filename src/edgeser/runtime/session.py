@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NBITS_OPTIONS", "onnx_session", "pad_batch"]
+__all__ = ["NBITS_OPTIONS", "ORT_IDENTIFIER", "onnx_session", "pad_batch"]
 
 #: How onnxruntime runs a weight-only 8-bit product it fuses into ``MatMulNBits``: float32
 #: arithmetic (its default, level 4, quantises the activations to int8, as edgeser does
@@ -22,9 +22,14 @@ NBITS_OPTIONS = {
 }
 
 
+#: The file identifier of an ORT-format model (bytes 4-8 of a ``.ort`` file).
+ORT_IDENTIFIER = b"ORTM"
+
+
 def onnx_session(path: str | Path | bytes, threads: int | None = None) -> Any:
     """An onnxruntime CPU session with full graph optimisation and quiet logging
-    (``threads``: intra-op threads, one inter-op thread; default: onnxruntime's).
+    (``threads``: intra-op threads, one inter-op thread; default: onnxruntime's). ``path``
+    is an ``.onnx`` or ``.ort`` file, or such a file's bytes.
 
     Without onnxruntime's memory patterns (a pattern pre-plans one block for a whole run:
     with the extractor run chunk by chunk, tensors allocated as they come peak lower); its
@@ -39,7 +44,11 @@ def onnx_session(path: str | Path | bytes, threads: int | None = None) -> Any:
     opts.enable_mem_pattern = False
     for key, value in NBITS_OPTIONS.items():
         opts.add_session_config_entry(key, value)
-    if not isinstance(path, bytes) and str(path).endswith(".ort"):
+    if isinstance(path, bytes):
+        ort_format = path[4:8] == ORT_IDENTIFIER
+    else:
+        ort_format = str(path).endswith(".ort")
+    if ort_format:
         opts.add_session_config_entry("session.load_model_format", "ORT")
     if threads:
         opts.intra_op_num_threads = int(threads)
