@@ -32,6 +32,7 @@ web-deps:
 test: $(STAMP) web-deps
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/ruff format --check src tests bench tools
+	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
