@@ -187,3 +187,58 @@ def test_the_runtime_package_imports_no_training_stack() -> None:
         if name.split(".")[0] in heavy
     ]
     assert not found, "\n".join(found)
+
+
+ARCHITECTURE = PACKAGE.parents[1] / "docs" / "ARCHITECTURE.md"
+
+
+def _named_in(text: str) -> set[str]:
+    """Every `backticked` word of ``text``, and each path part of a backticked path."""
+    import re
+
+    words = set()
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)  # fenced blocks aside
+    for token in re.findall(r"`([^`]+)`", text):
+        words.add(token)
+        words.update(re.split(r"[/.\s]+", token))
+    return words
+
+
+def test_the_architecture_page_names_every_module_and_stage() -> None:
+    """docs/ARCHITECTURE.md's table lists the stages in :data:`STAGES` order and names every
+    module of the package, so the page cannot drift from the code."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    row_stages = [line.split("`")[1].removesuffix("/").removesuffix(".py") for line in rows]
+    expected = ["__init__" if s == "edgeser" else s for s in STAGES]
+    assert row_stages == expected
+    named = _named_in(text)
+    missing = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.stem != "__init__" and path.stem not in named
+    )
+    assert not missing, f"docs/ARCHITECTURE.md does not name: {', '.join(missing)}"
+
+
+def test_the_architecture_page_names_every_function_local_import() -> None:
+    """A module that imports edgeser inside a function (an exception to the top-of-module
+    rule, for the light install) is named in the page's Imports section."""
+    section = ARCHITECTURE.read_text(encoding="utf-8").split("## Imports", 1)[1]
+    named = _named_in(section)
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        local = [
+            node
+            for fn in ast.walk(tree)
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(fn)
+            if any(m.split(".")[0] == "edgeser" for m in _modules_named(node))
+        ]
+        rel = path.relative_to(PACKAGE)
+        if local and rel.stem not in named and rel.parent.name not in named:
+            found.append(f"{rel}:{local[0].lineno}")
+    assert not found, "imports edgeser inside a function, not in ARCHITECTURE.md: " + ", ".join(
+        found
+    )
