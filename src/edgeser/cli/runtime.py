@@ -203,7 +203,17 @@ def run_stream(args: argparse.Namespace) -> int:
         args.input = str(args.model)
         from edgeser.serve.client import run_remote_stream
 
-        return run_remote_stream(args)
+        options = {
+            name: getattr(args, name)
+            for name in ("threshold", "min_speech", "min_silence", "speech_pad", "max_segment")
+        }
+        return run_remote_stream(
+            args.server,
+            args.input,
+            options=options,
+            api_key_file=args.api_key_file,
+            as_json=args.json,
+        )
     if args.input is None:
         raise EdgeserError("stream: give MODEL and INPUT (or --server URL INPUT)")
     if args.api_key_file is not None:

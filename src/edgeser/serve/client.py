@@ -262,40 +262,42 @@ async def predict_file(
 
 
 # --------------------------------------------------------------------------- CLI
-def run_remote_stream(args: Any) -> int:
-    """``edgeser stream --server URL INPUT``: the local command's output, from the server."""
+def run_remote_stream(
+    server: str,
+    source: str,
+    *,
+    options: dict[str, Any],
+    api_key_file: str | None = None,
+    as_json: bool = False,
+) -> int:
+    """``edgeser stream --server URL INPUT``: the local command's output, from the server
+    (``source``: an audio file, or ``-`` for 16-bit PCM on standard input; ``options``:
+    the segmenter's settings sent with ``session.start``)."""
     from edgeser.runtime.segments import pcm_blocks
     from edgeser.runtime.stream import Segment
 
-    options = {
-        "threshold": args.threshold,
-        "min_speech": args.min_speech,
-        "min_silence": args.min_silence,
-        "speech_pad": args.speech_pad,
-        "max_segment": args.max_segment,
-    }
-    key = api_key_from(args.api_key_file)
-    if args.input == "-":
+    key = api_key_from(api_key_file)
+    if source == "-":
         if sys.stdin is None or getattr(sys.stdin, "closed", False):
             raise EdgeserError("stream -: standard input is closed")
         events = stream_blocks(
-            args.server,
+            server,
             pcm_blocks(sys.stdin.buffer, FRAME_SECONDS),
             fmt="pcm_s16le",
             options=options,
             api_key=key,
         )
     else:
-        if not Path(args.input).is_file():
-            raise EdgeserError(f"{args.input}: no such audio file")
-        events = stream_file(args.server, args.input, options=options, api_key=key)
+        if not Path(source).is_file():
+            raise EdgeserError(f"{source}: no such audio file")
+        events = stream_file(server, source, options=options, api_key=key)
     fields = set(Segment.__dataclass_fields__)
 
     async def run() -> None:
         async for event in events:
             if event["type"] == "utterance.result":
                 seg = Segment(**{k: v for k, v in event.items() if k in fields})
-                print(seg.to_json() if args.json else seg.to_line(), flush=True)
+                print(seg.to_json() if as_json else seg.to_line(), flush=True)
 
     try:
         asyncio.run(run())
