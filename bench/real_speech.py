@@ -19,7 +19,8 @@ intervals, the spread over seeds, every pair of models tested paired on the same
 utterances), then ``OUT/real_speech.md``: the two tables with the minutes each model took,
 and the hardware. Runs resume: a finished fold of a seed is read back, not trained again
 (``OUT/*/<model>/``), so an interrupted run loses at most one fold. Not a test: LIGHT-SERNET
-takes ~8 min per seed on a 2-core CPU.
+takes ~8-10 min per seed on a 2-core CPU; the suite's cheap check on the same data is
+``tests/test_egemaps.py::test_egemaps_on_twelve_real_actors_is_at_least_the_plain_pipeline``.
 
     .venv/bin/python bench/real_speech.py [--out runs/real-speech] [--seeds 3] [--folds 6]
         [--models egemaps,light-sernet,distilhubert] [--norms speaker,global]
