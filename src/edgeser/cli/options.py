@@ -13,13 +13,18 @@ import dataclasses
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgeser.config import config_fields, option_type, parse_bool
+from edgeser.config import (
+    PAPER_DEFAULTS,
+    TrainConfig,
+    config_fields,
+    load_config,
+    option_type,
+    parse_bool,
+)
 from edgeser.core.executor import ExecutorSpec, import_ray, parse_executor
-
-if TYPE_CHECKING:
-    from edgeser.config import TrainConfig
+from edgeser.models.registry import MODELS
 
 #: The voice activity detectors ``predict`` and ``stream`` offer.
 VAD_CHOICES = ["silero", "webrtc"]
@@ -66,9 +71,6 @@ _METAVAR = {int: "INT", float: "FLOAT", str: "STR"}
 
 def _model_defaults_text(name: str) -> str:
     """``"1e-3; light-sernet: 0.0001"``: the paper's value and the models that differ."""
-    from edgeser.config import PAPER_DEFAULTS
-    from edgeser.models.registry import MODELS
-
     others = [
         f"{m}: {spec.defaults[name]}"
         for m, spec in MODELS.items()
@@ -79,7 +81,6 @@ def _model_defaults_text(name: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one ``--<field>`` option per config field (default: unset)."""
-    from edgeser.config import PAPER_DEFAULTS
 
     parser.add_argument("--config", type=Path, default=None, help="YAML file with config values")
     group = parser.add_argument_group("training config (defaults: the paper's values)")
@@ -114,8 +115,6 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config named by ``--config`` with the ``--<field>`` overrides applied."""
-    from edgeser.config import load_config
-
     return load_config(getattr(args, "config", None), config_overrides(args))
 
 
