@@ -200,7 +200,6 @@ def run_stream(args: argparse.Namespace) -> int:
             raise EdgeserError("stream --server URL INPUT takes no MODEL (the server has it)")
         if args.vad != "silero":
             raise EdgeserError("stream --server: the server's VAD is Silero (no --vad)")
-        args.input = str(args.model)
         from edgeser.serve.client import run_remote_stream
 
         options = {
@@ -209,7 +208,7 @@ def run_stream(args: argparse.Namespace) -> int:
         }
         return run_remote_stream(
             args.server,
-            args.input,
+            str(args.model),  # with --server the one positional is the INPUT
             options=options,
             api_key_file=args.api_key_file,
             as_json=args.json,
