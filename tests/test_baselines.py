@@ -406,6 +406,52 @@ def copy_with_batch_statistics(model):
     return ref
 
 
+def test_exportable_light_sernet_normalises_with_its_training_statistics(tmp_path):
+    """--feature-norm none: the BatchNorm statistics a trained (and exported) LIGHT-SERNET
+    holds are its training set's, not Keras' slow moving averages (momentum 0.99), which
+    after the few steps of a small corpus still sit near their initial (0, 1) and put the
+    network near chance. precise_batchnorm averages batch statistics over one pass of the
+    clean training features; the model handed to it keeps its own."""
+    from edgeser.models.lightsernet import LightSERNet, MFCCConfig
+    from edgeser.models.lightsernet import LightSERNetConfig as NetConfig
+    from edgeser.training.trainer import (
+        SERModel,
+        fit,
+        precise_batchnorm,
+        training_batchnorm,
+    )
+
+    cfg = TrainConfig(model="light-sernet", feature_norm="none", batch_size=4, epochs=2)
+    assert training_batchnorm(cfg, "mfcc")
+    assert not training_batchnorm(TrainConfig(model="light-sernet", feature_norm="speaker"), "mfcc")
+    torch.manual_seed(0)
+    net = LightSERNet(NetConfig(mfcc=MFCCConfig(seconds=0.75)))
+    model = SERModel(net, None, kind="mfcc")
+    data = _speaker_mfcc_set()
+    first = net.paths[0][1]  # the first path's BatchNorm: its input is the conv's output
+    whole = torch.stack([torch.as_tensor(c) for c in data.clean])[:, None]
+    with torch.no_grad():
+        conv = net.paths[0][0](whole.to(memory_format=torch.channels_last))
+    one = precise_batchnorm(model, data, cfg, batch_size=len(data))
+    torch.testing.assert_close(
+        one.head.paths[0][1].running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        one.head.paths[0][1].running_var, conv.var((0, 2, 3)), rtol=1e-3, atol=1e-4
+    )
+    assert torch.equal(first.running_mean, torch.zeros_like(first.running_mean))  # untouched
+    assert first.momentum == one.head.paths[0][1].momentum == 0.01 and not one.training
+    batches = precise_batchnorm(model, data, cfg)  # batches of 4: the mean of their stats
+    torch.testing.assert_close(
+        batches.head.paths[0][1].running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-4
+    )
+    # fit() ends with the training statistics (no validation speakers: the last epoch's)
+    trained = fit(cfg, model, data, None, tmp_path / "fit", progress=False)
+    again = precise_batchnorm(trained.model, data, cfg)
+    for a, b in zip(trained.model.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_speaker_batches_never_mix_speakers():
     from edgeser.training.trainer import _speaker_batches, _speaker_rows
 
