@@ -17,7 +17,8 @@ paired tests compare models under the same normalisation:
 Writes ``OUT/<normalisation>/compare.md`` and ``compare.json`` (UA/WA/macro-F1 with
 intervals, the spread over seeds, every pair of models tested paired on the same
 utterances), then ``OUT/real_speech.md``: the two tables with the minutes each model took,
-and the hardware. Runs resume: a finished fold of a seed is read back, not trained again
+each model's per-speaker run tested paired against its global one (same folds, utterances
+and seeds), and the hardware. Runs resume: a finished fold of a seed is read back, not trained again
 (``OUT/*/<model>/``), so an interrupted run loses at most one fold. Not a test: LIGHT-SERNET
 takes ~8-10 min per seed on a 2-core CPU; the suite's cheap check on the same data is
 ``tests/test_egemaps.py::test_egemaps_on_twelve_real_actors_is_at_least_the_plain_pipeline``.
@@ -40,7 +41,10 @@ from edgeser.core.cpu import format_hardware
 from edgeser.core.io import write_text
 from edgeser.data.manifest import write_manifest
 from edgeser.data.recipes import prepare_ravdess
+from edgeser.evaluation.records import FoldResult
+from edgeser.evaluation.report import PAIRED_HEADER, paired_rows
 from edgeser.experiments.compare import compare
+from edgeser.experiments.pipeline import eval_sets, paired_settings
 
 HERE = Path(__file__).resolve().parents[1]
 CORPORA = [HERE.parent / "shared" / "corpora" / n for n in ("ravdess-mini", "ravdess-dev")]
@@ -62,6 +66,40 @@ def twelve_actors(corpora: list[Path], out: Path) -> Path:
     path = out / "ravdess-12.csv"
     write_manifest(frame.reset_index(drop=True), path)
     return path
+
+
+def fold_results(run: Path, seeds: int, folds: int) -> list[list[FoldResult]]:
+    """``runs[seed][fold]`` of one model's finished LOSO run (``run/loso/[seedK/]foldN``)."""
+    import json
+
+    runs = []
+    for k in range(seeds):
+        base = run / "loso" / (f"seed{k}" if k else "")
+        runs.append(
+            [
+                FoldResult.from_json(json.loads((base / f"fold{f}" / "record.json").read_text()))
+                for f in range(1, folds + 1)
+            ]
+        )
+    return runs
+
+
+def normalisation_pairs(out: Path, models: list[str], manifest: Path, seeds: int, folds: int):
+    """Per model, its ``speaker`` run against its ``global`` one, paired on the same folds,
+    utterances and seeds: is the transductive normalisation worth it for that model?"""
+    frame = pd.read_csv(manifest)
+    cfg = TrainConfig(seeds=seeds)
+    lines = ["## Per-speaker against global normalisation, per model", ""]
+    for m in models:
+        runs = {n: out / n / m for n in ("global", "speaker")}
+        if not all((r / "loso").is_dir() for r in runs.values()):
+            continue
+        sets = {n: eval_sets(fold_results(r, seeds, folds), frame) for n, r in runs.items()}
+        test = paired_settings(
+            cfg, (f"{m} global", sets["global"]), (f"{m} speaker", sets["speaker"]), variance=False
+        )
+        lines += [f"{m}: B = speaker, A = global", "", *PAIRED_HEADER, *paired_rows(test), ""]
+    return lines
 
 
 def main() -> None:
@@ -105,6 +143,7 @@ def main() -> None:
             + ", ".join(f"{m} {t}" for m, t in minutes.items()),
             "",
         ]
+    lines += normalisation_pairs(args.out, models, manifest, args.seeds, args.folds)
     lines += ["```", format_hardware(), "```", ""]
     write_text(args.out / "real_speech.md", "\n".join(lines))
     print("\n".join(lines))
