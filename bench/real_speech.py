@@ -20,7 +20,7 @@ utterances), then ``OUT/real_speech.md``: the two tables with the minutes each m
 each model's per-speaker run tested paired against its global one (same folds, utterances
 and seeds), and the hardware. Runs resume: a finished fold of a seed is read back, not trained again
 (``OUT/*/<model>/``), so an interrupted run loses at most one fold. Not a test: LIGHT-SERNET
-takes ~8-10 min per seed on a 2-core CPU; the suite's cheap check on the same data is
+takes ~11-12 min per seed on a 2-core CPU; the suite's cheap check on the same data is
 ``tests/test_egemaps.py::test_egemaps_on_twelve_real_actors_is_at_least_the_plain_pipeline``.
 
     .venv/bin/python bench/real_speech.py [--out runs/real-speech] [--seeds 3] [--folds 6]
@@ -30,6 +30,7 @@ takes ~8-10 min per seed on a 2-core CPU; the suite's cheap check on the same da
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -70,8 +71,6 @@ def twelve_actors(corpora: list[Path], out: Path) -> Path:
 
 def fold_results(run: Path, seeds: int, folds: int) -> list[list[FoldResult]]:
     """``runs[seed][fold]`` of one model's finished LOSO run (``run/loso/[seedK/]foldN``)."""
-    import json
-
     runs = []
     for k in range(seeds):
         base = run / "loso" / (f"seed{k}" if k else "")

@@ -161,11 +161,12 @@ def speaker_batchnorm(cfg: TrainConfig, kind: str) -> bool:
 
 
 def training_batchnorm(cfg: TrainConfig, kind: str) -> bool:
-    """Whether a run's BatchNorm layers get exact training-set statistics before each
-    validation and at the end (LIGHT-SERNET with ``--feature-norm none``, the exportable
-    network): the moving averages of Keras' momentum (0.99) trail the weights by ~100
-    steps, which on a small corpus (RAVDESS' 12 actors: 8 steps an epoch) is a dozen
-    epochs, and evaluating with them leaves the network near chance."""
+    """Whether a run's BatchNorm layers get training-set statistics
+    (:func:`precise_batchnorm`) before each validation and at the end (LIGHT-SERNET with
+    ``--feature-norm none``, the exportable network): the moving averages of Keras'
+    momentum (0.99) trail the weights by ~100 steps, which on a small corpus (RAVDESS'
+    12 actors: 8 steps an epoch) is a dozen epochs, and evaluating with them leaves the
+    network near chance."""
     return train_strategy(kind).speaker_batchnorm and normalization(cfg) != "speaker"
 
 
@@ -189,6 +190,10 @@ def _speaker_rows(speakers: Sequence[str] | None) -> list[np.ndarray]:
         raise EdgeserError("per-speaker BatchNorm statistics need the speaker of every utterance")
     values = np.asarray(speakers, dtype=object)
     return [np.flatnonzero(values == s) for s in sorted(set(values.tolist()))]
+
+
+def _batchnorms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 class _Collected(Exception):
@@ -235,7 +240,7 @@ def adapt_batchnorm(
     adapted = copy.deepcopy(model).eval()
     if len(rows) == 0:
         return adapted
-    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _batchnorms(adapted)
     batches = [
         collate(data.kind, [data.clean[i] for i in rows[j : j + batch_size]], cfg.pooling)
         for j in range(0, len(rows), batch_size)
@@ -270,7 +275,7 @@ def precise_batchnorm(
     every validation. Dropout stays off; the rows go in order, so the result is
     deterministic."""
     adapted = copy.deepcopy(model).eval()
-    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = _batchnorms(adapted)
     size = batch_size or cfg.batch_size
     for bn in norms:
         bn.reset_running_stats()
@@ -279,8 +284,7 @@ def precise_batchnorm(
     for j in range(0, len(data), size):
         rows = range(j, min(j + size, len(data)))
         adapted.outputs(collate(data.kind, [data.clean[i] for i in rows], cfg.pooling))
-    originals = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn, original in zip(norms, originals, strict=True):
+    for bn, original in zip(norms, _batchnorms(model), strict=True):
         bn.momentum = original.momentum
         bn.eval()
     return adapted
@@ -402,10 +406,8 @@ def fit(
                 seen += len(idx)
                 bar.update(1)
             record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
-            net = model
-            if precise:
-                net = precise_batchnorm(model, train, cfg)
             if has_val:
+                net = precise_batchnorm(model, train, cfg) if precise else model
                 probs, vloss, vdims = _infer(net, val, cfg, loss_fn)
                 m = compute_metrics(val.labels, probs.argmax(1))
                 record.update(val_loss=vloss, val_ua=m["ua"], val_wa=m["wa"])
