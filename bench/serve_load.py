@@ -8,13 +8,17 @@ Starts ``edgeser serve MODEL --no-page`` in its own process (``--workers``, ``--
 ``--max-streams`` above the largest N, so refusals mean failures, not the limit). For
 each N, N clients each stream ``--seconds`` of real speech with pauses (the RAVDESS files
 of ``--speech``, ``ravdess-mini`` by default, concatenated with 0.4-1.2 s gaps; every
-client starts at another file and within the first second) at 1x real time in 100 ms
+client starts at another file, within one utterance cycle of the track (``--stagger``), so
+that the streams speak out of step as independent callers do) at 1x real time in 100 ms
 ``pcm_s16le`` frames. Latency of an utterance: from sending the frame that holds its last
 sample (the result's ``end``) to receiving its ``utterance.result``; it includes the
-``min_silence`` (0.1 s) the VAD waits before it closes an utterance. Per N: p50/p95/p99,
-the server's CPU (cores busy: its CPU time over the wall time) and RSS, refusals (errors,
+``min_silence`` (0.1 s) the VAD waits before it closes an utterance. Per N: p50/p95/p99
+(and the p99 of the utterances that ended while all N streams were open), the server's CPU
+(cores busy: its CPU time over the wall time) and RSS, where the server's share of the
+latency went (its ``edgeser_result_stage_seconds``: VAD, queue behind the stream's earlier
+utterances, wait for a model thread, model, send), the clients' own CPU, refusals (errors,
 refused or failed connections) and drops (an ``utterance.start`` without its result, a
-session without ``session.end``). The knee is the largest N with p99 <= 500 ms and
+session without ``session.end``). The knee is the largest N with both p99s <= 500 ms and
 nothing refused or dropped. Then ``--cycles`` short sessions (1 s of speech, every other
 one cut off mid-utterance without a close frame), 8 at a time, with the server's RSS
 after each tenth of them. Clients run in this process (on the same CPU).
@@ -122,7 +126,7 @@ async def client(
                     results += 1
                     starts.discard(event["start"])
                     frame = min(int(event["end"] * SR) // FRAME, len(sent_at) - 1)
-                    out["latency"].append(now - sent_at[frame])
+                    out["latency"].append((sent_at[frame], now - sent_at[frame]))
                 elif kind == "session.end":
                     ended = event["utterances"] == results
                     break
@@ -131,6 +135,7 @@ async def client(
                     out["errors"].append(event["code"])
                     break
             await sender
+            out["spans"].append((sent_at[0], sent_at[-1]))
             out["utterances"] += results
             out["dropped"] += len(starts) + (0 if ended else 1)
     except Exception as e:  # a refused or failed connection counts; the run goes on
@@ -139,16 +144,37 @@ async def client(
 
 
 async def load_level(
-    url: str, pcm: np.ndarray, starts: list[int], n: int, seconds: float, seed: int
+    url: str, pcm: np.ndarray, starts: list[int], n: int, seconds: float, stagger: float, seed: int
 ) -> dict:
+    """``n`` clients, each starting after a delay drawn uniformly from ``[0, stagger)``;
+    ``out["full"]``: the latencies of the utterances whose last frame was sent while all
+    ``n`` streams were open."""
     rng = np.random.default_rng(seed)
-    out = {"latency": [], "refused": 0, "dropped": 0, "utterances": 0, "errors": []}
+    out: dict = {
+        "latency": [],
+        "spans": [],
+        "refused": 0,
+        "dropped": 0,
+        "utterances": 0,
+        "errors": [],
+    }
     await asyncio.gather(
         *(
-            client(url, pcm, starts[(i * 7) % len(starts)], seconds, float(rng.uniform(0, 1)), out)
+            client(
+                url,
+                pcm,
+                starts[(i * 7) % len(starts)],
+                seconds,
+                float(rng.uniform(0, stagger)),
+                out,
+            )
             for i in range(n)
         )
     )
+    spans = out["spans"]
+    lo, hi = (max(a for a, _ in spans), min(b for _, b in spans)) if spans else (0.0, -1.0)
+    out["full"] = [lat for t, lat in out["latency"] if lo <= t <= hi]
+    out["latency"] = [lat for _, lat in out["latency"]]
     return out
 
 
@@ -204,6 +230,44 @@ def quantiles_ms(values: list[float], qs: tuple[float, ...]) -> list[float]:
     return [1000 * v[min(len(v) - 1, int(q * len(v)))] for q in qs]
 
 
+STAGES = ("vad", "queue", "pool", "model", "send")
+
+
+def stage_samples(base: str) -> dict[tuple[str, str], float]:
+    """The server's ``edgeser_result_stage_seconds`` samples: {(stage, le|'sum'): value}."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(base + "metrics", timeout=30) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "edgeser_result_stage_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                out[sample.labels["stage"], sample.labels["le"]] = sample.value
+            elif sample.name.endswith("_sum"):
+                out[sample.labels["stage"], "sum"] = sample.value
+    return out
+
+
+def stage_summary(before: dict, after: dict) -> str:
+    """Per stage, over one level: mean ms and the bucket bound under which 95 % fell."""
+    parts = []
+    for stage in STAGES:
+        d = {k[1]: after.get(k, 0.0) - before.get(k, 0.0) for k in after if k[0] == stage}
+        count = d.get("+Inf", 0.0)
+        if not count:
+            continue
+        bounds = sorted((float(le), v) for le, v in d.items() if le != "sum")
+        p95 = next(le for le, v in bounds if v >= 0.95 * count)
+        bound = f"<= {1000 * p95:.0f}" if p95 != float("inf") else "> 10000"
+        parts.append(f"{stage} {1000 * d['sum'] / count:.0f} (p95 {bound})")
+    return "; ".join(parts)
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -222,6 +286,14 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--speech", type=Path, default=SPEECH)
+    ap.add_argument(
+        "--stagger",
+        type=float,
+        default=None,
+        help="clients start within this many seconds (default: one utterance cycle of the "
+        "track, so that the streams' utterances are out of step as independent callers' "
+        "are; 1 starts them together)",
+    )
     args = ap.parse_args()
 
     print(f"CPU: {cpu_model()}")
@@ -232,7 +304,11 @@ def main() -> int:
     except Exception as e:  # the hardware line is informative only
         print(f"(hardware summary unavailable: {e})")
     pcm, starts = speech_track(args.speech, 120.0)
-    print(f"speech track: {pcm.size / SR:.0f} s, {len(starts)} utterances")
+    stagger = args.stagger if args.stagger is not None else pcm.size / SR / len(starts)
+    print(
+        f"speech track: {pcm.size / SR:.0f} s, {len(starts)} utterances; clients start "
+        f"within {stagger:.1f} s"
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -260,16 +336,22 @@ def main() -> int:
         rows = []
         for n in args.clients:
             cpu_a, _, _ = proc_stats(server.pid)
+            stages_a, own_a = stage_samples(base), os.times()
             t0 = time.monotonic()
-            r = asyncio.run(load_level(url, pcm, starts, n, args.seconds, seed=n))
+            r = asyncio.run(load_level(url, pcm, starts, n, args.seconds, stagger, seed=n))
             wall = time.monotonic() - t0
             cpu_b, rss, peak = proc_stats(server.pid)
+            own_b = os.times()
+            own = (own_b.user + own_b.system - own_a.user - own_a.system) / wall
             p50, p95, p99 = quantiles_ms(r["latency"], (0.5, 0.95, 0.99))
+            (full99,) = quantiles_ms(r["full"], (0.99,))
             row = (
                 n,
                 p50,
                 p95,
                 p99,
+                full99,
+                len(r["full"]),
                 (cpu_b - cpu_a) / wall,
                 rss,
                 peak,
@@ -279,23 +361,25 @@ def main() -> int:
             )
             rows.append(row)
             print(
-                f"N={n}: p50 {row[1]:.0f} ms, p95 {row[2]:.0f}, p99 {row[3]:.0f}; CPU "
-                f"{row[4]:.2f} cores; RSS {rss:.0f} MB (peak {peak:.0f}); refused "
+                f"N={n}: p50 {p50:.0f} ms, p95 {p95:.0f}, p99 {p99:.0f} (p99 {full99:.0f} "
+                f"over the {len(r['full'])} with all {n} open); CPU "
+                f"{row[6]:.2f} cores; RSS {rss:.0f} MB (peak {peak:.0f}); refused "
                 f"{r['refused']} {sorted(set(r['errors']))}, dropped {r['dropped']}; "
-                f"{r['utterances']} utterances",
+                f"{r['utterances']} utterances; clients' CPU {own:.2f} cores",
                 flush=True,
             )
+            print(f"  server stages, mean ms: {stage_summary(stages_a, stage_samples(base))}")
         print(
-            "\n| N | p50 ms | p95 ms | p99 ms | server CPU (cores) | RSS MB (peak) | "
-            "refused | dropped | utterances |"
+            "\n| N | p50 ms | p95 ms | p99 ms | p99 ms, all N open (utterances) | "
+            "server CPU (cores) | RSS MB (peak) | refused | dropped | utterances |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
-        for n, p50, p95, p99, cpu, rss, peak, refused, dropped, utts in rows:
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for n, p50, p95, p99, full99, nfull, cpu, rss, peak, refused, dropped, utts in rows:
             print(
-                f"| {n} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {cpu:.2f} | {rss:.0f} "
-                f"({peak:.0f}) | {refused} | {dropped} | {utts} |"
+                f"| {n} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {full99:.0f} ({nfull}) | "
+                f"{cpu:.2f} | {rss:.0f} ({peak:.0f}) | {refused} | {dropped} | {utts} |"
             )
-        good = [r[0] for r in rows if r[3] <= 500 and r[7] == 0 and r[8] == 0]
+        good = [r[0] for r in rows if max(r[3], r[4]) <= 500 and r[9] == 0 and r[10] == 0]
         print(
             f"\nknee (largest N with p99 <= 500 ms, nothing refused or dropped): "
             f"{max(good) if good else 'none'}"

@@ -538,6 +538,16 @@ def test_disconnect_mid_utterance_frees_the_session(model_dir, speech):
         assert events[-1]["type"] == "session.end" and events[-1]["utterances"] >= 5
         body = _get(srv.url, "/metrics")[1].decode()
         assert "edgeser_open_streams 0.0" in body and "edgeser_streams_total 4.0" in body
+        # every result's latency is split into the stages, which add up to it
+        sample = state.metrics.registry.get_sample_value
+        results = sample("edgeser_utterances_total")
+        assert sample("edgeser_result_latency_seconds_count") == results >= 5
+        stages = [("stage", s) for s in ("vad", "queue", "pool", "model", "send")]
+        counts = [sample("edgeser_result_stage_seconds_count", dict([s])) for s in stages]
+        sums = [sample("edgeser_result_stage_seconds_sum", dict([s])) for s in stages]
+        assert counts == [results] * 5 and min(sums) >= 0 and sums[3] > 0
+        total = sample("edgeser_result_latency_seconds_sum")
+        assert sum(sums) == pytest.approx(total, rel=1e-6)
     finally:
         srv.stop()
 

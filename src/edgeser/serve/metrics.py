@@ -7,6 +7,8 @@ from typing import Any
 
 from edgeser.core.errors import EdgeserError
 
+#: The stages of :attr:`Metrics.result_stages`, in order; their sum is the result latency.
+STAGES = ("vad", "queue", "pool", "model", "send")
 #: Latency buckets (seconds) of the result histograms: 10 ms to 10 s.
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -24,6 +26,7 @@ class Metrics:
     audio_seconds: Any
     rejected: Any
     result_latency: Any
+    result_stages: Any
     predictions: Any
     predict_latency: Any
 
@@ -58,6 +61,16 @@ def make_metrics() -> Metrics:
         result_latency=Histogram(
             "edgeser_result_latency_seconds",
             "from the audio frame that closed an utterance to its utterance.result",
+            buckets=BUCKETS,
+            registry=r,
+        ),
+        result_stages=Histogram(
+            "edgeser_result_stage_seconds",
+            "where an utterance's result latency goes, per stage: vad (the closing frame "
+            "through the VAD), queue (waiting behind the stream's earlier utterances), pool "
+            "(waiting for a model thread), model (the model), send (back on the event loop "
+            "and sent)",
+            ["stage"],
             buckets=BUCKETS,
             registry=r,
         ),

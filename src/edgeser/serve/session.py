@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeser.audio.io import SAMPLE_RATE
 from edgeser.runtime.stream import classify_segment
+from edgeser.serve.metrics import STAGES
 from edgeser.serve.protocol import (
     PROTOCOL,
     ProtocolError,
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Closed = list[tuple[int, int, np.ndarray]]
+#: A closed segment for the model: start, end, audio, when the frame that closed it arrived
+#: and when the VAD closed it (time.monotonic()).
+Queued = tuple[int, int, np.ndarray, float, float]
 
 
 def _disconnect() -> type[Exception]:
@@ -69,9 +73,7 @@ class StreamSession:
         self.ended: str | None = None  # why the server ends it: max_duration, shutdown
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
-        self._queue: asyncio.Queue[tuple[int, int, np.ndarray, float] | None] = asyncio.Queue(
-            maxsize=self.limits.max_pending
-        )
+        self._queue: asyncio.Queue[Queued | None] = asyncio.Queue(maxsize=self.limits.max_pending)
         self._classifier: asyncio.Task[None] | None = None
         self._recv: asyncio.Future[Any] | None = None
         self.audio_in = 0.0  # seconds of input audio received
@@ -215,7 +217,7 @@ class StreamSession:
         await self._emit(closed, None, time.monotonic())
         await self._bye(pipeline.splitter.total / SAMPLE_RATE)
 
-    async def _enqueue(self, item: tuple[int, int, np.ndarray, float] | None) -> None:
+    async def _enqueue(self, item: Queued | None) -> None:
         """Queue a segment for the classifier (waits while ``max_pending`` wait); raises
         what ended the classifier if it stopped."""
         assert self._classifier is not None
@@ -263,29 +265,41 @@ class StreamSession:
         }
 
     async def _emit(self, closed: Closed, open_start: int | None, when: float) -> None:
+        closed_at = time.monotonic()
         for a, b, audio in closed:
             if self._announced != a:
                 await self._send({"type": "utterance.start", "start": a / SAMPLE_RATE})
             self._announced = None
-            await self._enqueue((a, b, audio, when))
+            await self._enqueue((a, b, audio, when, closed_at))
         if open_start is not None and self._announced != open_start:
             self._announced = open_start
             await self._send({"type": "utterance.start", "start": open_start / SAMPLE_RATE})
 
     async def _classify(self) -> None:
         loop, m = asyncio.get_running_loop(), self.state.metrics
+        model = self.state.model
+
+        def run(a: int, b: int, audio: np.ndarray) -> tuple[Any, float, float]:
+            started = time.monotonic()
+            return classify_segment(model, a, b, audio), started, time.monotonic()
+
         while (item := await self._queue.get()) is not None:
-            a, b, audio, when = item
-            seg = await loop.run_in_executor(
-                self.state.infer_pool, classify_segment, self.state.model, a, b, audio
+            a, b, audio, when, closed_at = item
+            dequeued = time.monotonic()
+            seg, started, finished = await loop.run_in_executor(
+                self.state.infer_pool, run, a, b, audio
             )
             result: dict[str, Any] = {"type": "utterance.result", **asdict(seg)}
             if seg.dimensions is None:
                 del result["dimensions"]
             await self._send(result)
+            sent = time.monotonic()
             self.utterances += 1
             m.utterances.inc()
-            m.result_latency.observe(time.monotonic() - when)
+            m.result_latency.observe(sent - when)
+            marks = (when, closed_at, dequeued, started, finished, sent)
+            for stage, t0, t1 in zip(STAGES, marks, marks[1:], strict=False):
+                m.result_stages.labels(stage).observe(t1 - t0)
 
 
 class Pipeline:
