@@ -286,13 +286,13 @@ def test_full_size_int8_is_faithful_on_real_speech(full, ravdess_mini):
 @pytest.mark.slow
 def test_full_size_int8_cannot_saturate_any_cpu(full):
     """Every integer operator of the fused default 8-bit graph (the 12 transformer linears
-    and the second extractor convolution) has 7-bit weights: no uint8 x int8 pair sum can
+    and the second and third extractor convolutions) has 7-bit weights: no uint8 x int8 pair sum can
     leave the int16 range of x86's non-VNNI kernels, whatever the input."""
     from edgeser.exporting.saturation import INT16_MAX, STATIC_WEIGHT_QMAX, saturation_report
 
     ops = saturation_report(full["paths"]["int8"])
     kinds = sorted({op.op_type for op in ops})
-    assert kinds == ["MatMulIntegerToFloat", "QLinearConv"] and len(ops) == 13
+    assert kinds == ["MatMulIntegerToFloat", "QLinearConv"] and len(ops) == 14
     for op in ops:
         assert op.activation == "uint8" and op.weight_dtype == "int8", op
         assert op.weight_max <= STATIC_WEIGHT_QMAX and op.pair_sum <= INT16_MAX, op
