@@ -2,7 +2,7 @@
 many connect/stream/disconnect cycles.
 
     .venv/bin/python bench/serve_load.py --model DIR [--clients 8 16 32 48] [--seconds 30]
-                                         [--cycles 1000]
+                                         [--cycles 1000] [--ray REPLICAS]
 
 Starts ``edgeser serve MODEL --no-page`` in its own process (``--workers``, ``--threads``;
 ``--max-streams`` above the largest N, so refusals mean failures, not the limit). For
@@ -23,6 +23,12 @@ nothing refused or dropped. Then ``--cycles`` short sessions (1 s of speech, eve
 one cut off mid-utterance without a close frame), 8 at a time, with the server's RSS
 after each tenth of them. Clients run in this process (on the same CPU).
 
+``--ray N``: the same levels against ``edgeser serve --ray --replicas N`` (Ray Serve, the
+model in N replicas), with Ray, the server and the clients (this script again, inside) in
+a network namespace that holds only ``lo``; the server's CPU and RSS are then those of
+every process in the namespace but the clients (Ray's own included), and the stage split
+is not scraped (each replica has its own metrics).
+
 Prints the hardware first, then markdown tables; measures, asserts nothing.
 """
 
@@ -35,7 +41,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +74,16 @@ def speech_track(folder: Path, seconds: float, seed: int = 0) -> tuple[np.ndarra
     track = np.concatenate(parts)
     pcm = (np.clip(track, -1, 1) * 32767).astype("<i2")
     return pcm, starts
+
+
+def server_stats(pids: list[int]) -> tuple[float, float, float]:
+    """(CPU seconds, RSS MB, peak RSS MB) summed over processes (gone ones count 0)."""
+    total = [0.0, 0.0, 0.0]
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            for i, v in enumerate(proc_stats(pid)):
+                total[i] += v
+    return total[0], total[1], total[2]
 
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
@@ -179,7 +197,12 @@ async def load_level(
 
 
 async def cycles(
-    url: str, pcm: np.ndarray, starts: list[int], count: int, pid: int, concurrency: int = 8
+    url: str,
+    pcm: np.ndarray,
+    starts: list[int],
+    count: int,
+    pids: Callable[[], list[int]],
+    concurrency: int = 8,
 ) -> list[tuple[int, float]]:
     """``count`` short sessions; every other one is cut off mid-utterance."""
     from websockets.asyncio.client import connect
@@ -216,7 +239,7 @@ async def cycles(
             if done % step == 0:
                 at = done
                 await asyncio.sleep(0.5)  # let the server notice the aborted ones
-                rss.append((at, proc_stats(pid)[1]))
+                rss.append((at, server_stats(pids())[1]))
 
     await asyncio.gather(*(guarded(k) for k in range(count)))
     return rss
@@ -277,6 +300,144 @@ def cpu_model() -> str:
     return f"{fields.get('Model name', '?').strip()}, {os.cpu_count()} CPUs"
 
 
+def run_levels(
+    args: argparse.Namespace, base: str, pids: Callable[[], list[int]], stages: bool
+) -> None:
+    """Every ``--clients`` level against the server at ``base`` (``http://HOST:PORT/``),
+    then ``--cycles``; ``pids()``: the server's processes (CPU and RSS are their sums);
+    ``stages``: scrape ``/metrics`` for the stage split (one process answers all)."""
+    pcm, starts = speech_track(args.speech, 120.0)
+    stagger = args.stagger if args.stagger is not None else pcm.size / SR / len(starts)
+    print(
+        f"speech track: {pcm.size / SR:.0f} s, {len(starts)} utterances; clients start "
+        f"within {stagger:.1f} s"
+    )
+    url = base.replace("http://", "ws://") + "v1/stream"
+    cpu0, rss0, _ = server_stats(pids())
+    print(f"server RSS at rest {rss0:.0f} MB ({len(pids())} processes)\n", flush=True)
+    rows = []
+    for n in args.clients:
+        cpu_a, _, _ = server_stats(pids())
+        stages_a, own_a = stage_samples(base) if stages else {}, os.times()
+        t0 = time.monotonic()
+        r = asyncio.run(load_level(url, pcm, starts, n, args.seconds, stagger, seed=n))
+        wall = time.monotonic() - t0
+        cpu_b, rss, peak = server_stats(pids())
+        own_b = os.times()
+        own = (own_b.user + own_b.system - own_a.user - own_a.system) / wall
+        p50, p95, p99 = quantiles_ms(r["latency"], (0.5, 0.95, 0.99))
+        (full99,) = quantiles_ms(r["full"], (0.99,))
+        row = (
+            n,
+            p50,
+            p95,
+            p99,
+            full99,
+            len(r["full"]),
+            (cpu_b - cpu_a) / wall,
+            rss,
+            peak,
+            r["refused"],
+            r["dropped"],
+            r["utterances"],
+        )
+        rows.append(row)
+        print(
+            f"N={n}: p50 {p50:.0f} ms, p95 {p95:.0f}, p99 {p99:.0f} (p99 {full99:.0f} "
+            f"over the {len(r['full'])} with all {n} open); CPU "
+            f"{row[6]:.2f} cores; RSS {rss:.0f} MB (peak {peak:.0f}); refused "
+            f"{r['refused']} {sorted(set(r['errors']))}, dropped {r['dropped']}; "
+            f"{r['utterances']} utterances; clients' CPU {own:.2f} cores",
+            flush=True,
+        )
+        if stages:
+            print(f"  server stages, mean ms: {stage_summary(stages_a, stage_samples(base))}")
+    print(
+        "\n| N | p50 ms | p95 ms | p99 ms | p99 ms, all N open (utterances) | "
+        "server CPU (cores) | RSS MB (peak) | refused | dropped | utterances |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, p50, p95, p99, full99, nfull, cpu, rss, peak, refused, dropped, utts in rows:
+        print(
+            f"| {n} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {full99:.0f} ({nfull}) | "
+            f"{cpu:.2f} | {rss:.0f} ({peak:.0f}) | {refused} | {dropped} | {utts} |"
+        )
+    good = [r[0] for r in rows if max(r[3], r[4]) <= 500 and r[9] == 0 and r[10] == 0]
+    print(
+        f"\nknee (largest N with p99 <= 500 ms, nothing refused or dropped): "
+        f"{max(good) if good else 'none'}"
+    )
+    if args.cycles:
+        t0 = time.monotonic()
+        rss_after = asyncio.run(cycles(url, pcm, starts, args.cycles, pids))
+        print(
+            f"\n{args.cycles} connect/stream/disconnect cycles in "
+            f"{time.monotonic() - t0:.0f} s; server RSS MB after each tenth: "
+            + ", ".join(f"{k}: {v:.0f}" for k, v in rss_after)
+        )
+    cpu1, _, _ = server_stats(pids())
+    print(f"server CPU time in all: {cpu1 - cpu0:.0f} s", flush=True)
+
+
+def serve_command(args: argparse.Namespace, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "edgeser.cli",
+        "-q",
+        "serve",
+        str(args.model),
+        "--no-page",
+        "--max-streams",
+        str(max(args.clients) + 8),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        *extra,
+    ]
+
+
+def run_ray(args: argparse.Namespace, argv: list[str]) -> int:
+    """The same levels against ``edgeser serve --ray --replicas N`` in a loopback-only
+    network namespace: Ray, the server and this script's clients all run inside it."""
+    from edgeser.testing import loopback_ray_cluster
+
+    port = 8000
+    with loopback_ray_cluster(num_cpus=os.cpu_count() or 2) as cluster:
+        cmd = serve_command(
+            args,
+            f"--ray={cluster.address}",
+            "--replicas",
+            str(args.ray),
+            "--replica-cpus",
+            str(args.replica_cpus),
+            "--port",
+            str(port),
+        )
+        print(f"server: {' '.join(cmd[2:])} (Ray cluster in network namespace {cluster.namespace})")
+        log = Path(tempfile.mkdtemp(prefix="edgeser-serve-load-")) / "server.log"
+        print(f"the server's and Ray's log: {log}")
+        server = subprocess.Popen(
+            cluster.command(cmd),
+            env=cluster.env,
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
+        )
+        try:
+            line = server.stdout.readline()
+            if "Ray Serve" not in line:
+                raise SystemExit(f"the Ray Serve app did not start: {line!r}")
+            print(line.strip(), flush=True)
+            clients = [sys.executable, str(Path(__file__).resolve()), *argv]
+            clients += ["--url", f"http://127.0.0.1:{port}/", "--netns", cluster.namespace]
+            return subprocess.run(cluster.command(clients), env=cluster.env).returncode
+        finally:
+            server.terminate()
+            server.wait(timeout=120)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="exported model folder")
@@ -294,7 +455,19 @@ def main() -> int:
         "track, so that the streams' utterances are out of step as independent callers' "
         "are; 1 starts them together)",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--ray",
+        type=int,
+        default=0,
+        metavar="REPLICAS",
+        help="serve as a Ray Serve deployment of this many replicas, Ray, server and clients "
+        "in a loopback-only network namespace (needs root and `ip`)",
+    )
+    ap.add_argument("--replica-cpus", type=float, default=1.0)
+    ap.add_argument("--url", help=argparse.SUPPRESS)  # --ray's clients, inside the namespace
+    ap.add_argument("--netns", help=argparse.SUPPRESS)
+    argv = sys.argv[1:]
+    args = ap.parse_args(argv)
 
     print(f"CPU: {cpu_model()}")
     try:
@@ -303,97 +476,26 @@ def main() -> int:
         print(format_hardware())
     except Exception as e:  # the hardware line is informative only
         print(f"(hardware summary unavailable: {e})")
-    pcm, starts = speech_track(args.speech, 120.0)
-    stagger = args.stagger if args.stagger is not None else pcm.size / SR / len(starts)
-    print(
-        f"speech track: {pcm.size / SR:.0f} s, {len(starts)} utterances; clients start "
-        f"within {stagger:.1f} s"
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeser.cli",
-        "-q",
-        "serve",
-        str(args.model),
-        "--port",
-        "0",
-        "--no-page",
-        "--max-streams",
-        str(max(args.clients) + 8),
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.threads),
-    ]
+    if args.ray and not args.url:
+        return run_ray(args, argv)
+    if args.url:  # inside --ray's namespace: the server is every other process in it
+        me = os.getpid()
+
+        def namespace_pids() -> list[int]:
+            out = subprocess.run(
+                ["ip", "netns", "pids", args.netns], capture_output=True, text=True
+            ).stdout
+            return [int(p) for p in out.split() if int(p) != me]
+
+        run_levels(args, args.url, namespace_pids, stages=False)
+        return 0
+    cmd = serve_command(args, "--port", "0")
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
         base = line.split(" at ", 1)[1].split(" ", 1)[0]
-        url = base.replace("http://", "ws://") + "v1/stream"
-        cpu0, rss0, _ = proc_stats(server.pid)
-        print(f"server: {' '.join(cmd[2:])}; RSS at rest {rss0:.0f} MB\n")
-        rows = []
-        for n in args.clients:
-            cpu_a, _, _ = proc_stats(server.pid)
-            stages_a, own_a = stage_samples(base), os.times()
-            t0 = time.monotonic()
-            r = asyncio.run(load_level(url, pcm, starts, n, args.seconds, stagger, seed=n))
-            wall = time.monotonic() - t0
-            cpu_b, rss, peak = proc_stats(server.pid)
-            own_b = os.times()
-            own = (own_b.user + own_b.system - own_a.user - own_a.system) / wall
-            p50, p95, p99 = quantiles_ms(r["latency"], (0.5, 0.95, 0.99))
-            (full99,) = quantiles_ms(r["full"], (0.99,))
-            row = (
-                n,
-                p50,
-                p95,
-                p99,
-                full99,
-                len(r["full"]),
-                (cpu_b - cpu_a) / wall,
-                rss,
-                peak,
-                r["refused"],
-                r["dropped"],
-                r["utterances"],
-            )
-            rows.append(row)
-            print(
-                f"N={n}: p50 {p50:.0f} ms, p95 {p95:.0f}, p99 {p99:.0f} (p99 {full99:.0f} "
-                f"over the {len(r['full'])} with all {n} open); CPU "
-                f"{row[6]:.2f} cores; RSS {rss:.0f} MB (peak {peak:.0f}); refused "
-                f"{r['refused']} {sorted(set(r['errors']))}, dropped {r['dropped']}; "
-                f"{r['utterances']} utterances; clients' CPU {own:.2f} cores",
-                flush=True,
-            )
-            print(f"  server stages, mean ms: {stage_summary(stages_a, stage_samples(base))}")
-        print(
-            "\n| N | p50 ms | p95 ms | p99 ms | p99 ms, all N open (utterances) | "
-            "server CPU (cores) | RSS MB (peak) | refused | dropped | utterances |"
-        )
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for n, p50, p95, p99, full99, nfull, cpu, rss, peak, refused, dropped, utts in rows:
-            print(
-                f"| {n} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {full99:.0f} ({nfull}) | "
-                f"{cpu:.2f} | {rss:.0f} ({peak:.0f}) | {refused} | {dropped} | {utts} |"
-            )
-        good = [r[0] for r in rows if max(r[3], r[4]) <= 500 and r[9] == 0 and r[10] == 0]
-        print(
-            f"\nknee (largest N with p99 <= 500 ms, nothing refused or dropped): "
-            f"{max(good) if good else 'none'}"
-        )
-        if args.cycles:
-            t0 = time.monotonic()
-            rss = asyncio.run(cycles(url, pcm, starts, args.cycles, server.pid))
-            print(
-                f"\n{args.cycles} connect/stream/disconnect cycles in "
-                f"{time.monotonic() - t0:.0f} s; server RSS MB after each tenth: "
-                + ", ".join(f"{k}: {v:.0f}" for k, v in rss)
-            )
-        cpu1, _, _ = proc_stats(server.pid)
-        print(f"server CPU time in all: {cpu1 - cpu0:.0f} s")
+        print(f"server: {' '.join(cmd[2:])}")
+        run_levels(args, base, lambda: [server.pid], stages=True)
     finally:
         server.terminate()
         server.wait(timeout=60)
