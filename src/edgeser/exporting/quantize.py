@@ -9,7 +9,7 @@ convolutions and a fifth the transformer linears. The default scheme ``"mixed"``
   speech-like audio) for every transformer linear (q, k, v, out, fc1, fc2, run as
   ``MatMulIntegerToFloat``: float outputs, no requantisation) and for the two
   feature-extractor convolutions after the matmul-shaped layer 1 (``/stack/convs.0`` and
-  ``/stack/convs.1``, run as ``QLinearConv`` with pre-packed 8-bit weights): the two most
+  ``/stack/convs.1``, run as ``QLinearConv`` with pre-packed 7-bit weights): the two most
   expensive operators of the graph (1.26 and 0.63 G multiply-adds per second of audio),
   and on real speech their activations are among the least sensitive;
 - **weight-only int8** for everything else that is large (the other extractor
